@@ -1,0 +1,34 @@
+# xaibench: every target installs what it needs first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# glibc returns big tensors to the OS after every pass unless told not to (docs/perf-notes).
+export MALLOC_MMAP_MAX_ := 0
+export MALLOC_TRIM_THRESHOLD_ := 68719476736
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py --out demo-runs
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check xaibench tests scripts
+	$(BIN)/ruff format --check xaibench tests scripts
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_generate.py
+
+clean:
+	rm -rf $(VENV) demo-runs .pytest_cache

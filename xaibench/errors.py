@@ -1,0 +1,42 @@
+"""Typed errors. Each message names the offending file or field and says how to fix it.
+
+The CLI turns any `XaibenchError` into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class XaibenchError(Exception):
+    """Base class of every error xaibench raises on purpose."""
+
+
+class ConfigError(XaibenchError):
+    """An option, name or setting that cannot be used as given."""
+
+
+class DataError(XaibenchError):
+    """An image, labels file or dataset folder that cannot be read."""
+
+
+class StoreError(XaibenchError):
+    """A saliency store that is corrupt or does not match the run."""
+
+
+class ModelError(XaibenchError):
+    """A model or weights file that cannot be loaded."""
+
+
+class UnknownNameError(ConfigError):
+    """A registry lookup failed; the message lists the closest known names."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        super().__init__(
+            f"unknown {kind} {name!r}.{hint} Run `xaibench list {kind}s` to see all {len(known)}."
+        )
+        self.kind, self.name, self.close = kind, name, close

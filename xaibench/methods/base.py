@@ -1,0 +1,84 @@
+"""The saliency-method contract shared by every method.
+
+A method takes a batch of normalised images (B, 3, H, W) and optional per-image targets (B,) and
+returns an `Explanation`: maps (B, h, w) float32 at the method's native resolution on the images'
+device, the classes explained, and the clean-image logits when the method ran a forward pass (so the
+caller need not run another one to score the image).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from xaibench.registry import Registry
+
+
+@dataclass
+class Explanation:
+    """maps: (B, h, w) float32; targets: (B,) int64; logits: (B, K) or None."""
+
+    maps: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+class SaliencyMethod(ABC):
+    """Base class: subclasses implement `explain`; `__call__` restores the model afterwards.
+
+    `params` holds the method's settings as JSON-serialisable values; they are recorded in the
+    store so a run can be reproduced.
+    """
+
+    name: ClassVar[str]
+    needs_model: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, **params: Any):
+        self.model = model
+        self.params = params
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> Explanation:
+        if images.ndim != 4:
+            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        with saliency_mode(self.model):
+            return self.explain(images, targets)
+
+    @abstractmethod
+    def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
+        """(B, 3, H, W), (B,) or None (= the top-1 class) -> Explanation."""
+
+
+@contextmanager
+def saliency_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients for the duration; both restored afterwards.
+
+    Saliency never needs weight gradients, and computing them costs about a third of the backward.
+    """
+    modes = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+def top1_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """The given targets on the logits' device, or the arg-max class of each row."""
+    if targets is None:
+        return logits.argmax(dim=1)
+    return targets.to(device=logits.device, dtype=torch.long)
+
+
+METHODS: Registry[type[SaliencyMethod]] = Registry("method")

@@ -1,0 +1,80 @@
+"""Image preprocessing of a protocol, recorded in every store and metrics table.
+
+Both named protocols (`polycam`, `rise`, see docs/metrics) resize the image directly to the input
+size (no crop), convert to [0, 1] and normalise with the model's mean and std.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PROTOCOL_NAMES = ("polycam", "rise")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize (and optionally centre-crop) a PIL image, then normalise it.
+
+    `resize` is (h, w) for a direct resize or an int for "shorter side to this length";
+    `crop` is the side of a centre crop, or None. The result is (3, *input_size) float32.
+    """
+
+    name: str = "polycam"
+    resize: tuple[int, int] | int = (224, 224)
+    crop: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        if self.crop is not None:
+            return (self.crop, self.crop)
+        if isinstance(self.resize, int):
+            raise ValueError("a shorter-side resize needs a crop to give a fixed input size")
+        return tuple(self.resize)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        size = list(self.resize) if isinstance(self.resize, tuple) else self.resize
+        image = TF.resize(image, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        if self.crop is not None:
+            image = TF.center_crop(image, [self.crop, self.crop])
+        return TF.normalize(TF.to_tensor(image), self.mean, self.std)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["resize"] = list(self.resize) if isinstance(self.resize, tuple) else self.resize
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        resize = tuple(d["resize"]) if isinstance(d["resize"], list) else d["resize"]
+        return cls(d["name"], resize, d["crop"], tuple(d["mean"]), tuple(d["std"]))
+
+    def with_normalisation(self, mean, std) -> Preprocess:
+        return replace(self, mean=tuple(mean), std=tuple(std))
+
+
+def protocol_preprocess(
+    protocol: str,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    input_size: tuple[int, int] = (224, 224),
+) -> Preprocess:
+    """The preprocessing a named protocol prescribes, with the model's normalisation."""
+    if protocol not in PROTOCOL_NAMES:
+        from xaibench.errors import UnknownNameError
+
+        raise UnknownNameError("protocol", protocol, PROTOCOL_NAMES)
+    return Preprocess(protocol, tuple(input_size), None, tuple(mean), tuple(std))
