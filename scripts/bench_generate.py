@@ -57,7 +57,9 @@ def main() -> None:
     tune_allocator()
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    print(f"device={device} batch={args.batch_size} size={args.size} threads={torch.get_num_threads()}")
+    print(
+        f"device={device} batch={args.batch_size} size={args.size} threads={torch.get_num_threads()}"
+    )
     print(f"{'model':<12}{'method':<12}{'img/s':>10}{'raw f+b img/s':>16}{'ratio':>8}")
     for model_name in args.models.split(","):
         model = prepare_model(load_model(model_name, "none").model, device)
@@ -67,7 +69,7 @@ def main() -> None:
         raw = images_per_second(raw_forward_backward(model, images), *_run(args, device))
         for method_name in args.methods.split(","):
             method = METHODS.get(method_name)(model)
-            speed = images_per_second(lambda m=method: m(images), *_run(args, device))
+            speed = images_per_second(lambda m=method, x=images: m(x), *_run(args, device))
             print(f"{model_name:<12}{method_name:<12}{speed:>10.2f}{raw:>16.2f}{speed / raw:>8.2f}")
 
 

@@ -53,7 +53,9 @@ class GenerateSummary:
 
 def store_path(out_dir: Path, model_name: str, method: str, store_format: str) -> Path:
     """`runs/vgg16/tgrad.h5`: one folder per model, one store per method."""
-    return Path(out_dir) / model_name.replace(":", "_").replace("/", "_") / f"{method}.{store_format}"
+    return (
+        Path(out_dir) / model_name.replace(":", "_").replace("/", "_") / f"{method}.{store_format}"
+    )
 
 
 def generate(

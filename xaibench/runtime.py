@@ -24,7 +24,9 @@ def resolve_device(device: str | None = None, cuda: bool = False) -> torch.devic
         raise ConfigError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from error
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("CUDA was asked for but no CUDA device is available; use --device cpu")
+            raise ConfigError(
+                "CUDA was asked for but no CUDA device is available; use --device cpu"
+            )
         if chosen.index is not None and chosen.index >= torch.cuda.device_count():
             raise ConfigError(
                 f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"

@@ -63,7 +63,7 @@ def test_weights_file_is_loaded_and_recorded_by_hash(tmp_path):
 
 def test_missing_weights_file_names_the_path(tmp_path):
     missing = tmp_path / "nothing.pth"
-    with pytest.raises(ModelError, match="nothing.pth does not exist"):
+    with pytest.raises(ModelError, match=r"nothing\.pth does not exist"):
         load_model("resnet18", str(missing))
 
 

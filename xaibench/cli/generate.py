@@ -45,16 +45,33 @@ from xaibench.runtime import default_batch_size, resolve_device
 )
 @device_options
 @batch_size_option
-@click.option("--target", type=click.Choice(TARGETS), default="predicted", show_default=True,
-              help="Class to explain: the model's top-1 prediction or the ground-truth label.")
-@click.option("--store", "store_format", type=click.Choice(STORE_FORMATS), default="h5",
-              show_default=True, help="HDF5 store, or an npz the seed evaluation scripts can read.")
-@click.option("--layer", default=None,
-              help="Target layer for CAM methods (a module name, e.g. features.28); default: found "
-              "automatically.")
+@click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="predicted",
+    show_default=True,
+    help="Class to explain: the model's top-1 prediction or the ground-truth label.",
+)
+@click.option(
+    "--store",
+    "store_format",
+    type=click.Choice(STORE_FORMATS),
+    default="h5",
+    show_default=True,
+    help="HDF5 store, or an npz the seed evaluation scripts can read.",
+)
+@click.option(
+    "--layer",
+    default=None,
+    help="Target layer for CAM methods (a module name, e.g. features.28); default: found "
+    "automatically.",
+)
 @protocol_option
-@click.option("--skip-bad", is_flag=True,
-              help="Skip images that cannot be decoded (listed at the end) instead of stopping.")
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Skip images that cannot be decoded (listed at the end) instead of stopping.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_command(
     model: str,
@@ -116,5 +133,7 @@ def _layer_params(methods: list[str], layer: str | None) -> dict[str, dict]:
         return {}
     takes_layer = [m for m in methods if "layer" in inspect.signature(METHODS.get(m)).parameters]
     if not takes_layer:
-        raise ConfigError(f"--layer is only used by CAM methods; none of {', '.join(methods)} is one")
+        raise ConfigError(
+            f"--layer is only used by CAM methods; none of {', '.join(methods)} is one"
+        )
     return {m: {"layer": layer} for m in takes_layer}

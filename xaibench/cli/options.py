@@ -36,7 +36,9 @@ weights_option = click.option(
     "name such as IMAGENET1K_V2, or a path to a state dict (loaded with weights_only=True).",
 )
 device_options = _compose(
-    click.option("--cuda", is_flag=True, help="Run on the first CUDA device (same as --device cuda)."),
+    click.option(
+        "--cuda", is_flag=True, help="Run on the first CUDA device (same as --device cuda)."
+    ),
     click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides --cuda)."),
 )
 data_options = _compose(
@@ -54,9 +56,16 @@ data_options = _compose(
         default=None,
         help="Labels file for a flat folder: `ILSVRC2012_val_00000001.JPEG 065 n01751748` lines.",
     ),
-    click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N images."),
-    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-                 help="Image decoding worker processes."),
+    click.option(
+        "--limit", type=click.IntRange(min=1), default=None, help="Use the first N images."
+    ),
+    click.option(
+        "--workers",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Image decoding worker processes.",
+    ),
 )
 batch_size_option = click.option(
     "--batch-size",

