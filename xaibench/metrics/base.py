@@ -1,0 +1,155 @@
+"""The metric contract: a batch context in, per-image values (and curves and flags) out.
+
+A runner resizes the stored maps with `saliency_at_input_size`, scores the clean images once, builds
+a `MetricContext` and calls `score_batch` of every requested metric on it. Metrics that share work
+(insertion and deletion share the pixel order; ins_del reuses both curves; avg_drop and increase
+share the explanation-image forward) share it through `MetricContext.shared`, so asking for all of
+them costs no more than asking for the underlying ones.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xaibench.errors import ConfigError
+from xaibench.metrics.protocols import SCORES, Protocol
+from xaibench.registry import Registry
+
+T = TypeVar("T")
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(N, 3, H, W) normalised images, (N,) classes -> (N,) score of each image's class."""
+
+
+def default_chunk_size(device: torch.device) -> int:
+    """Perturbed images scored per forward pass: 16 on CPU (docs/perf-notes), 64 elsewhere."""
+    return 16 if device.type == "cpu" else 64
+
+
+def saliency_at_input_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) maps of any dtype -> (B, H, W) float32, bilinear with align_corners=False.
+
+    Only the resize (and the cast to float32, which keeps the pixel order) is applied.
+    """
+    maps = maps.float()
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    resized = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)
+    return resized[:, 0]
+
+
+def score_function(model: nn.Module, score: str = "probability") -> ScoreFn:
+    """A `ScoreFn` from a model that returns logits (B, K): softmax p_c or the logit y_c.
+
+    The model must not end with a softmax of its own, or the probability would be taken twice. It
+    runs as it is (the caller puts it in eval mode) under `torch.no_grad`.
+    """
+    if score not in SCORES:
+        raise ConfigError(f"score must be one of {SCORES}, got {score!r}")
+
+    @torch.no_grad()
+    def score_fn(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = model(images)
+        scores = logits.softmax(dim=1) if score == "probability" else logits
+        return scores.gather(1, targets[:, None].long()).squeeze(1)
+
+    return score_fn
+
+
+@dataclass
+class MetricContext:
+    """One batch to evaluate, on one device.
+
+    images: (B, 3, H, W) normalised; saliency: (B, H, W) at input size (`saliency_at_input_size`);
+    targets: (B,) classes explained; clean_scores: (B,) their scores on the clean images, computed
+    once by the runner in the protocol's score space; score_fn: scores perturbed images;
+    chunk_size: perturbed images per `score_fn` call (None: `default_chunk_size` of the device).
+    """
+
+    images: torch.Tensor
+    saliency: torch.Tensor
+    targets: torch.Tensor
+    clean_scores: torch.Tensor
+    score_fn: ScoreFn
+    protocol: Protocol
+    chunk_size: int | None = None
+    _shared: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(self.images.shape)}")
+        b, _, h, w = self.images.shape
+        expected = {"saliency": (b, h, w), "targets": (b,), "clean_scores": (b,)}
+        for name, shape in expected.items():
+            tensor = getattr(self, name)
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+            if tensor.device != self.images.device:
+                raise ValueError(f"{name} is on {tensor.device}, images on {self.images.device}")
+        if self.chunk_size is None:
+            self.chunk_size = default_chunk_size(self.images.device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    def shared(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()` the first time `key` is asked for in this batch, the same object after."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]
+
+
+@dataclass
+class MetricResult:
+    """Per-image outputs of one metric on a batch of B images.
+
+    values: name -> (B,) float, the metric itself (NaN for a flagged image);
+    curves: name -> (B, points), e.g. the insertion curve;
+    flags: name -> (B,) bool, e.g. "nonfinite_map";
+    diagnostics: name -> (B,) float, e.g. "tie_fraction".
+    A key found in the results of two metrics holds equal values in both.
+    """
+
+    values: dict[str, torch.Tensor]
+    curves: dict[str, torch.Tensor] = field(default_factory=dict)
+    flags: dict[str, torch.Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Metric(ABC):
+    """A faithfulness metric: `score_batch(ctx)` returns `values[self.name]` for every image.
+
+    `summary_scale` multiplies the per-image values in summaries (100 for metrics defined as
+    percentages whose per-image values are fractions).
+    """
+
+    name: str
+    higher_is_better: bool
+    summary_scale: ClassVar[float] = 1.0
+
+    @abstractmethod
+    def score_batch(self, ctx: MetricContext) -> MetricResult:
+        """Evaluate the batch described by `ctx`."""
+
+
+def finite_maps(saliency: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) -> (B,) bool: the map has no NaN or Inf."""
+    return torch.isfinite(saliency).flatten(1).all(dim=1)
+
+
+def fill_rows(keep: torch.Tensor, rows: torch.Tensor, fill: float = float("nan")) -> torch.Tensor:
+    """Spread rows (V, ...) computed for the V kept images back to (B, ...), `fill` elsewhere."""
+    out = rows.new_full((keep.shape[0], *rows.shape[1:]), fill)
+    out[keep] = rows
+    return out
+
+
+METRICS: Registry[Metric] = Registry("metric")
+"""Metric name -> metric instance (metrics hold no state; the protocol comes with the context)."""

@@ -1,0 +1,187 @@
+"""Named evaluation protocols: substrate, step, curve end points, AUC rule and score space.
+
+Published insertion/deletion numbers are only comparable under the same protocol (docs/metrics), so
+every setting lives here, is recorded with `Protocol.to_dict()` in each output, and can be
+overridden by name with `get_protocol(name, **overrides)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from scipy.ndimage import gaussian_filter
+
+from xaibench.errors import ConfigError, UnknownNameError
+
+KERNEL_SIZE = 11
+SIGMA = 5.0
+AUC_RULES = ("mean", "trapezoid")
+SCORES = ("probability", "logits")
+
+
+def blur(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, H, W): torchvision Gaussian blur 11 x 11, sigma 5, reflect pad."""
+    return TF.gaussian_blur(images, [KERNEL_SIZE, KERNEL_SIZE], [SIGMA, SIGMA])
+
+
+@lru_cache(maxsize=1)
+def _rise_kernel() -> np.ndarray:
+    impulse = np.zeros((KERNEL_SIZE, KERNEL_SIZE))
+    impulse[KERNEL_SIZE // 2, KERNEL_SIZE // 2] = 1.0
+    kernel = gaussian_filter(impulse, SIGMA)
+    return kernel / kernel.sum()
+
+
+def rise_kernel(
+    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(11, 11) RISE's blur kernel: a unit impulse smoothed by a Gaussian of sigma 5, summing to 1.
+
+    With sigma 5 on an 11 x 11 support the kernel is almost a box filter (values 0.0077-0.0088).
+    """
+    return torch.as_tensor(_rise_kernel(), dtype=dtype, device=device)
+
+
+def rise_blur(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): each channel convolved with `rise_kernel`, zero padding.
+
+    RISE convolves with a (3, 3, 11, 11) kernel that is zero off the channel diagonal; a depthwise
+    convolution computes the same with a third of the work.
+    """
+    channels = images.shape[1]
+    kernel = rise_kernel(images.dtype, images.device).expand(channels, 1, -1, -1)
+    return F.conv2d(images, kernel, padding=KERNEL_SIZE // 2, groups=channels)
+
+
+SUBSTRATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "blur": blur,
+    "rise_blur": rise_blur,
+    "zeros": torch.zeros_like,
+}
+"""Substrate name -> function of the normalised images (B, 3, H, W) -> (B, 3, H, W).
+
+"zeros" is zero in normalised space, i.e. the normalisation's mean colour.
+"""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every setting of the causal and confidence metrics.
+
+    - `step`: pixels changed per step; a curve over H x W pixels has n = ceil(HW / step) steps and
+      image k changes the first min(k * step, HW) pixels of the order.
+    - `insertion_substrate`, `deletion_substrate`: names in `SUBSTRATES`.
+    - `include_start`: whether the curve has the k = 0 point (n + 1 points) or starts at k = 1.
+    - `auc`: "mean" = the mean of the curve's points, which is sum / n for a curve k = 1..n;
+      "trapezoid" = the trapezoid rule with the points evenly spaced on [0, 1],
+      (sum - first / 2 - last / 2) / (points - 1), which is (sum - first / 2 - last / 2) / n for a
+      curve k = 0..n. The docs state both rules for those curves only; dividing by the number of
+      points (or intervals) keeps the AUC of a constant curve equal to that constant for any
+      `include_start`.
+    - `score`: "probability" (softmax p_c) or "logits" (y_c), applied by the runner's score
+      function.
+    """
+
+    name: str
+    step: int = 224
+    insertion_substrate: str = "blur"
+    deletion_substrate: str = "blur"
+    include_start: bool = False
+    auc: str = "mean"
+    score: str = "probability"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
+            raise ConfigError(f"protocol field 'step' must be a positive integer: {self.step!r}")
+        for field in ("insertion_substrate", "deletion_substrate"):
+            value = getattr(self, field)
+            if value not in SUBSTRATES:
+                raise ConfigError(
+                    f"protocol field {field!r} is {value!r}; choose one of {', '.join(SUBSTRATES)}"
+                )
+        if self.auc not in AUC_RULES:
+            raise ConfigError(f"protocol field 'auc' is {self.auc!r}; choose one of {AUC_RULES}")
+        if self.score not in SCORES:
+            raise ConfigError(f"protocol field 'score' is {self.score!r}; choose one of {SCORES}")
+        if not isinstance(self.include_start, bool):
+            raise ConfigError(f"protocol field 'include_start' is not a bool: {self.include_start}")
+
+    def n_steps(self, n_pixels: int) -> int:
+        """n = ceil(HW / step)."""
+        return math.ceil(n_pixels / self.step)
+
+    def pixel_counts(self, n_pixels: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(points,) int64: the number of changed pixels, min(k * step, HW), at each curve point."""
+        first = 0 if self.include_start else 1
+        k = torch.arange(first, self.n_steps(n_pixels) + 1, device=device)
+        return (k * self.step).clamp(max=n_pixels)
+
+    def substrate(self, mode: str, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, 3, H, W) substrate of "insertion" or "deletion"."""
+        name = {"insertion": self.insertion_substrate, "deletion": self.deletion_substrate}[mode]
+        return SUBSTRATES[name](images)
+
+    def area(self, curves: torch.Tensor) -> torch.Tensor:
+        """(B, points) -> (B,) area under each curve on x in [0, 1], by the protocol's rule."""
+        if self.auc == "mean":
+            return curves.mean(dim=1)
+        points = curves.shape[1]
+        if points < 2:
+            raise ConfigError("the trapezoid AUC needs a curve of at least 2 points; lower 'step'")
+        ends = (curves[:, 0] + curves[:, -1]) / 2
+        return (curves.sum(dim=1) - ends) / (points - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting, JSON-serialisable, for recording next to the results."""
+        return asdict(self)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "polycam": Protocol(
+        "polycam",
+        step=224,
+        insertion_substrate="blur",
+        deletion_substrate="blur",
+        include_start=False,
+        auc="mean",
+    ),
+    "rise": Protocol(
+        "rise",
+        step=224,
+        insertion_substrate="rise_blur",
+        deletion_substrate="zeros",
+        include_start=True,
+        auc="trapezoid",
+    ),
+}
+
+
+def get_protocol(name: str, **overrides: Any) -> Protocol:
+    """The named protocol with `overrides` applied.
+
+    An overridden protocol is renamed after what changed, e.g. "polycam(step=16)", so tables that
+    group by protocol name never merge results taken under different settings.
+    """
+    if name not in PROTOCOLS:
+        raise UnknownNameError("protocol", name, PROTOCOLS)
+    base = PROTOCOLS[name]
+    settings = {f.name for f in fields(Protocol)} - {"name"}
+    unknown = sorted(set(overrides) - settings)
+    if unknown:
+        raise ConfigError(
+            f"unknown protocol setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(settings))}"
+        )
+    changed = {k: v for k, v in overrides.items() if getattr(base, k) != v}
+    if not changed:
+        return base
+    label = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+    return replace(base, name=f"{name}({label})", **changed)
