@@ -21,15 +21,11 @@ from torch import nn
 from xaibench.errors import ConfigError
 from xaibench.metrics.protocols import SCORES, Protocol
 from xaibench.registry import Registry
+from xaibench.runtime import default_chunk_size
 
 T = TypeVar("T")
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(N, 3, H, W) normalised images, (N,) classes -> (N,) score of each image's class."""
-
-
-def default_chunk_size(device: torch.device) -> int:
-    """Perturbed images scored per forward pass: 16 on CPU (docs/perf-notes), 64 elsewhere."""
-    return 16 if device.type == "cpu" else 64
 
 
 def saliency_at_input_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
