@@ -1,0 +1,174 @@
+"""T-Grad (Tran, Mai, Le, Le, 2024): the score split into an input term and one term per bias.
+
+For a network made of linear pieces the class score is exactly
+    y_c(x) = <x, dy_c/dx> + sum over bias-carrying layers l of <b_l, dy_c/dz_l>
+with z_l the output the bias is added to. T-Grad turns each term into a spatial map and weights it
+by its share of the score. See docs/tgrad.md for the published steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xaibench.errors import ConfigError
+from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
+from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
+
+EPS = 1e-8
+"""Added to each resized term map's total before dividing by it (step 5)."""
+
+
+@dataclass
+class TGradTerms:
+    """The terms of the last T-Grad call, for inspecting what each layer contributes.
+
+    names: "input" then the bias-carrying layers in forward order (L + 1 entries);
+    maps: per term (B, h_l, w_l), sum over channels of max(T_l, 0), at the layer's resolution;
+    weights: (B, L + 1), each term's total divided by the image's score y_c.
+    """
+
+    names: list[str]
+    maps: list[torch.Tensor]
+    weights: torch.Tensor
+
+    @property
+    def completeness(self) -> torch.Tensor:
+        """(B,) the share of each score the terms explain: sum of the weights; 1.0 = complete."""
+        return self.weights.sum(dim=1)
+
+
+def effective_biases(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Module name -> the bias (C,) it adds to its output, for Conv2d with bias and BatchNorm2d.
+
+    An eval-mode BatchNorm2d is the affine map gamma * (x - mean) / sqrt(var + eps) + beta, whose
+    bias is beta - gamma * mean / sqrt(var + eps). Raises ConfigError for a BatchNorm2d without
+    running statistics (it normalises with batch statistics, which mixes images).
+    """
+    biases = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d) and module.bias is not None:
+                biases[name] = module.bias.detach()
+            elif isinstance(module, nn.BatchNorm2d):
+                if module.running_mean is None or module.running_var is None:
+                    raise ConfigError(
+                        f"BatchNorm2d {name!r} has no running statistics (track_running_stats="
+                        "False), so it is not a fixed affine map in eval mode; T-Grad needs one"
+                    )
+                scale = torch.rsqrt(module.running_var + module.eps)
+                if module.weight is not None:
+                    scale = scale * module.weight
+                shift = -module.running_mean * scale
+                biases[name] = shift + module.bias if module.bias is not None else shift
+    return biases
+
+
+@METHODS.register(
+    "tgrad", help="T-Grad: input and bias terms of the score, weighted by their share"
+)
+class TGrad(SaliencyMethod):
+    """T-Grad saliency (B, H, W) at the input resolution, one forward + one backward per batch.
+
+    Terms: T_0 = x * dy_c/dx, and T_l = b_l * dy_c/dz_l for each Conv2d with a bias (z_l its output)
+    and each eval-mode BatchNorm2d (b_l its effective bias, z_l its output). Linear biases are left
+    out, as published. Each term becomes a map M_l = sum_c max(T_l, 0) and a weight
+    w_l = sum(T_l) / y_c; maps are resized to (H, W) bilinearly, divided by their total (+ EPS) and
+    summed with weights max(w_l, 0). After each call `last_terms` holds the names, maps and weights,
+    and `last_terms.completeness` the per-image sum of the weights.
+
+    Departure from the published steps: the gate 1[z_l > 0] is not applied. Where a ReLU follows
+    z_l directly (every conv of VGG) dy_c/dz_l is already 0 wherever z_l <= 0, so the result is the
+    published one exactly; elsewhere (a BatchNorm before a residual addition, ReLU6, SiLU) the gate
+    would drop parts of the decomposition, while without it the terms still add up to the score on
+    networks built from linear pieces. What is left out (Linear biases, non-linear activations such
+    as SiLU, ReLU6's clipping) shows as completeness below 1.
+
+    The weights divide by y_c as published, so a score close to 0 gives large weights.
+    """
+
+    name = "tgrad"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.last_terms: TGradTerms | None = None
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
+        biases = effective_biases(self.model)
+
+        def reduce(call: LayerCall, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            term = grad * biases[call.name][:, None, None]
+            total = term.sum(dim=(1, 2, 3))
+            return term.clamp_(min=0).sum(dim=1), total
+
+        hooks = record_layers(self.model, list(biases), reduce_gradient=reduce)
+        with autograd_enabled(), hooks as rec:
+            x = gradient_input(images)
+            logits = self.model(x)
+            targets = top1_targets(logits, targets)
+            score = logits.gather(1, targets[:, None]).squeeze(1)
+            (grad,) = torch.autograd.grad(score.sum(), x)
+        score = score.detach()
+        input_term = x.detach() * grad
+        maps = [input_term.clamp(min=0).sum(dim=1)]
+        totals = [input_term.sum(dim=(1, 2, 3))]
+        for call in rec.calls:
+            layer_map, total = _zero_term(call, score) if call.reduced is None else call.reduced
+            maps.append(layer_map)
+            totals.append(total)
+        weights = torch.stack(totals, dim=1) / score[:, None]
+        self.last_terms = TGradTerms(["input", *(c.name for c in rec.calls)], maps, weights)
+        saliency = combine_terms(maps, weights, tuple(images.shape[2:]))
+        return Explanation(saliency.float(), targets, logits.detach())
+
+
+def combine_terms(
+    maps: list[torch.Tensor], weights: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Steps 5-6: sum over l of max(w_l, 0) * resized M_l / (total of resized M_l + EPS).
+
+    maps: per term (B, h_l, w_l); weights: (B, L + 1); size: (H, W). Returns (B, H, W).
+    Bilinear resizing is linear, so the terms of one resolution are summed first and resized once;
+    the total of a resized map is computed without resizing it (`resized_totals`).
+    """
+    scale = weights.clamp(min=0) / (resized_totals(maps, size) + EPS)
+    by_size: dict[tuple[int, int], torch.Tensor] = {}
+    for layer_map, factor in zip(maps, scale.unbind(dim=1), strict=True):
+        key = tuple(layer_map.shape[1:])
+        by_size[key] = by_size.get(key, 0) + factor[:, None, None] * layer_map
+    saliency = by_size.pop(tuple(size), weights.new_zeros(weights.shape[0], *size))
+    for summed in by_size.values():
+        resized = F.interpolate(summed[:, None], size=size, mode="bilinear", align_corners=False)
+        saliency = saliency + resized[:, 0]
+    return saliency
+
+
+def resized_totals(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """(B, L + 1): the total of each map (B, h_l, w_l) once bilinearly resized to size (H, W).
+
+    Bilinear resizing is separable, resized = A_h M A_w^T, so its total is r_h^T M r_w with r the
+    column sums of the 1-D interpolation matrices.
+    """
+    sums: dict[tuple[int, int], torch.Tensor] = {}
+    totals = []
+    for layer_map in maps:
+        h, w = layer_map.shape[1:]
+        for n, out in ((h, size[0]), (w, size[1])):
+            if (n, out) not in sums:
+                sums[n, out] = _column_sums(n, out, layer_map)
+        totals.append(torch.einsum("bhw,h,w->b", layer_map, sums[h, size[0]], sums[w, size[1]]))
+    return torch.stack(totals, dim=1)
+
+
+def _column_sums(n: int, out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n,): column sums of the (out x n) matrix of 1-D linear resizing, align_corners=False."""
+    basis = torch.eye(n, dtype=like.dtype, device=like.device)[None]
+    return F.interpolate(basis, size=out, mode="linear", align_corners=False)[0].sum(dim=1)
+
+
+def _zero_term(call: LayerCall, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The term of a layer the backward never reached (its output does not affect the score)."""
+    return score.new_zeros(call.shape[0], *call.shape[2:]), score.new_zeros(call.shape[0])
