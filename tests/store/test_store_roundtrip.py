@@ -1,0 +1,201 @@
+import json
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+from store_helpers import H, N, W, ids, labels, maps_of, meta, write_rows
+
+from xaibench.errors import StoreError
+from xaibench.store import create_or_resume, open_store
+from xaibench.store.npz import META_KEY, partial_path
+
+
+@pytest.fixture(params=["h5", "npz"])
+def path(request, tmp_path):
+    return tmp_path / f"gradcam.{request.param}"
+
+
+def write_all(path, batches=((5, 0, 9), (3, 1), (2, 4, 6, 7, 8, 10, 11))):
+    with create_or_resume(path, meta(), ids(), labels()) as store:
+        assert store.pending_indices().tolist() == list(range(N))
+        for rows in batches:
+            write_rows(store, rows)
+        assert store.complete
+    return path
+
+
+def test_round_trip(path):
+    write_all(path)
+    with open_store(path) as store:
+        assert len(store) == N
+        assert store.meta == meta()
+        assert store.ids == ids()
+        assert store.labels.tolist() == labels().tolist()
+        assert store.targets.tolist() == (np.arange(N) * 7).tolist()
+        np.testing.assert_array_equal(store.scores, (np.arange(N) / 100).astype(np.float32))
+        assert store.done.dtype == bool and store.done.all()
+        assert store.pending_indices().size == 0
+        rows = [7, 2, 2, 11, 0]
+        read = store.read_maps(rows)
+        assert read.dtype == np.float32 and read.shape == (5, H, W)
+        np.testing.assert_array_equal(read, maps_of(rows))
+        np.testing.assert_array_equal(store.read_maps(range(3, 6)), maps_of([3, 4, 5]))
+
+
+def test_reader_cannot_write(path):
+    write_all(path)
+    with open_store(path) as store, pytest.raises(StoreError, match="reading only"):
+        write_rows(store, [0])
+
+
+def test_h5_layout(tmp_path):
+    path = write_all(tmp_path / "s.h5")
+    with h5py.File(path) as f:
+        assert f.attrs["format"] == "xaibench.saliency" and f.attrs["format_version"] == 1
+        assert json.loads(f.attrs["method_params"]) == meta().method_params
+        assert f.attrs["method"] == "gradcam" and f.attrs["target"] == "predicted"
+        assert f["maps"].chunks == (1, H, W) and f["maps"].compression == "lzf"
+        assert f["maps"].dtype == np.float32 and f["ids"].asstr()[0] == ids()[0]
+        assert {k: f[k].dtype for k in ("target", "score", "label", "done")} == {
+            "target": np.int64,
+            "score": np.float32,
+            "label": np.int64,
+            "done": bool,
+        }
+
+
+def test_gzip_is_an_option(tmp_path):
+    with create_or_resume(tmp_path / "s.h5", meta(), ids(), labels(), compression="gzip") as store:
+        write_rows(store, range(N))
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f["maps"].compression == "gzip"
+    with pytest.raises(StoreError, match="compression"):
+        create_or_resume(tmp_path / "t.h5", meta(), ids(), labels(), compression="zstd")
+
+
+def test_npz_is_the_seed_layout_without_pickle(tmp_path):
+    path = write_all(tmp_path / "s.npz")
+    assert not partial_path(path).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+    with np.load(path, allow_pickle=False) as archive:
+        names = [i.split("/")[-1] for i in ids()]
+        assert sorted(archive.files) == sorted([*names, META_KEY])
+        for row, name in enumerate(names):
+            assert archive[name].dtype == np.float32
+            np.testing.assert_array_equal(archive[name], maps_of([row])[0])
+        header = json.loads(str(archive[META_KEY]))
+        assert archive[META_KEY].dtype.kind == "U"
+    attrs = header["attrs"]
+    assert attrs["format"] == "xaibench.saliency" and attrs["format_version"] == 1
+    assert attrs["method_params"] == meta().method_params and attrs["target"] == "predicted"
+    assert header["ids"] == ids() and header["label"] == labels().tolist()
+    assert header["target"] == (np.arange(N) * 7).tolist()
+    with zipfile.ZipFile(path) as z:
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in z.infolist())
+
+
+def test_npz_refuses_ids_sharing_a_file_name(tmp_path):
+    clash = ["a/x.JPEG", "b/x.JPEG"]
+    with pytest.raises(StoreError, match=r"'a/x.JPEG' and 'b/x.JPEG'.*\.h5"):
+        create_or_resume(tmp_path / "s.npz", meta(), clash, [0, 0])
+    assert not list(tmp_path.iterdir())
+    with create_or_resume(tmp_path / "s.h5", meta(), clash, [0, 0]) as store:
+        assert store.pending_indices().tolist() == [0, 1]
+
+
+def test_unfinished_run_exposes_rows_not_done(path):
+    with create_or_resume(path, meta(), ids(), labels()) as store:
+        write_rows(store, [4, 1])
+    assert not (path.suffix == ".npz" and path.exists())
+    with open_store(path) as store:
+        assert np.flatnonzero(store.done).tolist() == [1, 4]
+        np.testing.assert_array_equal(store.read_maps([4]), maps_of([4]))
+        assert np.isnan(store.read_maps([0])).all()
+        assert store.targets[0] == -1
+
+
+@pytest.mark.parametrize(
+    "field, change",
+    [
+        ("method_params", {"method_params": {"layer": "4"}}),
+        ("method", {"method": "tgrad"}),
+        ("preprocess", {"preprocess": {"name": "rise"}}),
+        ("weights", {"weights": "IMAGENET1K_V1"}),
+    ],
+)
+def test_mismatched_run_is_refused_naming_the_field(path, field, change):
+    write_all(path)
+    with pytest.raises(StoreError, match=rf"{field}=.*this run has {field}="):
+        create_or_resume(path, meta(**change), ids(), labels())
+
+
+def test_mismatched_ids_or_labels_are_refused(path):
+    with create_or_resume(path, meta(), ids(), labels()) as store:
+        write_rows(store, [0])
+    other = ids()
+    other[5] = "elsewhere.JPEG"
+    with pytest.raises(StoreError, match=r"ids differ.*row 5.*elsewhere"):
+        create_or_resume(path, meta(), other, labels())
+    with pytest.raises(StoreError, match=r"ids of 12 images.*has 11"):
+        create_or_resume(path, meta(), ids(11), labels(11))
+    with pytest.raises(StoreError, match=r"labels differ.*row 0"):
+        create_or_resume(path, meta(), ids(), labels() + 1)
+
+
+def test_write_checks_its_arguments(tmp_path):
+    with create_or_resume(tmp_path / "s.h5", meta(), ids(), labels()) as store:
+        with pytest.raises(ValueError, match="distinct"):
+            store.write(np.array([1, 1]), maps_of([1, 1]), [0, 0], [0.0, 0.0])
+        with pytest.raises(ValueError, match="distinct"):
+            store.write(np.array([N]), maps_of([N]), [0], [0.0])
+        write_rows(store, [0])
+        with pytest.raises(ValueError, match=r"\(8, 6\)"):
+            store.write(np.array([1]), np.zeros((1, 4, 4)), [0], [0.0])
+        assert store.done.tolist() == [True] + [False] * (N - 1)
+
+
+@pytest.mark.parametrize("suffix", ["h5", "npz"])
+def test_corrupt_files_are_store_errors_naming_the_file(tmp_path, suffix):
+    path = write_all(tmp_path / f"s.{suffix}")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(StoreError, match=rf"s\.{suffix}.*corrupt"):
+        open_store(path).read_maps(range(N))
+    path.write_bytes(b"\0" * 100)
+    with pytest.raises(StoreError, match=rf"s\.{suffix}"):
+        open_store(path)
+
+
+def test_files_that_are_not_stores(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(StoreError, match="not an xaibench saliency store"):
+        open_store(tmp_path / "other.h5")
+    np.savez_compressed(tmp_path / "seed.npz", **{"a.JPEG": np.zeros((2, 2))})
+    with pytest.raises(StoreError, match="__xaibench__"):
+        open_store(tmp_path / "seed.npz")
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(tmp_path / "absent.h5")
+    with pytest.raises(StoreError, match=r"\.h5 or \.hdf5 or \.npz"):
+        open_store(tmp_path / "maps.pt")
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    path = write_all(tmp_path / "s.h5")
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 2
+    with pytest.raises(StoreError, match="format_version 2"):
+        open_store(path)
+
+
+def test_corrupt_map_chunks_are_store_errors(tmp_path):
+    path = tmp_path / "s.h5"
+    with create_or_resume(path, meta(), ids(), labels()) as store:
+        rows = np.arange(N)
+        store.write(rows, np.random.default_rng(0).random((N, 64, 64)), rows, rows / N)
+    data = bytearray(path.read_bytes())
+    data[-len(data) // 4 :] = bytes(len(data) // 4)
+    path.write_bytes(bytes(data))
+    with open_store(path) as store, pytest.raises(StoreError, match=r"s\.h5.*corrupt"):
+        store.read_maps(range(N))

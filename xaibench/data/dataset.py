@@ -1,0 +1,260 @@
+"""Image folders as a torch Dataset of (preprocessed image, row index), and its DataLoader.
+
+Layouts:
+- class folders: `root/<WNID>/<image>` (the arranged ImageNet val); the label is the WNID's index;
+- a flat (or any) folder plus a labels file, one image per line:
+  `<image> <anything> <WNID>` (e.g. `ILSVRC2012_val_00000001.JPEG 065 n01751748`; the middle column
+  is ignored), `<image> <WNID>`, or `<image> <int>` where the int is a 0-based index into the sorted
+  WNIDs (the `val.txt` convention of Caffe-era ImageNet tools);
+- any folder without labels: every label is -1.
+
+Image ids are paths relative to the root with `/`, sorted; an image in a top-level folder named like a
+WNID (`n` + 8 digits) takes that class, unless a labels file is given, which then decides every label.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from xaibench.data.classes import NUM_CLASSES, WNID_PATTERN, imagenet_classes
+from xaibench.errors import DataError
+
+if TYPE_CHECKING:
+    from xaibench.models.preprocess import Preprocess
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class BadImage(NamedTuple):
+    """What `__getitem__` returns instead of an image that cannot be decoded (with `skip_bad`)."""
+
+    index: int
+    reason: str
+
+
+def find_images(root: Path) -> list[str]:
+    """Relative `/` paths of the image files under `root` (hidden files skipped), sorted.
+
+    Symbolic links to folders are followed, as arranged datasets often link class folders.
+    """
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(folder).relative_to(root)
+        found += [
+            (rel / f).as_posix()
+            for f in files
+            if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
+        ]
+    return sorted(found)
+
+
+def read_labels_file(path: Path) -> dict[str, int]:
+    """Image id -> class index, from a labels file in one of the module's formats."""
+    classes = imagenet_classes()
+    labels = {}
+    try:
+        lines = Path(path).read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read labels file {path} ({error}); check the path") from None
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"labels file {path}, line {number}"
+        if len(fields) not in (2, 3):
+            raise DataError(f"{where}: expected `<image> [<number>] <WNID>`, got {line!r}")
+        name, label = fields[0], fields[-1]
+        if WNID_PATTERN.fullmatch(label):
+            try:
+                labels[name] = classes.index_of(label)
+            except DataError as error:
+                raise DataError(f"{where}: {error}") from None
+        elif len(fields) == 2 and label.isdigit() and int(label) < NUM_CLASSES:
+            labels[name] = int(label)
+        else:
+            raise DataError(
+                f"{where}: {label!r} is neither a WNID nor a class index 0..{NUM_CLASSES - 1}"
+            )
+    return labels
+
+
+def folder_labels(ids: Sequence[str]) -> np.ndarray:
+    """(N,) int64: the class of each id's top-level WNID folder, -1 for ids outside one."""
+    classes = imagenet_classes()
+    tops = [i.split("/", 1)[0] if "/" in i else "" for i in ids]
+    return np.array(
+        [classes.index_of(t) if WNID_PATTERN.fullmatch(t) else -1 for t in tops], dtype=np.int64
+    )
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode an image as 8-bit RGB (grayscale, CMYK, palette and alpha images are converted).
+
+    Alpha is dropped, not composited: the colour under transparent pixels is kept, as
+    torchvision's ImageFolder loader and the seed pipeline do. 16-bit grayscale is scaled to 8 bits
+    (PIL's own conversion would clip it at 255).
+    """
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA")
+        elif image.mode.startswith("I"):
+            scaled = (np.asarray(image, np.float64) / 257).clip(0, 255).round()
+            image = Image.fromarray(scaled.astype(np.uint8))
+        return image.convert("RGB")
+
+
+class ImageFolderDataset(Dataset):
+    """Images under `root` -> `(image (3, H, W) float32, row index)`.
+
+    `ids` (N,) relative paths and `labels` (N,) int64 (-1 unknown) are known up front. An image that
+    cannot be decoded raises DataError, or with `skip_bad=True` comes back as a `BadImage`, which
+    `make_loader`'s batches drop and record in `bad_ids` (also when decoded in worker processes).
+    `limit` keeps the first `limit` ids.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        preprocess: Preprocess,
+        labels_file: str | Path | None = None,
+        limit: int | None = None,
+        skip_bad: bool = False,
+    ):
+        self.root = Path(root)
+        self.preprocess = preprocess
+        self.skip_bad = skip_bad
+        self.bad: dict[int, str] = {}
+        if not self.root.is_dir():
+            raise DataError(
+                f"dataset folder {self.root} does not exist; pass the folder that holds the "
+                "images (class folders named by WNID, or a flat folder with --labels)"
+            )
+        ids = find_images(self.root)
+        if not ids:
+            raise DataError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}; pass the folder that "
+                "holds the images"
+            )
+        if labels_file is None:
+            labels = folder_labels(ids)
+        else:
+            labels = self._labels_from_file(Path(labels_file), ids)
+        self.ids = ids[:limit]
+        self.labels = labels[:limit]
+
+    def _labels_from_file(self, path: Path, ids: list[str]) -> np.ndarray:
+        by_id = read_labels_file(path)
+        missing = sorted(set(by_id) - set(ids))
+        if missing:
+            raise DataError(
+                f"labels file {path} names {len(missing)} image(s) not under {self.root} "
+                f"(first: {missing[0]}); pass the folder that holds them, or a labels file for "
+                "this folder"
+            )
+        unlabelled = len(ids) - len(by_id)
+        if unlabelled:
+            log.warning("%d image(s) under %s are not in %s: label -1", unlabelled, self.root, path)
+        return np.array([by_id.get(i, -1) for i in ids], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.root / self.ids[index]
+
+    def open_image(self, index: int) -> Image.Image:
+        """The RGB image of row `index`, before preprocessing; DataError if it cannot be decoded."""
+        path = self.image_path(index)
+        try:
+            return load_rgb(path)
+        except DECODE_ERRORS as error:
+            raise DataError(
+                f"cannot decode image {path} ({error}); replace the file, or pass --skip-bad "
+                "to leave it out"
+            ) from None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadImage:
+        """(3, H, W) float32 image and `index`, or a `BadImage` when skipping undecodable files."""
+        if not self.skip_bad:
+            return self.preprocess(self.open_image(index)), index
+        try:
+            image = load_rgb(self.image_path(index))
+        except DECODE_ERRORS as error:
+            self.bad[index] = f"undecodable image {self.image_path(index)} ({error})"
+            return BadImage(index, self.bad[index])
+        return self.preprocess(image), index
+
+    @property
+    def bad_ids(self) -> list[str]:
+        """Ids of the images found undecodable so far (with `skip_bad`)."""
+        return [self.ids[i] for i in sorted(self.bad)]
+
+
+class Batch(NamedTuple):
+    """A collated batch: images (B, 3, H, W) (None if every image was bad), indices (B,), bad."""
+
+    images: torch.Tensor | None
+    indices: torch.Tensor
+    bad: list[BadImage]
+
+
+def collate(items: list[tuple[torch.Tensor, int] | BadImage]) -> Batch:
+    """Stack the decoded images; set the `BadImage`s aside."""
+    bad = [item for item in items if isinstance(item, BadImage)]
+    good = [item for item in items if not isinstance(item, BadImage)]
+    images = torch.stack([image for image, _ in good]) if good else None
+    return Batch(images, torch.tensor([i for _, i in good], dtype=torch.int64), bad)
+
+
+class ImageLoader(DataLoader):
+    """A DataLoader yielding `(images (B, 3, H, W), indices (B,) int64)`.
+
+    Bad images are dropped from their batch and recorded in the dataset's `bad` in this process,
+    since worker processes hold their own copies of the dataset; a batch of only bad images is
+    skipped, so B may be smaller than the batch size.
+    """
+
+    dataset: ImageFolderDataset
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in super().__iter__():
+            for item in batch.bad:
+                log.warning("skipping %s", item.reason)
+                self.dataset.bad[item.index] = item.reason
+            if batch.images is not None:
+                yield batch.images, batch.indices
+
+
+def make_loader(
+    dataset: ImageFolderDataset,
+    batch_size: int,
+    workers: int = 0,
+    indices: Sequence[int] | np.ndarray | None = None,
+) -> ImageLoader:
+    """Batches of `dataset` rows `indices` (all rows if None) in the order given.
+
+    Pinned memory when CUDA is available, so copies to the GPU can overlap compute.
+    """
+    rows = range(len(dataset)) if indices is None else [int(i) for i in indices]
+    return ImageLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=rows,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -1,0 +1,101 @@
+"""Saliency stores: HDF5 (`.h5`, default) and npz (`.npz`) behind one interface.
+
+`open_store` reads a store; `create_or_resume` opens one for writing, resuming a store of the same
+run. The file suffix picks the container (docs/store-format.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from xaibench.errors import StoreError
+from xaibench.store.base import SaliencyStore
+from xaibench.store.h5 import COMPRESSIONS, H5_SUFFIXES, H5Store
+from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta
+from xaibench.store.npz import NpzStore, NpzWriter, npz_keys, partial_path
+
+SUFFIXES = (*H5_SUFFIXES, ".npz")
+S = TypeVar("S", bound=SaliencyStore)
+
+__all__ = [
+    "COMPRESSIONS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "SUFFIXES",
+    "SaliencyStore",
+    "StoreMeta",
+    "create_or_resume",
+    "open_store",
+]
+
+
+def _container(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise StoreError(f"store {path}: unknown suffix {suffix!r}; use {' or '.join(SUFFIXES)}")
+    return "npz" if suffix == ".npz" else "h5"
+
+
+def open_store(path: str | Path) -> SaliencyStore:
+    """Open a store for reading.
+
+    For an `.npz` path whose run has not finished, the HDF5 working file is opened instead: its rows
+    not `done` are exposed like those of an unfinished `.h5` store.
+    """
+    path = Path(path)
+    if _container(path) == "h5":
+        return H5Store.open(path)
+    if not path.exists() and partial_path(path).exists():
+        return H5Store.open(partial_path(path))
+    return NpzStore(path)
+
+
+def create_or_resume(
+    path: str | Path,
+    meta: StoreMeta,
+    ids: Sequence[str],
+    labels: np.ndarray,
+    compression: str | None = "lzf",
+) -> SaliencyStore:
+    """Open the store at `path` for writing the run described by `meta` over images `ids`.
+
+    A new store is created; an existing one of the same run (same model, weights, method, settings,
+    target, preprocessing, ids and labels) is resumed, and `pending_indices()` gives the rows still
+    to write (none when it is complete). Any difference is a StoreError naming the field.
+    `compression` ("lzf", "gzip" or None) applies to a maps dataset not yet created.
+    """
+    if compression not in COMPRESSIONS:
+        raise StoreError(f"compression {compression!r}: use one of {COMPRESSIONS}")
+    path = Path(path)
+    ids, labels = list(ids), np.asarray(labels, dtype=np.int64)
+    if _container(path) == "h5":
+        return _resume_h5(path, meta, ids, labels, compression)
+    npz_keys(ids)
+    working = partial_path(path)
+    if path.exists():
+        store = _checked(NpzStore(path), meta, ids, labels)
+        working.unlink(missing_ok=True)  # left by an export killed before it could remove it
+        return store
+    return NpzWriter(path, _resume_h5(working, meta, ids, labels, compression))
+
+
+def _resume_h5(
+    path: Path, meta: StoreMeta, ids: list[str], labels: np.ndarray, compression: str | None
+) -> H5Store:
+    if not path.exists():
+        return H5Store.create(path, meta, ids, labels, compression)
+    return _checked(H5Store.open(path, writable=True, compression=compression), meta, ids, labels)
+
+
+def _checked(store: S, meta: StoreMeta, ids: list[str], labels: np.ndarray) -> S:
+    """The store, if it holds the run `meta` over `ids` and `labels`; else closed and StoreError."""
+    try:
+        store.check_run(meta.run_fields(), ids, labels)
+    except StoreError:
+        store.close()
+        raise
+    return store

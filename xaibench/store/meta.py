@@ -1,0 +1,101 @@
+"""What a saliency store records about the run that wrote it (docs/store-format.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+import xaibench
+from xaibench.errors import ConfigError, StoreError
+
+FORMAT = "xaibench.saliency"
+FORMAT_VERSION = 1
+TARGETS = ("predicted", "label")
+JSON_FIELDS = ("method_params", "preprocess")
+# The fields that must agree for a store to be resumed or evaluated as the same run.
+RUN_FIELDS = ("model", "weights", "method", "method_params", "target", "preprocess")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _torch_version() -> str:
+    import torch  # here, not at the top: reading a store does not need torch
+
+    return torch.__version__
+
+
+def _canonical(value: Any) -> Any:
+    """The value as JSON gives it back (tuples become lists), so equal settings compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+@dataclass
+class StoreMeta:
+    """The model, weights, method and settings that produced a store's maps."""
+
+    model: str
+    weights: str
+    method: str
+    method_params: dict[str, Any]
+    target: str
+    preprocess: dict[str, Any]
+    xaibench_version: str = xaibench.__version__
+    torch_version: str = field(default_factory=_torch_version)
+    created: str = field(default_factory=_now)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"target {self.target!r}: use one of {', '.join(TARGETS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _canonical(asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoreMeta:
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise StoreError(f"store metadata lacks {', '.join(missing)}; the store is incomplete")
+        return cls(**{n: d[n] for n in names})
+
+    @classmethod
+    def from_json(cls, text: str) -> StoreMeta:
+        return cls.from_dict(json.loads(text))
+
+    def to_attrs(self) -> dict[str, str]:
+        """Flat string attributes for HDF5: nested settings as JSON text."""
+        d = self.to_dict()
+        return {k: json.dumps(v, sort_keys=True) if k in JSON_FIELDS else v for k, v in d.items()}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> StoreMeta:
+        d = {k: str(v) for k, v in attrs.items()}
+        for k in JSON_FIELDS:
+            if k in d:
+                d[k] = json.loads(d[k])
+        return cls.from_dict(d)
+
+    def run_fields(self) -> dict[str, Any]:
+        """The fields two runs must share to write into, or be evaluated from, the same store."""
+        return {k: getattr(self, k) for k in RUN_FIELDS}
+
+    def check_compatible(self, expected: dict[str, Any], source: str = "the store") -> None:
+        """StoreError naming the first field whose stored value differs from `expected`'s."""
+        unknown = set(expected) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"not StoreMeta fields: {', '.join(sorted(unknown))}")
+        for name, want in expected.items():
+            have = getattr(self, name)
+            if _canonical(have) != _canonical(want):
+                raise StoreError(
+                    f"{source} was written with {name}={json.dumps(_canonical(have))}, but this "
+                    f"run has {name}={json.dumps(_canonical(want))}; write to another path, or "
+                    "delete the store to start over"
+                )
