@@ -121,6 +121,12 @@ def generate_command(
     )
     for skipped in summary.skipped:
         click.echo(f"skipped (cannot decode): {skipped}", err=True)
+    if summary.skipped:
+        click.echo(
+            f"{len(summary.skipped)} image(s) skipped: their rows stay not done, so evaluate these "
+            "stores with --allow-incomplete (or fix the files and re-run to fill them in)",
+            err=True,
+        )
     stores = ", ".join(str(p) for p in summary.stores)
     click.echo(
         f"{summary.images} images in {summary.seconds:.1f} s "

@@ -1,0 +1,213 @@
+"""The two commands end to end through click's CliRunner, on a tiny model and synthetic images."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from xaibench.cli import cli
+from xaibench.data.classes import imagenet_classes
+from xaibench.store import open_store
+
+MODEL = "tiny_models:tiny_cnn"
+
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    """Six small photographs-to-be in WNID folders, in several colour modes."""
+    rng = np.random.default_rng(0)
+    classes = imagenet_classes()
+    root = tmp_path / "val"
+    modes = ["RGB", "L", "RGBA", "CMYK", "RGB", "P"]
+    for i, mode in enumerate(modes):
+        folder = root / classes.wnid(i * 100)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).convert(mode)
+        image.save(folder / f"img{i}.{'jpg' if mode in ('L', 'CMYK') else 'png'}")
+    return root
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def generate(data, out, *extra):
+    return invoke(
+        "generate",
+        "--model",
+        MODEL,
+        "--saliency",
+        "tgrad,gradcam,random",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--batch-size",
+        4,
+        "--quiet",
+        *extra,
+    )
+
+
+def test_generate_writes_one_complete_store_per_method(image_folder, tmp_path):
+    result = generate(image_folder, tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert "6 images" in result.output and "img/s" in result.output
+    for method, shape in [("tgrad", (224, 224)), ("gradcam", (14, 14)), ("random", (224, 224))]:
+        with open_store(tmp_path / "runs" / "tiny_models_tiny_cnn" / f"{method}.h5") as store:
+            assert store.complete and len(store) == 6
+            assert store.meta.method == method and store.meta.model == MODEL
+            assert store.read_maps([0]).shape == (1, *shape)
+            assert np.isfinite(store.read_maps(np.arange(6))).all()
+            assert ((store.scores > 0) & (store.scores <= 1)).all()
+            assert store.labels.tolist() == [i * 100 for i in range(6)]
+
+
+def test_rerun_resumes_and_a_killed_run_equals_an_uninterrupted_one(
+    image_folder, tmp_path, monkeypatch
+):
+    assert generate(image_folder, tmp_path / "full").exit_code == 0
+
+    from xaibench.store.h5 import H5Store
+
+    original, calls = H5Store.write, []
+
+    def write_then_die(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:  # the second batch of the first method
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(H5Store, "write", write_then_die)
+    interrupted = generate(image_folder, tmp_path / "resumed")
+    assert interrupted.exit_code != 0 and "Aborted" in interrupted.output
+    monkeypatch.setattr(H5Store, "write", original)
+
+    result = generate(image_folder, tmp_path / "resumed")
+    assert result.exit_code == 0, result.output
+    assert "2 images" in result.output  # the second batch only
+    for method in ("tgrad", "gradcam", "random"):
+        name = f"tiny_models_tiny_cnn/{method}.h5"
+        with (
+            open_store(tmp_path / "full" / name) as a,
+            open_store(tmp_path / "resumed" / name) as b,
+        ):
+            assert b.complete
+            np.testing.assert_allclose(
+                b.read_maps(np.arange(6)), a.read_maps(np.arange(6)), rtol=1e-5, atol=1e-7
+            )
+            np.testing.assert_array_equal(a.targets, b.targets)
+    assert "0 images" in generate(image_folder, tmp_path / "resumed").output
+
+
+def test_npz_store_is_seed_compatible(image_folder, tmp_path):
+    assert generate(image_folder, tmp_path / "runs", "--store", "npz").exit_code == 0
+    path = tmp_path / "runs" / "tiny_models_tiny_cnn" / "tgrad.npz"
+    with np.load(path, allow_pickle=False) as archive:
+        assert "img0.png" in archive.files and archive["img0.png"].shape == (224, 224)
+
+
+def test_evaluate_writes_tables_curves_and_a_summary(image_folder, tmp_path):
+    runs = tmp_path / "runs"
+    assert generate(image_folder, runs).exit_code == 0
+    stores = [
+        a
+        for m in ("tgrad", "random")
+        for a in ("--store", runs / "tiny_models_tiny_cnn" / f"{m}.h5")
+    ]
+    result = invoke(
+        "evaluate",
+        "--model",
+        MODEL,
+        *stores,
+        "--data",
+        image_folder,
+        "--protocol",
+        "rise",
+        "--quiet",
+        "--out",
+        tmp_path / "metrics",
+    )
+    assert result.exit_code == 0, result.output
+    assert "| tiny_models:tiny_cnn | tgrad | rise |" in result.output
+    per_image = pd.read_csv(tmp_path / "metrics" / "tgrad-rise.per_image.csv")
+    assert len(per_image) == 6 and set(per_image["protocol"]) == {"rise"}
+    for column in ("insertion", "deletion", "ins_del", "avg_drop", "increase", "clean_score"):
+        assert per_image[column].notna().all(), column
+    np.testing.assert_allclose(per_image["ins_del"], per_image["insertion"] - per_image["deletion"])
+    summary = pd.read_csv(tmp_path / "metrics" / "tgrad-rise.summary.csv")
+    assert set(summary["metric"]) == {"insertion", "deletion", "ins_del", "avg_drop", "increase"}
+    assert (summary["count"] == 6).all()
+    assert '"deletion_substrate": "zeros"' in summary["protocol_settings"].iloc[0]
+    with np.load(tmp_path / "metrics" / "tgrad-rise.curves.npz", allow_pickle=False) as curves:
+        assert curves["insertion"].shape == (6, 225)  # k = 0..224 under `rise`
+        assert "rise" in str(curves["protocol"])
+
+
+def test_evaluate_refuses_a_store_of_another_model(image_folder, tmp_path):
+    runs = tmp_path / "runs"
+    assert generate(image_folder, runs).exit_code == 0
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--model",
+            "resnet18",
+            "--weights",
+            "none",
+            "--store",
+            str(runs / "tiny_models_tiny_cnn" / "tgrad.h5"),
+            "--data",
+            str(image_folder),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "model" in str(result.exception) and "tiny_models:tiny_cnn" in str(result.exception)
+
+
+def test_corrupt_image_is_named_and_skip_bad_skips_it(image_folder, tmp_path):
+    bad = image_folder / imagenet_classes().wnid(0) / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            "--model",
+            MODEL,
+            "--saliency",
+            "gradcam",
+            "--data",
+            str(image_folder),
+            "--out",
+            str(tmp_path / "runs"),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code != 0 and "broken.jpg" in str(result.exception)
+    result = generate(image_folder, tmp_path / "skipping", "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert "broken.jpg" in result.output
+
+
+def test_unknown_method_lists_close_names(image_folder, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["generate", "--model", MODEL, "--saliency", "tgard", "--data", str(image_folder)]
+    )
+    assert result.exit_code != 0 and "tgrad" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("what", "expected"), [("models", "vgg16"), ("methods", "tgrad"), ("metrics", "avg_drop")]
+)
+def test_list(what, expected):
+    result = invoke("list", what)
+    assert result.exit_code == 0 and expected in result.output
+
+
+def test_every_command_has_help():
+    for command in cli.commands:
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output
