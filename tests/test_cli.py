@@ -211,3 +211,40 @@ def test_every_command_has_help():
     for command in cli.commands:
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_library_errors_become_one_line_and_exit_code_2(image_folder, monkeypatch, capsys):
+    from xaibench.cli import main
+
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "xaibench",
+            "generate",
+            "--model",
+            MODEL,
+            "--saliency",
+            "gradcm",
+            "--data",
+            str(image_folder),
+        ],
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.count("\n") == 0
+        and err.startswith("error: unknown method 'gradcm'")
+        and "gradcam" in err
+    )
+
+
+def test_readme_documents_every_command():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert readme.lstrip().startswith("# xaibench")
+    assert "make demo" in readme and "make test" in readme
+    for command in cli.commands:
+        assert f"xaibench {command}" in readme, command

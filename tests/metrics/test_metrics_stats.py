@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from xaibench.metrics import summarise, summary_markdown
+from xaibench.metrics.stats import summary_wide
 
 T_975_4 = 2.7764451051977987  # Student's t, 97.5% quantile, 4 degrees of freedom
 
@@ -51,3 +52,19 @@ def test_markdown_table_without_tabulate():
     assert lines[1] == "|:---|:---|---:|---:|---:|---:|---:|"
     assert lines[2] == "| grad\\|cam | deletion | 1 | 0 | 0.2500 | NA | NA |"
     assert lines[3] == "| noise | deletion | 0 | 1 | NA | NA | NA |"
+
+
+def test_summary_wide_has_one_row_per_method_and_a_cell_per_metric():
+    per_image = pd.DataFrame(
+        {
+            "method": ["a", "a", "b", "b"],
+            "insertion": [0.2, 0.4, 0.6, 0.8],
+            "deletion": [0.1, 0.1, 0.3, 0.5],
+        }
+    )
+    wide = summary_wide(summarise(per_image, ["insertion", "deletion"], by=["method"]))
+    assert list(wide.columns) == ["method", "insertion", "deletion"]
+    assert wide["method"].tolist() == ["a", "b"]
+    assert wide.loc[0, "deletion"] == "0.100 [0.100, 0.100]"
+    # mean 0.7, sd 0.1414, t(0.975, 1) = 12.706: half-width 1.2706
+    assert wide.loc[1, "insertion"] == "0.700 [-0.571, 1.971]"

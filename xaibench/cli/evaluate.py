@@ -19,6 +19,7 @@ from xaibench.cli.options import (
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.evaluate import evaluate_store, write_evaluation
 from xaibench.metrics import METRICS, get_protocol, summary_markdown
+from xaibench.metrics.stats import summary_wide
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.runtime import default_batch_size, resolve_device
 
@@ -128,6 +129,8 @@ def evaluate_command(
         click.echo(
             f"{store}: {len(evaluation.per_image)} images -> {paths['summary'].parent}/", err=True
         )
-    table = pd.concat(summaries, ignore_index=True).drop(columns=["protocol_settings"])
-    click.echo(f"\nProtocol {settings.name}: {settings.to_dict()}\n")
-    click.echo(summary_markdown(table))
+    table = pd.concat(summaries, ignore_index=True)
+    settings_text = ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if k != "name")
+    click.echo(f"\nProtocol {settings.name} ({settings_text}); mean [95% CI] over images;")
+    click.echo("avg_drop and increase in %.\n")
+    click.echo(summary_markdown(summary_wide(table)))

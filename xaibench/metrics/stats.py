@@ -70,3 +70,23 @@ def summary_markdown(table: pd.DataFrame, float_format: str = "{:.4f}") -> str:
     ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
     return "\n".join(lines)
+
+
+def summary_wide(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """`summarise`'s long table as one row per (model, method, protocol), one column per metric.
+
+    Each cell reads "mean [ci_low, ci_high]"; rows and metrics keep their order of appearance.
+    """
+    keys = [c for c in ("model", "method", "protocol") if c in table.columns]
+    cells = table.assign(
+        cell=[
+            f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+            for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"], strict=True)
+        ]
+    )
+    wide = cells.pivot(index=keys, columns="metric", values="cell")
+    rows = list(dict.fromkeys(cells[keys].itertuples(index=False, name=None)))
+    wide = wide.reindex(
+        pd.MultiIndex.from_tuples(rows, names=keys) if len(keys) > 1 else [r[0] for r in rows]
+    )
+    return wide[list(dict.fromkeys(table["metric"]))].reset_index().rename_axis(columns=None)
