@@ -3,6 +3,7 @@
 Importing this package registers every metric in `METRICS`.
 """
 
+from xaibench.batching import apply_in_chunks
 from xaibench.metrics.base import (
     METRICS,
     Metric,
@@ -13,7 +14,6 @@ from xaibench.metrics.base import (
     saliency_at_input_size,
     score_function,
 )
-from xaibench.metrics.batch import apply_in_chunks
 from xaibench.metrics.causal import CausalMetric, InsDel, causal_curves, pixel_ranks
 from xaibench.metrics.confidence import AverageDrop, IncreaseInConfidence, explanation_scores
 from xaibench.metrics.protocols import PROTOCOLS, SUBSTRATES, Protocol, get_protocol

@@ -10,6 +10,7 @@ from typing import Literal
 
 import torch
 
+from xaibench.batching import apply_in_chunks
 from xaibench.metrics.base import (
     METRICS,
     Metric,
@@ -19,7 +20,6 @@ from xaibench.metrics.base import (
     fill_rows,
     finite_maps,
 )
-from xaibench.metrics.batch import apply_in_chunks
 
 Mode = Literal["insertion", "deletion"]
 

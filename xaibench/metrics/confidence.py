@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from xaibench.batching import apply_in_chunks
 from xaibench.metrics.base import (
     METRICS,
     Metric,
@@ -26,7 +27,6 @@ from xaibench.metrics.base import (
     fill_rows,
     finite_maps,
 )
-from xaibench.metrics.batch import apply_in_chunks
 
 
 @dataclass

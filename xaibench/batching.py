@@ -1,4 +1,8 @@
-"""Run a function over chunks of a leading dimension, so memory is bounded by the chunk size."""
+"""Run a function over chunks of a leading dimension, so memory is bounded by the chunk size.
+
+The one batching helper behind every expansion: (image x step) pairs of the causal metrics, and the
+channels, masks and samples of perturbation and sampling methods.
+"""
 
 from __future__ import annotations
 
