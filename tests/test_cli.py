@@ -100,7 +100,7 @@ def test_rerun_resumes_and_a_killed_run_equals_an_uninterrupted_one(
                 b.read_maps(np.arange(6)), a.read_maps(np.arange(6)), rtol=1e-5, atol=1e-7
             )
             np.testing.assert_array_equal(a.targets, b.targets)
-    assert "0 images" in generate(image_folder, tmp_path / "resumed").output
+    assert "nothing to do" in generate(image_folder, tmp_path / "resumed").output
 
 
 def test_npz_store_is_seed_compatible(image_folder, tmp_path):
@@ -248,3 +248,112 @@ def test_readme_documents_every_command():
     assert "make demo" in readme and "make test" in readme
     for command in cli.commands:
         assert f"xaibench {command}" in readme, command
+
+
+def evaluate(store, data, out, *extra):
+    return invoke(
+        "evaluate",
+        "--model",
+        MODEL,
+        "--store",
+        store,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--metrics",
+        "deletion,avg_drop",
+        "--step",
+        3136,
+        "--quiet",
+        *extra,
+    )
+
+
+def test_skipped_images_complete_the_store_and_evaluate_leaves_them_out(image_folder, tmp_path):
+    bad = image_folder / imagenet_classes().wnid(0) / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    result = generate(image_folder, tmp_path / "runs", "--store", "npz", "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert "6 images" in result.output and "1 image(s) skipped" in result.output
+    store_path = tmp_path / "runs" / "tiny_models_tiny_cnn" / "gradcam.npz"
+    with open_store(store_path) as store:
+        assert store.complete and len(store) == 7
+        row = store.ids.index(f"{imagenet_classes().wnid(0)}/broken.jpg")
+        assert store.targets[row] == -1 and np.isnan(store.read_maps([row])).all()
+    # the broken file is still there: evaluate never reads the skipped row
+    result = evaluate(store_path, image_folder, tmp_path / "metrics")
+    assert result.exit_code == 0, result.output
+    per_image = pd.read_csv(tmp_path / "metrics" / "gradcam-polycam(step=3136).per_image.csv")
+    assert len(per_image) == 6 and "broken.jpg" not in " ".join(per_image["image_id"])
+
+
+def test_evaluate_limit_takes_the_first_rows_of_the_store(image_folder, tmp_path):
+    assert generate(image_folder, tmp_path / "runs").exit_code == 0
+    store = tmp_path / "runs" / "tiny_models_tiny_cnn" / "tgrad.h5"
+    result = evaluate(store, image_folder, tmp_path / "metrics", "--limit", 2)
+    assert result.exit_code == 0, result.output
+    per_image = pd.read_csv(tmp_path / "metrics" / "tgrad-polycam(step=3136).per_image.csv")
+    with open_store(store) as opened:
+        assert per_image["image_id"].tolist() == opened.ids[:2]
+    assert '"step": 3136' in per_image["protocol_settings"].iloc[0]
+
+
+def test_target_label_explains_the_ground_truth_class(image_folder, tmp_path):
+    result = generate(image_folder, tmp_path / "runs", "--target", "label")
+    assert result.exit_code == 0, result.output
+    with open_store(tmp_path / "runs" / "tiny_models_tiny_cnn" / "gradcam.h5") as store:
+        assert store.meta.target == "label"
+        np.testing.assert_array_equal(store.targets, store.labels)
+
+
+def test_an_interrupted_evaluation_resumes_from_its_checkpoint(image_folder, tmp_path, monkeypatch):
+    import xaibench.evaluate as evaluation
+
+    assert generate(image_folder, tmp_path / "runs").exit_code == 0
+    store = tmp_path / "runs" / "tiny_models_tiny_cnn" / "tgrad.h5"
+    assert evaluate(store, image_folder, tmp_path / "full").exit_code == 0
+
+    original, calls = evaluation._Results.add, []
+
+    def add_then_die(self, *args):
+        calls.append(1)
+        original(self, *args)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation._Results, "add", add_then_die)
+    assert evaluate(store, image_folder, tmp_path / "resumed", "--batch-size", 4).exit_code != 0
+    checkpoint = tmp_path / "resumed" / ".tgrad-polycam(step=3136).checkpoint.npz"
+    assert checkpoint.exists()
+    with np.load(checkpoint) as saved:
+        assert saved["done"].sum() == 4
+    monkeypatch.setattr(evaluation._Results, "add", original)
+    assert evaluate(store, image_folder, tmp_path / "resumed", "--batch-size", 4).exit_code == 0
+    assert not checkpoint.exists()
+    name = "tgrad-polycam(step=3136).per_image.csv"
+    full, resumed = pd.read_csv(tmp_path / "full" / name), pd.read_csv(tmp_path / "resumed" / name)
+    pd.testing.assert_frame_equal(full, resumed)
+
+
+def test_duplicate_methods_and_empty_metrics_are_refused(image_folder, tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        ["generate", "--model", MODEL, "--saliency", "random,random", "--data", str(image_folder)],
+    )
+    assert result.exit_code != 0 and "twice" in str(result.exception)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--model",
+            MODEL,
+            "--store",
+            "x.h5",
+            "--data",
+            str(image_folder),
+            "--metrics",
+            "",
+        ],
+    )
+    assert result.exit_code != 0 and "at least one metric" in result.output

@@ -7,8 +7,10 @@ Results are checkpointed next to the outputs while the run goes (atomically, at 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +31,11 @@ from xaibench.metrics import (
     summarise,
 )
 from xaibench.models.factory import LoadedModel
-from xaibench.runtime import default_chunk_size, prepare_model
+from xaibench.runtime import prepare_model
 from xaibench.store import open_store
 from xaibench.store.base import SaliencyStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,10 +46,10 @@ class Evaluation:
     curves: dict[str, np.ndarray]
     summary: pd.DataFrame
     protocol: Protocol
-    store: Path
+    stem: str
 
     def paths(self, out_dir: Path) -> dict[str, Path]:
-        stem = f"{self.per_image['method'].iloc[0]}-{self.protocol.name}"
+        stem = self.stem
         return {
             "per_image": Path(out_dir) / f"{stem}.per_image.csv",
             "curves": Path(out_dir) / f"{stem}.curves.npz",
@@ -91,12 +95,18 @@ def evaluate_store(
     batch_size: int,
     chunk_size: int | None = None,
     workers: int = 0,
+    limit: int | None = None,
     allow_incomplete: bool = False,
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
 ) -> Evaluation:
-    """Evaluate every done row of the store at `store_path` with `metrics` under `protocol`."""
+    """Evaluate the done rows of the store at `store_path` (the first `limit` of them if given)
+    with `metrics` under `protocol`. Rows of images skipped at generation (target -1) are left out.
+
+    With `checkpoint`, results so far are saved there every `checkpoint_seconds` and when the run is
+    interrupted, and a later call with the same store, protocol and metrics resumes from them.
+    """
     metric_objects = [METRICS.get(name) for name in metrics]
     with open_store(store_path) as store:
         dataset_rows = check_store_matches(store, loaded, dataset)
@@ -105,10 +115,11 @@ def evaluate_store(
                 f"{store.path}: {int((~store.done).sum())} of {len(store)} rows are not done; "
                 "finish it by re-running generate, or pass --allow-incomplete to evaluate the rest"
             )
-        rows = np.flatnonzero(store.done)
+        rows = np.flatnonzero(store.done & (store.targets >= 0))[:limit]
+        if len(rows) == 0:
+            raise StoreError(f"{store.path} has no finished row with a map to evaluate")
         model = prepare_model(loaded.model, device).eval()
         score_fn = score_function(model, protocol.score)
-        chunk = chunk_size or default_chunk_size(device)
         state = _Results.resume(checkpoint, _run_key(store, protocol, metrics), len(store))
         todo = rows[~state.done[rows]]
         bar = tqdm(
@@ -119,36 +130,45 @@ def evaluate_store(
             disable=not progress,
         )
         last_save = time.monotonic()
-        loader = make_loader(dataset, batch_size, workers, indices=dataset_rows[todo].tolist())
+        loader = make_loader(dataset, batch_size, workers, dataset_rows[todo], device=device)
         store_row_of = dict(zip(dataset_rows.tolist(), range(len(dataset_rows)), strict=True))
-        for images, indices in loader:
-            batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
-            images = images.to(device, non_blocking=True).contiguous(
-                memory_format=torch.channels_last
-            )
-            maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
-            targets = torch.from_numpy(store.targets[batch_rows]).to(device)
-            ctx = MetricContext(
-                images=images,
-                saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
-                targets=targets,
-                clean_scores=score_fn(images, targets),
-                score_fn=score_fn,
-                protocol=protocol,
-                chunk_size=chunk,
-            )
-            state.add(batch_rows, ctx.clean_scores, [m.score_batch(ctx) for m in metric_objects])
-            bar.update(len(batch_rows))
-            if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
+        try:
+            for images, indices in loader:
+                batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
+                images = images.to(device, non_blocking=True).contiguous(
+                    memory_format=torch.channels_last
+                )
+                maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
+                targets = torch.from_numpy(store.targets[batch_rows]).to(device)
+                ctx = MetricContext(
+                    images=images,
+                    saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
+                    targets=targets,
+                    clean_scores=score_fn(images, targets),
+                    score_fn=score_fn,
+                    protocol=protocol,
+                    chunk_size=chunk_size,
+                )
+                state.add(
+                    batch_rows, ctx.clean_scores, [m.score_batch(ctx) for m in metric_objects]
+                )
+                bar.update(len(batch_rows))
+                if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
+                    state.save(checkpoint)
+                    last_save = time.monotonic()
+        except BaseException:
+            if checkpoint:
                 state.save(checkpoint)
-                last_save = time.monotonic()
+            raise
         bar.close()
         per_image = state.table(store, rows, protocol)
         curves = {name: values[rows] for name, values in state.curves.items()}
     value_columns = [c for c in state.values if c in METRICS]
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
-    summary["protocol_settings"] = json.dumps(protocol.to_dict(), sort_keys=True)
-    return Evaluation(per_image, curves, summary, protocol, Path(store_path))
+    summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
+    return Evaluation(
+        per_image, curves, summary, protocol, f"{Path(store_path).stem}-{protocol.name}"
+    )
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
@@ -204,16 +224,22 @@ class _Results:
         state = cls(key, n)
         if path is None or not path.exists():
             return state
-        with np.load(path, allow_pickle=False) as saved:
-            if str(saved["key"]) != key:
-                return state
-            state.done, state.clean = saved["done"], saved["clean"]
-            for name in saved.files:
-                kind, _, column = name.partition(":")
-                if kind == "value":
-                    state.values[column] = saved[name]
-                elif kind == "curve":
-                    state.curves[column] = saved[name]
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if str(saved["key"]) != key:
+                    log.warning("%s is from another evaluation; starting afresh", path)
+                    return state
+                state.done, state.clean = saved["done"], saved["clean"]
+                for name in saved.files:
+                    kind, _, column = name.partition(":")
+                    if kind == "value":
+                        state.values[column] = saved[name]
+                    elif kind == "curve":
+                        state.curves[column] = saved[name]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            log.warning("cannot read checkpoint %s (%s); starting afresh", path, error)
+            return cls(key, n)
+        log.info("resuming from %s: %d rows already evaluated", path, int(state.done.sum()))
         return state
 
     def add(self, rows: np.ndarray, clean: torch.Tensor, results) -> None:
@@ -247,6 +273,7 @@ class _Results:
                 "model": store.meta.model,
                 "method": store.meta.method,
                 "protocol": protocol.name,
+                "protocol_settings": json.dumps(protocol.to_dict(), sort_keys=True),
             }
         )
         for name, values in self.values.items():

@@ -5,14 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import xaibench
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.errors import ConfigError
 from xaibench.methods import METHODS
@@ -20,9 +18,8 @@ from xaibench.methods.base import SaliencyMethod
 from xaibench.models.factory import LoadedModel
 from xaibench.runtime import prepare_model
 from xaibench.store import create_or_resume
-from xaibench.store.meta import StoreMeta
+from xaibench.store.meta import TARGETS, StoreMeta
 
-TARGETS = ("predicted", "label")
 STORE_FORMATS = ("h5", "npz")
 
 
@@ -35,15 +32,16 @@ class MethodRun:
     store: object
     pending: set[int]
     seconds: float = 0.0
-    written: int = 0
+    map_shape: tuple[int, ...] | None = None
 
 
 @dataclass
 class GenerateSummary:
+    """images: rows explained in this run (skipped ones not counted); seconds: wall time."""
+
     images: int
     seconds: float
     stores: list[Path] = field(default_factory=list)
-    method_seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -75,7 +73,11 @@ def generate(
     """Explain every image of `dataset` with each method; resume stores that exist.
 
     Images are read once per batch and shared by all methods; each method writes its own store.
+    Images that cannot be decoded (with the dataset's `skip_bad`) are recorded as done rows with a
+    NaN map, target -1 and a NaN score, so the store completes and evaluation leaves them out.
     """
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--saliency names a method twice: {', '.join(methods)}")
     if target not in TARGETS:
         raise ConfigError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
     if store_format not in STORE_FORMATS:
@@ -99,9 +101,6 @@ def generate(
             method_params=method.params,
             target=target,
             preprocess=dataset.preprocess.to_dict(),
-            xaibench_version=xaibench.__version__,
-            torch_version=torch.__version__,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         store = create_or_resume(path, meta, dataset.ids, dataset.labels)
@@ -110,8 +109,9 @@ def generate(
     todo = sorted(set().union(*(r.pending for r in runs)))
     labels = torch.as_tensor(dataset.labels)
     started = time.perf_counter()
+    explained = 0
     try:
-        loader = make_loader(dataset, batch_size, workers, indices=todo)
+        loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
         bar = tqdm(total=len(todo), unit="img", desc=loaded.name, disable=not progress)
         for images, indices in loader:
             images = images.to(device, non_blocking=True).contiguous(
@@ -141,24 +141,55 @@ def generate(
                     maps,
                     explanation.targets.cpu().numpy(),
                     scores.detach().cpu().numpy(),
-                    dataset.labels[batch_indices.numpy()],
                 )
-                run.written += len(rows)
+                run.map_shape = maps.shape[1:]
                 run.pending.difference_update(batch_indices.tolist())
-            bar.update(len(indices))
+            explained += len(indices)
+            bar.update(explained + len(dataset.bad) - bar.n)
             elapsed = time.perf_counter() - started
-            bar.set_postfix_str(f"{bar.n / max(elapsed, 1e-9):.1f} img/s")
+            bar.set_postfix_str(f"{explained / max(elapsed, 1e-9):.1f} img/s")
         bar.close()
-    finally:
         for run in runs:
-            run.store.close()
+            _record_skipped(run, sorted(run.pending & set(dataset.bad)))
+    finally:
+        _close_all(runs)
     return GenerateSummary(
-        images=len(todo),
+        images=explained,
         seconds=time.perf_counter() - started,
         stores=[r.store_path for r in runs],
-        method_seconds={r.method.name: r.seconds for r in runs},
-        skipped=list(getattr(dataset, "bad_ids", [])),
+        skipped=dataset.bad_ids,
     )
+
+
+def _record_skipped(run: MethodRun, rows: list[int]) -> None:
+    """Write undecodable images as done rows: NaN map, target -1, NaN score."""
+    if not rows:
+        return
+    if run.map_shape is None:
+        raise ConfigError(
+            f"no image of this run could be decoded, so {run.store_path} has no map size; "
+            "check the --data folder"
+        )
+    indices = np.asarray(rows, dtype=np.int64)
+    run.store.write(
+        indices,
+        np.full((len(rows), *run.map_shape), np.nan, dtype=np.float32),
+        np.full(len(rows), -1, dtype=np.int64),
+        np.full(len(rows), np.nan, dtype=np.float32),
+    )
+    run.pending.difference_update(rows)
+
+
+def _close_all(runs: list[MethodRun]) -> None:
+    """Close every store, even when closing one of them fails; re-raise the first failure."""
+    failure = None
+    for run in runs:
+        try:
+            run.store.close()
+        except Exception as error:
+            failure = failure or error
+    if failure is not None:
+        raise failure
 
 
 def _elapsed(start: float, device: torch.device) -> float:

@@ -34,7 +34,7 @@ DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
     "stores",
     required=True,
     multiple=True,
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    type=click.Path(path_type=Path, dir_okay=False),
     help="Saliency store (.h5 or .npz) made by `xaibench generate`; repeat for several methods.",
 )
 @data_options
@@ -99,16 +99,26 @@ def evaluate_command(
     (count, mean, 95% CI) per metric, and prints the summary as Markdown. Every output records the
     protocol and its settings.
     """
+    if not metrics:
+        raise click.BadParameter("give at least one metric", param_hint="--metrics")
     for name in metrics:
         METRICS.get(name)
+    destinations = [out_dir or store.parent / "metrics" for store in stores]
+    outputs = [(d.resolve(), s.stem) for d, s in zip(destinations, stores, strict=True)]
+    if len(set(outputs)) != len(outputs):
+        raise click.BadParameter(
+            "two stores would write the same tables (same method name and output folder); "
+            "evaluate them separately with different --out folders",
+            param_hint="--store",
+        )
     chosen = resolve_device(device, cuda)
     settings = get_protocol(protocol, **({"step": step} if step else {}))
     loaded = load_model(model, weights)
     preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
-    dataset = ImageFolderDataset(data_dir, preprocess, labels_file=labels_file, limit=limit)
+    dataset = ImageFolderDataset(data_dir, preprocess, labels_file=labels_file)
     summaries = []
-    for store in stores:
-        destination = out_dir or store.parent / "metrics"
+    for store, destination in zip(stores, destinations, strict=True):
+        checkpoint = destination / f".{store.stem}-{settings.name}.checkpoint.npz"
         evaluation = evaluate_store(
             store,
             loaded,
@@ -119,12 +129,13 @@ def evaluate_command(
             batch_size=batch_size or default_batch_size(chosen),
             chunk_size=chunk_size,
             workers=workers,
+            limit=limit,
             allow_incomplete=allow_incomplete,
-            checkpoint=destination / f".{store.stem}-{settings.name}.checkpoint.npz",
+            checkpoint=checkpoint,
             progress=not quiet,
         )
         paths = write_evaluation(evaluation, destination)
-        (destination / f".{store.stem}-{settings.name}.checkpoint.npz").unlink(missing_ok=True)
+        checkpoint.unlink(missing_ok=True)
         summaries.append(evaluation.summary)
         click.echo(
             f"{store}: {len(evaluation.per_image)} images -> {paths['summary'].parent}/", err=True

@@ -123,11 +123,14 @@ def generate_command(
         click.echo(f"skipped (cannot decode): {skipped}", err=True)
     if summary.skipped:
         click.echo(
-            f"{len(summary.skipped)} image(s) skipped: their rows stay not done, so evaluate these "
-            "stores with --allow-incomplete (or fix the files and re-run to fill them in)",
+            f"{len(summary.skipped)} image(s) skipped: recorded with a NaN map and target -1, "
+            "which evaluate leaves out",
             err=True,
         )
     stores = ", ".join(str(p) for p in summary.stores)
+    if summary.images == 0 and not summary.skipped:
+        click.echo(f"nothing to do: every image is already in {stores}")
+        return
     click.echo(
         f"{summary.images} images in {summary.seconds:.1f} s "
         f"({summary.images_per_second:.2f} img/s) -> {stores}"

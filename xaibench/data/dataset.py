@@ -231,6 +231,16 @@ class ImageLoader(DataLoader):
     dataset: ImageFolderDataset
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            yield from self._batches()
+        except DataError as error:
+            # A worker's error comes back wrapped in its traceback: keep the one-line message.
+            message = str(error)
+            if "DataError: " in message:
+                message = message.rsplit("DataError: ", 1)[1].strip()
+            raise DataError(message) from None
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in super().__iter__():
             for item in batch.bad:
                 log.warning("skipping %s", item.reason)
@@ -244,10 +254,11 @@ def make_loader(
     batch_size: int,
     workers: int = 0,
     indices: Sequence[int] | np.ndarray | None = None,
+    device: torch.device | None = None,
 ) -> ImageLoader:
     """Batches of `dataset` rows `indices` (all rows if None) in the order given.
 
-    Pinned memory when CUDA is available, so copies to the GPU can overlap compute.
+    Pinned memory when the batches go to a CUDA device, so copies can overlap compute.
     """
     rows = range(len(dataset)) if indices is None else [int(i) for i in indices]
     return ImageLoader(
@@ -256,5 +267,5 @@ def make_loader(
         sampler=rows,
         num_workers=workers,
         collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=device is not None and device.type == "cuda",
     )
