@@ -1,7 +1,7 @@
 """Insertion + Deletion throughput against two references measured in the same run:
 
 - raw: the forward passes the metric must do (2 x points per image), as plain batched forwards;
-- one-image: the original T-Grad pipeline's way, one image at a time, its perturbed copies built
+- one-image: the T-Grad authors' way, one image at a time, its perturbed copies built
   step by step in Python and scored in batches of 64.
 
     python scripts/bench_evaluate.py --model resnet18 --images 2

@@ -103,7 +103,7 @@ def test_rerun_resumes_and_a_killed_run_equals_an_uninterrupted_one(
     assert "nothing to do" in generate(image_folder, tmp_path / "resumed").output
 
 
-def test_npz_store_is_seed_compatible(image_folder, tmp_path):
+def test_npz_store_is_keyed_by_file_name(image_folder, tmp_path):
     assert generate(image_folder, tmp_path / "runs", "--store", "npz").exit_code == 0
     path = tmp_path / "runs" / "tiny_models_tiny_cnn" / "tgrad.npz"
     with np.load(path, allow_pickle=False) as archive:

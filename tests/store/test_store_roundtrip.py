@@ -74,7 +74,7 @@ def test_gzip_is_an_option(tmp_path):
         create_or_resume(tmp_path / "t.h5", meta(), ids(), labels(), compression="zstd")
 
 
-def test_npz_is_the_seed_layout_without_pickle(tmp_path):
+def test_npz_is_keyed_by_file_name_without_pickle(tmp_path):
     path = write_all(tmp_path / "s.npz")
     assert not partial_path(path).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
@@ -172,9 +172,9 @@ def test_files_that_are_not_stores(tmp_path):
         f["x"] = 1
     with pytest.raises(StoreError, match="not an xaibench saliency store"):
         open_store(tmp_path / "other.h5")
-    np.savez_compressed(tmp_path / "seed.npz", **{"a.JPEG": np.zeros((2, 2))})
+    np.savez_compressed(tmp_path / "legacy.npz", **{"a.JPEG": np.zeros((2, 2))})
     with pytest.raises(StoreError, match="__xaibench__"):
-        open_store(tmp_path / "seed.npz")
+        open_store(tmp_path / "legacy.npz")
     with pytest.raises(StoreError, match="does not exist"):
         open_store(tmp_path / "absent.h5")
     with pytest.raises(StoreError, match=r"\.h5 or \.hdf5 or \.npz"):

@@ -58,7 +58,7 @@ from xaibench.runtime import default_batch_size, resolve_device
     type=click.Choice(STORE_FORMATS),
     default="h5",
     show_default=True,
-    help="HDF5 store, or an npz the original T-Grad evaluation scripts can read.",
+    help="HDF5 store, or an npz the T-Grad authors' evaluation scripts can read.",
 )
 @click.option(
     "--layer",

@@ -104,7 +104,7 @@ def load_rgb(path: Path) -> Image.Image:
     """Decode an image as 8-bit RGB (grayscale, CMYK, palette and alpha images are converted).
 
     Alpha is dropped, not composited: the colour under transparent pixels is kept, as
-    torchvision's ImageFolder loader and the original T-Grad scripts do. 16-bit grayscale is scaled to 8 bits
+    torchvision's ImageFolder loader and the T-Grad authors' scripts do. 16-bit grayscale is scaled to 8 bits
     (PIL's own conversion would clip it at 255).
     """
     with Image.open(path) as image:

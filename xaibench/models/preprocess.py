@@ -6,8 +6,7 @@ size (no crop), convert to [0, 1] and normalise with the model's mean and std.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torchvision.transforms.functional as TF
@@ -53,17 +52,6 @@ class Preprocess:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["input_size"] = list(self.input_size)
         return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocess:
-        resize = tuple(d["resize"]) if isinstance(d["resize"], list) else d["resize"]
-        return cls(d["name"], resize, d["crop"], tuple(d["mean"]), tuple(d["std"]))
-
-    def with_normalisation(self, mean, std) -> Preprocess:
-        return replace(self, mean=tuple(mean), std=tuple(std))
 
 
 def protocol_preprocess(

@@ -1,4 +1,4 @@
-"""The npz store (`.npz`): the original T-Grad pipeline's archive, one key per image file name.
+"""The npz store (`.npz`): the archive format of the T-Grad authors' scripts, one key per image file name.
 
 The archive is only ever written complete. While a run is in progress its rows live in an HDF5
 working file next to it (`<name>.npz.partial.h5`), which resumes like any `.h5` store; when every
@@ -35,7 +35,7 @@ def partial_path(path: Path) -> Path:
 
 
 def npz_keys(ids: Sequence[str]) -> list[str]:
-    """The key of each image: its file name, as the original T-Grad evaluation scripts index the archive.
+    """The key of each image: its file name, as the T-Grad authors' evaluation scripts index the archive.
 
     StoreError if two ids share a file name (or one is a reserved key): such a dataset needs `.h5`.
     """
@@ -123,7 +123,7 @@ class NpzStore(SaliencyStore):
         except KeyError:
             raise StoreError(
                 f"{self.path} has no {META_KEY!r} header: it is not an xaibench store "
-                "(an npz from the original T-Grad pipeline carries no run metadata)"
+                "(an npz from the T-Grad authors' scripts carries no run metadata)"
             ) from None
         if attrs.get("format") != FORMAT or attrs.get("format_version") != FORMAT_VERSION:
             raise StoreError(
