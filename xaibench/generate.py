@@ -15,6 +15,7 @@ from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.errors import ConfigError
 from xaibench.methods import METHODS
 from xaibench.methods.base import SaliencyMethod
+from xaibench.methods.cam import CAMMethod, explain_together
 from xaibench.models.factory import LoadedModel
 from xaibench.runtime import prepare_model
 from xaibench.store import create_or_resume
@@ -31,7 +32,6 @@ class MethodRun:
     store_path: Path
     store: object
     pending: set[int]
-    seconds: float = 0.0
     map_shape: tuple[int, ...] | None = None
 
 
@@ -107,6 +107,7 @@ def generate(
         runs.append(MethodRun(method, path, store, set(store.pending_indices().tolist())))
 
     todo = sorted(set().union(*(r.pending for r in runs)))
+    groups = shared_pass_groups(runs)
     labels = torch.as_tensor(dataset.labels)
     started = time.perf_counter()
     explained = 0
@@ -118,32 +119,34 @@ def generate(
                 memory_format=torch.channels_last
             )
             clean_logits = None
-            for run in runs:
-                rows = [i for i, index in enumerate(indices.tolist()) if index in run.pending]
-                if not rows:
+            for group in groups:
+                wanted = [
+                    i
+                    for i, index in enumerate(indices.tolist())
+                    if any(index in r.pending for r in group)
+                ]
+                if not wanted:
                     continue
-                selected = torch.as_tensor(rows)
+                selected = torch.as_tensor(wanted)
                 batch, batch_indices = images[selected.to(device)], indices[selected]
                 targets = labels[batch_indices].to(device) if target == "label" else None
-                clock = time.perf_counter()
-                explanation = run.method(batch, targets)
-                logits = explanation.logits
-                if logits is None:
-                    if clean_logits is None:
-                        with torch.inference_mode():
-                            clean_logits = model(images)
-                    logits = clean_logits[selected.to(device)]
-                scores = logits.float().softmax(dim=1).gather(1, explanation.targets[:, None])[:, 0]
-                maps = explanation.maps.detach().float().cpu().numpy()
-                run.seconds += _elapsed(clock, device)
-                run.store.write(
-                    batch_indices.numpy(),
-                    maps,
-                    explanation.targets.cpu().numpy(),
-                    scores.detach().cpu().numpy(),
-                )
-                run.map_shape = maps.shape[1:]
-                run.pending.difference_update(batch_indices.tolist())
+                for run, explanation in zip(group, _explain(group, batch, targets), strict=True):
+                    logits = explanation.logits
+                    if logits is None:
+                        if clean_logits is None:
+                            with torch.inference_mode():
+                                clean_logits = model(images)
+                        logits = clean_logits[selected.to(device)]
+                    scores = logits.float().softmax(1).gather(1, explanation.targets[:, None])[:, 0]
+                    mine = np.array([int(i) in run.pending for i in batch_indices])
+                    run.store.write(
+                        batch_indices.numpy()[mine],
+                        explanation.maps.detach().float().cpu().numpy()[mine],
+                        explanation.targets.cpu().numpy()[mine],
+                        scores.detach().cpu().numpy()[mine],
+                    )
+                    run.map_shape = tuple(explanation.maps.shape[1:])
+                    run.pending.difference_update(batch_indices[mine].tolist())
             explained += len(indices)
             bar.update(explained + len(dataset.bad) - bar.n)
             elapsed = time.perf_counter() - started
@@ -192,7 +195,27 @@ def _close_all(runs: list[MethodRun]) -> None:
         raise failure
 
 
-def _elapsed(start: float, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+def shared_pass_groups(runs: list[MethodRun]) -> list[list[MethodRun]]:
+    """Runs grouped so that CAM methods reading the same layer share one forward and backward.
+
+    A CAM method whose map comes from `layer_pass` alone (it does not override `explain`) joins the
+    group of its layer; every other method is a group of its own.
+    """
+    groups: list[list[MethodRun]] = []
+    by_layer: dict[str, list[MethodRun]] = {}
+    for run in runs:
+        method = run.method
+        if isinstance(method, CAMMethod) and type(method).explain is CAMMethod.explain:
+            if method.layer not in by_layer:
+                by_layer[method.layer] = []
+                groups.append(by_layer[method.layer])
+            by_layer[method.layer].append(run)
+        else:
+            groups.append([run])
+    return groups
+
+
+def _explain(group: list[MethodRun], images: torch.Tensor, targets: torch.Tensor | None):
+    if len(group) == 1:
+        return [group[0].method(images, targets)]
+    return explain_together([run.method for run in group], images, targets)
