@@ -42,6 +42,10 @@ def _open_file(path: Path, mode: str) -> h5py.File:
         raise StoreError(
             f"store {path} is open for writing by another process; wait for it to finish"
         ) from None
+    except PermissionError as error:
+        raise StoreError(
+            f"store {path} cannot be opened ({error}); check its permissions"
+        ) from None
     except OSError as error:
         raise StoreError(
             f"store {path} cannot be read as HDF5 ({error}); it is corrupt or not a store: "
