@@ -38,6 +38,8 @@ class SaliencyMethod(ABC):
 
     name: ClassVar[str]
     needs_model: ClassVar[bool] = True
+    uses_target: ClassVar[bool] = True
+    """False for methods whose map does not depend on the class explained (baselines, Eigen-CAM)."""
 
     def __init__(self, model: nn.Module, **params: Any):
         self.model = model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from torch import nn
 
@@ -51,34 +53,24 @@ def seeded_uniform(keys: torch.Tensor, seed: int, size: tuple[int, int]) -> torc
     return ((bits >> 8).float() * 2.0**-24).view(-1, *size)
 
 
-@METHODS.register("random", help="seeded uniform noise per image: the floor a method should beat")
-class RandomBaseline(SaliencyMethod):
-    """Uniform noise in [0, 1) of shape (B, h, w), reproducible per image.
+class ModelFreeBaseline(SaliencyMethod):
+    """A map that ignores the model: the shared target and logits handling of the baselines.
 
-    An image's map depends only on (seed, the image's pixels), not on its place in the batch, the
-    batch size or the device. resolution: side of the square map, None = the input's (H, W).
-
-    The maps ignore the model (`needs_model` is False): `model` may be None, and is only run, in
-    inference mode, when no targets are given, to pick the top-1 classes; its logits are then
-    returned. Without a model, targets are required.
+    `needs_model` is False: `model` may be None, and is only run, in inference mode, when no
+    targets are given, to pick the top-1 classes; its logits are then returned. Without a model,
+    targets are required. Subclasses implement `baseline_maps`.
     """
 
-    name = "random"
     needs_model = False
-
-    def __init__(
-        self, model: nn.Module | None = None, resolution: int | None = None, seed: int = 0
-    ):
-        if resolution is not None and resolution < 1:
-            raise ConfigError(f"random: resolution must be a positive integer, got {resolution}")
-        super().__init__(model, resolution=resolution, seed=seed)
-        self.resolution, self.seed = resolution, seed
+    uses_target = False
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> Explanation:
         if self.model is not None:
             return super().__call__(images, targets)
         if targets is None:
-            raise ConfigError("random: give targets, or build the method with a model to pick them")
+            raise ConfigError(
+                f"{self.name}: give targets, or build the method with a model to pick them"
+            )
         if images.ndim != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
         return self.explain(images, targets)
@@ -91,6 +83,82 @@ class RandomBaseline(SaliencyMethod):
             targets = top1_targets(logits, None)
         else:
             targets = targets.to(device=images.device, dtype=torch.long)
+        return Explanation(self.baseline_maps(images), targets, logits)
+
+    @abstractmethod
+    def baseline_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, h, w) float32 on the images' device."""
+
+
+@METHODS.register("random", help="seeded uniform noise per image: the floor a method should beat")
+class RandomBaseline(ModelFreeBaseline):
+    """Uniform noise in [0, 1) of shape (B, h, w), reproducible per image.
+
+    An image's map depends only on (seed, the image's pixels), not on its place in the batch, the
+    batch size or the device. resolution: side of the square map, None = the input's (H, W).
+    """
+
+    name = "random"
+
+    def __init__(
+        self, model: nn.Module | None = None, resolution: int | None = None, seed: int = 0
+    ):
+        if resolution is not None and resolution < 1:
+            raise ConfigError(f"random: resolution must be a positive integer, got {resolution}")
+        super().__init__(model, resolution=resolution, seed=seed)
+        self.resolution, self.seed = resolution, seed
+
+    def baseline_maps(self, images: torch.Tensor) -> torch.Tensor:
         size = tuple(images.shape[2:]) if self.resolution is None else (self.resolution,) * 2
-        maps = seeded_uniform(image_fingerprints(images), self.seed, size)
-        return Explanation(maps, targets, logits)
+        return seeded_uniform(image_fingerprints(images), self.seed, size)
+
+
+@METHODS.register("centre", help="a Gaussian centred on the image: the centre-bias floor")
+class CentreBaseline(ModelFreeBaseline):
+    """exp(-((y - H/2)^2 / (2 (sigma H)^2) + (x - W/2)^2 / (2 (sigma W)^2))), (B, H, W).
+
+    Pixel (i, j) sits at (y, x) = (i + 1/2, j + 1/2), so the map is symmetric about the centre,
+    also for odd sides. sigma is a fraction of each side (0.25: a quarter of the height along y,
+    of the width along x). Objects in photographs are often near the centre, so this map scores
+    well above the random one; a method should beat it too.
+    """
+
+    name = "centre"
+
+    def __init__(self, model: nn.Module | None = None, sigma: float = 0.25):
+        if not sigma > 0:
+            raise ConfigError(f"centre: sigma must be a positive fraction of the side, got {sigma}")
+        super().__init__(model, sigma=sigma)
+        self.sigma = sigma
+
+    def baseline_maps(self, images: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = images.shape
+        y = _centred_coordinates(height, self.sigma, images.device)
+        x = _centred_coordinates(width, self.sigma, images.device)
+        gaussian = torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))
+        return gaussian.expand(batch, height, width).contiguous()
+
+
+def _centred_coordinates(n: int, sigma: float, device: torch.device) -> torch.Tensor:
+    """(n,) float32: offsets of the pixel centres from the middle of the side, over sigma * n."""
+    centres = torch.arange(n, device=device, dtype=torch.float32) + 0.5
+    return (centres - n / 2) / (sigma * n)
+
+
+@METHODS.register("constant", help="the same value at every pixel: ranks pixels in raster order")
+class ConstantBaseline(ModelFreeBaseline):
+    """A map of ones (B, H, W): no pixel is preferred to another.
+
+    Every pixel ties, so what the metrics measure is their tie-break: the insertion and deletion
+    metrics rank tied pixels by flat pixel index (a stable sort), so this map inserts or deletes
+    the image in raster order, top row first, and reports a tie fraction of 1.
+    """
+
+    name = "constant"
+
+    def __init__(self, model: nn.Module | None = None):
+        super().__init__(model)
+
+    def baseline_maps(self, images: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = images.shape
+        return torch.ones(batch, height, width, device=images.device)

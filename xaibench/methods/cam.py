@@ -1,16 +1,22 @@
-"""Class activation maps: Grad-CAM, and the base that CAM variants subclass.
+"""Class activation maps: the methods that read one layer's activations (and gradients).
 
-Every CAM method reads one layer's activations A (B, C, h, w) and the gradients G = dy_c/dA of the
-explained scores. `layer_pass` computes both in one forward and one backward that stops at the layer
-(the part of the network below it is never backpropagated). A variant is a small subclass of
-`CAMMethod` that overrides `channel_weights` (Grad-CAM++, XGrad-CAM) or `cam` (Layer-CAM), and
+Every CAM method reads one layer's activations A (B, C, h, w); the gradient-based ones also read
+G = dy_c/dA for the explained scores y_c. `layer_pass` computes both in one forward and one backward
+that stops at the layer (the part of the network below it is never backpropagated); `layer_forward`
+is the forward alone, for the methods that need no gradient (Eigen-CAM, and Score-CAM and
+Ablation-CAM in `cam_perturbation`). A variant is a small subclass of `CAMMethod` that overrides
+`channel_weights` (Grad-CAM, Grad-CAM++, XGrad-CAM) or `cam` (Layer-CAM, HiResCAM, Eigen-CAM), and
 `explain_together` gives several CAM methods on the same layer one shared pass.
+
+Every map is returned at the layer's resolution (B, h, w), after a ReLU as in Grad-CAM; callers
+resize it to the image when they need to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,18 +29,22 @@ from xaibench.methods.base import (
     saliency_mode,
     top1_targets,
 )
-from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
+from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
 
 
 @dataclass
 class LayerPass:
-    """activations, gradients: (B, C, h, w); logits: (B, K) clean-image logits; targets: (B,)."""
+    """activations: (B, C, h, w); gradients: (B, C, h, w), None after `layer_forward`;
+    logits: (B, K) clean-image logits; targets: (B,); runs: how many times the layer ran in the
+    forward (the activations are those of its last run).
+    """
 
     activations: torch.Tensor
-    gradients: torch.Tensor
+    gradients: torch.Tensor | None
     logits: torch.Tensor
     targets: torch.Tensor
+    runs: int = 1
 
 
 def layer_pass(
@@ -49,31 +59,64 @@ def layer_pass(
     with autograd_enabled(), record_layers(model, [layer], activations=True, edges=True) as rec:
         logits = model(gradient_input(images))
         targets = top1_targets(logits, targets)
-        call = rec.last(layer)
-        if call.activation.ndim != 4:
-            raise ConfigError(
-                f"layer {layer!r} outputs shape {tuple(call.shape)}, not (B, C, h, w); "
-                "pick a convolutional layer"
-            )
+        call = _spatial_call(rec.last(layer), layer)
         score = logits.gather(1, targets[:, None]).sum()
         (gradients,) = torch.autograd.grad(score, inputs=[call.edge])
-    return LayerPass(call.activation, gradients, logits.detach(), targets)
+    runs = sum(c.name == layer for c in rec.calls)
+    return LayerPass(call.activation, gradients, logits.detach(), targets, runs)
 
 
-class CAMMethod(SaliencyMethod):
-    """A map from one layer's activations and gradients, at the layer's resolution (B, h, w).
+def layer_forward(
+    model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | None
+) -> LayerPass:
+    """One forward of images (B, 3, H, W) without autograd, keeping `layer`'s activations.
+
+    targets (B,) or None (= top-1 of this forward). `gradients` is None.
+    """
+    with torch.no_grad(), record_layers(model, [layer], activations=True) as rec:
+        logits = model(images)
+    call = _spatial_call(rec.last(layer), layer)
+    runs = sum(c.name == layer for c in rec.calls)
+    return LayerPass(call.activation, None, logits, top1_targets(logits, targets), runs)
+
+
+def _spatial_call(call: LayerCall, layer: str) -> LayerCall:
+    """The call itself when its output is (B, C, h, w); ConfigError otherwise."""
+    if call.activation.ndim != 4:
+        raise ConfigError(
+            f"layer {layer!r} outputs shape {tuple(call.shape)}, not (B, C, h, w); "
+            "pick a convolutional layer"
+        )
+    return call
+
+
+def weighted_cam(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """(B, C), (B, C, h, w) -> (B, h, w) float32: ReLU(sum_c w_c A_c)."""
+    return torch.relu(torch.einsum("bc,bchw->bhw", weights, activations)).float()
+
+
+class LayerMethod(SaliencyMethod):
+    """A method that reads the output of one layer of the model.
 
     `layer` is a module name (`model.get_submodule(layer)`); None picks `find_target_layer(model)`.
-    The resolved name is recorded in `params`. A module that runs several times in one forward (an
-    activation module shared by the stem and the head) is read at its last run. Subclasses
-    override `channel_weights` or `cam`.
+    The resolved name is recorded in `params`, with the subclass's own settings. A module that runs
+    several times in one forward (an activation module shared by the stem and the head) is read at
+    its last run.
     """
 
-    def __init__(self, model: nn.Module, layer: str | None = None):
+    def __init__(self, model: nn.Module, layer: str | None = None, **params: Any):
         layer = find_target_layer(model) if layer is None else layer
         validate_layer(model, layer)
-        super().__init__(model, layer=layer)
+        super().__init__(model, layer=layer, **params)
         self.layer = layer
+
+
+class CAMMethod(LayerMethod):
+    """A map from one layer's activations and gradients, at the layer's resolution (B, h, w).
+
+    Subclasses override `channel_weights` or `cam`; `explain_together` calls `cam` on a shared
+    `layer_pass`.
+    """
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         result = layer_pass(self.model, self.layer, images, targets)
@@ -82,8 +125,7 @@ class CAMMethod(SaliencyMethod):
 
     def cam(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w), (B, C, h, w) -> (B, h, w) float32: ReLU(sum_c w_c A_c)."""
-        weights = self.channel_weights(activations, gradients)
-        return torch.relu(torch.einsum("bc,bchw->bhw", weights, activations)).float()
+        return weighted_cam(self.channel_weights(activations, gradients), activations)
 
     def channel_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w), (B, C, h, w) -> (B, C): the weight of each channel's activation map."""
@@ -98,6 +140,114 @@ class GradCAM(CAMMethod):
 
     def channel_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return gradients.mean(dim=(2, 3))
+
+
+@METHODS.register(
+    "gradcampp", help="Grad-CAM++: channels weighted by positive gradients with pixel-wise alphas"
+)
+class GradCAMPlusPlus(CAMMethod):
+    """Grad-CAM++ (Chattopadhyay et al., 2018): w_c = sum_ij alpha_ij^c ReLU(G_ij^c); (B, h, w).
+
+    alpha = G^2 / (2 G^2 + sum_ab A_ab G^3), the paper's closed form for the explained score
+    passed through exp: its second and third derivatives are then powers of the first (exact where
+    the network above the layer is piecewise linear), and the factor exp(y_c) cancels in alpha and
+    only scales the map, so G is the gradient of the score itself. Where the denominator is 0 the
+    paper's alpha is 0/0; it is set to 0 there (that pixel's gradient is 0, so it adds nothing).
+    """
+
+    name = "gradcampp"
+
+    def channel_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        squared = gradients.square()
+        total = activations.sum(dim=(2, 3), keepdim=True)
+        denominator = 2 * squared + total * squared * gradients
+        alpha = torch.where(denominator != 0, squared / denominator, 0.0)
+        return (alpha * torch.relu(gradients)).sum(dim=(2, 3))
+
+
+@METHODS.register(
+    "xgradcam", help="XGrad-CAM: gradients averaged with the activations as weights, ReLU"
+)
+class XGradCAM(CAMMethod):
+    """XGrad-CAM (Fu et al., 2020): w_c = sum_ij (A_ij^c / sum_ab A_ab^c) G_ij^c; map (B, h, w).
+
+    A channel whose activations sum to 0 gets weight 0 (the paper's ratio is undefined there; after
+    a ReLU such a channel is all zeros and adds nothing to the map anyway).
+    """
+
+    name = "xgradcam"
+
+    def channel_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        total = activations.sum(dim=(2, 3))
+        weighted = (activations * gradients).sum(dim=(2, 3))
+        return torch.where(total != 0, weighted / total, 0.0)
+
+
+@METHODS.register(
+    "layercam", help="Layer-CAM: activations weighted pixel-wise by positive gradients"
+)
+class LayerCAM(CAMMethod):
+    """Layer-CAM (Jiang et al., 2021): ReLU(sum_c ReLU(G^c) * A^c), pixel-wise; map (B, h, w).
+
+    One layer per method object; the paper's fusion of several layers is left to the caller.
+    """
+
+    name = "layercam"
+
+    def cam(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return torch.relu((torch.relu(gradients) * activations).sum(dim=1)).float()
+
+
+@METHODS.register("hirescam", help="HiResCAM: activations times gradients, summed over channels")
+class HiResCAM(CAMMethod):
+    """HiResCAM (Draelos and Carin, 2020): ReLU(sum_c G^c * A^c), pixel-wise; map (B, h, w).
+
+    The paper's map is the signed sum; as for Grad-CAM, only its positive part is kept, so that
+    every CAM map in a table is non-negative.
+    """
+
+    name = "hirescam"
+
+    def cam(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return torch.relu((gradients * activations).sum(dim=1)).float()
+
+
+@METHODS.register(
+    "eigencam", help="Eigen-CAM: first principal component of the activations (class-agnostic)"
+)
+class EigenCAM(CAMMethod):
+    """Eigen-CAM (Muhammad and Yeasin, 2020): the activations projected on their first principal axis.
+
+    Each image's activations, as an (h*w, C) matrix with one row per position, are centred over the
+    positions and decomposed by one batched SVD; the map is the first left singular vector times
+    its singular value, i.e. each position's coordinate on the first principal axis, then ReLU.
+    The map does not depend on the target class, and a call runs the forward only (no backward).
+
+    Sign convention: an SVD fixes a singular vector only up to sign. The axis is oriented so that its
+    channel weights sum to a positive number, which is the same as making the map correlate
+    positively with the channel-summed activations: positions where the layer responds strongly
+    come out high. (The paper does not fix the sign; pytorch-grad-cam keeps whatever sign its SVD
+    returns, so its map is ours or the ReLU of our map's negative, image by image.)
+    """
+
+    name = "eigencam"
+    uses_target = False
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
+        result = layer_forward(self.model, self.layer, images, targets)
+        return Explanation(self.cam(result.activations, None), result.targets, result.logits)
+
+    def cam(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
+        """(B, C, h, w), ignored -> (B, h, w) float32."""
+        b, _, h, w = activations.shape
+        positions = activations.flatten(2).transpose(1, 2).float()
+        positions = positions - positions.mean(dim=1, keepdim=True)
+        u, s, _ = torch.linalg.svd(positions, full_matrices=False)
+        projection = u[..., 0] * s[..., :1]
+        # <projection, channel sums> = s_1^2 * sum_c v_1c: its sign is the axis's orientation
+        orientation = (projection * positions.sum(dim=2)).sum(dim=1)
+        projection = torch.where(orientation[:, None] < 0, -projection, projection)
+        return torch.relu(projection).view(b, h, w)
 
 
 def explain_together(

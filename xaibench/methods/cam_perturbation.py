@@ -1,0 +1,177 @@
+"""CAM methods that weight a layer's channels by running the model again: Score-CAM, Ablation-CAM.
+
+Both explain a batch (B, 3, H, W) with one clean forward that keeps the layer's activations
+A (B, C, h, w), then score every (image, channel) pair with one more forward each. The pairs of the
+whole batch are run in chunks of `channel_batch` through `apply_in_chunks`, so memory is bounded by
+the chunk size and the maps do not depend on it. Pairs whose answer is known without a forward are
+skipped (a constant activation map for Score-CAM, an all-zero one for Ablation-CAM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xaibench.batching import apply_in_chunks
+from xaibench.errors import ConfigError
+from xaibench.methods.base import METHODS, Explanation
+from xaibench.methods.cam import LayerMethod, layer_forward, weighted_cam
+from xaibench.runtime import default_chunk_size
+
+
+class ChannelPerturbationCAM(LayerMethod):
+    """Shared settings: `layer` (None = `find_target_layer`) and `channel_batch`.
+
+    channel_batch: (image, channel) pairs per forward; None = `default_chunk_size` of the images'
+    device. The maps do not depend on it.
+    """
+
+    def __init__(
+        self, model: nn.Module, layer: str | None = None, channel_batch: int | None = None
+    ):
+        if channel_batch is not None and (
+            isinstance(channel_batch, bool)
+            or not isinstance(channel_batch, int)
+            or channel_batch < 1
+        ):
+            raise ConfigError(
+                f"{self.name}: channel_batch must be a positive integer, got {channel_batch!r}"
+            )
+        super().__init__(model, layer, channel_batch=channel_batch)
+        self.channel_batch = channel_batch
+
+    def chunk_size(self, images: torch.Tensor) -> int:
+        """Pairs per forward: `channel_batch`, or the default of the images' device."""
+        return self.channel_batch or default_chunk_size(images.device)
+
+
+@METHODS.register(
+    "scorecam", help="Score-CAM: activation maps weighted by the class probability of their mask"
+)
+class ScoreCAM(ChannelPerturbationCAM):
+    """Score-CAM (Wang et al., 2020): ReLU(sum_k s_k A_k) at the layer's resolution (B, h, w).
+
+    Each activation map A_k is resized to the image bilinearly, min-max normalised to [0, 1] and
+    multiplied into the image; s_k is the softmax probability of the explained class for that
+    masked image (`score`), as in the paper and the authors' code. A constant map carries no
+    location and gets s_k = 0 without a forward, as in the authors' code.
+
+    Departures: the paper's increase of confidence subtracts the baseline image's probability from
+    every s_k; the authors' code leaves it out, and so does this one. The map is returned at the
+    layer's resolution: bilinear resizing is linear, so resizing this map before its ReLU gives the
+    authors' map, which sums the resized A_k. pytorch-grad-cam instead weights the channels by a
+    softmax over the channels of the masked images' logits; the two maps differ (tests show it).
+    """
+
+    name = "scorecam"
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
+        result = layer_forward(self.model, self.layer, images, targets)
+        weights = self.channel_scores(images, result.activations, result.targets)
+        return Explanation(weighted_cam(weights, result.activations), result.targets, result.logits)
+
+    def channel_scores(
+        self, images: torch.Tensor, activations: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, 3, H, W), (B, C, h, w), (B,) -> (B, C): `score` of each image masked by each map."""
+        size = tuple(images.shape[2:])
+        flat = activations.flatten(2)
+        varies = flat.amax(dim=2) > flat.amin(dim=2)
+        pair_image, pair_channel = varies.nonzero(as_tuple=True)
+
+        def score_pairs(image: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+            masks = self.masks(activations[image, channel], size)
+            return self.score(self.model(images[image] * masks), targets[image])
+
+        with torch.no_grad():
+            scores = apply_in_chunks(
+                score_pairs, pair_image, pair_channel, chunk_size=self.chunk_size(images)
+            )
+        weights = scores.new_zeros(varies.shape)
+        weights[pair_image, pair_channel] = scores
+        return weights
+
+    def masks(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(L, h, w) non-constant maps -> (L, 1, H, W): resized bilinearly, min-max normalised."""
+        masks = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)
+        low = masks.amin(dim=(2, 3), keepdim=True)
+        high = masks.amax(dim=(2, 3), keepdim=True)
+        return (masks - low) / (high - low)
+
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(L, K), (L,) -> (L,): the softmax probability of each target class."""
+        return logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
+
+
+@METHODS.register(
+    "ablationcam", help="Ablation-CAM: channels weighted by the score drop when each is zeroed"
+)
+class AblationCAM(ChannelPerturbationCAM):
+    """Ablation-CAM (Desai and Ramaswamy, 2020): ReLU(sum_k w_k A_k), map (B, h, w).
+
+    w_k = (y_c - y_c^k) / y_c, with y_c the explained logit and y_c^k the logit when channel k of
+    the layer's output is set to 0: the whole model runs on the image, and the layer's output is
+    replaced by the clean forward's activations with channel k zeroed (so y_c^k differs from y_c
+    only by the ablation, not by rounding in the layers below). An all-zero channel is not run:
+    ablating it changes nothing, w_k = 0.
+
+    As published, the weights divide by y_c: a negative y_c flips every weight's sign, and a y_c
+    near 0 makes them large. pytorch-grad-cam ablates with a large negative value instead of 0
+    when the layer's activations are not all >= 0; this follows the paper on every layer.
+    """
+
+    name = "ablationcam"
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
+        result = layer_forward(self.model, self.layer, images, targets)
+        activations, targets = result.activations, result.targets
+        channels = activations.shape[1]
+        active = activations.flatten(2).ne(0).any(dim=2)
+        pair_image, pair_channel = active.nonzero(as_tuple=True)
+
+        def ablated_scores(image: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+            keep = 1 - F.one_hot(channel, channels).to(activations.dtype)[:, :, None, None]
+            ablated = activations[image] * keep
+            with (
+                torch.no_grad(),
+                replaced_output(self.model, self.layer, lambda _: ablated, run=result.runs),
+            ):
+                logits = self.model(images[image])
+            return logits.gather(1, targets[image][:, None])[:, 0]
+
+        ablated = apply_in_chunks(
+            ablated_scores, pair_image, pair_channel, chunk_size=self.chunk_size(images)
+        )
+        score = result.logits.gather(1, targets[:, None])[:, 0]
+        drops = score.new_zeros(active.shape)
+        drops[pair_image, pair_channel] = score[pair_image] - ablated
+        weights = drops / score[:, None]
+        return Explanation(weighted_cam(weights, activations), targets, result.logits)
+
+
+@contextmanager
+def replaced_output(
+    model: nn.Module, layer: str, replace: Callable[[torch.Tensor], torch.Tensor], run: int
+) -> Iterator[None]:
+    """Within the block, the `run`-th call (1-based) of submodule `layer` returns replace(output).
+
+    The other calls of the module are left alone, so a module that runs several times is changed
+    at the run a CAM reads. The hook is removed when the block ends, also on an exception.
+    """
+    calls = 0
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        nonlocal calls
+        calls += 1
+        return replace(output) if calls == run else None
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,223 @@
+"""Poly-CAM (Englebienne et al., 2022): a CAM refined backwards through the network's stages.
+
+"Backward recursive Class Activation Map refinement for high resolution saliency map". Each chosen
+layer l (the output of each resolution stage, earliest first) gives a CAM
+    C_l = ReLU(sum_k w_k^l A_k^l)
+whose channel weights w_k^l come from forwards of the image masked by each normalised activation
+map (PCAM+, PCAM-, PCAM+/- differ only in these weights). Starting from the deepest layer,
+M_L = C_L, each earlier layer refines the map:
+    M_l = LNorm(C_l) * Up(M_{l+1}),   LNorm(C)(p) = C(p) / Up(Down(C))(p),
+where Down averages C over the block of positions under each position of M_{l+1} and Up resizes
+bilinearly. LNorm keeps only how C_l distributes relevance inside each coarse block, so the
+coarse map sets how much relevance a block gets and the finer layer where it lies inside it. The
+result M_1 has the resolution of the earliest layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xaibench.batching import apply_in_chunks
+from xaibench.errors import ConfigError
+from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, saliency_mode, top1_targets
+from xaibench.methods.hooks import record_layers
+from xaibench.methods.layers import _RESAMPLERS, validate_layer
+from xaibench.runtime import default_chunk_size
+
+LNORM_FLOOR = 1e-12
+"""Lower bound of LNorm's local averages (a block whose CAM is all 0 stays 0)."""
+
+
+def find_stage_layers(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> list[str]:
+    """The output of each resolution stage, earliest first: Poly-CAM's default layers.
+
+    Traces one eval-mode forward of a zero image (1, 3, *input_size) with a hook on every submodule
+    (adaptive pooling layers skipped, as in `find_target_layer`). A module counts at its last run,
+    with its output's spatial size; outputs that are not (B, C, h, w) with h, w > 1 are left out.
+    For each spatial size, the chosen module is the last to finish among the shallowest modules
+    (fewest dots in the name) with outputs of that size: the stage container where there is one
+    (ResNet's `layer1`, not the first convolution of `layer2`, which still runs at that size), the
+    last module before the down-sampling in a flat stack (VGG's `features.3` before the pooling
+    `features.4`). Raises ConfigError when no module qualifies.
+    """
+    reference = next(iter(model.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None else torch.float32
+    names = [name for name, m in model.named_modules() if name and not isinstance(m, _RESAMPLERS)]
+    dummy = torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
+    with saliency_mode(model), torch.no_grad(), record_layers(model, names) as recording:
+        model(dummy)
+    last_runs = {call.name: (order, call.shape) for order, call in enumerate(recording.calls)}
+    best: dict[tuple[int, int], tuple[int, int, str]] = {}
+    for name, (order, shape) in last_runs.items():
+        if shape is None or len(shape) != 4 or min(shape[2:]) <= 1:
+            continue
+        key = (-name.count("."), order)
+        size = tuple(shape[2:])
+        if size not in best or key > best[size][:2]:
+            best[size] = (*key, name)
+    if not best:
+        raise ConfigError(
+            f"no layer of {type(model).__name__} outputs a (B, C, h, w) map with h, w > 1 on a "
+            f"{input_size[0]}x{input_size[1]} input; pass Poly-CAM's layers explicitly (layers=...)"
+        )
+    return [name for _, _, name in sorted(best.values(), key=lambda entry: entry[1])]
+
+
+@METHODS.register(
+    "polycam", help="Poly-CAM PCAM+: multi-layer CAM refined backwards, masked scores"
+)
+class PolyCAM(SaliencyMethod):
+    """PCAM+ (B, h_1, w_1) at the resolution of the earliest layer; the base of PCAM- and PCAM+/-.
+
+    layers: module names in forward order (the last is the deepest); None = `find_stage_layers`.
+    channel_batch: (image, channel) pairs per forward; None = `default_chunk_size` of the images'
+    device; the maps do not depend on it. Each layer costs one forward per channel and image
+    (two for PCAM+/-), after one clean forward that records every layer's activations.
+
+    Channel weights: each activation map A_k (B, h, w) is min-max normalised to [0, 1] per image
+    and channel (a constant map becomes 0), resized bilinearly to the image and multiplied into it
+    (mask m_k); p(.) is the softmax probability of the explained class. PCAM+: w_k = p(x * m_k).
+
+    Departures from the authors' code: masks are min-max normalised, as the paper states; the
+    code instead clips at the 0.1 and 99.9 percentiles and divides by the upper one (not by their
+    difference). Down is an average over each block (adaptive average pooling), as the paper
+    describes LNorm; the code downsizes bilinearly, which is the same average when a stage halves
+    the resolution exactly (VGG, ResNet at even sizes) and samples fewer pixels otherwise. The map
+    is returned as computed, not min-max normalised nor resized to the image.
+    """
+
+    name = "polycam"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str] | None = None,
+        channel_batch: int | None = None,
+    ):
+        layers = find_stage_layers(model) if layers is None else list(layers)
+        if not layers:
+            raise ConfigError(f"{self.name}: give at least one layer")
+        for layer in layers:
+            validate_layer(model, layer)
+        if channel_batch is not None and (
+            isinstance(channel_batch, bool)
+            or not isinstance(channel_batch, int)
+            or channel_batch < 1
+        ):
+            raise ConfigError(
+                f"{self.name}: channel_batch must be a positive integer, got {channel_batch!r}"
+            )
+        super().__init__(model, layers=layers, channel_batch=channel_batch)
+        self.layers, self.channel_batch = layers, channel_batch
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
+        with torch.no_grad():
+            with record_layers(self.model, self.layers, activations=True) as rec:
+                logits = self.model(images)
+            targets = top1_targets(logits, targets)
+            baseline = class_probability(logits, targets)
+            saliency = None
+            for layer in reversed(self.layers):
+                activations = rec.last(layer).activation
+                if activations.ndim != 4:
+                    raise ConfigError(
+                        f"{self.name}: layer {layer!r} outputs shape {tuple(activations.shape)}, "
+                        "not (B, C, h, w); pick convolutional layers"
+                    )
+                weights = self.channel_weights(
+                    images, targets, normalise_maps(activations), baseline
+                )
+                cam = torch.relu(torch.einsum("bc,bchw->bhw", weights, activations))
+                saliency = cam if saliency is None else refine(cam, saliency)
+        return Explanation(saliency.float(), targets, logits)
+
+    def channel_weights(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        masks: torch.Tensor,
+        baseline: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B, 3, H, W), (B,), masks (B, C, h, w) in [0, 1], p(x) (B,) -> weights (B, C)."""
+        return self.masked_scores(images, targets, masks)
+
+    def masked_scores(
+        self, images: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, 3, H, W), (B,), (B, C, h, w) -> (B, C): p(x * resized mask) per image and channel."""
+        batch, channels = masks.shape[:2]
+        size = images.shape[2:]
+        image_index = torch.arange(batch, device=images.device).repeat_interleave(channels)
+
+        def score_pairs(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+            resized = F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)
+            return class_probability(self.model(images[image] * resized), targets[image])
+
+        chunk = self.channel_batch or default_chunk_size(images.device)
+        scores = apply_in_chunks(score_pairs, masks.flatten(0, 1), image_index, chunk_size=chunk)
+        return scores.view(batch, channels)
+
+
+@METHODS.register(
+    "polycam_minus", help="Poly-CAM PCAM-: multi-layer CAM, weights from the score drop of removal"
+)
+class PolyCAMMinus(PolyCAM):
+    """PCAM-: w_k = ReLU(p(x) - p(x * (1 - m_k))), the drop when the channel's region is removed."""
+
+    name = "polycam_minus"
+
+    def channel_weights(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        masks: torch.Tensor,
+        baseline: torch.Tensor,
+    ) -> torch.Tensor:
+        return torch.relu(baseline[:, None] - self.masked_scores(images, targets, 1 - masks))
+
+
+@METHODS.register(
+    "polycam_pm", help="Poly-CAM PCAM+/-: multi-layer CAM, weights from keeping and removing"
+)
+class PolyCAMPlusMinus(PolyCAM):
+    """PCAM+/-: w_k = ReLU(p(x * m_k) + p(x) - p(x * (1 - m_k))), two forwards per channel."""
+
+    name = "polycam_pm"
+
+    def channel_weights(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        masks: torch.Tensor,
+        baseline: torch.Tensor,
+    ) -> torch.Tensor:
+        kept = self.masked_scores(images, targets, masks)
+        removed = self.masked_scores(images, targets, 1 - masks)
+        return torch.relu(kept + baseline[:, None] - removed)
+
+
+def class_probability(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(L, K), (L,) -> (L,): the softmax probability of each target class."""
+    return logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
+
+
+def normalise_maps(activations: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, h, w): each map min-max scaled to [0, 1]; constant maps become 0."""
+    flat = activations.flatten(2)
+    low = flat.amin(dim=2)[..., None, None]
+    span = flat.amax(dim=2)[..., None, None] - low
+    return torch.where(span > 0, (activations - low) / span, 0)
+
+
+def refine(cam: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """C_l (B, h, w) and M_{l+1} (B, h', w') -> M_l = LNorm(C_l) * Up(M_{l+1}), (B, h, w)."""
+    size = cam.shape[1:]
+    local = F.adaptive_avg_pool2d(cam[:, None], coarse.shape[1:])
+    local = F.interpolate(local, size=size, mode="bilinear", align_corners=False)[:, 0]
+    upsampled = F.interpolate(coarse[:, None], size=size, mode="bilinear", align_corners=False)
+    return cam / local.clamp(min=LNORM_FLOOR) * upsampled[:, 0]
