@@ -1,0 +1,39 @@
+"""Library-level generation: CAM methods on one layer share one forward and backward per batch."""
+
+import numpy as np
+import torch
+
+from xaibench.data.dataset import ImageFolderDataset
+from xaibench.generate import generate
+from xaibench.models import load_model, protocol_preprocess
+from xaibench.store import open_store
+
+CAMS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
+
+
+def run(image_folder, out, methods):
+    loaded = load_model("tiny_models:tiny_cnn")
+    forwards = []
+    loaded.model.register_forward_hook(lambda m, args, out: forwards.append(args[0].shape[0]))
+    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    generate(
+        loaded, methods, dataset, out, device=torch.device("cpu"), batch_size=4, progress=False
+    )
+    return [n for n in forwards if n > 1]  # leave out the one-image traces that find the layer
+
+
+def test_cam_methods_on_one_layer_share_one_pass(image_folder, tmp_path):
+    shared_forwards = run(image_folder, tmp_path / "shared", CAMS)
+    assert shared_forwards == [4, 2]  # one forward per batch of 6 images, not one per method
+    for method in CAMS:
+        assert run(image_folder, tmp_path / method, (method,)) == [4, 2]
+        name = f"tiny_models_tiny_cnn/{method}.h5"
+        with (
+            open_store(tmp_path / "shared" / name) as shared,
+            open_store(tmp_path / method / name) as alone,
+        ):
+            rows = np.arange(len(shared))
+            np.testing.assert_allclose(
+                shared.read_maps(rows), alone.read_maps(rows), rtol=1e-5, atol=1e-7
+            )
+            np.testing.assert_array_equal(shared.targets, alone.targets)
