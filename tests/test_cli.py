@@ -1,5 +1,7 @@
 """The two commands end to end through click's CliRunner, on a tiny model and synthetic images."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -340,3 +342,47 @@ def test_duplicate_methods_and_empty_metrics_are_refused(image_folder, tmp_path)
         ],
     )
     assert result.exit_code != 0 and "at least one metric" in result.output
+
+
+def test_method_settings_reach_the_methods_and_the_store(image_folder, tmp_path):
+    result = invoke(
+        "generate",
+        "--model",
+        MODEL,
+        "--saliency",
+        "random,rise",
+        "--data",
+        image_folder,
+        "--out",
+        tmp_path,
+        "--param",
+        "random.resolution=7",
+        "--param",
+        "masks=16",
+        "--param",
+        "rise.cell=4",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    with open_store(tmp_path / "tiny_models_tiny_cnn" / "random.h5") as store:
+        assert store.read_maps([0]).shape == (1, 7, 7)
+        assert store.meta.method_params["resolution"] == 7
+    with open_store(tmp_path / "tiny_models_tiny_cnn" / "rise.h5") as store:
+        assert store.meta.method_params["masks"] == 16 and store.meta.method_params["cell"] == 4
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("random.masks=3", "random has no setting 'masks'"),
+        ("tgrad.layer=x", "tgrad is not among --saliency"),
+        ("colour=red", "none of random takes 'colour'"),
+        ("resolution", "write [METHOD.]KEY=VALUE"),
+    ],
+)
+def test_bad_method_settings_are_named(setting, message):
+    from xaibench.cli.generate import method_params
+    from xaibench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        method_params(["random"], (setting,))

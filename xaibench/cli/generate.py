@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import click
@@ -66,6 +67,15 @@ from xaibench.runtime import default_batch_size, resolve_device
     help="Target layer for CAM methods (a module name, e.g. features.28); default: found "
     "automatically.",
 )
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="[METHOD.]KEY=VALUE",
+    help="A method setting, e.g. rise.masks=8000 or smoothgrad.base=gradinput; without METHOD. it "
+    "goes to every chosen method that takes KEY. VALUE is read as JSON when it parses, else as text. "
+    "Repeatable.",
+)
 @protocol_option
 @click.option(
     "--skip-bad",
@@ -88,6 +98,7 @@ def generate_command(
     target: str,
     store_format: str,
     layer: str | None,
+    params: tuple[str, ...],
     protocol: str,
     skip_bad: bool,
     quiet: bool,
@@ -116,7 +127,7 @@ def generate_command(
         target=target,
         store_format=store_format,
         workers=workers,
-        method_params=_layer_params(methods, layer),
+        method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
         progress=not quiet,
     )
     for skipped in summary.skipped:
@@ -137,12 +148,34 @@ def generate_command(
     )
 
 
-def _layer_params(methods: list[str], layer: str | None) -> dict[str, dict]:
-    if layer is None:
-        return {}
-    takes_layer = [m for m in methods if "layer" in inspect.signature(METHODS.get(m)).parameters]
-    if not takes_layer:
-        raise ConfigError(
-            f"--layer is only used by CAM methods; none of {', '.join(methods)} is one"
-        )
-    return {m: {"layer": layer} for m in takes_layer}
+def method_params(methods: list[str], settings: tuple[str, ...]) -> dict[str, dict]:
+    """`[METHOD.]KEY=VALUE` settings -> {method: {key: value}}, checked against each constructor."""
+    accepted = {m: set(inspect.signature(METHODS.get(m)).parameters) - {"model"} for m in methods}
+    chosen: dict[str, dict] = {m: {} for m in methods}
+    for setting in settings:
+        target, sep, text = setting.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {setting!r}: write [METHOD.]KEY=VALUE")
+        method, _, key = target.rpartition(".")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if method:
+            if method not in chosen:
+                raise ConfigError(
+                    f"--param {setting!r}: {method} is not among --saliency {','.join(methods)}"
+                )
+            if key not in accepted[method]:
+                known = ", ".join(sorted(accepted[method])) or "none"
+                raise ConfigError(
+                    f"--param {setting!r}: {method} has no setting {key!r} (its settings: {known})"
+                )
+            chosen[method][key] = value
+            continue
+        takers = [m for m in methods if key in accepted[m]]
+        if not takers:
+            raise ConfigError(f"--param {setting!r}: none of {', '.join(methods)} takes {key!r}")
+        for m in takers:
+            chosen[m][key] = value
+    return {m: p for m, p in chosen.items() if p}
