@@ -12,7 +12,12 @@ import torchvision
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS
 from xaibench.methods.cam import layer_forward, weighted_cam
-from xaibench.methods.cam_perturbation import AblationCAM, ScoreCAM, replaced_output
+from xaibench.methods.cam_perturbation import (
+    AblationCAM,
+    ScoreCAM,
+    precomputed_output,
+    replaced_output,
+)
 
 METHOD_CLASSES = [ScoreCAM, AblationCAM]
 
@@ -236,3 +241,77 @@ def test_replaced_output_changes_one_run_and_is_removed(tiny_resnet, images, no_
     ):
         tiny_resnet(images)
     no_hooks_left(tiny_resnet)
+
+
+def count_forwards(module):
+    """Wrap the module's class forward to count its runs; returns the counter (a list)."""
+    runs = []
+    cls_forward = type(module).forward
+
+    def forward(self, *args, **kwargs):
+        runs.append(1)
+        return cls_forward(self, *args, **kwargs)
+
+    return runs, forward
+
+
+def test_precomputed_output_skips_one_run_and_is_restored(tiny_resnet, images, no_hooks_left):
+    relu = tiny_resnet.layer1.relu
+    runs, counted = count_forwards(relu)
+    relu.forward = counted.__get__(relu)
+    outputs = []
+    handle = relu.register_forward_hook(lambda m, i, o: outputs.append(o))
+    marker = torch.full((4, 8, 16, 16), 7.0)
+    with torch.no_grad(), precomputed_output(tiny_resnet, "layer1.relu", marker, 2, skip=True):
+        tiny_resnet(images)
+    handle.remove()
+    # the second run was skipped; its hooks still ran and saw the given tensor
+    assert len(runs) == 1 and outputs[1] is marker
+    assert relu.__dict__["forward"].__func__ is counted  # an instance forward is put back
+    del relu.forward
+    tiny_resnet.fail = True
+    with (
+        pytest.raises(RuntimeError, match="forced"),
+        precomputed_output(tiny_resnet, "layer1", marker, 1, skip=True),
+    ):
+        tiny_resnet(images)
+    assert "forward" not in tiny_resnet.layer1.__dict__ and "forward" not in relu.__dict__
+    no_hooks_left(tiny_resnet)
+
+
+@pytest.mark.parametrize(("layer", "pure"), [("layer1.relu", False), ("layer1", True)])
+def test_precomputed_output_reports_whether_the_run_is_pure(layer, pure, tiny_resnet, images):
+    # layer1.relu is an in-place ReLU: its output is its input, so its run cannot be skipped
+    module = tiny_resnet.get_submodule(layer)
+    runs, counted = count_forwards(module)
+    module.forward = counted.__get__(module)
+    with torch.no_grad():
+        expected = tiny_resnet(images)
+        with precomputed_output(tiny_resnet, layer, torch.zeros(4, 8, 16, 16), 1, skip=False) as p:
+            tiny_resnet(images)
+    assert p == [pure] and len(runs) == (2 if layer == "layer1" else 4)
+    del module.forward
+    assert torch.equal(tiny_resnet(images), expected)
+
+
+@pytest.mark.parametrize("layer", ["layer1.relu", "layer1", "layer2.conv1"])
+def test_ablationcam_skipping_gives_the_hooked_result(layer, tiny_resnet, images):
+    # the same weights as replacing the layer's output after running it (the former way)
+    method = AblationCAM(tiny_resnet, layer=layer, channel_batch=3)
+    result = method(images)
+    activations = layer_forward(tiny_resnet, layer, images, result.targets)
+    score = activations.logits.gather(1, result.targets[:, None])[:, 0]
+    b, c = activations.activations.shape[:2]
+    weights = torch.zeros(b, c)
+    for k in range(c):
+        ablated = activations.activations.clone()
+        ablated[:, k] = 0
+        with (
+            torch.no_grad(),
+            replaced_output(tiny_resnet, layer, lambda _, a=ablated: a, run=activations.runs),
+        ):
+            logits = tiny_resnet(images)
+        weights[:, k] = (score - logits.gather(1, result.targets[:, None])[:, 0]) / score
+    weights[activations.activations.flatten(2).eq(0).all(dim=2)] = 0
+    expected = weighted_cam(weights, activations.activations)
+    torch.testing.assert_close(result.maps, expected, rtol=1e-5, atol=1e-5 * expected.amax())

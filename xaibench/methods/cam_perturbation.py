@@ -115,9 +115,11 @@ class AblationCAM(ChannelPerturbationCAM):
     """Ablation-CAM (Desai and Ramaswamy, 2020): ReLU(sum_k w_k A_k), map (B, h, w).
 
     w_k = (y_c - y_c^k) / y_c, with y_c the explained logit and y_c^k the logit when channel k of
-    the layer's output is set to 0: the whole model runs on the image, and the layer's output is
+    the layer's output is set to 0: the model runs on the image, and the layer's output is
     replaced by the clean forward's activations with channel k zeroed (so y_c^k differs from y_c
-    only by the ablation, not by rounding in the layers below). An all-zero channel is not run:
+    only by the ablation, not by rounding in the layers below). The layer's own forward is skipped
+    at that run (`precomputed_output`) once the first chunk has shown it pure: leaving its inputs
+    unchanged and returning no tensor that shares their memory. An all-zero channel is not run:
     ablating it changes nothing, w_k = 0.
 
     As published, the weights divide by y_c: a negative y_c flips every weight's sign, and a y_c
@@ -134,14 +136,22 @@ class AblationCAM(ChannelPerturbationCAM):
         active = activations.flatten(2).ne(0).any(dim=2)
         pair_image, pair_channel = active.nonzero(as_tuple=True)
 
+        # None until the first chunk has run the layer's forward and shown whether it is pure
+        skip: bool | None = None
+
         def ablated_scores(image: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
+            nonlocal skip
             keep = 1 - F.one_hot(channel, channels).to(activations.dtype)[:, :, None, None]
             ablated = activations[image] * keep
             with (
                 torch.no_grad(),
-                replaced_output(self.model, self.layer, lambda _: ablated, run=result.runs),
+                precomputed_output(
+                    self.model, self.layer, ablated, run=result.runs, skip=bool(skip)
+                ) as pure,
             ):
                 logits = self.model(images[image])
+            if skip is None:
+                skip = all(pure)
             return logits.gather(1, targets[image][:, None])[:, 0]
 
         ablated = apply_in_chunks(
@@ -175,3 +185,68 @@ def replaced_output(
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def precomputed_output(
+    model: nn.Module, layer: str, output: torch.Tensor, run: int, skip: bool
+) -> Iterator[list[bool]]:
+    """Within the block, the `run`-th call (1-based) of submodule `layer` returns `output`.
+
+    skip=True: that call does not run the module's forward (its hooks still run, and see
+    `output`). skip=False: the forward runs and its result is dropped, and the yielded list gets
+    whether that run was pure: it left its tensor arguments unchanged (version counters) and
+    returned no tensor sharing memory with them. Only then is skipping it safe, since the rest of
+    the model cannot tell. The other calls of the module run as usual. The module's `forward` is
+    swapped for the block and restored exactly when it ends, also on an exception.
+    """
+    module = model.get_submodule(layer)
+    own = module.__dict__.get("forward", _MISSING)
+    original = module.forward
+    calls = 0
+    pure: list[bool] = []
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls != run:
+            return original(*args, **kwargs)
+        if skip:
+            return output
+        inputs = [*args, *kwargs.values()]
+        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        # arguments holding tensors inside containers are not inspected: never skipped
+        simple = len(tensors) == sum(not isinstance(a, list | tuple | dict) for a in inputs)
+        before = _versions(tensors)
+        result = original(*args, **kwargs)
+        after = _versions(tensors)
+        returned = [result] if isinstance(result, torch.Tensor) else []
+        shared = {_storage(t) for t in tensors} & {_storage(t) for t in returned}
+        pure.append(
+            simple and before is not None and before == after and bool(returned) and not shared
+        )
+        return output
+
+    module.forward = forward
+    try:
+        yield pure
+    finally:
+        if own is _MISSING:
+            del module.forward
+        else:
+            module.forward = own
+
+
+_MISSING = object()
+
+
+def _versions(tensors: list[torch.Tensor]) -> list[int] | None:
+    """Version counters (bumped by in-place changes); None where one has none (inference mode)."""
+    try:
+        return [t._version for t in tensors]
+    except RuntimeError:
+        return None
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
