@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.vgg import make_layers
 
@@ -169,3 +170,14 @@ def no_hooks_left() -> Callable[[nn.Module], None]:
         assert hooks_left(model) == []
 
     return check
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+@pytest.fixture(params=["small_vgg", "tiny_resnet"])
+def model(request):
+    return request.getfixturevalue(request.param)

@@ -3,11 +3,10 @@
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
+from grad_cam_reference import correlations, peer_maps
 
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS
@@ -23,36 +22,9 @@ METHOD_CLASSES = [ScoreCAM, AblationCAM]
 
 
 @pytest.fixture(scope="module")
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(weights=None).eval()
-
-
-@pytest.fixture(scope="module")
 def small_photos():
     """(2, 3, 32, 32) seeded noise: resnet18's layer1 is then 64 channels of 8 x 8."""
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(params=["small_vgg", "tiny_resnet"])
-def model(request):
-    return request.getfixturevalue(request.param)
-
-
-def peer_maps(peer_cls, model, layer, images, targets):
-    """pytorch-grad-cam's maps (B, H, W): ReLU, resized to the input, min-max normalised."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    with peer_cls(model, target_layers=[model.get_submodule(layer)]) as reference:
-        return reference(images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
-
-
-def correlations(maps, expected):
-    """Per-image Pearson r of our maps (B, h, w), normalised and resized as the peer does."""
-    from pytorch_grad_cam.utils.image import scale_cam_image
-
-    ours = scale_cam_image(maps.numpy(), expected.shape[1:][::-1])
-    return [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours, expected, strict=True)]
 
 
 class PeerDefinitionScoreCAM(ScoreCAM):

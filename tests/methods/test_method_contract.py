@@ -26,11 +26,6 @@ def make(name, model):
     return METHODS.get(name)(model, **FAST.get(name, {}))
 
 
-@pytest.fixture(params=["small_vgg", "tiny_resnet"])
-def model(request):
-    return request.getfixturevalue(request.param)
-
-
 def batch(size, n=3, seed=4):
     return torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(seed))
 
