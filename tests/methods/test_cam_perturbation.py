@@ -2,11 +2,15 @@
 
 import copy
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from grad_cam_reference import correlations, peer_maps
+from torch import nn
 
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS
@@ -15,10 +19,32 @@ from xaibench.methods.cam_perturbation import (
     AblationCAM,
     ScoreCAM,
     precomputed_output,
-    replaced_output,
 )
 
 METHOD_CLASSES = [ScoreCAM, AblationCAM]
+
+
+@contextmanager
+def replaced_output(
+    model: nn.Module, layer: str, replace: Callable[[torch.Tensor], torch.Tensor], run: int
+) -> Iterator[None]:
+    """Reference for Ablation-CAM: within the block, the `run`-th call (1-based) of submodule `layer` returns replace(output).
+
+    The other calls of the module are left alone, so a module that runs several times is changed
+    at the run a CAM reads. The hook is removed when the block ends, also on an exception.
+    """
+    calls = 0
+
+    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        nonlocal calls
+        calls += 1
+        return replace(output) if calls == run else None
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ skipped (a constant activation map for Score-CAM, an all-zero one for Ablation-C
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -162,29 +162,6 @@ class AblationCAM(ChannelPerturbationCAM):
         drops[pair_image, pair_channel] = score[pair_image] - ablated
         weights = drops / score[:, None]
         return Explanation(weighted_cam(weights, activations), targets, result.logits)
-
-
-@contextmanager
-def replaced_output(
-    model: nn.Module, layer: str, replace: Callable[[torch.Tensor], torch.Tensor], run: int
-) -> Iterator[None]:
-    """Within the block, the `run`-th call (1-based) of submodule `layer` returns replace(output).
-
-    The other calls of the module are left alone, so a module that runs several times is changed
-    at the run a CAM reads. The hook is removed when the block ends, also on an exception.
-    """
-    calls = 0
-
-    def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
-        nonlocal calls
-        calls += 1
-        return replace(output) if calls == run else None
-
-    handle = model.get_submodule(layer).register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
