@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torchvision
 from click.testing import CliRunner
 from scipy import stats
 from synthetic_imagenet import jpeg_bytes
@@ -10,12 +11,15 @@ from torch import nn
 
 from xaibench.cli import cli
 from xaibench.data.classes import imagenet_classes
+from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.index import read_index, subset_rows, write_index, write_subset
 from xaibench.data.local import index_local
 from xaibench.data.samples import SAMPLES, build_sample_dataset
 from xaibench.data.verify import accuracy_rule, sample_accuracy, verify_dataset
-from xaibench.errors import ConfigError
-from xaibench.models.factory import LoadedModel
+from xaibench.errors import ConfigError, DataError
+from xaibench.models import load_model
+from xaibench.models.factory import MODELS, LoadedModel
+from xaibench.models.preprocess import Preprocess
 
 
 def class_folders(root, per_class):
@@ -148,3 +152,25 @@ def test_write_subset_writes_a_labels_file(tmp_path):
         image_id, index, wnid = line.split()
         assert image_id.split("/")[0] == wnid == classes.wnid(int(index))
     assert write_subset(tmp_path, 1500, seed=9).read_text() == path.read_text()
+
+
+def test_the_dataset_reads_only_the_images_of_a_subset_file(tmp_path):
+    root = class_folders(tmp_path / "val", {0: 3, 1: 3})
+    subset = tmp_path / "subset.txt"
+    wnid0, wnid1 = imagenet_classes().wnid(0), imagenet_classes().wnid(1)
+    subset.write_text(f"# two images\n{wnid1}/img2.JPEG 1 {wnid1}\n{wnid0}/img0.JPEG 0 {wnid0}\n")
+    dataset = ImageFolderDataset(root, Preprocess(resize=(8, 8)), subset_file=subset)
+    assert dataset.ids == [f"{wnid0}/img0.JPEG", f"{wnid1}/img2.JPEG"]
+    assert dataset.labels.tolist() == [0, 1]
+    subset.write_text(f"{wnid0}/img9.JPEG 0 {wnid0}\n")
+    with pytest.raises(DataError, match=f"subset file {subset} names 1 image.*img9"):
+        ImageFolderDataset(root, Preprocess(resize=(8, 8)), subset_file=subset)
+
+
+def test_published_accuracy_comes_with_the_model():
+    v1 = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    assert load_model("resnet18", "none").published_top1 is None
+    assert load_model("efficientnet_lite0", "none").published_top1 is None
+    assert MODELS.get("resnet18").published_top1("IMAGENET1K_V1") == v1 == 69.758
+    assert MODELS.get("resnet50").published_top1("default") == 80.858  # the V2 weights
+    assert MODELS.get("efficientnet_lite0").published_top1("default") == 75.1

@@ -239,9 +239,10 @@ def download(
         if attempt < retries:
             time.sleep(backoff * 2**attempt)
     have = partial.stat().st_size if partial.exists() else 0
+    kept = f"{have:,} bytes are kept in {partial}: " if have else ""
     raise DownloadError(
         f"could not download {url} after {retries + 1} attempt(s) ({error}); "
-        f"{have:,} bytes are kept in {partial}: run the same command again to resume"
+        f"{kept}run the same command again to resume"
     )
 
 
