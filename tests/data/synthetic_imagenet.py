@@ -113,13 +113,15 @@ class ArchiveServer:
     """Serves `files` (name -> bytes) on 127.0.0.1 with Range support.
 
     `cut[name] = n` makes the next response for `name` stop after byte n of the file and drop the
-    connection (once). `requests` records (name, Range header) of every request.
+    connection (once). `requests` records (name, Range header) of every request. With
+    `ranges = False` the server ignores Range and always sends the whole file.
     """
 
     def __init__(self, files: dict[str, bytes]):
         self.files = dict(files)
         self.cut: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []
+        self.ranges = True
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -135,7 +137,7 @@ class ArchiveServer:
                     return
                 start = 0
                 match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if match:
+                if match and server.ranges:
                     start = int(match.group(1))
                     if start >= len(data):
                         self.send_error(416)

@@ -51,6 +51,22 @@ def test_retries_with_backoff_resume_within_one_run(server, tmp_path, monkeypatc
     assert waits == [0.5]
 
 
+def test_a_fresh_download_is_hashed_as_it_arrives(server, tmp_path, monkeypatch):
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("hashed the file after downloading it")
+
+    monkeypatch.setattr(archives, "file_digests", no_second_pass)
+    assert fetch(pinned(), tmp_path, f"{server.url}/a.tar", progress=False).read_bytes() == PAYLOAD
+
+
+def test_a_server_that_ignores_range_restarts_the_file(server, tmp_path):
+    server.ranges = False
+    (tmp_path / "a.tar.partial").write_bytes(b"stale bytes of another file")
+    path = fetch(pinned(), tmp_path, f"{server.url}/a.tar", progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert server.requests == [("a.tar", "bytes=27-")]
+
+
 def test_a_verified_file_is_not_downloaded_or_hashed_again(server, tmp_path, monkeypatch):
     fetch(pinned(), tmp_path, f"{server.url}/a.tar", progress=False)
 

@@ -23,7 +23,7 @@ from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.imagenet import prepare_imagenet_val, read_devkit
 from xaibench.data.index import read_index
-from xaibench.errors import DataError
+from xaibench.errors import ConfigError, DataError
 from xaibench.models.preprocess import Preprocess
 
 IMAGES = 12
@@ -189,6 +189,26 @@ def test_without_a_source_the_command_says_so_plainly(tmp_path, monkeypatch, cap
     assert exit_info.value.code == 2 and err.count("\n") == 0
     assert "ImageNet needs an account" in err and "--archive PATH" in err and "--url-base" in err
     assert "ILSVRC2012_img_val.tar" in err and "XAIBENCH_IMAGENET_URL" in err
+
+
+def test_without_a_source_cli_runner_gets_the_same_error(tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        ["download", "imagenet-val", "--dest", str(tmp_path)],
+        env={"XAIBENCH_IMAGENET_URL": ""},
+    )
+    assert isinstance(result.exception, ConfigError)
+    assert "ImageNet needs an account at image-net.org" in str(result.exception)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_options_that_do_not_apply_are_refused(tmp_path):
+    result = CliRunner().invoke(
+        cli, ["download", "imagenette-160", "--dest", str(tmp_path), "--boxes"]
+    )
+    assert (
+        result.exit_code == 2 and "--boxes" in result.output and "imagenette-160" in result.output
+    )
 
 
 def test_an_archive_with_another_name_is_refused(sources, tmp_path):

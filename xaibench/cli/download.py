@@ -116,9 +116,8 @@ def download_command(
     local: index --source in place, without copying
     """
     progress = not quiet
+    check_applicable(dataset, url_base, archives, boxes, sha256, source, labels_file)
     if dataset == "local":
-        if source is None:
-            raise click.BadParameter("local needs --source PATH", param_hint="--source")
         layout, index = index_local(source, dest, labels_file)
         click.echo(f"recognised {layout} at {source}")
     elif dataset == "imagenet-val":
@@ -131,8 +130,6 @@ def download_command(
             progress=progress,
         )
     else:
-        if len(archives) > 1:
-            raise click.BadParameter(f"{dataset} has one archive", param_hint="--archive")
         index = prepare_public(
             dataset,
             dest,
@@ -146,6 +143,37 @@ def download_command(
     if subset is not None:
         path = write_subset(dest, subset, seed)
         click.echo(f"subset of {subset} images (seed {seed}): {path}; use --subset {path}")
+
+
+def check_applicable(
+    dataset: str,
+    url_base: str | None,
+    archives: tuple[Path, ...],
+    boxes: bool,
+    sha256: str | None,
+    source: Path | None,
+    labels_file: Path | None,
+) -> None:
+    """Refuse options that do nothing for DATASET, rather than ignoring them."""
+    given = {
+        "--url-base": url_base is not None,
+        "--archive": bool(archives),
+        "--boxes": boxes,
+        "--sha256": sha256 is not None,
+        "--source": source is not None,
+        "--labels": labels_file is not None,
+    }
+    applicable = {
+        "imagenet-val": {"--url-base", "--archive", "--boxes"},
+        "local": {"--source", "--labels"},
+    }.get(dataset, {"--url-base", "--archive", "--sha256"})
+    for option, used in given.items():
+        if used and option not in applicable:
+            raise click.BadParameter(f"does not apply to {dataset}", param_hint=option)
+    if dataset == "local" and source is None:
+        raise click.BadParameter("local needs --source PATH", param_hint="--source")
+    if dataset in PUBLIC and len(archives) > 1:
+        raise click.BadParameter(f"{dataset} has one archive", param_hint="--archive")
 
 
 def report(index: DatasetIndex, dest: Path) -> None:

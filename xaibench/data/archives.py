@@ -3,7 +3,8 @@
 Each archive has a file name, and where published: its size, md5 and sha256, and a pinned URL
 (ImageNet's archives have none: they need an account, so the user gives a server or the files).
 A download resumes where the last one stopped (HTTP Range), retries with exponential backoff, is
-hashed while it streams in, and gets its final name only once its size and checksums match. A file
+hashed while it streams in (no second pass over the file), and gets its final name only once its
+size and checksums match. A file
 the user gives (`--archive`) is verified in place and never moved, changed or deleted.
 
 Checksum sources: ImageNet's md5s are the ones image-net.org lists (torchvision's
@@ -93,9 +94,26 @@ ARCHIVES: dict[str, Archive] = {
 }
 
 
+class Hashes:
+    """md5 and sha256 of a byte stream, fed chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.md5, self.sha256 = hashlib.md5(), hashlib.sha256()
+
+    def update(self, chunk: bytes) -> None:
+        self.md5.update(chunk)
+        self.sha256.update(chunk)
+
+    def hexdigests(self) -> dict[str, str]:
+        return {"md5": self.md5.hexdigest(), "sha256": self.sha256.hexdigest()}
+
+
 def file_digests(path: Path, progress: bool = False) -> dict[str, str]:
     """{"md5": hex, "sha256": hex} of a file, hashed in one streamed pass."""
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    return _hash_into(Hashes(), path, progress).hexdigests()
+
+
+def _hash_into(hashes: Hashes, path: Path, progress: bool) -> Hashes:
     with (
         open(path, "rb") as handle,
         tqdm(
@@ -107,26 +125,30 @@ def file_digests(path: Path, progress: bool = False) -> dict[str, str]:
         ) as bar,
     ):
         while chunk := handle.read(CHUNK_BYTES):
-            md5.update(chunk)
-            sha256.update(chunk)
+            hashes.update(chunk)
             bar.update(len(chunk))
-    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
+    return hashes
 
 
 def verify_file(
-    path: Path, archive: Archive, expected_sha256: str | None = None, progress: bool = False
+    path: Path,
+    archive: Archive,
+    expected_sha256: str | None = None,
+    progress: bool = False,
+    digests: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Check size and every known checksum of `path`; ChecksumError naming the file otherwise.
 
-    `expected_sha256` (from the user) is checked in addition to the table's checksums. An archive
-    with no checksum at all raises ChecksumError that prints the computed sha256 to check and pass.
+    `digests` are the file's checksums when already computed (while downloading), else the file
+    is hashed. `expected_sha256` (from the user) is checked in addition to the table's checksums.
+    An archive with no checksum at all raises ChecksumError that prints the computed sha256.
     """
     size = path.stat().st_size
     if archive.size is not None and size != archive.size:
         raise ChecksumError(
             f"{path} has {size:,} bytes, expected {archive.size:,} for {archive.filename}"
         )
-    actual = file_digests(path, progress)
+    actual = digests or file_digests(path, progress)
     expected = {"md5": archive.md5, "sha256": archive.sha256}
     if expected_sha256:
         if archive.sha256 and archive.sha256 != expected_sha256.lower():
@@ -183,27 +205,33 @@ def download(
     backoff: float = 1.0,
     timeout: float = 60.0,
     progress: bool = True,
-) -> None:
+) -> dict[str, str]:
     """Download `url` into `partial`, resuming from the bytes already there (HTTP Range).
 
-    Retries `retries` times after a failure, waiting `backoff * 2**attempt` seconds; the file is
-    left in place on failure so the next run resumes. A server that ignores Range restarts it.
+    Returns the md5 and sha256 of the whole file, hashed as the bytes arrive (the bytes of an
+    earlier run are hashed first). Retries `retries` times after a failure, waiting
+    `backoff * 2**attempt` seconds; the file is left in place on failure so the next run resumes.
+    A server that ignores Range restarts the file.
     """
     error: Exception | None = None
+    hashes, hashed = Hashes(), 0
+    if partial.exists() and (size is None or partial.stat().st_size <= size):
+        hashed = partial.stat().st_size
+        _hash_into(hashes, partial, progress)
     for attempt in range(retries + 1):
         have = partial.stat().st_size if partial.exists() else 0
+        if have != hashed:  # larger than the archive, or changed by someone else: start again
+            partial.unlink(missing_ok=True)
+            hashes, hashed, have = Hashes(), 0, 0
         if size is not None and have == size:
-            return
-        if size is not None and have > size:
-            partial.unlink()
-            have = 0
+            return hashes.hexdigests()
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             with urllib.request.urlopen(
                 urllib.request.Request(url, headers=headers), timeout=timeout
             ) as response:
                 if have and response.status != 206:
-                    have = 0
+                    hashes, hashed, have = Hashes(), 0, 0
                 length = response.headers.get("Content-Length")
                 total = have + int(length) if length is not None else size
                 with (
@@ -220,14 +248,15 @@ def download(
                 ):
                     while chunk := response.read(CHUNK_BYTES):
                         out.write(chunk)
+                        hashes.update(chunk)
+                        hashed += len(chunk)
                         bar.update(len(chunk))
-            got = partial.stat().st_size
-            if total is None or got == total:
-                return
-            error = DownloadError(f"connection closed at {got:,} of {total:,} bytes")
+            if total is None or hashed == total:
+                return hashes.hexdigests()
+            error = DownloadError(f"connection closed at {hashed:,} of {total:,} bytes")
         except urllib.error.HTTPError as failure:
             if failure.code == 416 and have:
-                return  # nothing beyond the bytes we hold: the file is complete
+                return hashes.hexdigests()  # nothing beyond the bytes we hold: complete
             if failure.code in (401, 403, 404):
                 raise DownloadError(
                     f"{url}: HTTP {failure.code} {failure.reason}; check the URL "
@@ -289,9 +318,9 @@ def fetch(
     if url is None:
         raise ConfigError(f"no source for {archive.filename}")
     partial = dest / f"{archive.filename}.partial"
-    download(url, partial, archive.size, retries, backoff, progress=progress)
+    streamed = download(url, partial, archive.size, retries, backoff, progress=progress)
     try:
-        digests = verify_file(partial, archive, expected_sha256, progress)
+        digests = verify_file(partial, archive, expected_sha256, digests=streamed)
     except ChecksumError as error:
         if archive.pinned or expected_sha256:
             partial.unlink()
