@@ -116,7 +116,15 @@ def download_command(
     local: index --source in place, without copying
     """
     progress = not quiet
-    check_applicable(dataset, url_base, archives, boxes, sha256, source, labels_file)
+    used = {
+        "--url-base": url_base is not None,
+        "--archive": bool(archives),
+        "--boxes": boxes,
+        "--sha256": sha256 is not None,
+        "--source": source is not None,
+        "--labels": labels_file is not None,
+    }
+    check_applicable(dataset, used)
     if dataset == "local":
         layout, index = index_local(source, dest, labels_file)
         click.echo(f"recognised {layout} at {source}")
@@ -130,6 +138,8 @@ def download_command(
             progress=progress,
         )
     else:
+        if len(archives) > 1:
+            raise click.BadParameter(f"{dataset} has one archive", param_hint="--archive")
         index = prepare_public(
             dataset,
             dest,
@@ -145,35 +155,17 @@ def download_command(
         click.echo(f"subset of {subset} images (seed {seed}): {path}; use --subset {path}")
 
 
-def check_applicable(
-    dataset: str,
-    url_base: str | None,
-    archives: tuple[Path, ...],
-    boxes: bool,
-    sha256: str | None,
-    source: Path | None,
-    labels_file: Path | None,
-) -> None:
-    """Refuse options that do nothing for DATASET, rather than ignoring them."""
-    given = {
-        "--url-base": url_base is not None,
-        "--archive": bool(archives),
-        "--boxes": boxes,
-        "--sha256": sha256 is not None,
-        "--source": source is not None,
-        "--labels": labels_file is not None,
-    }
+def check_applicable(dataset: str, used: dict[str, bool]) -> None:
+    """Refuse options that do nothing for DATASET (`used`: option -> given), rather than ignore."""
     applicable = {
         "imagenet-val": {"--url-base", "--archive", "--boxes"},
         "local": {"--source", "--labels"},
     }.get(dataset, {"--url-base", "--archive", "--sha256"})
-    for option, used in given.items():
-        if used and option not in applicable:
+    for option, given in used.items():
+        if given and option not in applicable:
             raise click.BadParameter(f"does not apply to {dataset}", param_hint=option)
-    if dataset == "local" and source is None:
+    if dataset == "local" and not used["--source"]:
         raise click.BadParameter("local needs --source PATH", param_hint="--source")
-    if dataset in PUBLIC and len(archives) > 1:
-        raise click.BadParameter(f"{dataset} has one archive", param_hint="--archive")
 
 
 def report(index: DatasetIndex, dest: Path) -> None:
