@@ -258,3 +258,16 @@ def test_subset_file_feeds_generate(sources, tmp_path):
         assert store.ids == chosen and store.complete
         labels = np.array([int(line.split()[1]) for line in subset.read_text().splitlines()])
         assert store.labels.tolist() == labels.tolist()
+
+
+def test_verify_reads_the_arranged_folder_through_its_index(sources, tmp_path):
+    given = {k: sources[k] for k in ("imagenet-val", "imagenet-devkit")}
+    dest = tmp_path / "imagenet"
+    prepare_imagenet_val(dest, given=given, progress=False)
+    result = CliRunner().invoke(cli, ["verify", str(dest), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"{dest / 'val'}: 12 labelled images in 8 classes (1 to 3 per class)" in result.output
+    (dest / "val" / KIT_FOX / "ILSVRC2012_val_00000004.JPEG").unlink()
+    result = CliRunner().invoke(cli, ["verify", str(dest), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 1 and "missing images (listed in the index): 1" in result.output
+    assert f"  {KIT_FOX}/ILSVRC2012_val_00000004.JPEG" in result.output

@@ -79,6 +79,10 @@ def verify_command(
             f"expected {result.expected_per_class} per class: "
             + (f"{len(off)} class(es) differ: {listed}" if off else "every class matches")
         )
+    if result.missing:
+        click.echo(f"missing images (listed in the index): {len(result.missing)}")
+        for image_id in result.missing[:10]:
+            click.echo(f"  {image_id}")
     if result.unlabelled:
         click.echo(f"images without a class: {result.unlabelled}")
     click.echo(f"unreadable images: {len(result.unreadable) or 'none'}")

@@ -53,12 +53,14 @@ class AccuracyCheck:
 
 @dataclass
 class VerifyReport:
-    """Counts per class (1000,), classes off the expected count, undecodable images."""
+    """Counts per class (1000,) of the images present, images the index lists that are missing,
+    images without a class, undecodable images."""
 
     root: Path
     counts: np.ndarray
     expected_per_class: int | None
     unlabelled: int
+    missing: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     accuracy: AccuracyCheck | None = None
 
@@ -74,7 +76,8 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         wrong = self.accuracy is not None and self.accuracy.wrong_mapping
-        return not (self.deviations or self.unreadable or self.unlabelled or wrong)
+        problems = self.deviations or self.missing or self.unreadable or self.unlabelled
+        return not (problems or wrong)
 
 
 def open_prepared(path: Path) -> DatasetIndex:
@@ -86,10 +89,15 @@ def open_prepared(path: Path) -> DatasetIndex:
     return DatasetIndex(path.name, path, dataset.ids, dataset.labels)
 
 
-def _dataset(index: DatasetIndex, preprocess: Preprocess, skip_bad: bool) -> ImageFolderDataset:
-    return ImageFolderDataset(
-        index.root, preprocess, labels_file=index.labels_file, skip_bad=skip_bad
-    )
+def _dataset(
+    index: DatasetIndex, preprocess: Preprocess, skip_bad: bool
+) -> tuple[ImageFolderDataset, list[str]]:
+    """The images under the index's root with the index's labels (-1 for images it does not
+    list), and the ids the index lists that are missing from the root."""
+    dataset = ImageFolderDataset(index.root, preprocess, skip_bad=skip_bad)
+    by_id = dict(zip(index.ids, index.labels.tolist(), strict=True))
+    dataset.labels = np.array([by_id.get(i, -1) for i in dataset.ids], dtype=np.int64)
+    return dataset, sorted(set(by_id) - set(dataset.ids))
 
 
 def accuracy_rule(correct: int, images: int, published: float | None) -> AccuracyCheck:
@@ -116,7 +124,7 @@ def sample_accuracy(
     device = device or torch.device("cpu")
     side = loaded.input_size[0]
     preprocess = Preprocess("eval", round(side / 0.875), side, loaded.mean, loaded.std)
-    dataset = _dataset(index, preprocess, skip_bad=False)
+    dataset, _ = _dataset(index, preprocess, skip_bad=False)
     labelled = np.flatnonzero(dataset.labels >= 0)
     rows = labelled[subset_rows(dataset.labels[labelled], min(sample, len(labelled)), seed)]
     model = prepare_model(loaded.model, device)
@@ -142,7 +150,7 @@ def verify_dataset(
     """Count images per class and decode every image (batched, `workers` processes)."""
     index = open_prepared(path)
     expected = expected_per_class or index.expected_per_class
-    dataset = _dataset(index, Preprocess(resize=(CHECK_SIDE, CHECK_SIDE)), skip_bad=True)
+    dataset, missing = _dataset(index, Preprocess(resize=(CHECK_SIDE, CHECK_SIDE)), skip_bad=True)
     labels = dataset.labels
     counts = np.bincount(labels[labels >= 0], minlength=len(imagenet_classes()))
     decoded = 0
@@ -151,4 +159,5 @@ def verify_dataset(
             decoded += len(indices)
             bar.update(decoded + len(dataset.bad) - bar.n)
         bar.update(len(dataset) - bar.n)
-    return VerifyReport(index.root, counts, expected, int((labels < 0).sum()), dataset.bad_ids)
+    unlabelled = int((labels < 0).sum())
+    return VerifyReport(index.root, counts, expected, unlabelled, missing, dataset.bad_ids)
