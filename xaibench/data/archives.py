@@ -230,7 +230,10 @@ def download(
             with urllib.request.urlopen(
                 urllib.request.Request(url, headers=headers), timeout=timeout
             ) as response:
-                if have and response.status != 206:
+                resumed = response.status == 206 and response.headers.get(
+                    "Content-Range", ""
+                ).startswith(f"bytes {have}-")
+                if have and not resumed:  # the server sends the whole file
                     hashes, hashed, have = Hashes(), 0, 0
                 length = response.headers.get("Content-Length")
                 total = have + int(length) if length is not None else size
