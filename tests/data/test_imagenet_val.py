@@ -17,7 +17,7 @@ from synthetic_imagenet import (
 )
 
 from xaibench.cli import cli, main
-from xaibench.data import imagenet
+from xaibench.data import archives, imagenet
 from xaibench.data.archives import ARCHIVES, Archive
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
@@ -156,7 +156,8 @@ def test_a_killed_arrangement_is_completed_by_the_next_run(sources, tmp_path, mo
     assert (dest / "labels.txt").read_text() == (tmp_path / "whole" / "labels.txt").read_text()
 
 
-def test_downloads_from_the_url_base_of_the_environment(sources, tmp_path):
+def test_downloads_from_the_url_base_of_the_environment(sources, tmp_path, monkeypatch):
+    monkeypatch.setattr(archives.time, "sleep", lambda seconds: None)  # the retry's backoff
     files = {p.name: p.read_bytes() for p in sources.values()}
     with ArchiveServer(files) as server:
         server.cut["ILSVRC2012_img_val.tar"] = 5000
