@@ -4,11 +4,11 @@ Each archive has a file name, and where published: its size, md5 and sha256, and
 (ImageNet's archives have none: they need an account, so the user gives a server or the files).
 A download resumes where the last one stopped (HTTP Range), retries with exponential backoff, is
 hashed while it streams in (no second pass over the file), and gets its final name only once its
-size and checksums match. A file
-the user gives (`--archive`) is verified in place and never moved, changed or deleted.
+size and checksums match. A file the user gives (`--archive`) is verified in place and never moved,
+changed or deleted.
 
-Checksum sources: ImageNet's md5s are the ones image-net.org lists (torchvision's
-`datasets/imagenet.py` pins the same); Imagenette's md5s are torchvision's `datasets/imagenette.py`
+Checksum sources: ImageNet's md5s are those published with the archives on image-net.org
+(torchvision's `datasets/imagenet.py` pins the same for the images and the devkit); Imagenette's md5s are torchvision's `datasets/imagenette.py`
 pins (only md5 is published for the current archives, so only md5 and not the size is checked);
 ImageNetV2's size and sha256 are TensorFlow Datasets' `imagenet_v2/checksums.tsv`. Imagewoof's
 published md5s disagree between sources (the archives were re-uploaded), so none is pinned: its
@@ -197,6 +197,24 @@ def _write_stamp(dest: Path, path: Path, digests: dict[str, str]) -> None:
     os.replace(partial, stamp)
 
 
+def _verify_once(
+    dest: Path,
+    path: Path,
+    archive: Archive,
+    expected_sha256: str | None,
+    progress: bool,
+    advice: str,
+) -> None:
+    """Verify `path` unless it was verified before and is unchanged; `advice` ends the error."""
+    if _verified_before(dest, path, expected_sha256):
+        return
+    try:
+        digests = verify_file(path, archive, expected_sha256, progress)
+    except ChecksumError as error:
+        raise ChecksumError(f"{error}. {advice}") from None
+    _write_stamp(dest, path, digests)
+
+
 def download(
     url: str,
     partial: Path,
@@ -300,23 +318,12 @@ def fetch(
         given = Path(given)
         if not given.is_file():
             raise ConfigError(f"--archive {given} is not a file")
-        if not _verified_before(dest, given, expected_sha256):
-            try:
-                digests = verify_file(given, archive, expected_sha256, progress)
-            except ChecksumError as error:
-                raise ChecksumError(f"{error}. The file was left as it is.") from None
-            _write_stamp(dest, given, digests)
+        _verify_once(dest, given, archive, expected_sha256, progress, "The file was left as it is.")
         return given
     target = dest / archive.filename
     if target.is_file():
-        if not _verified_before(dest, target, expected_sha256):
-            try:
-                digests = verify_file(target, archive, expected_sha256, progress)
-            except ChecksumError as error:
-                raise ChecksumError(
-                    f"{error}. Remove {target} to download it again, or replace it."
-                ) from None
-            _write_stamp(dest, target, digests)
+        advice = f"Remove {target} to download it again, or replace it."
+        _verify_once(dest, target, archive, expected_sha256, progress, advice)
         return target
     if url is None:
         raise ConfigError(f"no source for {archive.filename}")
