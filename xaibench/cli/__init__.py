@@ -7,9 +7,11 @@ import sys
 import click
 
 import xaibench
+from xaibench.cli.download import download_command
 from xaibench.cli.evaluate import evaluate_command
 from xaibench.cli.generate import generate_command
 from xaibench.cli.listing import list_command
+from xaibench.cli.verify import verify_command
 from xaibench.errors import XaibenchError
 from xaibench.runtime import tune_allocator
 
@@ -21,11 +23,14 @@ def cli() -> None:
 
     \b
     Typical run:
+      xaibench download imagenet-val --dest data/imagenet --archive ILSVRC2012_img_val.tar ...
       xaibench generate --model vgg16 --saliency tgrad,gradcam --data val/ --out runs/ --cuda
       xaibench evaluate --model vgg16 --store runs/vgg16/tgrad.h5 --data val/ --cuda
     """
 
 
+cli.add_command(download_command)
+cli.add_command(verify_command)
 cli.add_command(generate_command)
 cli.add_command(evaluate_command)
 cli.add_command(list_command)

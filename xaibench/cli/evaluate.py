@@ -79,6 +79,7 @@ def evaluate_command(
     stores: tuple[Path, ...],
     data_dir: Path,
     labels_file: Path | None,
+    subset_file: Path | None,
     limit: int | None,
     workers: int,
     protocol: str,
@@ -115,7 +116,9 @@ def evaluate_command(
     settings = get_protocol(protocol, **({"step": step} if step else {}))
     loaded = load_model(model, weights)
     preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
-    dataset = ImageFolderDataset(data_dir, preprocess, labels_file=labels_file)
+    dataset = ImageFolderDataset(
+        data_dir, preprocess, labels_file=labels_file, subset_file=subset_file
+    )
     summaries = []
     for store, destination in zip(stores, destinations, strict=True):
         checkpoint = destination / f".{store.stem}-{settings.name}.checkpoint.npz"

@@ -89,6 +89,7 @@ def generate_command(
     methods: list[str],
     data_dir: Path,
     labels_file: Path | None,
+    subset_file: Path | None,
     limit: int | None,
     workers: int,
     out_dir: Path,
@@ -115,7 +116,12 @@ def generate_command(
     loaded = load_model(model, weights)
     preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
     dataset = ImageFolderDataset(
-        data_dir, preprocess, labels_file=labels_file, limit=limit, skip_bad=skip_bad
+        data_dir,
+        preprocess,
+        labels_file=labels_file,
+        limit=limit,
+        skip_bad=skip_bad,
+        subset_file=subset_file,
     )
     summary = generate(
         loaded,

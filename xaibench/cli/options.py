@@ -57,6 +57,14 @@ data_options = _compose(
         help="Labels file for a flat folder: `ILSVRC2012_val_00000001.JPEG 065 n01751748` lines.",
     ),
     click.option(
+        "--subset",
+        "subset_file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Use only the images listed in FILE (first column), e.g. a subset written by "
+        "`xaibench download --subset`.",
+    ),
+    click.option(
         "--limit", type=click.IntRange(min=1), default=None, help="Use the first N images."
     ),
     click.option(

@@ -123,7 +123,8 @@ class ImageFolderDataset(Dataset):
     `ids` (N,) relative paths and `labels` (N,) int64 (-1 unknown) are known up front. An image that
     cannot be decoded raises DataError, or with `skip_bad=True` comes back as a `BadImage`, which
     `make_loader`'s batches drop and record in `bad_ids` (also when decoded in worker processes).
-    `limit` keeps the first `limit` ids.
+    `subset_file` keeps only the ids listed in it (first column of each line, e.g. a subset written
+    by `xaibench download --subset`); `limit` then keeps the first `limit` ids.
     """
 
     def __init__(
@@ -133,6 +134,7 @@ class ImageFolderDataset(Dataset):
         labels_file: str | Path | None = None,
         limit: int | None = None,
         skip_bad: bool = False,
+        subset_file: str | Path | None = None,
     ):
         self.root = Path(root)
         self.preprocess = preprocess
@@ -153,6 +155,9 @@ class ImageFolderDataset(Dataset):
             labels = folder_labels(ids)
         else:
             labels = self._labels_from_file(Path(labels_file), ids)
+        if subset_file is not None:
+            keep = self._subset_rows(Path(subset_file), ids)
+            ids, labels = [ids[i] for i in keep], labels[keep]
         self.ids = ids[:limit]
         self.labels = labels[:limit]
 
@@ -169,6 +174,20 @@ class ImageFolderDataset(Dataset):
         if unlabelled:
             log.warning("%d image(s) under %s are not in %s: label -1", unlabelled, self.root, path)
         return np.array([by_id.get(i, -1) for i in ids], dtype=np.int64)
+
+    def _subset_rows(self, path: Path, ids: list[str]) -> np.ndarray:
+        try:
+            lines = path.read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"cannot read subset file {path} ({error}); check the path") from None
+        wanted = {f[0] for f in (line.split() for line in lines) if f and not f[0].startswith("#")}
+        missing = sorted(wanted - set(ids))
+        if missing:
+            raise DataError(
+                f"subset file {path} names {len(missing)} image(s) not under {self.root} "
+                f"(first: {missing[0]}); pass the folder the subset was made from"
+            )
+        return np.array([i for i, image_id in enumerate(ids) if image_id in wanted], np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -1,0 +1,174 @@
+"""`xaibench download`: fetch, verify, extract and index ImageNet val, a public subset, or a
+layout already on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from xaibench.data.archives import ARCHIVES
+from xaibench.data.imagenet import prepare_imagenet_val
+from xaibench.data.index import DatasetIndex, write_subset
+from xaibench.data.local import index_local
+from xaibench.data.public import PUBLIC, prepare_public
+from xaibench.errors import ConfigError
+
+IMAGENET_URL_ENV = "XAIBENCH_IMAGENET_URL"
+IMAGENET_KEYS = ("imagenet-val", "imagenet-devkit", "imagenet-val-boxes")
+DATASETS = ("imagenet-val", *PUBLIC, "local")
+
+
+def imagenet_archives(paths: tuple[Path, ...]) -> dict[str, Path]:
+    """--archive files -> archive keys, matched by file name."""
+    by_name = {ARCHIVES[k].filename: k for k in IMAGENET_KEYS}
+    given = {}
+    for path in paths:
+        if path.name not in by_name:
+            raise ConfigError(
+                f"--archive {path}: expected one of {', '.join(by_name)} (keep the original "
+                "file name, or link it under that name)"
+            )
+        given[by_name[path.name]] = path
+    return given
+
+
+@click.command("download")
+@click.argument("dataset", type=click.Choice(DATASETS))
+@click.option(
+    "--dest",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for the archives, images and index files (one dataset per folder).",
+)
+@click.option(
+    "--url-base",
+    default=None,
+    help=f"Server folder holding the archives under their file names (for imagenet-val also "
+    f"${IMAGENET_URL_ENV}); for public datasets a mirror of the pinned URL.",
+)
+@click.option(
+    "--archive",
+    "archives",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="An archive you already have (verified in place, never changed); repeatable.",
+)
+@click.option(
+    "--boxes", is_flag=True, help="imagenet-val: also the bounding boxes (DEST/boxes/*.xml)."
+)
+@click.option(
+    "--sha256",
+    default=None,
+    help="Expected sha256 of the archive, for archives with no published checksum.",
+)
+@click.option(
+    "--source",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="local: the ImageNet layout on disk (WNID folders, Kaggle's LOC_val_solution.csv, or "
+    "any folder with --labels).",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="local: labels file for --source (`name [number] WNID` or `name INDEX` lines).",
+)
+@click.option(
+    "--subset",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Also write DEST/subset-N-seedS.txt: N images, stratified by class when N >= 1000.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --subset.")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Retries per download (exponential backoff from 1 s); a re-run resumes too.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def download_command(
+    dataset: str,
+    dest: Path,
+    url_base: str | None,
+    archives: tuple[Path, ...],
+    boxes: bool,
+    sha256: str | None,
+    source: Path | None,
+    labels_file: Path | None,
+    subset: int | None,
+    seed: int,
+    retries: int,
+    quiet: bool,
+) -> None:
+    """Prepare DATASET in --dest: download (resumable) or take --archive files, verify size and
+    checksums, extract safely, arrange, and write the index files (labels.txt, image_list.txt,
+    classes.tsv, dataset.json). Safe to re-run; a killed run is completed by the next one.
+
+    \b
+    imagenet-val: needs --archive files or --url-base (ImageNet needs an account)
+    imagenette[-320|-160], imagewoof[-320|-160], imagenetv2-matched-frequency: pinned URLs
+    local: index --source in place, without copying
+    """
+    progress = not quiet
+    used = {
+        "--url-base": url_base is not None,
+        "--archive": bool(archives),
+        "--boxes": boxes,
+        "--sha256": sha256 is not None,
+        "--source": source is not None,
+        "--labels": labels_file is not None,
+    }
+    check_applicable(dataset, used)
+    if dataset == "local":
+        layout, index = index_local(source, dest, labels_file)
+        click.echo(f"recognised {layout} at {source}")
+    elif dataset == "imagenet-val":
+        index = prepare_imagenet_val(
+            dest,
+            url_base or os.environ.get(IMAGENET_URL_ENV) or None,
+            imagenet_archives(archives),
+            boxes,
+            retries=retries,
+            progress=progress,
+        )
+    else:
+        if len(archives) > 1:
+            raise click.BadParameter(f"{dataset} has one archive", param_hint="--archive")
+        index = prepare_public(
+            dataset,
+            dest,
+            url_base,
+            archives[0] if archives else None,
+            sha256,
+            retries=retries,
+            progress=progress,
+        )
+    report(index, dest)
+    if subset is not None:
+        path = write_subset(dest, subset, seed)
+        click.echo(f"subset of {subset} images (seed {seed}): {path}; use --subset {path}")
+
+
+def check_applicable(dataset: str, used: dict[str, bool]) -> None:
+    """Refuse options that do nothing for DATASET (`used`: option -> given), rather than ignore."""
+    applicable = {
+        "imagenet-val": {"--url-base", "--archive", "--boxes"},
+        "local": {"--source", "--labels"},
+    }.get(dataset, {"--url-base", "--archive", "--sha256"})
+    for option, given in used.items():
+        if given and option not in applicable:
+            raise click.BadParameter(f"does not apply to {dataset}", param_hint=option)
+    if dataset == "local" and not used["--source"]:
+        raise click.BadParameter("local needs --source PATH", param_hint="--source")
+
+
+def report(index: DatasetIndex, dest: Path) -> None:
+    classes = len(set(index.labels.tolist()))
+    click.echo(f"{index.name}: {len(index.ids)} images in {classes} classes -> {dest}")
+    click.echo(f"use: xaibench generate --data {index.root} --labels {index.labels_file} ...")

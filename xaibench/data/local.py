@@ -1,0 +1,93 @@
+"""ImageNet layouts already on disk, recognised and indexed in place (nothing is copied).
+
+Recognised, in this order:
+- a folder plus a labels file (`labels`): any layout, labelled by the file (dataset.py's formats);
+- Kaggle's ImageNet localisation challenge: `LOC_val_solution.csv` (`ImageId,PredictionString`,
+  the first WNID of the prediction string is the class) in the folder or its parents' reach, with
+  the images flat in `ILSVRC/Data/CLS-LOC/val/`;
+- class folders named by WNID (torchvision's `val/`), in the folder or in its `val/`.
+The index written to DEST points to the original images (`dataset.json` holds their absolute
+root), so `--data ROOT --labels DEST/labels.txt` reads them where they are.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from xaibench.data.classes import WNID_PATTERN, imagenet_classes
+from xaibench.data.dataset import find_images, folder_labels, read_labels_file
+from xaibench.data.index import DatasetIndex, write_index
+from xaibench.errors import DataError
+
+KAGGLE_CSV = "LOC_val_solution.csv"
+KAGGLE_IMAGES = Path("ILSVRC/Data/CLS-LOC/val")
+
+
+def _kaggle_labels(csv_path: Path) -> dict[str, int]:
+    classes = imagenet_classes()
+    labels = {}
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            for number, row in enumerate(csv.DictReader(handle), 2):
+                wnid = (row.get("PredictionString") or "").split()[:1]
+                if not row.get("ImageId") or not wnid or not WNID_PATTERN.fullmatch(wnid[0]):
+                    raise DataError(
+                        f"{csv_path}, line {number}: expected `ImageId,PredictionString` with a "
+                        "WNID first"
+                    )
+                labels[f"{row['ImageId']}.JPEG"] = classes.index_of(wnid[0])
+    except OSError as error:
+        raise DataError(f"cannot read {csv_path} ({error})") from None
+    return labels
+
+
+def _has_wnid_folders(folder: Path) -> bool:
+    return folder.is_dir() and any(
+        p.is_dir() and WNID_PATTERN.fullmatch(p.name) for p in folder.iterdir()
+    )
+
+
+def detect_layout(source: Path, labels: Path | None = None) -> tuple[str, Path, dict[str, int]]:
+    """(layout name, image root, id -> class index) of an ImageNet layout at `source`."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"{source} does not exist; pass the folder that holds the images")
+    if labels is not None:
+        return "folder + labels file", source, read_labels_file(labels)
+    csv_path = source if source.name == KAGGLE_CSV else source / KAGGLE_CSV
+    if csv_path.is_file():
+        root = csv_path.parent / KAGGLE_IMAGES
+        if not root.is_dir():
+            raise DataError(f"found {csv_path} but not the images folder {root}")
+        return "Kaggle LOC_val_solution.csv", root, _kaggle_labels(csv_path)
+    for root in (source, source / "val"):
+        if _has_wnid_folders(root):
+            ids = find_images(root)
+            return (
+                "WNID class folders",
+                root,
+                dict(zip(ids, folder_labels(ids).tolist(), strict=True)),
+            )
+    raise DataError(
+        f"{source} is not a layout xaibench recognises: class folders named by WNID "
+        f"(torchvision's val/), Kaggle's {KAGGLE_CSV} with {KAGGLE_IMAGES}/, or a folder "
+        "with --labels FILE"
+    )
+
+
+def index_local(source: Path, dest: Path, labels: Path | None = None) -> tuple[str, DatasetIndex]:
+    """Index the layout at `source` into `dest` without copying; returns (layout, index)."""
+    layout, root, by_id = detect_layout(source, labels)
+    present = set(find_images(root))
+    missing = sorted(set(by_id) - present)
+    if missing:
+        raise DataError(
+            f"{len(missing)} labelled image(s) are not under {root} (first: {missing[0]}); "
+            "pass the folder that holds them"
+        )
+    ids = sorted(i for i, label in by_id.items() if label >= 0)
+    if not ids:
+        raise DataError(f"no labelled images under {root}")
+    index = write_index(dest, f"local ({layout})", root.resolve(), ids, [by_id[i] for i in ids])
+    return layout, index
