@@ -97,7 +97,9 @@ class World:
     def progress(self, total: int, initial: int = 0, **tqdm_options: Any) -> Progress:
         """One progress bar for the whole run; `total` and `initial` count the rows of all processes."""
         self._bars += 1
-        return Progress(self, total, initial, f"progress/{self._bars}", **tqdm_options)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # torchrun --max-restarts
+        key = f"progress/{attempt}/{self._bars}"
+        return Progress(self, total, initial, key, **tqdm_options)
 
 
 def from_env(environ: Mapping[str, str] = os.environ) -> World:
