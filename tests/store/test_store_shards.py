@@ -111,3 +111,15 @@ def test_stale_shards_of_a_complete_store_are_removed(tmp_path):
     assert done_rows(path, meta(), ids(), labels()).all()
     remove_stale_shards(path)
     assert not shard_dir(path).exists()
+
+
+def test_maps_compressed_otherwise_are_decoded_and_written_again(tmp_path):
+    whole = write_whole(tmp_path / "whole.h5")
+    path = tmp_path / "s.h5"
+    with create_or_resume(path, meta(), ids(), labels(), compression="gzip") as store:
+        write_rows(store, range(4))
+    write_shard(path, 0, 1, range(4, N))  # lzf, after the gzip file that created `maps`
+    merge(path)
+    assert_same(contents(path), contents(whole))
+    with h5py.File(path) as f:
+        assert f["maps"].compression == "gzip"

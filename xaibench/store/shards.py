@@ -175,7 +175,11 @@ def _copy_rows(sources: list[Path], owner: np.ndarray, destination: Path) -> Non
 
 
 def _copy(item: h5py.HLObject, out: h5py.File, rows: np.ndarray, n: int) -> None:
-    """Copy dataset `item` into `out`: rows `rows` if it is per-row (first dimension N), else whole."""
+    """Copy dataset `item` into `out`: rows `rows` if it is per-row (first dimension N), else whole.
+
+    A per-row dataset is created with the creation properties of `item` (chunks, filters, fill
+    value), so that its chunks can be copied as stored.
+    """
     if not isinstance(item, h5py.Dataset):
         return
     per_row = item.ndim >= 1 and item.shape[0] == n
@@ -186,23 +190,45 @@ def _copy(item: h5py.HLObject, out: h5py.File, rows: np.ndarray, n: int) -> None
     if not per_row:
         out.copy(item, item.name)
         return
-    target = out.create_dataset(
-        item.name,
-        shape=item.shape,
-        dtype=item.dtype,
-        chunks=item.chunks,
-        compression=item.compression,
-        compression_opts=item.compression_opts,
-        shuffle=item.shuffle,
-        fletcher32=item.fletcher32,
-        fillvalue=item.fillvalue,
+    links = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+    links.set_create_intermediate_group(True)
+    created = h5py.h5d.create(
+        out.id,
+        item.name.encode(),
+        item.id.get_type(),
+        item.id.get_space(),
+        dcpl=item.id.get_create_plist(),
+        lcpl=links,
     )
+    target = h5py.Dataset(created)
     target.attrs.update(dict(item.attrs))
     _copy_row_blocks(item, target, rows)
 
 
+def _filters(dataset: h5py.Dataset) -> list[tuple]:
+    plist = dataset.id.get_create_plist()
+    return [plist.get_filter(i)[:3] for i in range(plist.get_nfilters())]
+
+
 def _copy_row_blocks(source: h5py.Dataset, target: h5py.Dataset, rows: np.ndarray) -> None:
-    """target[rows] = source[rows], in blocks of at most MERGE_ROWS rows (contiguous runs sliced)."""
+    """target[rows] = source[rows].
+
+    Datasets stored one row per chunk with the same filters (the maps) have their chunks copied as
+    stored: no decompression, no compression, the same bytes. Others are copied in blocks of at most
+    MERGE_ROWS rows.
+    """
+    one_row = (1, *source.shape[1:])
+    if (
+        source.chunks == one_row
+        and target.chunks == one_row
+        and source.dtype == target.dtype
+        and _filters(source) == _filters(target)
+    ):
+        corner = (0,) * (source.ndim - 1)
+        for row in rows.tolist():
+            mask, chunk = source.id.read_direct_chunk((row, *corner))
+            target.id.write_direct_chunk((row, *corner), chunk, mask)
+        return
     for start in range(0, len(rows), MERGE_ROWS):
         where = _selection(rows[start : start + MERGE_ROWS])
         target[where] = source[where]
