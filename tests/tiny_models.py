@@ -1,5 +1,7 @@
 """Small models importable as `tiny_models:NAME` (tests/ is on sys.path under pytest)."""
 
+import time
+
 import torch
 from torch import nn
 
@@ -27,3 +29,11 @@ def tiny_cnn() -> nn.Module:
             if isinstance(module, nn.Conv2d):
                 module.bias.uniform_(-0.1, 0.1)
     return model.eval()
+
+
+def slow_tiny_cnn() -> nn.Module:
+    """`tiny_cnn` (same weights, same outputs) that sleeps 0.1 s per forward pass, so that a test can
+    stop a run while it is under way."""
+    model = tiny_cnn()
+    model.register_forward_pre_hook(lambda module, args: time.sleep(0.1))
+    return model

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from xaibench import dist
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.errors import StoreError
 from xaibench.metrics import (
@@ -100,13 +100,19 @@ def evaluate_store(
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
+    world: dist.World | None = None,
 ) -> Evaluation:
     """Evaluate the done rows of the store at `store_path` (the first `limit` of them if given)
     with `metrics` under `protocol`. Rows of images skipped at generation (target -1) are left out.
 
     With `checkpoint`, results so far are saved there every `checkpoint_seconds` and when the run is
     interrupted, and a later call with the same store, protocol and metrics resumes from them.
+
+    With a `world` of several processes (`dist.launch` under torchrun), each process evaluates its
+    share of the rows (saving them to its own checkpoint beside `checkpoint`), and every process
+    returns the evaluation of all rows.
     """
+    world = world or dist.World(device=device)
     metric_objects = [METRICS.get(name) for name in metrics]
     with open_store(store_path) as store:
         dataset_rows = check_store_matches(store, loaded, dataset)
@@ -120,11 +126,15 @@ def evaluate_store(
             raise StoreError(f"{store.path} has no finished row with a map to evaluate")
         model = prepare_model(loaded.model, device).eval()
         score_fn = score_function(model, protocol.score)
-        state = _Results.resume(checkpoint, _run_key(store, protocol, metrics), len(store))
-        todo = rows[~state.done[rows]]
-        bar = tqdm(
-            total=len(rows),
-            initial=len(rows) - len(todo),
+        key = _run_key(store, protocol, metrics)
+        state = _Results.resume(dist.checkpoint_files(checkpoint), key, len(store))
+        world.barrier()  # every process has read the checkpoints before any saves its own
+        checkpoint = dist.checkpoint_of(world, checkpoint)
+        remaining = rows[~state.done[rows]]
+        todo = world.shard(remaining)
+        bar = world.progress(
+            len(rows),
+            len(rows) - len(remaining),
             unit="img",
             desc=f"{store.meta.method}/{protocol.name}",
             disable=not progress,
@@ -161,6 +171,7 @@ def evaluate_store(
                 state.save(checkpoint)
             raise
         bar.close()
+        state = _Results.from_arrays(key, len(store), dist.gather_rows(world, state.arrays(), todo))
         per_image = state.table(store, rows, protocol)
         curves = {name: values[rows] for name, values in state.curves.items()}
     value_columns = [c for c in state.values if c in METRICS]
@@ -220,27 +231,47 @@ class _Results:
         self.curves: dict[str, np.ndarray] = {}
 
     @classmethod
-    def resume(cls, path: Path | None, key: str, n: int) -> _Results:
-        state = cls(key, n)
-        if path is None or not path.exists():
-            return state
+    def resume(cls, paths: Sequence[Path], key: str, n: int) -> _Results:
+        """The results saved in the checkpoints `paths` of this evaluation (one per process), merged."""
+        parts = [saved for path in paths if (saved := cls._read(path, key)) is not None]
+        if not parts:
+            return cls(key, n)
+        state = cls.from_arrays(key, n, dist.merge_rows(parts))
+        log.info("resuming from %s: %d rows already evaluated", paths[0], int(state.done.sum()))
+        return state
+
+    @staticmethod
+    def _read(path: Path, key: str) -> dict[str, np.ndarray] | None:
         try:
             with np.load(path, allow_pickle=False) as saved:
                 if str(saved["key"]) != key:
-                    log.warning("%s is from another evaluation; starting afresh", path)
-                    return state
-                state.done, state.clean = saved["done"], saved["clean"]
-                for name in saved.files:
-                    kind, _, column = name.partition(":")
-                    if kind == "value":
-                        state.values[column] = saved[name]
-                    elif kind == "curve":
-                        state.curves[column] = saved[name]
+                    log.warning("%s is from another evaluation; leaving it out", path)
+                    return None
+                return {name: saved[name] for name in saved.files}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-            log.warning("cannot read checkpoint %s (%s); starting afresh", path, error)
-            return cls(key, n)
-        log.info("resuming from %s: %d rows already evaluated", path, int(state.done.sum()))
+            log.warning("cannot read checkpoint %s (%s); leaving it out", path, error)
+            return None
+
+    @classmethod
+    def from_arrays(cls, key: str, n: int, arrays: dict[str, np.ndarray]) -> _Results:
+        """The inverse of `arrays`."""
+        state = cls(key, n)
+        state.done, state.clean = arrays["done"], arrays["clean"]
+        for name, array in arrays.items():
+            kind, _, column = name.partition(":")
+            if kind == "value":
+                state.values[column] = array
+            elif kind == "curve":
+                state.curves[column] = array
         return state
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything as named arrays, as the checkpoint holds them: `done`, `clean`, `value:NAME`
+        (N,) and `curve:NAME` (N, points), and the evaluation's `key`."""
+        arrays = {"key": np.array(self.key), "done": self.done, "clean": self.clean}
+        arrays.update({f"value:{k}": v for k, v in self.values.items()})
+        arrays.update({f"curve:{k}": v for k, v in self.curves.items()})
+        return arrays
 
     def add(self, rows: np.ndarray, clean: torch.Tensor, results) -> None:
         self.clean[rows] = clean.float().cpu().numpy()
@@ -257,9 +288,7 @@ class _Results:
         self.done[rows] = True
 
     def save(self, path: Path) -> None:
-        arrays = {"key": np.array(self.key), "done": self.done, "clean": self.clean}
-        arrays.update({f"value:{k}": v for k, v in self.values.items()})
-        arrays.update({f"curve:{k}": v for k, v in self.curves.items()})
+        arrays = self.arrays()
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic(path, lambda p: np.savez(p, **arrays))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from xaibench import dist
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.errors import ConfigError
 from xaibench.methods import METHODS
@@ -18,7 +18,6 @@ from xaibench.methods.base import SaliencyMethod
 from xaibench.methods.cam import CAMMethod, explain_together
 from xaibench.models.factory import LoadedModel
 from xaibench.runtime import prepare_model
-from xaibench.store import create_or_resume
 from xaibench.store.meta import TARGETS, StoreMeta
 
 STORE_FORMATS = ("h5", "npz")
@@ -69,12 +68,17 @@ def generate(
     workers: int = 0,
     method_params: dict[str, dict] | None = None,
     progress: bool = True,
+    world: dist.World | None = None,
 ) -> GenerateSummary:
     """Explain every image of `dataset` with each method; resume stores that exist.
 
     Images are read once per batch and shared by all methods; each method writes its own store.
     Images that cannot be decoded (with the dataset's `skip_bad`) are recorded as done rows with a
     NaN map, target -1 and a NaN score, so the store completes and evaluation leaves them out.
+
+    With a `world` of several processes (`dist.launch` under torchrun), each process explains its
+    share of the images into its own shard store and process 0 merges them into the stores; the
+    summary counts the images of all processes.
     """
     if len(set(methods)) != len(methods):
         raise ConfigError(f"--saliency names a method twice: {', '.join(methods)}")
@@ -88,9 +92,10 @@ def generate(
             f"--target label needs a label for every image, but {first} has none; "
             "give a labels file or use --target predicted"
         )
+    world = world or dist.World(device=device)
     model = prepare_model(loaded.model, device)
     params = method_params or {}
-    runs = []
+    planned = []
     for name in methods:
         method = METHODS.get(name)(model, **params.get(name, {}))
         path = store_path(out_dir, loaded.name, name, store_format)
@@ -103,8 +108,13 @@ def generate(
             preprocess=dataset.preprocess.to_dict(),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        store = create_or_resume(path, meta, dataset.ids, dataset.labels)
-        runs.append(MethodRun(method, path, store, set(store.pending_indices().tolist())))
+        planned.append((method, path, meta))
+    outputs = [(path, meta) for _, path, meta in planned]
+    opened = dist.open_stores(world, outputs, dataset.ids, dataset.labels)
+    runs = [
+        MethodRun(method, path, store, pending)
+        for (method, path, _), (store, pending) in zip(planned, opened, strict=True)
+    ]
 
     todo = sorted(set().union(*(r.pending for r in runs)))
     groups = shared_pass_groups(runs)
@@ -113,7 +123,8 @@ def generate(
     explained = 0
     try:
         loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
-        bar = tqdm(total=len(todo), unit="img", desc=loaded.name, disable=not progress)
+        total = sum(world.all_gather(len(todo)))
+        bar = world.progress(total, unit="img", desc=loaded.name, disable=not progress)
         for images, indices in loader:
             images = images.to(device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last
@@ -156,11 +167,13 @@ def generate(
             _record_skipped(run, sorted(run.pending & set(dataset.bad)))
     finally:
         _close_all(runs)
+    dist.finish_stores(world, outputs, dataset.ids, dataset.labels)
+    counts = world.all_gather((explained, dataset.bad_ids))
     return GenerateSummary(
-        images=explained,
+        images=sum(images for images, _ in counts),
         seconds=time.perf_counter() - started,
         stores=[r.store_path for r in runs],
-        skipped=dataset.bad_ids,
+        skipped=[image_id for _, bad in counts for image_id in bad],
     )
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from xaibench.store import StoreMeta
+from xaibench.store import StoreMeta, open_store
 
 N, H, W = 12, 8, 6
 
@@ -39,3 +39,22 @@ def maps_of(rows) -> np.ndarray:
 def write_rows(store, rows) -> None:
     rows = np.asarray(rows, dtype=np.int64)
     store.write(rows, maps_of(rows), rows * 7, (rows / 100).astype(np.float32), labels()[rows])
+
+
+def contents(path):
+    """Everything a reader sees in a store, for comparing two runs."""
+    with open_store(path) as store:
+        return (
+            store.meta,
+            store.ids,
+            store.labels.tolist(),
+            store.targets.tolist(),
+            store.scores.tolist(),
+            store.done.tolist(),
+            store.read_maps(range(len(store))),
+        )
+
+
+def assert_same(a, b):
+    assert a[:-1] == b[:-1]
+    np.testing.assert_array_equal(a[-1], b[-1])

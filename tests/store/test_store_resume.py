@@ -7,31 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import N, ids, labels, maps_of, meta, write_rows
+from store_helpers import N, assert_same, contents, ids, labels, maps_of, meta, write_rows
 
 from xaibench.store import create_or_resume, open_store
 from xaibench.store.npz import partial_path
 
 HERE = Path(__file__).parent
-
-
-def contents(path):
-    """Everything a reader sees in a store, for comparing two runs."""
-    with open_store(path) as store:
-        return (
-            store.meta,
-            store.ids,
-            store.labels.tolist(),
-            store.targets.tolist(),
-            store.scores.tolist(),
-            store.done.tolist(),
-            store.read_maps(range(len(store))),
-        )
-
-
-def assert_same(a, b):
-    assert a[:-1] == b[:-1]
-    np.testing.assert_array_equal(a[-1], b[-1])
 
 
 @pytest.mark.parametrize("suffix", ["h5", "npz"])

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from xaibench import dist
 from xaibench.cli.options import (
     batch_size_option,
     comma_list,
@@ -98,7 +99,9 @@ def evaluate_command(
 
     Writes per image a CSV (Parquet too when pyarrow is installed), the curves (npz) and a summary
     (count, mean, 95% CI) per metric, and prints the summary as Markdown. Every output records the
-    protocol and its settings.
+    protocol and its settings. Under `torchrun --nproc-per-node N -m xaibench evaluate ...` each
+    process evaluates its share of the rows and process 0 writes the same tables; logs go to the
+    (first) output folder's logs/.
     """
     if not metrics:
         raise click.BadParameter("give at least one metric", param_hint="--metrics")
@@ -112,37 +115,44 @@ def evaluate_command(
             "evaluate them separately with different --out folders",
             param_hint="--store",
         )
-    chosen = resolve_device(device, cuda)
     settings = get_protocol(protocol, **({"step": step} if step else {}))
-    loaded = load_model(model, weights)
-    preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
-    dataset = ImageFolderDataset(
-        data_dir, preprocess, labels_file=labels_file, subset_file=subset_file
-    )
     summaries = []
-    for store, destination in zip(stores, destinations, strict=True):
-        checkpoint = destination / f".{store.stem}-{settings.name}.checkpoint.npz"
-        evaluation = evaluate_store(
-            store,
-            loaded,
-            dataset,
-            settings,
-            metrics,
-            device=chosen,
-            batch_size=batch_size or default_batch_size(chosen),
-            chunk_size=chunk_size,
-            workers=workers,
-            limit=limit,
-            allow_incomplete=allow_incomplete,
-            checkpoint=checkpoint,
-            progress=not quiet,
+    with dist.launch(resolve_device(device, cuda), destinations[0] / "logs") as world:
+        loaded = load_model(model, weights)
+        preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+        dataset = ImageFolderDataset(
+            data_dir, preprocess, labels_file=labels_file, subset_file=subset_file
         )
-        paths = write_evaluation(evaluation, destination)
-        checkpoint.unlink(missing_ok=True)
-        summaries.append(evaluation.summary)
-        click.echo(
-            f"{store}: {len(evaluation.per_image)} images -> {paths['summary'].parent}/", err=True
-        )
+        for store, destination in zip(stores, destinations, strict=True):
+            checkpoint = destination / f".{store.stem}-{settings.name}.checkpoint.npz"
+            evaluation = evaluate_store(
+                store,
+                loaded,
+                dataset,
+                settings,
+                metrics,
+                device=world.device,
+                batch_size=batch_size or default_batch_size(world.device),
+                chunk_size=chunk_size,
+                workers=workers,
+                limit=limit,
+                allow_incomplete=allow_incomplete,
+                checkpoint=checkpoint,
+                progress=not quiet,
+                world=world,
+            )
+            if not world.is_main:
+                continue
+            paths = write_evaluation(evaluation, destination)
+            for saved in dist.checkpoint_files(checkpoint):
+                saved.unlink(missing_ok=True)
+            summaries.append(evaluation.summary)
+            click.echo(
+                f"{store}: {len(evaluation.per_image)} images -> {paths['summary'].parent}/",
+                err=True,
+            )
+    if not world.is_main:
+        return
     table = pd.concat(summaries, ignore_index=True)
     settings_text = ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if k != "name")
     click.echo(f"\nProtocol {settings.name} ({settings_text}); mean [95% CI] over images;")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from xaibench import dist
 from xaibench.cli.options import (
     batch_size_option,
     comma_list,
@@ -19,7 +20,7 @@ from xaibench.cli.options import (
 )
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.errors import ConfigError
-from xaibench.generate import STORE_FORMATS, TARGETS, generate
+from xaibench.generate import STORE_FORMATS, TARGETS, GenerateSummary, generate, store_path
 from xaibench.methods import METHODS
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.runtime import default_batch_size, resolve_device
@@ -106,36 +107,45 @@ def generate_command(
 ) -> None:
     """Generate saliency maps for every image of --data, batched, resumable.
 
-    Re-running the same command after an interruption skips the images already written.
+    Re-running the same command after an interruption skips the images already written. Under
+    `torchrun --nproc-per-node N -m xaibench generate ...` each process explains its share of the
+    images and process 0 merges them into the same stores; logs go to OUT/MODEL/logs/.
     """
     if not methods:
         raise click.BadParameter("give at least one method", param_hint="--saliency")
     for name in methods:
         METHODS.get(name)
-    chosen = resolve_device(device, cuda)
-    loaded = load_model(model, weights)
-    preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
-    dataset = ImageFolderDataset(
-        data_dir,
-        preprocess,
-        labels_file=labels_file,
-        limit=limit,
-        skip_bad=skip_bad,
-        subset_file=subset_file,
-    )
-    summary = generate(
-        loaded,
-        methods,
-        dataset,
-        out_dir,
-        device=chosen,
-        batch_size=batch_size or default_batch_size(chosen),
-        target=target,
-        store_format=store_format,
-        workers=workers,
-        method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
-        progress=not quiet,
-    )
+    log_dir = store_path(out_dir, model, methods[0], store_format).parent / "logs"
+    with dist.launch(resolve_device(device, cuda), log_dir) as world:
+        loaded = load_model(model, weights)
+        preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+        dataset = ImageFolderDataset(
+            data_dir,
+            preprocess,
+            labels_file=labels_file,
+            limit=limit,
+            skip_bad=skip_bad,
+            subset_file=subset_file,
+        )
+        summary = generate(
+            loaded,
+            methods,
+            dataset,
+            out_dir,
+            device=world.device,
+            batch_size=batch_size or default_batch_size(world.device),
+            target=target,
+            store_format=store_format,
+            workers=workers,
+            method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
+            progress=not quiet,
+            world=world,
+        )
+    if world.is_main:
+        _report(summary)
+
+
+def _report(summary: GenerateSummary) -> None:
     for skipped in summary.skipped:
         click.echo(f"skipped (cannot decode): {skipped}", err=True)
     if summary.skipped:
