@@ -27,3 +27,9 @@ def tiny_cnn() -> nn.Module:
             if isinstance(module, nn.Conv2d):
                 module.bias.uniform_(-0.1, 0.1)
     return model.eval()
+
+
+def tiny_cnn_dropout() -> nn.Module:
+    """`tiny_cnn` with nn.Dropout(0.5) before its linear head (for MC dropout)."""
+    *features, head = tiny_cnn()
+    return nn.Sequential(*features, nn.Dropout(0.5), head).eval()

@@ -34,6 +34,7 @@ from xaibench.models.factory import LoadedModel
 from xaibench.runtime import prepare_model
 from xaibench.store import open_store
 from xaibench.store.base import SaliencyStore
+from xaibench.uncertainty import MC_COLUMNS, MCDropout
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,15 @@ def evaluate_store(
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
+    mc_dropout: int = 0,
+    mc_seed: int = 0,
 ) -> Evaluation:
     """Evaluate the done rows of the store at `store_path` (the first `limit` of them if given)
     with `metrics` under `protocol`. Rows of images skipped at generation (target -1) are left out.
 
     With `checkpoint`, results so far are saved there every `checkpoint_seconds` and when the run is
     interrupted, and a later call with the same store, protocol and metrics resumes from them.
+    With `mc_dropout` K > 0, the columns mc_mean and mc_var (xaibench.uncertainty) are added.
     """
     metric_objects = [METRICS.get(name) for name in metrics]
     with open_store(store_path) as store:
@@ -120,7 +124,13 @@ def evaluate_store(
             raise StoreError(f"{store.path} has no finished row with a map to evaluate")
         model = prepare_model(loaded.model, device).eval()
         score_fn = score_function(model, protocol.score)
-        state = _Results.resume(checkpoint, _run_key(store, protocol, metrics), len(store))
+        mc = (
+            MCDropout(model, mc_dropout, seed=mc_seed, input_size=loaded.input_size)
+            if mc_dropout
+            else None
+        )
+        run_key = _run_key(store, protocol, [*metrics, *([mc.settings()] if mc else [])])
+        state = _Results.resume(checkpoint, run_key, len(store))
         todo = rows[~state.done[rows]]
         bar = tqdm(
             total=len(rows),
@@ -149,9 +159,9 @@ def evaluate_store(
                     protocol=protocol,
                     chunk_size=chunk_size,
                 )
-                state.add(
-                    batch_rows, ctx.clean_scores, [m.score_batch(ctx) for m in metric_objects]
-                )
+                results = [m.score_batch(ctx) for m in metric_objects]
+                results += [mc.score_batch(ctx, batch_rows)] if mc else []
+                state.add(batch_rows, ctx.clean_scores, results)
                 bar.update(len(batch_rows))
                 if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
                     state.save(checkpoint)
@@ -163,7 +173,7 @@ def evaluate_store(
         bar.close()
         per_image = state.table(store, rows, protocol)
         curves = {name: values[rows] for name, values in state.curves.items()}
-    value_columns = [c for c in state.values if c in METRICS]
+    value_columns = [c for c in state.values if c in METRICS or c in MC_COLUMNS]
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     return Evaluation(
