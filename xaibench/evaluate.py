@@ -129,7 +129,7 @@ def evaluate_store(
             if mc_dropout
             else None
         )
-        run_key = _run_key(store, protocol, [*metrics, *([mc.settings()] if mc else [])])
+        run_key = _run_key(store, protocol, [*metrics, *([mc.key()] if mc else [])])
         state = _Results.resume(checkpoint, run_key, len(store))
         todo = rows[~state.done[rows]]
         bar = tqdm(

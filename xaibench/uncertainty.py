@@ -171,8 +171,8 @@ class MCDropout:
     Finds the model's dropout sites once; a model without any is refused with a ConfigError, and
     one whose every site has p = 0 is accepted with a warning (its variance is exactly 0).
     `chunk_size` (images per forward) defaults to the batch context's chunk size. Each batch is
-    seeded from (`seed`, its first store row), so a row's values do not depend on which batches ran
-    before it.
+    seeded from (`seed`, its first store row), so its values do not depend on the batches that ran
+    before it: a resumed evaluation draws what an uninterrupted one drew for the same batches.
     """
 
     def __init__(
@@ -204,8 +204,10 @@ class MCDropout:
                 ", ".join(map(str, self.sites)),
             )
 
-    def settings(self) -> dict:
-        return {"passes": self.passes, "seed": self.seed, "sites": [str(s) for s in self.sites]}
+    def key(self) -> str:
+        """What a checkpoint must match to be resumed: passes, seed and the dropout sites."""
+        sites = ", ".join(map(str, self.sites))
+        return f"mc_dropout(passes={self.passes}, seed={self.seed}, sites={sites})"
 
     def score_batch(self, ctx: MetricContext, rows: np.ndarray) -> MetricResult:
         """values mc_mean, mc_var: (B,) for the batch of store rows `rows` (B,)."""

@@ -76,7 +76,9 @@ DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
     "--mc-dropout",
     type=click.IntRange(min=2),
     default=None,
-    help="Add mc_mean and mc_var: the class probability over K passes with only dropout active.",
+    metavar="K",
+    help="Add mc_mean and mc_var: mean and variance of the class probability over K passes with "
+    "only dropout active (K x batch images, --chunk-size per forward).",
 )
 @click.option("--mc-seed", type=int, default=0, show_default=True, help="Seed of --mc-dropout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -59,7 +59,9 @@ def _setting(name: str, kind: click.ParamType, default: float, help: str):
     show_default=True,
     help="pixel: optimise the pixels; fourier: decorrelated colours in a 1/f Fourier basis.",
 )
-@_setting("--lr", _POSITIVE, 0.05, "Adam step size.")
+@click.option(
+    "--lr", type=_POSITIVE, default=None, help="Adam step size (default: 0.1 fourier, 0.05 pixel)."
+)
 @click.option(
     "--size",
     type=click.IntRange(min=16),
@@ -81,7 +83,7 @@ def visualize_command(
     units: tuple[str, ...],
     steps: int,
     parameterisation: str,
-    lr: float,
+    lr: float | None,
     size: int | None,
     jitter: float,
     rotate: float,

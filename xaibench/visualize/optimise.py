@@ -32,6 +32,10 @@ from xaibench.methods.layers import validate_layer
 from xaibench.visualize.parameterisation import PARAMETERISATIONS
 from xaibench.visualize.transforms import RandomTransforms
 
+DEFAULT_LR = {"pixel": 0.05, "fourier": 0.1}
+"""Adam step sizes that gave clear images in 128-256 steps on EfficientNet-Lite0 (the Fourier
+basis is normalised to unit RMS, which makes its pixel steps smaller than Lucid's at equal lr)."""
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -141,7 +145,8 @@ def visualise_units(
 
     model: returns logits (B, K) and is put in eval mode without parameter gradients for the
     duration; mean, std: its input normalisation; size: (H, W) of the images; parameterisation:
-    "fourier" (default) or "pixel"; lr: Adam's step size (default 0.05);
+    "fourier" (default) or "pixel"; lr: Adam's step size (default `DEFAULT_LR` of the
+    parameterisation);
     transforms: the per-step jitter, rotation and scaling (default `RandomTransforms()`);
     blur_every: blur the images every k steps (0: never) with a Gaussian of `blur_sigma` pixels;
     seed: start images and transformations are drawn from generators seeded with it, so a run is
@@ -165,7 +170,7 @@ def visualise_units(
     shifts = torch.Generator(device=device).manual_seed(seed + 1)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    optimiser = torch.optim.Adam(param.parameters(), lr=0.05 if lr is None else lr)
+    optimiser = torch.optim.Adam(param.parameters(), lr=lr or DEFAULT_LR[parameterisation])
     history = []
     with saliency_mode(model), autograd_enabled():
         for step in tqdm(range(steps), desc="visualize", unit="step", disable=not progress):
