@@ -48,14 +48,16 @@ class RandomTransforms:
 def sampling_grid(
     angle: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
-    """(N, H, W, 2) grid for `grid_sample`: rotate by `angle` (N,) radians, magnify by `zoom` (N,),
-    move the content by `shift` (N, 2) in normalised (x, y) coordinates."""
+    """(N, H, W, 2) grid for `grid_sample`: rotate by `angle` (N,) radians about the centre, magnify
+    by `zoom` (N,), move the content by `shift` (N, 2) in normalised (x, y) coordinates (2 / W per
+    pixel along x). The rotation is of the pixel grid, so a non-square image is not sheared."""
+    h, w = size
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack(
         [
-            torch.stack([cos, -sin, -shift[:, 0]], dim=1),
-            torch.stack([sin, cos, -shift[:, 1]], dim=1),
+            torch.stack([cos, -sin * h / w, -shift[:, 0] * cos + shift[:, 1] * sin * h / w], dim=1),
+            torch.stack([sin * w / h, cos, -shift[:, 0] * sin * w / h - shift[:, 1] * cos], dim=1),
         ],
         dim=1,
     )
-    return F.affine_grid(theta, [angle.shape[0], 1, *size], align_corners=False)
+    return F.affine_grid(theta, [angle.shape[0], 1, h, w], align_corners=False)
