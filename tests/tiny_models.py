@@ -37,3 +37,9 @@ def slow_tiny_cnn() -> nn.Module:
     model = tiny_cnn()
     model.register_forward_pre_hook(lambda module, args: time.sleep(0.1))
     return model
+
+
+def tiny_cnn_dropout() -> nn.Module:
+    """`tiny_cnn` with nn.Dropout(0.5) before its linear head (for MC dropout)."""
+    *features, head = tiny_cnn()
+    return nn.Sequential(*features, nn.Dropout(0.5), head).eval()

@@ -34,6 +34,7 @@ from xaibench.models.factory import LoadedModel
 from xaibench.runtime import prepare_model
 from xaibench.store import open_store
 from xaibench.store.base import SaliencyStore
+from xaibench.uncertainty import MC_COLUMNS, MCDropout
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ def evaluate_store(
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
     world: dist.World | None = None,
+    mc_dropout: int = 0,
+    mc_seed: int = 0,
 ) -> Evaluation:
     """Evaluate the done rows of the store at `store_path` (the first `limit` of them if given)
     with `metrics` under `protocol`. Rows of images skipped at generation (target -1) are left out.
@@ -111,6 +114,8 @@ def evaluate_store(
     With a `world` of several processes (`dist.launch` under torchrun), each process evaluates its
     share of the rows (saving them to its own checkpoint beside `checkpoint`), and every process
     returns the evaluation of all rows.
+
+    With `mc_dropout` K > 0, the columns mc_mean and mc_var (xaibench.uncertainty) are added.
     """
     world = world or dist.World(device=device)
     metric_objects = [METRICS.get(name) for name in metrics]
@@ -126,7 +131,12 @@ def evaluate_store(
             raise StoreError(f"{store.path} has no finished row with a map to evaluate")
         model = prepare_model(loaded.model, device).eval()
         score_fn = score_function(model, protocol.score)
-        key = _run_key(store, protocol, metrics)
+        mc = (
+            MCDropout(model, mc_dropout, seed=mc_seed, input_size=loaded.input_size)
+            if mc_dropout
+            else None
+        )
+        key = _run_key(store, protocol, [*metrics, *([mc.key()] if mc else [])])
         state = _Results.resume(dist.checkpoint_files(checkpoint), key, len(store))
         world.barrier()  # every process has read the checkpoints before any saves its own
         checkpoint = dist.checkpoint_of(world, checkpoint)
@@ -159,9 +169,9 @@ def evaluate_store(
                     protocol=protocol,
                     chunk_size=chunk_size,
                 )
-                state.add(
-                    batch_rows, ctx.clean_scores, [m.score_batch(ctx) for m in metric_objects]
-                )
+                results = [m.score_batch(ctx) for m in metric_objects]
+                results += [mc.score_batch(ctx, batch_rows)] if mc else []
+                state.add(batch_rows, ctx.clean_scores, results)
                 bar.update(len(batch_rows))
                 if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
                     state.save(checkpoint)
@@ -174,7 +184,7 @@ def evaluate_store(
         state = _Results.from_arrays(key, len(store), dist.gather_rows(world, state.arrays(), todo))
         per_image = state.table(store, rows, protocol)
         curves = {name: values[rows] for name, values in state.curves.items()}
-    value_columns = [c for c in state.values if c in METRICS]
+    value_columns = [c for c in state.values if c in METRICS or c in MC_COLUMNS]
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     return Evaluation(

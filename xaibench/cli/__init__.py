@@ -12,6 +12,7 @@ from xaibench.cli.evaluate import evaluate_command
 from xaibench.cli.generate import generate_command
 from xaibench.cli.listing import list_command
 from xaibench.cli.verify import verify_command
+from xaibench.cli.visualize import activations_command, visualize_command
 from xaibench.errors import XaibenchError
 from xaibench.runtime import tune_allocator
 
@@ -34,6 +35,8 @@ cli.add_command(verify_command)
 cli.add_command(generate_command)
 cli.add_command(evaluate_command)
 cli.add_command(list_command)
+cli.add_command(visualize_command)
+cli.add_command(activations_command)
 
 
 def main() -> None:

@@ -73,6 +73,15 @@ DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
     is_flag=True,
     help="Evaluate the finished rows of a store whose generation is not complete.",
 )
+@click.option(
+    "--mc-dropout",
+    type=click.IntRange(min=2),
+    default=None,
+    metavar="K",
+    help="Add mc_mean and mc_var: mean and variance of the class probability over K passes with "
+    "only dropout active (K x batch images, --chunk-size per forward).",
+)
+@click.option("--mc-seed", type=int, default=0, show_default=True, help="Seed of --mc-dropout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate_command(
     model: str,
@@ -92,6 +101,8 @@ def evaluate_command(
     chunk_size: int | None,
     out_dir: Path | None,
     allow_incomplete: bool,
+    mc_dropout: int | None,
+    mc_seed: int,
     quiet: bool,
 ) -> None:
     """Score saliency stores with Insertion, Deletion, Ins-Del, Average Drop % and % Increase in
@@ -139,6 +150,8 @@ def evaluate_command(
                 allow_incomplete=allow_incomplete,
                 checkpoint=checkpoint,
                 progress=not quiet,
+                mc_dropout=mc_dropout or 0,
+                mc_seed=mc_seed,
                 world=world,
             )
             if not world.is_main:

@@ -26,6 +26,7 @@ from torch.utils.hooks import RemovableHandle
 from xaibench.errors import ConfigError
 
 GradientReducer = Callable[["LayerCall", torch.Tensor], Any]
+OutputReducer = Callable[["LayerCall", torch.Tensor], Any]
 
 
 @dataclass
@@ -35,7 +36,8 @@ class LayerCall:
     `shape` is the output's shape (None when the output is not a tensor). `activation` is a
     detached copy of the output (a later in-place op cannot change it). `gradient` is
     d(scalar)/d(output), same shape as the output. `edge` is the output's gradient edge:
-    `torch.autograd.grad(s, inputs=[edge])` stops the backward at this layer. `reduced` is what the `reduce_gradient` callback returned.
+    `torch.autograd.grad(s, inputs=[edge])` stops the backward at this layer. `reduced` is what the
+    `reduce_gradient` callback returned, `reduced_output` what `reduce_output` returned.
     Fields that were not asked for stay None.
     """
 
@@ -45,6 +47,7 @@ class LayerCall:
     gradient: torch.Tensor | None = None
     edge: GradientEdge | None = None
     reduced: Any = None
+    reduced_output: Any = None
 
 
 class Recording:
@@ -70,13 +73,17 @@ def record_layers(
     gradients: bool = False,
     edges: bool = False,
     reduce_gradient: GradientReducer | None = None,
+    reduce_output: OutputReducer | None = None,
 ) -> Iterator[Recording]:
     """Hook the submodules `names` of `model` for the duration of the block.
 
     activations: keep `output.detach().clone()`; gradients: keep d(scalar)/d(output);
     edges: keep the output's gradient edge; reduce_gradient(call, grad): called inside the tensor
     hook, its result stored in `call.reduced`, so that a method can shrink a (B, C, h, w) gradient
-    as soon as it exists instead of keeping it. Outputs that are not tensors are recorded with
+    as soon as it exists instead of keeping it; reduce_output(call, output): called on the live
+    output (still attached to the graph, before any later in-place op overwrites it), its result
+    stored in `call.reduced_output`, so that an objective can be differentiated through a layer
+    followed by `ReLU(inplace=True)`. Outputs that are not tensors are recorded with
     `shape=None` and raise ConfigError if anything but the shape was asked for.
     """
     recording = Recording()
@@ -86,7 +93,7 @@ def record_layers(
     def hook_for(name: str) -> Callable[[nn.Module, Any, Any], None]:
         def forward_hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor):
-                if activations or edges or wants_grad:
+                if activations or edges or wants_grad or reduce_output is not None:
                     raise ConfigError(
                         f"layer {name!r} ({type(module).__name__}) returns "
                         f"{type(output).__name__}, not a tensor; pick a layer that returns one"
@@ -102,6 +109,8 @@ def record_layers(
                     f"the output of layer {name!r} does not depend on anything that requires "
                     "grad; run the forward with images.requires_grad_(True)"
                 )
+            if reduce_output is not None:
+                call.reduced_output = reduce_output(call, output)
             if edges:
                 call.edge = get_gradient_edge(output)
             if wants_grad:
@@ -122,6 +131,33 @@ def record_layers(
         for name in names:
             handles.append(model.get_submodule(name).register_forward_hook(hook_for(name)))
         yield recording
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def module_stack(model: nn.Module) -> Iterator[list[str]]:
+    """The names of the submodules of `model` running right now, outermost first, as a live list.
+
+    Code called inside a forward (a `TorchFunctionMode`, say) reads `stack[-1]` to learn which
+    module called it; the root module is "". Hooks are removed when the block ends, and a forward
+    that raises leaves the list as it was.
+    """
+    stack: list[str] = []
+    handles: list[RemovableHandle] = []
+
+    def push(name: str) -> Callable[..., None]:
+        return lambda _module, _inputs: stack.append(name)
+
+    def pop(_module: nn.Module, _inputs: Any, _output: Any) -> None:
+        stack.pop()
+
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(push(name)))
+            handles.append(module.register_forward_hook(pop, always_call=True))
+        yield stack
     finally:
         for handle in handles:
             handle.remove()

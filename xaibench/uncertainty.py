@@ -1,0 +1,226 @@
+"""Monte-Carlo dropout uncertainty (Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation").
+
+K stochastic forward passes with only the model's dropout active give K samples of the class
+probability p_c; their mean approximates the predictive mean and their variance
+1/K sum_k (p_k - mean)^2 (the population variance, as in the paper's moment estimates) its
+spread. Everything else stays in eval mode: batch norm keeps its running statistics, and stochastic
+depth (torchvision's `StochasticDepth`, EfficientNet-Lite's `drop_connect` in `MBConvBlock`), which
+drops whole residual branches rather than units, is left off. The K passes of a batch of B images run
+as (K * B) images in chunks of `chunk_size` per forward.
+
+Dropout is found in two forms:
+- modules: `nn.Dropout`, `Dropout1d/2d/3d`, `AlphaDropout`, `FeatureAlphaDropout` (VGG's and
+  torchvision EfficientNet's and MobileNetV3's classifiers, EfficientNet-Lite's `_dropout`);
+- functional calls (`torch.nn.functional.dropout` and its 1d/2d/3d/alpha variants) made in a module's
+  own forward with `training=self.training`, as DenseNet's `_DenseLayer` does. They are found by
+  tracing one forward of a zero image with every module but the normalisation layers flagged as
+  training and a `TorchFunctionMode` recording the calls and the module that made them; to activate
+  one, only that module's own `training` flag is set (not its children's), so anything else its
+  forward gates on `self.training` switches too (documented per model in the error messages).
+  `torch.dropout` called directly, bypassing `torch.nn.functional`, is not seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from xaibench.batching import apply_in_chunks
+from xaibench.errors import ConfigError
+from xaibench.methods.hooks import module_stack
+from xaibench.metrics.base import MetricContext, MetricResult
+
+log = logging.getLogger(__name__)
+
+DROPOUT_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+FUNCTIONAL_DROPOUT = (
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+)
+MC_COLUMNS = ("mc_mean", "mc_var")
+"""Per-image columns MC dropout adds to an evaluation table."""
+
+
+@dataclass(frozen=True)
+class DropoutSite:
+    """One place where the model drops units: a dropout module, or a module whose forward calls
+    functional dropout (`kind` "module" or "functional"); `p` is the drop probability."""
+
+    name: str
+    kind: str
+    p: float
+
+    def __str__(self) -> str:
+        return f"{self.name or '(root)'} ({self.kind}, p={self.p:g})"
+
+
+class _RecordDropoutCalls(TorchFunctionMode):
+    """Records (calling module, p, training) for every functional dropout call."""
+
+    def __init__(self, stack: list[str]):
+        super().__init__()
+        self.stack, self.calls = stack, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FUNCTIONAL_DROPOUT:
+            p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+            training = kwargs.get("training", args[2] if len(args) > 2 else True)
+            self.calls.append((self.stack[-1] if self.stack else "", float(p), bool(training)))
+        return func(*args, **kwargs)
+
+
+def find_dropout(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> list[DropoutSite]:
+    """Every dropout site of `model`, in module order (see the module docstring for how)."""
+    modules = dict(model.named_modules())
+    sites = [
+        DropoutSite(name, "module", float(m.p))
+        for name, m in modules.items()
+        if isinstance(m, DROPOUT_MODULES)
+    ]
+    reference = next(iter(model.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None else torch.float32
+    flags = {m: m.training for m in model.modules()}
+    for m in flags:
+        m.training = not isinstance(m, nn.modules.batchnorm._NormBase)
+    try:
+        with (
+            torch.no_grad(),
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            module_stack(model) as stack,
+            _RecordDropoutCalls(stack) as recorder,
+        ):
+            model(torch.zeros(1, 3, *input_size, device=device, dtype=dtype))
+    finally:
+        for m, training in flags.items():
+            m.training = training
+    seen = {site.name for site in sites}
+    for name, p, training in recorder.calls:
+        if training and name not in seen and not isinstance(modules[name], DROPOUT_MODULES):
+            sites.append(DropoutSite(name, "functional", p))
+            seen.add(name)
+    return sites
+
+
+@contextmanager
+def dropout_active(model: nn.Module, sites: list[DropoutSite]) -> Iterator[nn.Module]:
+    """The model as it is (eval mode, normally) with only the dropout `sites` in training mode."""
+    modules = [model.get_submodule(site.name) for site in sites]
+    flags = {m: m.training for m in modules}
+    for m in modules:
+        m.training = True
+    try:
+        yield model
+    finally:
+        for m, training in flags.items():
+            m.training = training
+
+
+def mc_dropout_probabilities(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    sites: list[DropoutSite],
+    *,
+    passes: int,
+    chunk_size: int,
+    seed: int,
+) -> torch.Tensor:
+    """(passes, B): p(target) of each image (B, 3, H, W) in each stochastic pass.
+
+    Pass k of image b is row k * B + b of one (passes * B) batch, run `chunk_size` images per
+    forward. The global RNG is seeded with `seed` inside a fork, so the caller's random state is
+    untouched and the result is reproducible for the same seed, batch and chunk size.
+    """
+    b = images.shape[0]
+    flat = torch.arange(passes * b, device=images.device)
+
+    def probabilities(rows: torch.Tensor) -> torch.Tensor:
+        logits = model(images[rows % b])
+        return logits.float().softmax(dim=1).gather(1, targets[rows % b, None].long()).squeeze(1)
+
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.no_grad(), dropout_active(model, sites), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return apply_in_chunks(probabilities, flat, chunk_size=chunk_size).view(passes, b)
+
+
+class MCDropout:
+    """MC-dropout columns `mc_mean` and `mc_var` for an evaluation, batch by batch.
+
+    Finds the model's dropout sites once; a model without any is refused with a ConfigError, and
+    one whose every site has p = 0 is accepted with a warning (its variance is exactly 0).
+    `chunk_size` (images per forward) defaults to the batch context's chunk size. Each batch is
+    seeded from (`seed`, its first store row), so its values do not depend on the batches that ran
+    before it: a resumed evaluation draws what an uninterrupted one drew for the same batches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        passes: int,
+        *,
+        seed: int = 0,
+        chunk_size: int | None = None,
+        input_size: tuple[int, int] = (224, 224),
+    ):
+        if passes < 2:
+            raise ConfigError(
+                f"--mc-dropout needs at least 2 passes to estimate a variance, got {passes}"
+            )
+        self.model, self.passes, self.seed, self.chunk_size = model, passes, seed, chunk_size
+        self.sites = find_dropout(model, input_size)
+        if not self.sites:
+            raise ConfigError(
+                f"--mc-dropout: {type(model).__name__} has no dropout (no nn.Dropout-type module "
+                "and no call of torch.nn.functional.dropout with training=self.training); "
+                "MC-dropout uncertainty needs a model trained with dropout, such as vgg16, "
+                "efficientnet_b0, mobilenet_v3_large or efficientnet_lite0"
+            )
+        if all(site.p == 0 for site in self.sites):
+            log.warning(
+                "every dropout site of %s has p=0 (%s): the MC-dropout variance will be 0",
+                type(model).__name__,
+                ", ".join(map(str, self.sites)),
+            )
+
+    def key(self) -> str:
+        """What a checkpoint must match to be resumed: passes, seed and the dropout sites."""
+        sites = ", ".join(map(str, self.sites))
+        return f"mc_dropout(passes={self.passes}, seed={self.seed}, sites={sites})"
+
+    def score_batch(self, ctx: MetricContext, rows: np.ndarray) -> MetricResult:
+        """values mc_mean, mc_var: (B,) for the batch of store rows `rows` (B,)."""
+        seed = int(np.random.SeedSequence([self.seed, int(rows[0])]).generate_state(1)[0])
+        samples = mc_dropout_probabilities(
+            self.model,
+            ctx.images,
+            ctx.targets,
+            self.sites,
+            passes=self.passes,
+            chunk_size=self.chunk_size or ctx.chunk_size,
+            seed=seed,
+        )
+        return MetricResult(
+            values={"mc_mean": samples.mean(dim=0), "mc_var": samples.var(dim=0, correction=0)}
+        )
