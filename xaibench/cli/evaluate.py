@@ -24,6 +24,7 @@ from xaibench.models import load_model, protocol_preprocess
 from xaibench.runtime import default_batch_size, resolve_device
 
 DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
+BOX_METRICS = ("pointing_game", "energy_pointing")
 
 
 @click.command("evaluate")
@@ -68,6 +69,20 @@ DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
     help="Output folder (default: a metrics/ folder next to the store).",
 )
 @click.option(
+    "--boxes",
+    "boxes_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder of Pascal-VOC bounding-box XML files named by image stem "
+    "(boxes/ILSVRC2012_val_00000001.xml); adds pointing_game and energy_pointing to --metrics.",
+)
+@click.option(
+    "--road-percentages",
+    callback=comma_list,
+    default=None,
+    help="Percentages of pixels ROAD removes, comma-separated (default 10,20,...,90).",
+)
+@click.option(
     "--allow-incomplete",
     is_flag=True,
     help="Evaluate the finished rows of a store whose generation is not complete.",
@@ -89,20 +104,26 @@ def evaluate_command(
     batch_size: int | None,
     chunk_size: int | None,
     out_dir: Path | None,
+    boxes_dir: Path | None,
+    road_percentages: list[str],
     allow_incomplete: bool,
     quiet: bool,
 ) -> None:
     """Score saliency stores with Insertion, Deletion, Ins-Del, Average Drop % and % Increase in
-    Confidence, batched over images and perturbation steps.
+    Confidence (the default), ROAD MoRF/LeRF (road_morf, road_lerf) and, with --boxes, the
+    pointing game and the energy-based pointing game, batched over images and perturbations.
 
     Writes per image a CSV (Parquet too when pyarrow is installed), the curves (npz) and a summary
-    (count, mean, 95% CI) per metric, and prints the summary as Markdown. Every output records the
-    protocol and its settings.
+    (count, mean, 95% CI) per metric and of the generation time per image (seconds_per_image),
+    and prints the summary as Markdown. Every output records the protocol and its settings.
     """
     if not metrics:
         raise click.BadParameter("give at least one metric", param_hint="--metrics")
+    if boxes_dir is not None:
+        metrics = metrics + [m for m in BOX_METRICS if m not in metrics]
     for name in metrics:
-        METRICS.get(name)
+        if METRICS.get(name).needs_boxes and boxes_dir is None:
+            raise click.BadParameter(f"{name} needs bounding boxes: pass --boxes DIR")
     destinations = [out_dir or store.parent / "metrics" for store in stores]
     outputs = [(d.resolve(), s.stem) for d, s in zip(destinations, stores, strict=True)]
     if len(set(outputs)) != len(outputs):
@@ -112,7 +133,12 @@ def evaluate_command(
             param_hint="--store",
         )
     chosen = resolve_device(device, cuda)
-    settings = get_protocol(protocol, **({"step": step} if step else {}))
+    overrides = {"step": step} if step else {}
+    if road_percentages:
+        overrides["road_percentages"] = tuple(
+            _number(p, "--road-percentages") for p in road_percentages
+        )
+    settings = get_protocol(protocol, **overrides)
     loaded = load_model(model, weights)
     preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
     dataset = ImageFolderDataset(data_dir, preprocess, labels_file=labels_file)
@@ -133,6 +159,7 @@ def evaluate_command(
             allow_incomplete=allow_incomplete,
             checkpoint=checkpoint,
             progress=not quiet,
+            boxes=boxes_dir,
         )
         paths = write_evaluation(evaluation, destination)
         checkpoint.unlink(missing_ok=True)
@@ -145,3 +172,11 @@ def evaluate_command(
     click.echo(f"\nProtocol {settings.name} ({settings_text}); mean [95% CI] over images;")
     click.echo("avg_drop and increase in %.\n")
     click.echo(summary_markdown(summary_wide(table)))
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a number", param_hint=option) from None
+    return int(value) if value.is_integer() else value
