@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from box_helpers import voc
 from PIL import Image
 
 from xaibench.data.boxes import BoxFolder, map_boxes, read_voc_boxes
@@ -13,19 +14,6 @@ from xaibench.metrics import near_boxes
 from xaibench.models.preprocess import Preprocess
 
 PLAIN = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
-
-
-def voc(objects, size=None) -> str:
-    """A Pascal-VOC annotation: objects are (wnid, xmin, ymin, xmax, ymax)."""
-    parts = ["<annotation>"]
-    if size:
-        parts.append(f"<size><width>{size[0]}</width><height>{size[1]}</height></size>")
-    for wnid, *box in objects:
-        coords = "".join(
-            f"<{n}>{v}</{n}>" for n, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True)
-        )
-        parts.append(f"<object><name>{wnid}</name><bndbox>{coords}</bndbox></object>")
-    return "".join(parts) + "</annotation>"
 
 
 def test_read_voc_boxes(tmp_path):

@@ -10,6 +10,7 @@ import xaibench
 from xaibench.cli.evaluate import evaluate_command
 from xaibench.cli.generate import generate_command
 from xaibench.cli.listing import list_command
+from xaibench.cli.sanity import sanity_command
 from xaibench.errors import XaibenchError
 from xaibench.runtime import tune_allocator
 
@@ -29,6 +30,7 @@ def cli() -> None:
 cli.add_command(generate_command)
 cli.add_command(evaluate_command)
 cli.add_command(list_command)
+cli.add_command(sanity_command)
 
 
 def main() -> None:
