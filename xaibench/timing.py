@@ -17,10 +17,11 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(device: torch.device, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
-    """`fn(*args)` and the seconds it took, with the device's queued work finished at both ends."""
+def timed(device: torch.device, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+    """`fn(*args, **kwargs)` and the seconds it took, the device's queued work finished at both
+    ends."""
     synchronise(device)
     started = time.perf_counter()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     synchronise(device)
     return result, time.perf_counter() - started

@@ -40,17 +40,30 @@ def reference_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     return out.reshape(c, h, w)
 
 
+@pytest.mark.parametrize("solver", ["cg", "direct"])
 @pytest.mark.parametrize("share", [0.2, 0.6, 0.9])
-def test_imputation_matches_a_sparse_solve(share):
+def test_imputation_matches_a_sparse_solve(share, solver):
     rng = np.random.default_rng(1)
     images = rng.normal(size=(2, 3, 16, 20)).astype(np.float32)
     removed = rng.random((2, 16, 20)) < share
     removed[1, 3:13, 4:15] = True  # a large hole: many CG iterations
-    got = linear_imputation(torch.from_numpy(images), torch.from_numpy(removed))
+    got = linear_imputation(torch.from_numpy(images), torch.from_numpy(removed), solver=solver)
     for i in range(2):
         want = reference_imputation(images[i], removed[i])
         assert np.abs(got[i].numpy() - want).max() < 1e-4
         np.testing.assert_array_equal(got[i].numpy()[:, ~removed[i]], images[i][:, ~removed[i]])
+
+
+def test_edge_cases_nothing_or_everything_removed():
+    images = torch.randn(2, 3, 6, 6)
+    removed = torch.zeros(2, 6, 6, dtype=torch.bool)
+    removed[1] = True
+    for solver in ("cg", "direct"):
+        out = linear_imputation(images, removed, solver=solver)
+        torch.testing.assert_close(out[0], images[0])
+        assert (out[1] == 0).all()
+    with pytest.raises(ConfigError, match="solver"):
+        linear_imputation(images, removed, solver="lu")
 
 
 def test_a_linear_ramp_is_imputed_exactly_away_from_the_border():
