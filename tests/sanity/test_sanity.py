@@ -170,3 +170,27 @@ def test_sanity_command_writes_the_table_and_the_plot(image_folder, tmp_path, mo
     with Image.open(out / "centre.sanity.png") as plot:
         assert plot.format == "PNG" and plot.size[0] > 300
     assert "centre: mean Spearman 1.000" in result.output and "FLAGGED" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["centre.sanity.csv", "centre.sanity.png"]
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, monkeypatch):
+    full = run("gradinput", small_images).table
+    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+    import xaibench.sanity.run as sanity_run
+
+    calls = []
+    real = sanity_run.randomise
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # in the second batch (4 stages per batch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sanity_run, "randomise", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run("gradinput", small_images, checkpoint=checkpoint)
+    assert pd.read_csv(checkpoint)["image_id"].nunique() == 4
+    monkeypatch.setattr(sanity_run, "randomise", real)
+    resumed = run("gradinput", small_images, checkpoint=checkpoint).table
+    pd.testing.assert_frame_equal(resumed, full, atol=1e-6, rtol=0)

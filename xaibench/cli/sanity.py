@@ -84,7 +84,7 @@ def sanity_command(
 
     Writes METHOD.sanity.csv (image_id, stage, layer, spearman, spearman_abs, ssim) and
     METHOD.sanity.png (mean similarity vs layer with 95% intervals) per method, and flags methods
-    whose maps do not change.
+    whose maps do not change. Re-running an interrupted command resumes it.
     """
     if not methods:
         raise click.BadParameter("give at least one method", param_hint="--saliency")
@@ -97,6 +97,7 @@ def sanity_command(
     destination = out_dir or model_dir(Path("runs"), loaded.name) / "sanity"
     settings = method_params(methods, params)
     for name in methods:
+        checkpoint = destination / f".{name}.sanity.checkpoint.csv"
         result = sanity_check(
             loaded,
             name,
@@ -109,8 +110,11 @@ def sanity_command(
             threshold=threshold,
             workers=workers,
             progress=not quiet,
+            checkpoint=checkpoint,
         )
         paths = write_sanity(result, destination)
+        for leftover in (checkpoint, checkpoint.with_name(checkpoint.name + ".key")):
+            leftover.unlink(missing_ok=True)
         verdict = (
             "FLAGGED: its maps do not depend on the model's parameters"
             if result.flagged

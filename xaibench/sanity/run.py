@@ -4,7 +4,8 @@ Per batch, a deep copy of the model is reset to the original weights, the method
 images (stage 0, which also fixes the targets: the original model's top-1 classes), and then the
 stages are randomised one after the other, cumulatively, with one explanation of the batch per
 stage. Every stage is seeded from (seed, stage), so each batch sees the same randomised models and
-a run is reproducible. The model passed in is never changed.
+a run is reproducible, and the rows of an image do not depend on its batch: a run interrupted
+with a `checkpoint` resumes with the images not yet done. The model passed in is never changed.
 
 Maps are compared at the model's input size (bilinear, as the metrics see them; docs/metrics).
 Departures from Adebayo et al. 2018: layers are re-initialised with their own
@@ -16,6 +17,9 @@ stage (every parameterised layer randomised; NaN counted as 0) is above `thresho
 from __future__ import annotations
 
 import copy
+import json
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,8 @@ from xaibench.models.factory import LoadedModel
 from xaibench.runtime import prepare_model
 from xaibench.sanity.similarity import map_similarity
 from xaibench.sanity.stages import Stage, randomisation_stages, randomise
+
+log = logging.getLogger(__name__)
 
 SANITY_COLUMNS = ("image_id", "stage", "layer", "spearman", "spearman_abs", "ssim")
 STATISTICS = ("spearman", "spearman_abs", "ssim")
@@ -79,47 +85,106 @@ def sanity_check(
     threshold: float = DEFAULT_THRESHOLD,
     workers: int = 0,
     progress: bool = True,
+    checkpoint: Path | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> SanityResult:
-    """Cascading randomisation of `loaded.model` for `method` on every image of `dataset`."""
+    """Cascading randomisation of `loaded.model` for `method` on every image of `dataset`.
+
+    With `checkpoint`, the rows so far are saved there every `checkpoint_seconds` and when the run
+    is interrupted; a later call with the same settings skips the images already done.
+    """
     original = prepare_model(loaded.model, device).eval()
     randomised = copy.deepcopy(original)
     input_size = tuple(dataset.preprocess.input_size)
     stages = randomisation_stages(randomised, input_size, depth)
-    explain = METHODS.get(method)(randomised, **dict(method_params or {}))
+    params = dict(method_params or {})
+    explain = METHODS.get(method)(randomised, **params)
     stage_names = ["", *(stage.name for stage in stages)]
-    columns: dict[str, list] = {name: [] for name in SANITY_COLUMNS}
-    loader = make_loader(dataset, batch_size, workers, device=device)
+    key = json.dumps(
+        {
+            "model": loaded.name,
+            "weights": loaded.weights,
+            "method": method,
+            "params": params,
+            "seed": seed,
+            "stages": stage_names,
+            "preprocess": dataset.preprocess.to_dict(),
+        },
+        sort_keys=True,
+    )
+    frames = _resume(checkpoint, key)
+    done = set().union(*(set(f["image_id"]) for f in frames))
+    todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
+    loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
     bar = tqdm(
-        total=len(dataset) * (len(stages) + 1),
+        total=len(dataset) * len(stage_names),
+        initial=(len(dataset) - len(todo)) * len(stage_names),
         unit="map",
         desc=f"{method} sanity",
         disable=not progress,
     )
-    for images, indices in loader:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        randomised.load_state_dict(original.state_dict())
-        first = explain(images)
-        reference = saliency_at_input_size(first.maps.detach(), input_size)
-        ids = [dataset.ids[i] for i in indices.tolist()]
-        for index, layer in enumerate(stage_names):
-            if index == 0:
-                maps = reference
-            else:
-                randomise(randomised, stages[index - 1], seed, index)
-                maps = saliency_at_input_size(
-                    explain(images, first.targets).maps.detach(), input_size
-                )
-            scores = map_similarity(reference, maps)
-            columns["image_id"] += ids
-            columns["stage"] += [index] * len(ids)
-            columns["layer"] += [layer] * len(ids)
-            for name in STATISTICS:
-                columns[name] += scores[name].cpu().tolist()
-            bar.update(len(ids))
+    last_save = time.monotonic()
+    try:
+        for images, indices in loader:
+            images = images.to(device, non_blocking=True)
+            images = images.contiguous(memory_format=torch.channels_last)
+            ids = [dataset.ids[i] for i in indices.tolist()]
+            frames.append(_batch_rows(explain, randomised, original, stages, images, ids, seed))
+            bar.update(len(ids) * len(stage_names))
+            if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
+                _save(checkpoint, key, frames)
+                last_save = time.monotonic()
+    except BaseException:
+        if checkpoint:
+            _save(checkpoint, key, frames)
+        raise
     bar.close()
-    table = pd.DataFrame(columns, columns=list(SANITY_COLUMNS))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
     table = table.sort_values(["stage", "image_id"], kind="stable", ignore_index=True)
     return SanityResult(method, table, stages, threshold)
+
+
+def _batch_rows(explain, randomised, original, stages, images, ids, seed) -> pd.DataFrame:
+    """The rows of one batch: reset the copy, explain, then randomise and explain stage by stage."""
+    input_size = tuple(images.shape[-2:])
+    randomised.load_state_dict(original.state_dict())
+    first = explain(images)
+    reference = saliency_at_input_size(first.maps.detach(), input_size)
+    columns: dict[str, list] = {name: [] for name in SANITY_COLUMNS}
+    for index in range(len(stages) + 1):
+        if index == 0:
+            maps = reference
+        else:
+            randomise(randomised, stages[index - 1], seed, index)
+            maps = saliency_at_input_size(explain(images, first.targets).maps.detach(), input_size)
+        scores = map_similarity(reference, maps)
+        columns["image_id"] += ids
+        columns["stage"] += [index] * len(ids)
+        columns["layer"] += [stages[index - 1].name if index else ""] * len(ids)
+        for name in STATISTICS:
+            columns[name] += scores[name].cpu().tolist()
+    return pd.DataFrame(columns, columns=list(SANITY_COLUMNS))
+
+
+def _save(path: Path, key: str, frames: list[pd.DataFrame]) -> None:
+    """The rows so far and the run's key, each written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
+    write_atomic(path.with_name(path.name + ".key"), lambda p: p.write_text(key, "utf-8"))
+    write_atomic(path, lambda p: rows.to_csv(p, index=False, na_rep="NaN"))
+
+
+def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
+    """The rows of a checkpoint of the same run, or none."""
+    key_path = None if path is None else path.with_name(path.name + ".key")
+    if path is None or not path.exists() or not key_path.exists():
+        return []
+    if key_path.read_text("utf-8") != key:
+        log.warning("%s is from another sanity run; starting afresh", path)
+        return []
+    rows = pd.read_csv(path, keep_default_na=False, na_values=["NaN"], dtype={"layer": str})
+    log.info("resuming from %s: %d images already done", path, rows["image_id"].nunique())
+    return [rows] if len(rows) else []
 
 
 def write_sanity(result: SanityResult, out_dir: Path) -> dict[str, Path]:

@@ -61,7 +61,9 @@ def randomise(model: nn.Module, stage: Stage, seed: int, index: int) -> None:
     distribution with that parameter's mean and std.
     """
     device = next(model.parameters()).device
-    devices = [device] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed * 1_000_003 + index)
         for name in stage.modules:
