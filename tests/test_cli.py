@@ -124,7 +124,8 @@ def test_evaluate_writes_tables_curves_and_a_summary(image_folder, tmp_path):
         assert per_image[column].notna().all(), column
     np.testing.assert_allclose(per_image["ins_del"], per_image["insertion"] - per_image["deletion"])
     summary = pd.read_csv(tmp_path / "metrics" / "tgrad-rise.summary.csv")
-    assert set(summary["metric"]) == {"insertion", "deletion", "ins_del", "avg_drop", "increase"}
+    metrics = {"insertion", "deletion", "ins_del", "avg_drop", "increase", "seconds_per_image"}
+    assert set(summary["metric"]) == metrics
     assert (summary["count"] == 6).all()
     assert '"deletion_substrate": "zeros"' in summary["protocol_settings"].iloc[0]
     with np.load(tmp_path / "metrics" / "tgrad-rise.curves.npz", allow_pickle=False) as curves:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import zipfile
 from collections.abc import Sequence
@@ -20,8 +19,10 @@ import pandas as pd
 import torch
 
 from xaibench import dist
+from xaibench.atomic import write_atomic as _atomic
+from xaibench.data.boxes import BoxFolder
 from xaibench.data.dataset import ImageFolderDataset, make_loader
-from xaibench.errors import StoreError
+from xaibench.errors import ConfigError, StoreError
 from xaibench.metrics import (
     METRICS,
     MetricContext,
@@ -104,6 +105,7 @@ def evaluate_store(
     world: dist.World | None = None,
     mc_dropout: int = 0,
     mc_seed: int = 0,
+    boxes: Path | None = None,
 ) -> Evaluation:
     """Evaluate the done rows of the store at `store_path` (the first `limit` of them if given)
     with `metrics` under `protocol`. Rows of images skipped at generation (target -1) are left out.
@@ -116,9 +118,16 @@ def evaluate_store(
     returns the evaluation of all rows.
 
     With `mc_dropout` K > 0, the columns mc_mean and mc_var (xaibench.uncertainty) are added.
+
+    `boxes`: a folder of bounding-box XML files (`xaibench.data.boxes`), which the localisation
+    metrics need. The store's generation time per image goes into the column seconds_per_image.
     """
     world = world or dist.World(device=device)
     metric_objects = [METRICS.get(name) for name in metrics]
+    box_folder = BoxFolder(boxes, dataset) if boxes is not None else None
+    needing = [m.name for m in metric_objects if m.needs_boxes]
+    if needing and box_folder is None:
+        raise ConfigError(f"{', '.join(needing)} need bounding boxes; pass --boxes DIR")
     with open_store(store_path) as store:
         dataset_rows = check_store_matches(store, loaded, dataset)
         if not store.complete and not allow_incomplete:
@@ -160,6 +169,11 @@ def evaluate_store(
                 )
                 maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
                 targets = torch.from_numpy(store.targets[batch_rows]).to(device)
+                batch_boxes = None
+                if box_folder is not None:
+                    batch_boxes = box_folder.batch(
+                        indices.numpy(), store.targets[batch_rows], device
+                    )
                 ctx = MetricContext(
                     images=images,
                     saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
@@ -168,6 +182,8 @@ def evaluate_store(
                     score_fn=score_fn,
                     protocol=protocol,
                     chunk_size=chunk_size,
+                    boxes=batch_boxes,
+                    pixel_std=dataset.preprocess.std,
                 )
                 results = [m.score_batch(ctx) for m in metric_objects]
                 results += [mc.score_batch(ctx, batch_rows)] if mc else []
@@ -185,6 +201,7 @@ def evaluate_store(
         per_image = state.table(store, rows, protocol)
         curves = {name: values[rows] for name, values in state.curves.items()}
     value_columns = [c for c in state.values if c in METRICS or c in MC_COLUMNS]
+    value_columns.append("seconds_per_image")
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     return Evaluation(
@@ -215,12 +232,6 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     paths["parquet"] = paths["per_image"].with_suffix(".parquet")
     _atomic(paths["parquet"], lambda p: evaluation.per_image.to_parquet(p, index=False))
     return paths
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _run_key(store: SaliencyStore, protocol: Protocol, metrics: Sequence[str]) -> str:
@@ -309,6 +320,7 @@ class _Results:
                 "label": store.labels[rows],
                 "target": store.targets[rows],
                 "clean_score": self.clean[rows],
+                "seconds_per_image": store.seconds[rows],
                 "model": store.meta.model,
                 "method": store.meta.method,
                 "protocol": protocol.name,

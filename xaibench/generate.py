@@ -19,6 +19,7 @@ from xaibench.methods.cam import CAMMethod, explain_together
 from xaibench.models.factory import LoadedModel
 from xaibench.runtime import prepare_model
 from xaibench.store.meta import TARGETS, StoreMeta
+from xaibench.timing import timed
 
 STORE_FORMATS = ("h5", "npz")
 
@@ -48,11 +49,14 @@ class GenerateSummary:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
+def model_dir(out_dir: Path, model_name: str) -> Path:
+    """`runs/vgg16`: the folder of one model's outputs (`module:callable` names made safe)."""
+    return Path(out_dir) / model_name.replace(":", "_").replace("/", "_")
+
+
 def store_path(out_dir: Path, model_name: str, method: str, store_format: str) -> Path:
     """`runs/vgg16/tgrad.h5`: one folder per model, one store per method."""
-    return (
-        Path(out_dir) / model_name.replace(":", "_").replace("/", "_") / f"{method}.{store_format}"
-    )
+    return model_dir(out_dir, model_name) / f"{method}.{store_format}"
 
 
 def generate(
@@ -72,7 +76,10 @@ def generate(
 ) -> GenerateSummary:
     """Explain every image of `dataset` with each method; resume stores that exist.
 
-    Images are read once per batch and shared by all methods; each method writes its own store.
+    Images are read once per batch and shared by all methods; each method writes its own store,
+    with the generation time per image of each row: the wall time of the method's call on the
+    batch (CUDA synchronised) divided by the batch size. CAM methods sharing one pass each record
+    the whole pass's time, what that map costs to make on its own.
     Images that cannot be decoded (with the dataset's `skip_bad`) are recorded as done rows with a
     NaN map, target -1 and a NaN score, so the store completes and evaluation leaves them out.
 
@@ -141,7 +148,8 @@ def generate(
                 selected = torch.as_tensor(wanted)
                 batch, batch_indices = images[selected.to(device)], indices[selected]
                 targets = labels[batch_indices].to(device) if target == "label" else None
-                for run, explanation in zip(group, _explain(group, batch, targets), strict=True):
+                explanations, seconds = timed(device, _explain, group, batch, targets)
+                for run, explanation in zip(group, explanations, strict=True):
                     logits = explanation.logits
                     if logits is None:
                         if clean_logits is None:
@@ -155,6 +163,7 @@ def generate(
                         explanation.maps.detach().float().cpu().numpy()[mine],
                         explanation.targets.cpu().numpy()[mine],
                         scores.detach().cpu().numpy()[mine],
+                        seconds=np.full(int(mine.sum()), seconds / len(wanted), np.float32),
                     )
                     run.map_shape = tuple(explanation.maps.shape[1:])
                     run.pending.difference_update(batch_indices[mine].tolist())

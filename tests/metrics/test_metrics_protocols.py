@@ -70,6 +70,10 @@ def test_get_protocol_overrides_rename_and_record_every_setting():
         "include_start": False,
         "auc": "mean",
         "score": "probability",
+        "road_percentages": (10, 20, 30, 40, 50, 60, 70, 80, 90),
+        "road_noise": 0.01,
+        "road_seed": 0,
+        "pointing_tolerance": 15.0,
     }
     assert get_protocol("rise", step=224) is PROTOCOLS["rise"]
 

@@ -11,6 +11,7 @@ from xaibench.cli.download import download_command
 from xaibench.cli.evaluate import evaluate_command
 from xaibench.cli.generate import generate_command
 from xaibench.cli.listing import list_command
+from xaibench.cli.sanity import sanity_command
 from xaibench.cli.verify import verify_command
 from xaibench.cli.visualize import activations_command, visualize_command
 from xaibench.errors import XaibenchError
@@ -37,6 +38,7 @@ cli.add_command(evaluate_command)
 cli.add_command(list_command)
 cli.add_command(visualize_command)
 cli.add_command(activations_command)
+cli.add_command(sanity_command)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from xaibench.models import load_model, protocol_preprocess
 from xaibench.runtime import default_batch_size, resolve_device
 
 DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
+BOX_METRICS = ("pointing_game", "energy_pointing")
 
 
 @click.command("evaluate")
@@ -69,6 +70,20 @@ DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
     help="Output folder (default: a metrics/ folder next to the store).",
 )
 @click.option(
+    "--boxes",
+    "boxes_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder of Pascal-VOC bounding-box XML files named by image stem "
+    "(boxes/ILSVRC2012_val_00000001.xml); adds pointing_game and energy_pointing to --metrics.",
+)
+@click.option(
+    "--road-percentages",
+    callback=comma_list,
+    default=None,
+    help="Percentages of pixels ROAD removes, comma-separated (default 10,20,...,90).",
+)
+@click.option(
     "--allow-incomplete",
     is_flag=True,
     help="Evaluate the finished rows of a store whose generation is not complete.",
@@ -100,24 +115,30 @@ def evaluate_command(
     batch_size: int | None,
     chunk_size: int | None,
     out_dir: Path | None,
+    boxes_dir: Path | None,
+    road_percentages: list[str],
     allow_incomplete: bool,
     mc_dropout: int | None,
     mc_seed: int,
     quiet: bool,
 ) -> None:
     """Score saliency stores with Insertion, Deletion, Ins-Del, Average Drop % and % Increase in
-    Confidence, batched over images and perturbation steps.
+    Confidence (the default), ROAD MoRF/LeRF (road_morf, road_lerf) and, with --boxes, the
+    pointing game and the energy-based pointing game, batched over images and perturbations.
 
     Writes per image a CSV (Parquet too when pyarrow is installed), the curves (npz) and a summary
-    (count, mean, 95% CI) per metric, and prints the summary as Markdown. Every output records the
-    protocol and its settings. Under `torchrun --nproc-per-node N -m xaibench evaluate ...` each
-    process evaluates its share of the rows and process 0 writes the same tables; logs go to the
-    (first) output folder's logs/.
+    (count, mean, 95% CI) per metric and of the generation time per image (seconds_per_image),
+    and prints the summary as Markdown. Every output records the protocol and its settings. Under
+    `torchrun --nproc-per-node N -m xaibench evaluate ...` each process evaluates its share of the
+    rows and process 0 writes the same tables; logs go to the (first) output folder's logs/.
     """
     if not metrics:
         raise click.BadParameter("give at least one metric", param_hint="--metrics")
+    if boxes_dir is not None:
+        metrics = metrics + [m for m in BOX_METRICS if m not in metrics]
     for name in metrics:
-        METRICS.get(name)
+        if METRICS.get(name).needs_boxes and boxes_dir is None:
+            raise click.BadParameter(f"{name} needs bounding boxes: pass --boxes DIR")
     destinations = [out_dir or store.parent / "metrics" for store in stores]
     outputs = [(d.resolve(), s.stem) for d, s in zip(destinations, stores, strict=True)]
     if len(set(outputs)) != len(outputs):
@@ -126,7 +147,12 @@ def evaluate_command(
             "evaluate them separately with different --out folders",
             param_hint="--store",
         )
-    settings = get_protocol(protocol, **({"step": step} if step else {}))
+    overrides = {"step": step} if step else {}
+    if road_percentages:
+        overrides["road_percentages"] = tuple(
+            _number(p, "--road-percentages") for p in road_percentages
+        )
+    settings = get_protocol(protocol, **overrides)
     summaries = []
     with dist.launch(resolve_device(device, cuda), destinations[0] / "logs") as world:
         loaded = load_model(model, weights)
@@ -152,6 +178,7 @@ def evaluate_command(
                 progress=not quiet,
                 mc_dropout=mc_dropout or 0,
                 mc_seed=mc_seed,
+                boxes=boxes_dir,
                 world=world,
             )
             if not world.is_main:
@@ -171,3 +198,11 @@ def evaluate_command(
     click.echo(f"\nProtocol {settings.name} ({settings_text}); mean [95% CI] over images;")
     click.echo("avg_drop and increase in %.\n")
     click.echo(summary_markdown(summary_wide(table)))
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a number", param_hint=option) from None
+    return int(value) if value.is_integer() else value

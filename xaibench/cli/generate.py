@@ -11,11 +11,12 @@ import click
 from xaibench import dist
 from xaibench.cli.options import (
     batch_size_option,
-    comma_list,
     data_options,
     device_options,
+    method_param_option,
     model_option,
     protocol_option,
+    saliency_option,
     weights_option,
 )
 from xaibench.data.dataset import ImageFolderDataset
@@ -29,13 +30,7 @@ from xaibench.runtime import default_batch_size, resolve_device
 @click.command("generate")
 @model_option
 @weights_option
-@click.option(
-    "--saliency",
-    "methods",
-    required=True,
-    callback=comma_list,
-    help="Method name(s), comma-separated (see `xaibench list methods`), e.g. tgrad,gradcam.",
-)
+@saliency_option
 @data_options
 @click.option(
     "--out",
@@ -68,15 +63,7 @@ from xaibench.runtime import default_batch_size, resolve_device
     help="Target layer for CAM methods (a module name, e.g. features.28); default: found "
     "automatically.",
 )
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="[METHOD.]KEY=VALUE",
-    help="A method setting, e.g. rise.masks=8000 or smoothgrad.base=gradinput; without METHOD. it "
-    "goes to every chosen method that takes KEY. VALUE is read as JSON when it parses, else as text. "
-    "Repeatable.",
-)
+@method_param_option
 @protocol_option
 @click.option(
     "--skip-bad",

@@ -88,3 +88,19 @@ protocol_option = click.option(
     show_default=True,
     help="Preprocessing and metric protocol (see docs: substrates, steps, AUC rule).",
 )
+saliency_option = click.option(
+    "--saliency",
+    "methods",
+    required=True,
+    callback=comma_list,
+    help="Method name(s), comma-separated (see `xaibench list methods`), e.g. tgrad,gradcam.",
+)
+method_param_option = click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="[METHOD.]KEY=VALUE",
+    help="A method setting, e.g. rise.masks=8000 or smoothgrad.base=gradinput; without METHOD. it "
+    "goes to every chosen method that takes KEY. VALUE is read as JSON when it parses, else as text. "
+    "Repeatable.",
+)

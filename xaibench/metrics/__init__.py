@@ -1,4 +1,5 @@
-"""Faithfulness metrics (docs/metrics): insertion, deletion, ins_del, avg_drop, increase.
+"""Metrics (docs/metrics): insertion, deletion, ins_del, avg_drop, increase, ROAD MoRF and LeRF,
+the pointing game and the energy-based pointing game.
 
 Importing this package registers every metric in `METRICS`.
 """
@@ -16,7 +17,9 @@ from xaibench.metrics.base import (
 )
 from xaibench.metrics.causal import CausalMetric, InsDel, causal_curves, pixel_ranks
 from xaibench.metrics.confidence import AverageDrop, IncreaseInConfidence, explanation_scores
+from xaibench.metrics.localisation import EnergyPointingGame, PointingGame, near_boxes
 from xaibench.metrics.protocols import PROTOCOLS, SUBSTRATES, Protocol, get_protocol
+from xaibench.metrics.road import RoadMetric, linear_imputation
 from xaibench.metrics.stats import summarise, summary_markdown
 
 __all__ = [
@@ -25,18 +28,23 @@ __all__ = [
     "SUBSTRATES",
     "AverageDrop",
     "CausalMetric",
+    "EnergyPointingGame",
     "IncreaseInConfidence",
     "InsDel",
     "Metric",
     "MetricContext",
     "MetricResult",
+    "PointingGame",
     "Protocol",
+    "RoadMetric",
     "ScoreFn",
     "apply_in_chunks",
     "causal_curves",
     "default_chunk_size",
     "explanation_scores",
     "get_protocol",
+    "linear_imputation",
+    "near_boxes",
     "pixel_ranks",
     "saliency_at_input_size",
     "score_function",

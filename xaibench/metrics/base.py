@@ -65,7 +65,11 @@ class MetricContext:
     images: (B, 3, H, W) normalised; saliency: (B, H, W) at input size (`saliency_at_input_size`);
     targets: (B,) classes explained; clean_scores: (B,) their scores on the clean images, computed
     once by the runner in the protocol's score space; score_fn: scores perturbed images;
-    chunk_size: perturbed images per `score_fn` call (None: `default_chunk_size` of the device).
+    chunk_size: perturbed images per `score_fn` call (None: `default_chunk_size` of the device);
+    boxes: (B, K, 4) boxes of each image's class explained, x0, y0, x1, y1 in input pixels
+    (`xaibench.data.boxes`), rows padded with NaN, or None when no boxes were given;
+    pixel_std: the (3,) std of the normalisation, to express pixel-space amounts (ROAD's noise)
+    in normalised space (None: treat the normalised space as pixel space).
     """
 
     images: torch.Tensor
@@ -75,6 +79,8 @@ class MetricContext:
     score_fn: ScoreFn
     protocol: Protocol
     chunk_size: int | None = None
+    boxes: torch.Tensor | None = None
+    pixel_std: tuple[float, float, float] | None = None
     _shared: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +94,11 @@ class MetricContext:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
             if tensor.device != self.images.device:
                 raise ValueError(f"{name} is on {tensor.device}, images on {self.images.device}")
+        boxes = self.boxes
+        if boxes is not None and (boxes.ndim != 3 or boxes.shape[0] != b or boxes.shape[2] != 4):
+            raise ValueError(f"boxes must have shape ({b}, K, 4), got {tuple(boxes.shape)}")
+        if boxes is not None and boxes.device != self.images.device:
+            raise ValueError(f"boxes are on {boxes.device}, images on {self.images.device}")
         if self.chunk_size is None:
             self.chunk_size = default_chunk_size(self.images.device)
 
@@ -129,6 +140,8 @@ class Metric(ABC):
     name: str
     higher_is_better: bool
     summary_scale: ClassVar[float] = 1.0
+    needs_boxes: ClassVar[bool] = False
+    """True for metrics that read `MetricContext.boxes` (the localisation metrics)."""
 
     @abstractmethod
     def score_batch(self, ctx: MetricContext) -> MetricResult:

@@ -95,7 +95,7 @@ class CausalMetric(Metric):
 
     @torch.no_grad()
     def _evaluate(self, ctx: MetricContext) -> MetricResult:
-        keep, ranks, ties = ctx.shared("pixel_ranks", lambda: _ranks_of_finite_maps(ctx))
+        keep, ranks, ties = ctx.shared("pixel_ranks", lambda: ranks_of_finite_maps(ctx))
         images = ctx.images[keep]
         n_pixels = images.shape[-2] * images.shape[-1]
         curves = causal_curves(
@@ -116,7 +116,7 @@ class CausalMetric(Metric):
         )
 
 
-def _ranks_of_finite_maps(ctx: MetricContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ranks_of_finite_maps(ctx: MetricContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B,) bool finite maps, then `pixel_ranks` of those maps only."""
     keep = finite_maps(ctx.saliency)
     return keep, *pixel_ranks(ctx.saliency[keep])

@@ -88,6 +88,10 @@ class Protocol:
       `include_start`.
     - `score`: "probability" (softmax p_c) or "logits" (y_c), applied by the runner's score
       function.
+    - `road_percentages`: the percentages of pixels ROAD removes, each in (0, 100), increasing;
+      `road_noise`: the std of the Gaussian noise added to imputed pixels, in [0, 1] pixel units;
+      `road_seed`: the seed of that noise.
+    - `pointing_tolerance`: the pointing game's tolerance, in input pixels.
     """
 
     name: str
@@ -97,6 +101,10 @@ class Protocol:
     include_start: bool = False
     auc: str = "mean"
     score: str = "probability"
+    road_percentages: tuple[float, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+    road_noise: float = 0.01
+    road_seed: int = 0
+    pointing_tolerance: float = 15.0
 
     def __post_init__(self) -> None:
         if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
@@ -113,6 +121,16 @@ class Protocol:
             raise ConfigError(f"protocol field 'score' is {self.score!r}; choose one of {SCORES}")
         if not isinstance(self.include_start, bool):
             raise ConfigError(f"protocol field 'include_start' is not a bool: {self.include_start}")
+        object.__setattr__(self, "road_percentages", tuple(self.road_percentages))
+        road = self.road_percentages
+        if not road or any(not 0 < p < 100 for p in road) or list(road) != sorted(set(road)):
+            raise ConfigError(
+                f"protocol field 'road_percentages' is {road!r}; give increasing percentages "
+                "between 0 and 100 (exclusive), e.g. 10,20,...,90"
+            )
+        for field in ("road_noise", "pointing_tolerance"):
+            if not getattr(self, field) >= 0:
+                raise ConfigError(f"protocol field {field!r} must be >= 0: {getattr(self, field)}")
 
     def n_steps(self, n_pixels: int) -> int:
         """n = ceil(HW / step)."""
@@ -183,5 +201,12 @@ def get_protocol(name: str, **overrides: Any) -> Protocol:
     changed = {k: v for k, v in overrides.items() if getattr(base, k) != v}
     if not changed:
         return base
-    label = ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+    label = ",".join(f"{k}={_label(v)}" for k, v in sorted(changed.items()))
     return replace(base, name=f"{name}({label})", **changed)
+
+
+def _label(value: Any) -> str:
+    """A setting as it appears in a protocol name: sequences as 10_20_30 (no spaces, no commas)."""
+    if isinstance(value, tuple | list):
+        return "_".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)

@@ -16,8 +16,9 @@ from xaibench.store.meta import StoreMeta
 class SaliencyStore(ABC):
     """Maps of one method for one model over one dataset, with per-image bookkeeping.
 
-    `ids` (N,), `labels` (N,) int64, `targets` (N,) int64, `scores` (N,) float32 and `done` (N,)
-    bool are held in memory; maps are read on demand with `read_maps`. Rows not `done` hold no valid
+    `ids` (N,), `labels` (N,) int64, `targets` (N,) int64, `scores` (N,) float32, `seconds` (N,)
+    float32 (generation time per image, NaN when not recorded) and `done` (N,) bool are held in
+    memory; maps are read on demand with `read_maps`. Rows not `done` hold no valid
     map; a reader exposes them and the caller decides what to do.
     """
 
@@ -27,6 +28,7 @@ class SaliencyStore(ABC):
     labels: np.ndarray
     targets: np.ndarray
     scores: np.ndarray
+    seconds: np.ndarray
     done: np.ndarray
 
     def __len__(self) -> int:
@@ -51,8 +53,10 @@ class SaliencyStore(ABC):
         targets: np.ndarray,
         scores: np.ndarray,
         labels: np.ndarray | None = None,
+        seconds: np.ndarray | None = None,
     ) -> None:
-        """Write rows: indices (b,), maps (b, h, w), targets (b,), scores (b,), labels (b,)."""
+        """Write rows: indices (b,), maps (b, h, w), targets (b,), scores (b,), labels (b,),
+        seconds (b,) generation time per image."""
         raise StoreError(f"{self.path} is open for reading only; use create_or_resume to write")
 
     @abstractmethod

@@ -68,6 +68,11 @@ class H5Store(SaliencyStore):
             self.targets = file["target"][:].astype(np.int64)
             self.scores = file["score"][:].astype(np.float32)
             self.done = file["done"][:].astype(bool)
+            self.seconds = (
+                file["seconds"][:].astype(np.float32)
+                if "seconds" in file
+                else np.full(len(self.ids), np.nan, np.float32)
+            )
         except (KeyError, OSError, ValueError) as error:
             file.close()
             raise StoreError(
@@ -123,6 +128,7 @@ class H5Store(SaliencyStore):
             f.create_dataset("target", data=np.full(n, -1, np.int64))
             f.create_dataset("score", data=np.full(n, np.nan, np.float32))
             f.create_dataset("label", data=labels)
+            f.create_dataset("seconds", data=np.full(n, np.nan, np.float32))
             f.create_dataset("done", data=np.zeros(n, bool))
         os.replace(creating, path)
         return cls.open(path, writable=True, compression=compression)
@@ -158,6 +164,7 @@ class H5Store(SaliencyStore):
         targets: np.ndarray,
         scores: np.ndarray,
         labels: np.ndarray | None = None,
+        seconds: np.ndarray | None = None,
     ) -> None:
         if self._file.mode != "r+":
             raise StoreError(f"{self.path} is open for reading only; use create_or_resume to write")
@@ -175,6 +182,9 @@ class H5Store(SaliencyStore):
         columns = [("target", self.targets, targets), ("score", self.scores, scores)]
         if labels is not None:
             columns.append(("label", self.labels, labels))
+        if seconds is not None:
+            self._seconds_dataset()
+            columns.append(("seconds", self.seconds, seconds))
         self._maps_dataset(maps.shape[1:])[where] = maps[order]
         for name, held, values in columns:
             values = np.asarray(values, dtype=held.dtype)[order]
@@ -184,6 +194,12 @@ class H5Store(SaliencyStore):
         self._file["done"][where] = True
         self._file.flush()
         self.done[rows] = True
+
+    def _seconds_dataset(self) -> h5py.Dataset:
+        """The (N,) float32 `seconds` dataset; a store written before it existed gets it here."""
+        if "seconds" not in self._file:
+            self._file.create_dataset("seconds", data=self.seconds)
+        return self._file["seconds"]
 
     def _maps_dataset(self, shape: tuple[int, ...]) -> h5py.Dataset:
         """The (N, h, w) maps dataset, created on the first write when (h, w) is known."""

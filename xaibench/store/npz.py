@@ -76,6 +76,7 @@ def export_npz(source: H5Store, path: Path) -> None:
         "target": source.targets.tolist(),
         "score": source.scores.tolist(),
         "label": source.labels.tolist(),
+        "seconds": [None if np.isnan(t) else float(t) for t in source.seconds],
     }
     arrays = {key: _MapRow(source.maps, row) for row, key in enumerate(keys)}
     arrays[META_KEY] = np.array(json.dumps(header))
@@ -135,6 +136,8 @@ class NpzStore(SaliencyStore):
         self.labels = np.asarray(header["label"], np.int64)
         self.targets = np.asarray(header["target"], np.int64)
         self.scores = np.asarray(header["score"], np.float32)
+        recorded = header.get("seconds", [None] * len(self.ids))
+        self.seconds = np.array([np.nan if t is None else t for t in recorded], np.float32)
         self.done = np.ones(len(self.ids), bool)
         self._keys = npz_keys(self.ids)
 
@@ -158,7 +161,7 @@ class NpzWriter(SaliencyStore):
 
     def __init__(self, path: Path, working: H5Store):
         self.path, self._working = Path(path), working
-        for name in ("meta", "ids", "labels", "targets", "scores", "done"):
+        for name in ("meta", "ids", "labels", "targets", "scores", "seconds", "done"):
             setattr(self, name, getattr(working, name))
 
     def read_maps(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -171,8 +174,9 @@ class NpzWriter(SaliencyStore):
         targets: np.ndarray,
         scores: np.ndarray,
         labels: np.ndarray | None = None,
+        seconds: np.ndarray | None = None,
     ) -> None:
-        self._working.write(indices, maps, targets, scores, labels)
+        self._working.write(indices, maps, targets, scores, labels, seconds)
 
     def close(self) -> None:
         """Export the archive if every row is done, then close (and remove) the working file."""

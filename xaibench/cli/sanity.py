@@ -1,0 +1,126 @@
+"""`xaibench sanity`: cascading model randomisation, per method a table and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from xaibench.cli.generate import method_params
+from xaibench.cli.options import (
+    batch_size_option,
+    data_options,
+    device_options,
+    method_param_option,
+    model_option,
+    protocol_option,
+    saliency_option,
+    weights_option,
+)
+from xaibench.data.dataset import ImageFolderDataset
+from xaibench.generate import model_dir
+from xaibench.methods import METHODS
+from xaibench.models import load_model, protocol_preprocess
+from xaibench.runtime import default_batch_size, resolve_device
+from xaibench.sanity import sanity_check, write_sanity
+from xaibench.sanity.run import DEFAULT_THRESHOLD
+
+
+@click.command("sanity")
+@model_option
+@weights_option
+@saliency_option
+@data_options
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Output folder (default: runs/MODEL/sanity/).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the re-initialisations."
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Randomise blocks: modules grouped by the first N parts of their names (1: top-level "
+    "blocks such as ResNet's layer4). Default: every module with parameters is its own stage.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Flag a method whose mean Spearman correlation at the last stage is above this.",
+)
+@method_param_option
+@protocol_option
+@device_options
+@batch_size_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def sanity_command(
+    model: str,
+    weights: str,
+    methods: list[str],
+    data_dir: Path,
+    labels_file: Path | None,
+    limit: int | None,
+    workers: int,
+    out_dir: Path | None,
+    seed: int,
+    depth: int | None,
+    threshold: float,
+    params: tuple[str, ...],
+    protocol: str,
+    cuda: bool,
+    device: str | None,
+    batch_size: int | None,
+    quiet: bool,
+) -> None:
+    """Sanity check (Adebayo et al. 2018): randomise the model's layers from the output down,
+    cumulatively, re-explain the same images at each stage and compare with the original maps.
+
+    Writes METHOD.sanity.csv (image_id, stage, layer, spearman, spearman_abs, ssim) and
+    METHOD.sanity.png (mean similarity vs layer with 95% intervals) per method, and flags methods
+    whose maps do not change. Re-running an interrupted command resumes it.
+    """
+    if not methods:
+        raise click.BadParameter("give at least one method", param_hint="--saliency")
+    for name in methods:
+        METHODS.get(name)
+    chosen = resolve_device(device, cuda)
+    loaded = load_model(model, weights)
+    preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+    dataset = ImageFolderDataset(data_dir, preprocess, labels_file=labels_file, limit=limit)
+    destination = out_dir or model_dir(Path("runs"), loaded.name) / "sanity"
+    settings = method_params(methods, params)
+    for name in methods:
+        checkpoint = destination / f".{name}.sanity.checkpoint.csv"
+        result = sanity_check(
+            loaded,
+            name,
+            dataset,
+            device=chosen,
+            batch_size=batch_size or default_batch_size(chosen),
+            seed=seed,
+            depth=depth,
+            method_params=settings.get(name),
+            threshold=threshold,
+            workers=workers,
+            progress=not quiet,
+            checkpoint=checkpoint,
+        )
+        paths = write_sanity(result, destination)
+        for leftover in (checkpoint, checkpoint.with_name(checkpoint.name + ".key")):
+            leftover.unlink(missing_ok=True)
+        verdict = (
+            "FLAGGED: its maps do not depend on the model's parameters"
+            if result.flagged
+            else "passes"
+        )
+        click.echo(
+            f"{name}: mean Spearman {result.final_spearman:.3f} with every layer randomised "
+            f"(threshold {threshold}): {verdict} -> {paths['table']}, {paths['plot']}"
+        )

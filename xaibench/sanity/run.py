@@ -1,0 +1,239 @@
+"""The sanity-check pipeline: dataset + model + method -> per-image, per-stage similarity table.
+
+Per batch, a deep copy of the model is reset to the original weights, the method explains the
+images (stage 0, which also fixes the targets: the original model's top-1 classes), and then the
+stages are randomised one after the other, cumulatively, with one explanation of the batch per
+stage. Every stage is seeded from (seed, stage), so each batch sees the same randomised models and
+a run is reproducible, and the rows of an image do not depend on its batch: a run interrupted
+with a `checkpoint` resumes with the images not yet done. The model passed in is never changed.
+
+Maps are compared at the model's input size (bilinear, as the metrics see them; docs/metrics).
+Departures from Adebayo et al. 2018: layers are re-initialised with their own
+`reset_parameters()` (batch-norm layers thus get weight 1, bias 0 and fresh running statistics),
+and a method is flagged when the mean Spearman correlation with the original maps at the last
+stage (every parameterised layer randomised; NaN counted as 0) is above `threshold`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from xaibench.atomic import write_atomic
+from xaibench.data.dataset import ImageFolderDataset, make_loader
+from xaibench.methods import METHODS
+from xaibench.metrics.base import saliency_at_input_size
+from xaibench.models.factory import LoadedModel
+from xaibench.runtime import prepare_model
+from xaibench.sanity.similarity import map_similarity
+from xaibench.sanity.stages import Stage, randomisation_stages, randomise
+
+log = logging.getLogger(__name__)
+
+SANITY_COLUMNS = ("image_id", "stage", "layer", "spearman", "spearman_abs", "ssim")
+STATISTICS = ("spearman", "spearman_abs", "ssim")
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class SanityResult:
+    """table: one row per (image, stage) with `SANITY_COLUMNS`; stages: output first."""
+
+    method: str
+    table: pd.DataFrame
+    stages: list[Stage]
+    threshold: float = DEFAULT_THRESHOLD
+
+    @property
+    def final_spearman(self) -> float:
+        """Mean Spearman correlation with the original maps once every stage is randomised.
+
+        An undefined correlation (NaN: a map that became constant) counts as 0, no association:
+        such a map has changed.
+        """
+        last = self.table["stage"] == self.table["stage"].max()
+        return float(self.table.loc[last, "spearman"].fillna(0.0).mean())
+
+    @property
+    def flagged(self) -> bool:
+        """The maps hardly change when the model is randomised (or never change at all)."""
+        return bool(self.final_spearman > self.threshold)
+
+
+def sanity_check(
+    loaded: LoadedModel,
+    method: str,
+    dataset: ImageFolderDataset,
+    *,
+    device: torch.device,
+    batch_size: int,
+    seed: int = 0,
+    depth: int | None = None,
+    method_params: Mapping[str, Any] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    workers: int = 0,
+    progress: bool = True,
+    checkpoint: Path | None = None,
+    checkpoint_seconds: float = 60.0,
+) -> SanityResult:
+    """Cascading randomisation of `loaded.model` for `method` on every image of `dataset`.
+
+    With `checkpoint`, the rows so far are saved there every `checkpoint_seconds` and when the run
+    is interrupted; a later call with the same settings skips the images already done.
+    """
+    original = prepare_model(loaded.model, device).eval()
+    randomised = copy.deepcopy(original)
+    input_size = tuple(dataset.preprocess.input_size)
+    stages = randomisation_stages(randomised, input_size, depth)
+    params = dict(method_params or {})
+    explain = METHODS.get(method)(randomised, **params)
+    stage_names = ["", *(stage.name for stage in stages)]
+    key = json.dumps(
+        {
+            "model": loaded.name,
+            "weights": loaded.weights,
+            "method": method,
+            "params": params,
+            "seed": seed,
+            "stages": stage_names,
+            "preprocess": dataset.preprocess.to_dict(),
+        },
+        sort_keys=True,
+    )
+    frames = _resume(checkpoint, key)
+    done = set().union(*(set(f["image_id"]) for f in frames))
+    todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
+    loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
+    bar = tqdm(
+        total=len(dataset) * len(stage_names),
+        initial=(len(dataset) - len(todo)) * len(stage_names),
+        unit="map",
+        desc=f"{method} sanity",
+        disable=not progress,
+    )
+    last_save = time.monotonic()
+    try:
+        for images, indices in loader:
+            images = images.to(device, non_blocking=True)
+            images = images.contiguous(memory_format=torch.channels_last)
+            ids = [dataset.ids[i] for i in indices.tolist()]
+            frames.append(_batch_rows(explain, randomised, original, stages, images, ids, seed))
+            bar.update(len(ids) * len(stage_names))
+            if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
+                _save(checkpoint, key, frames)
+                last_save = time.monotonic()
+    except BaseException:
+        if checkpoint:
+            _save(checkpoint, key, frames)
+        raise
+    bar.close()
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
+    table = table.sort_values(["stage", "image_id"], kind="stable", ignore_index=True)
+    return SanityResult(method, table, stages, threshold)
+
+
+def _batch_rows(explain, randomised, original, stages, images, ids, seed) -> pd.DataFrame:
+    """The rows of one batch: reset the copy, explain, then randomise and explain stage by stage."""
+    input_size = tuple(images.shape[-2:])
+    randomised.load_state_dict(original.state_dict())
+    first = explain(images)
+    reference = saliency_at_input_size(first.maps.detach(), input_size)
+    columns: dict[str, list] = {name: [] for name in SANITY_COLUMNS}
+    for index in range(len(stages) + 1):
+        if index == 0:
+            maps = reference
+        else:
+            randomise(randomised, stages[index - 1], seed, index)
+            maps = saliency_at_input_size(explain(images, first.targets).maps.detach(), input_size)
+        scores = map_similarity(reference, maps)
+        columns["image_id"] += ids
+        columns["stage"] += [index] * len(ids)
+        columns["layer"] += [stages[index - 1].name if index else ""] * len(ids)
+        for name in STATISTICS:
+            columns[name] += scores[name].cpu().tolist()
+    return pd.DataFrame(columns, columns=list(SANITY_COLUMNS))
+
+
+def _save(path: Path, key: str, frames: list[pd.DataFrame]) -> None:
+    """The rows so far and the run's key, each written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
+    write_atomic(path.with_name(path.name + ".key"), lambda p: p.write_text(key, "utf-8"))
+    write_atomic(path, lambda p: rows.to_csv(p, index=False, na_rep="NaN"))
+
+
+def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
+    """The rows of a checkpoint of the same run, or none."""
+    key_path = None if path is None else path.with_name(path.name + ".key")
+    if path is None or not path.exists() or not key_path.exists():
+        return []
+    if key_path.read_text("utf-8") != key:
+        log.warning("%s is from another sanity run; starting afresh", path)
+        return []
+    rows = pd.read_csv(path, keep_default_na=False, na_values=["NaN"], dtype={"layer": str})
+    log.info("resuming from %s: %d images already done", path, rows["image_id"].nunique())
+    return [rows] if len(rows) else []
+
+
+def write_sanity(result: SanityResult, out_dir: Path) -> dict[str, Path]:
+    """`METHOD.sanity.csv` (the table) and `METHOD.sanity.png` (the plot) in `out_dir`, atomic."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "table": out_dir / f"{result.method}.sanity.csv",
+        "plot": out_dir / f"{result.method}.sanity.png",
+    }
+    write_atomic(paths["table"], lambda p: result.table.to_csv(p, index=False, na_rep="NaN"))
+    write_atomic(paths["plot"], lambda p: plot_sanity(result).savefig(p, format="png", dpi=120))
+    return paths
+
+
+def stage_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per stage and statistic: layer, mean, ci_low, ci_high (Student's t on the mean)."""
+    rows = []
+    for (stage, layer), group in table.groupby(["stage", "layer"], sort=True):
+        for name in STATISTICS:
+            values = group[name].dropna().to_numpy()
+            mean = values.mean() if len(values) else np.nan
+            half = np.nan
+            if len(values) > 1:
+                t = stats.t.ppf((1 + confidence) / 2, len(values) - 1)
+                half = t * values.std(ddof=1) / np.sqrt(len(values))
+            rows.append((stage, layer, name, mean, mean - half, mean + half))
+    return pd.DataFrame(rows, columns=["stage", "layer", "statistic", "mean", "ci_low", "ci_high"])
+
+
+def plot_sanity(result: SanityResult):
+    """A matplotlib Figure (Agg canvas, no pyplot): mean similarity vs layer with 95% intervals."""
+    from matplotlib.figure import Figure
+
+    summary = stage_summary(result.table)
+    stages = sorted(summary["stage"].unique())
+    labels = summary.drop_duplicates("stage").set_index("stage")["layer"].replace("", "original")
+    figure = Figure(figsize=(max(5.0, 0.45 * len(stages) + 2), 4), layout="constrained")
+    axes = figure.add_subplot()
+    for name in STATISTICS:
+        rows = summary[summary["statistic"] == name].sort_values("stage")
+        axes.plot(rows["stage"], rows["mean"], marker="o", label=name)
+        axes.fill_between(rows["stage"], rows["ci_low"], rows["ci_high"], alpha=0.2)
+    axes.axhline(result.threshold, color="grey", linestyle=":", linewidth=1)
+    axes.set_xticks(stages, [labels[s] for s in stages], rotation=60, ha="right", fontsize=7)
+    axes.set_ylim(-1.05, 1.05)
+    axes.set_xlabel("randomised down to layer (cumulative, output first)")
+    axes.set_ylabel("similarity to the original map")
+    verdict = "FLAGGED: maps do not depend on the model" if result.flagged else "passes"
+    axes.set_title(f"{result.method}: {verdict}", fontsize=10)
+    axes.legend(fontsize=8)
+    return figure
