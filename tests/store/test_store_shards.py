@@ -76,16 +76,18 @@ def test_every_per_row_dataset_and_its_attributes_survive_the_merge(tmp_path):
     for rank, rows in enumerate([np.arange(0, 5), np.arange(5, N)]):
         shard = write_shard(path, rank, 2, rows)
         with h5py.File(shard, "r+") as f:
-            row_seconds = f.create_dataset("seconds", data=np.full(N, np.nan, np.float32))
-            row_seconds[rows] = seconds[rows]
-            row_seconds.attrs["unit"] = "s"
+            quality = f.create_dataset("quality", data=np.full(N, np.nan, np.float32))
+            quality[rows] = seconds[rows] * 10
+            quality.attrs["unit"] = "dB"
+            f["seconds"][rows] = seconds[rows]
             pairs = f.create_dataset("timing/pairs", data=np.zeros((N, 2), np.int32))
             pairs[rows] = np.stack([rows, rows * 2], axis=1)
             f.create_dataset("methods", data=np.array([b"tgrad", b"gradcam"]))
     merge(path)
     with h5py.File(path) as f:
         np.testing.assert_array_equal(f["seconds"][:], seconds)
-        assert f["seconds"].attrs["unit"] == "s"
+        np.testing.assert_array_equal(f["quality"][:], seconds * 10)
+        assert f["quality"].attrs["unit"] == "dB"
         np.testing.assert_array_equal(f["timing/pairs"][:, 1], np.arange(N) * 2)
         assert f["methods"][:].tolist() == [b"tgrad", b"gradcam"]
         assert f["maps"].compression == "lzf" and f["maps"].fletcher32
