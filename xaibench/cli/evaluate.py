@@ -96,8 +96,8 @@ def evaluate_command(
     Confidence, batched over images and perturbation steps.
 
     Writes per image a CSV (Parquet too when pyarrow is installed), the curves (npz) and a summary
-    (count, mean, 95% CI) per metric, and prints the summary as Markdown. Every output records the
-    protocol and its settings.
+    (count, mean, 95% t-interval and bootstrap interval) per metric, and prints the summary as
+    Markdown with the bootstrap interval. Every output records the protocol and its settings.
     """
     if not metrics:
         raise click.BadParameter("give at least one metric", param_hint="--metrics")
@@ -142,6 +142,8 @@ def evaluate_command(
         )
     table = pd.concat(summaries, ignore_index=True)
     settings_text = ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if k != "name")
-    click.echo(f"\nProtocol {settings.name} ({settings_text}); mean [95% CI] over images;")
-    click.echo("avg_drop and increase in %.\n")
+    click.echo(f"\nProtocol {settings.name} ({settings_text}); mean [95% percentile bootstrap")
+    click.echo(
+        "CI] over images (the t-interval is in the summary CSV); avg_drop and increase in %.\n"
+    )
     click.echo(summary_markdown(summary_wide(table)))
