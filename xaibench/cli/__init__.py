@@ -7,6 +7,7 @@ import sys
 import click
 
 import xaibench
+from xaibench.cli.compare import compare_command
 from xaibench.cli.evaluate import evaluate_command
 from xaibench.cli.generate import generate_command
 from xaibench.cli.listing import list_command
@@ -29,6 +30,7 @@ def cli() -> None:
 cli.add_command(generate_command)
 cli.add_command(evaluate_command)
 cli.add_command(list_command)
+cli.add_command(compare_command)
 
 
 def main() -> None:
