@@ -11,6 +11,7 @@ from xaibench.cli.compare import compare_command
 from xaibench.cli.evaluate import evaluate_command
 from xaibench.cli.generate import generate_command
 from xaibench.cli.listing import list_command
+from xaibench.cli.report import report_command
 from xaibench.errors import XaibenchError
 from xaibench.runtime import tune_allocator
 
@@ -31,6 +32,7 @@ cli.add_command(generate_command)
 cli.add_command(evaluate_command)
 cli.add_command(list_command)
 cli.add_command(compare_command)
+cli.add_command(report_command)
 
 
 def main() -> None:
