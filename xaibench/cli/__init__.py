@@ -9,6 +9,7 @@ import click
 import xaibench
 from xaibench.cli.compare import compare_command
 from xaibench.cli.evaluate import evaluate_command
+from xaibench.cli.explain import explain_command
 from xaibench.cli.generate import generate_command
 from xaibench.cli.listing import list_command
 from xaibench.cli.report import report_command
@@ -33,6 +34,7 @@ cli.add_command(evaluate_command)
 cli.add_command(list_command)
 cli.add_command(compare_command)
 cli.add_command(report_command)
+cli.add_command(explain_command)
 
 
 def main() -> None:
