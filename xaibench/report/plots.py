@@ -72,6 +72,8 @@ def mean_curves_figure(
 def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """(H, W, 3) image in [0, 1] and (H, W) map -> (H, W, 3) the map min-max scaled, coloured with
     `COLORMAP` and blended over the image. A constant or non-finite map leaves the image as it is."""
+    if saliency.shape != image.shape[:2]:
+        raise ValueError(f"map {saliency.shape} does not fit the image {image.shape[:2]}")
     finite = np.isfinite(saliency)
     if not finite.any() or np.ptp(saliency[finite]) == 0:
         return image
