@@ -26,7 +26,13 @@ from xaibench.report.write import atomic_write_text
     show_default=True,
     help="Interval shown next to each mean: the percentile bootstrap or Student's t.",
 )
-@click.option("--digits", type=click.IntRange(0, 8), default=3, show_default=True)
+@click.option(
+    "--digits",
+    type=click.IntRange(0, 8),
+    default=3,
+    show_default=True,
+    help="Decimals of the means and intervals.",
+)
 @click.option(
     "--latex",
     "latex_file",
