@@ -125,15 +125,21 @@ def bootstrap_intervals(
     return bounds
 
 
-def summary_markdown(table: pd.DataFrame, float_format: str = "{:.4f}") -> str:
-    """A GitHub Markdown table of `table` (numbers right-aligned, NaN as "NA"), one line per row."""
+def summary_markdown(
+    table: pd.DataFrame, float_format: str = "{:.4f}", right_align: Sequence[str] = ()
+) -> str:
+    """A GitHub Markdown table of `table` (numbers and the `right_align` columns right-aligned,
+    NaN as "NA"), one line per row."""
 
     def cell(value: object) -> str:
         if isinstance(value, float | np.floating):
             return "NA" if np.isnan(value) else float_format.format(value)
         return str(value).replace("|", "\\|")
 
-    numeric = [pd.api.types.is_numeric_dtype(dtype) for dtype in table.dtypes]
+    numeric = [
+        pd.api.types.is_numeric_dtype(dtype) or name in right_align
+        for name, dtype in table.dtypes.items()
+    ]
     lines = [
         "| " + " | ".join(cell(name) for name in table.columns) + " |",
         "|" + "|".join("---:" if is_number else ":---" for is_number in numeric) + "|",

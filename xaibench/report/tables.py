@@ -283,7 +283,9 @@ def ranking_markdown(tables: PairedTables, digits: int = 3) -> dict[str, str]:
     """Metric -> a Markdown ranking table (every group, best first)."""
     out = {}
     for metric, ranked in tables.rankings.groupby("metric", sort=False):
-        out[metric] = summary_markdown(format_numbers(ranked.drop(columns="metric"), digits))
+        ranked = ranked.drop(columns="metric")
+        numbers = ranked.select_dtypes("number").columns
+        out[metric] = summary_markdown(format_numbers(ranked, digits), right_align=numbers)
     return out
 
 
@@ -291,7 +293,8 @@ def pairs_markdown(tables: PairedTables, digits: int = 3) -> str:
     """The paired comparisons as one Markdown table ("" when no group has two methods)."""
     if tables.pairs.empty:
         return ""
-    return summary_markdown(format_numbers(tables.pairs, digits))
+    numbers = tables.pairs.select_dtypes("number").columns
+    return summary_markdown(format_numbers(tables.pairs, digits), right_align=numbers)
 
 
 def comparison_markdown(
