@@ -142,8 +142,7 @@ def evaluate_command(
         )
     table = pd.concat(summaries, ignore_index=True)
     settings_text = ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if k != "name")
-    click.echo(f"\nProtocol {settings.name} ({settings_text}); mean [95% percentile bootstrap")
-    click.echo(
-        "CI] over images (the t-interval is in the summary CSV); avg_drop and increase in %.\n"
-    )
+    click.echo(f"\nProtocol {settings.name} ({settings_text}).")
+    click.echo("Mean [95% percentile bootstrap CI] over images (t-interval in the summary CSV);")
+    click.echo("avg_drop and increase in %.\n")
     click.echo(summary_markdown(summary_wide(table)))

@@ -111,13 +111,34 @@ def _template_context(content: ReportContent) -> dict[str, Any]:
                 "weights": meta.weights,
                 "target": meta.target,
                 "params": json.dumps(meta.method_params, sort_keys=True),
-                "preprocess": json.dumps(meta.preprocess, sort_keys=True),
                 "created": meta.created,
                 "versions": f"xaibench {meta.xaibench_version}, torch {meta.torch_version}",
             }
             for path, meta in content.stores
         ],
+        "preprocessing": preprocessing_groups(content),
     }
+
+
+def preprocessing_groups(content: ReportContent) -> list[dict[str, Any]]:
+    """The stores' preprocessing settings, once per distinct setting: the store files sharing it
+    and its fields (floats to 4 decimals for reading; the stores keep them exactly)."""
+
+    def readable(value: Any) -> str:
+        if isinstance(value, list):
+            return "[" + ", ".join(readable(v) for v in value) + "]"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "none" if value is None else str(value)
+
+    groups: dict[str, dict[str, Any]] = {}
+    for path, meta in content.stores:
+        key = json.dumps(meta.preprocess, sort_keys=True)
+        if key not in groups:
+            fields = {k: readable(v) for k, v in sorted(meta.preprocess.items())}
+            groups[key] = {"files": [], "fields": fields}
+        groups[key]["files"].append(path.name)
+    return list(groups.values())
 
 
 def render_html(content: ReportContent) -> str:
