@@ -1,5 +1,6 @@
 """Offline demo: real photographs, EfficientNet-Lite0 with its ImageNet weights, three methods,
-every metric under the default protocol. Runs the commands a user would type, and prints them.
+every metric under the default protocol, and the HTML report. Runs the commands a user would type,
+and prints them.
 
     python scripts/demo.py --out demo-runs
 """
@@ -43,6 +44,7 @@ def main() -> None:
     )
     stores = [arg for m in METHODS for arg in ("--store", str(args.out / MODEL / f"{m}.h5"))]
     run("evaluate", "--model", MODEL, *stores, "--data", str(data))
+    run("report", str(args.out / MODEL), "--out", str(args.out / "report"), "--data", str(data))
 
 
 if __name__ == "__main__":

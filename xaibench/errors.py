@@ -40,3 +40,7 @@ class UnknownNameError(ConfigError):
             f"unknown {kind} {name!r}.{hint} Run `xaibench list {kind}s` to see all {len(known)}."
         )
         self.kind, self.name, self.close = kind, name, close
+
+
+class ResultsError(XaibenchError):
+    """Evaluation outputs (per-image tables, curves) that cannot be read or compared as asked."""

@@ -48,10 +48,12 @@ def test_markdown_table_without_tabulate():
     frame = pd.DataFrame({"method": ["grad|cam", "noise"], "deletion": [0.25, math.nan]})
     text = summary_markdown(summarise(frame, ["deletion"], by=["method"]))
     lines = text.splitlines()
-    assert lines[0] == "| method | metric | count | missing | mean | ci_low | ci_high |"
-    assert lines[1] == "|:---|:---|---:|---:|---:|---:|---:|"
-    assert lines[2] == "| grad\\|cam | deletion | 1 | 0 | 0.2500 | NA | NA |"
-    assert lines[3] == "| noise | deletion | 0 | 1 | NA | NA | NA |"
+    assert lines[0] == (
+        "| method | metric | count | missing | mean | ci_low | ci_high | boot_low | boot_high |"
+    )
+    assert lines[1] == "|:---|:---|---:|---:|---:|---:|---:|---:|---:|"
+    assert lines[2] == "| grad\\|cam | deletion | 1 | 0 | 0.2500 | NA | NA | NA | NA |"
+    assert lines[3] == "| noise | deletion | 0 | 1 | NA | NA | NA | NA | NA |"
 
 
 def test_summary_wide_has_one_row_per_method_and_a_cell_per_metric():
@@ -62,7 +64,9 @@ def test_summary_wide_has_one_row_per_method_and_a_cell_per_metric():
             "deletion": [0.1, 0.1, 0.3, 0.5],
         }
     )
-    wide = summary_wide(summarise(per_image, ["insertion", "deletion"], by=["method"]))
+    wide = summary_wide(
+        summarise(per_image, ["insertion", "deletion"], by=["method"]), interval="t"
+    )
     assert list(wide.columns) == ["method", "insertion", "deletion"]
     assert wide["method"].tolist() == ["a", "b"]
     assert wide.loc[0, "deletion"] == "0.100 [0.100, 0.100]"

@@ -7,10 +7,13 @@ import sys
 import click
 
 import xaibench
+from xaibench.cli.compare import compare_command
 from xaibench.cli.download import download_command
 from xaibench.cli.evaluate import evaluate_command
+from xaibench.cli.explain import explain_command
 from xaibench.cli.generate import generate_command
 from xaibench.cli.listing import list_command
+from xaibench.cli.report import report_command
 from xaibench.cli.sanity import sanity_command
 from xaibench.cli.verify import verify_command
 from xaibench.cli.visualize import activations_command, visualize_command
@@ -39,6 +42,9 @@ cli.add_command(list_command)
 cli.add_command(visualize_command)
 cli.add_command(activations_command)
 cli.add_command(sanity_command)
+cli.add_command(compare_command)
+cli.add_command(report_command)
+cli.add_command(explain_command)
 
 
 def main() -> None:

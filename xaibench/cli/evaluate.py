@@ -127,8 +127,9 @@ def evaluate_command(
     pointing game and the energy-based pointing game, batched over images and perturbations.
 
     Writes per image a CSV (Parquet too when pyarrow is installed), the curves (npz) and a summary
-    (count, mean, 95% CI) per metric and of the generation time per image (seconds_per_image),
-    and prints the summary as Markdown. Every output records the protocol and its settings. Under
+    (count, mean, 95% t-interval and bootstrap interval) per metric and of the generation time per
+    image (seconds_per_image), and prints the summary as Markdown with the bootstrap interval.
+    Every output records the protocol and its settings. Under
     `torchrun --nproc-per-node N -m xaibench evaluate ...` each process evaluates its share of the
     rows and process 0 writes the same tables; logs go to the (first) output folder's logs/.
     """
@@ -195,7 +196,8 @@ def evaluate_command(
         return
     table = pd.concat(summaries, ignore_index=True)
     settings_text = ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if k != "name")
-    click.echo(f"\nProtocol {settings.name} ({settings_text}); mean [95% CI] over images;")
+    click.echo(f"\nProtocol {settings.name} ({settings_text}).")
+    click.echo("Mean [95% percentile bootstrap CI] over images (t-interval in the summary CSV);")
     click.echo("avg_drop and increase in %.\n")
     click.echo(summary_markdown(summary_wide(table)))
 

@@ -1,0 +1,100 @@
+"""`xaibench explain`: the PNG's size follows its layout; classes and maps are the model's own."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import make_images
+from PIL import Image
+
+from xaibench.cli import cli
+from xaibench.data.classes import imagenet_classes
+from xaibench.data.dataset import load_rgb
+from xaibench.errors import ConfigError
+from xaibench.methods import METHODS
+from xaibench.models import load_model, protocol_preprocess
+from xaibench.report.explain import explain_image, figure_layout
+from xaibench.report.plots import DPI, PANEL_INCHES
+
+MODEL = "tiny_models:tiny_cnn"
+PANEL = round(PANEL_INCHES * DPI)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    return next(make_images(tmp_path / "img", count=1).rglob("*.png"))
+
+
+def test_png_size_follows_the_layout_with_tgrad_terms(photo, tmp_path):
+    out = tmp_path / "explain.png"
+    result = invoke(
+        "explain",
+        photo,
+        "--model",
+        MODEL,
+        "--saliency",
+        "tgrad,gradcam",
+        "--tgrad-layers",
+        "--out",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    loaded = load_model(MODEL)
+    image = protocol_preprocess("polycam", loaded.mean, loaded.std)(load_rgb(photo))[None]
+    tgrad = METHODS.get("tgrad")(loaded.model)
+    tgrad(image)
+    terms = len(tgrad.last_terms.names)  # input + conv biases + batch norm
+    rows, columns = figure_layout(2, terms)
+    assert (rows, columns) == (1 + -(-terms // 4) + 1, 4)
+    assert Image.open(out).size == (columns * PANEL, rows * PANEL)
+    assert str(out) in result.output
+
+
+def test_top_classes_and_maps_are_the_models(photo):
+    loaded = load_model(MODEL)
+    result = explain_image(photo, loaded, ["gradcam", "random"], device=torch.device("cpu"))
+    image = protocol_preprocess("polycam", loaded.mean, loaded.std)(load_rgb(photo))[None]
+    with torch.no_grad():
+        probabilities = loaded.model(image).softmax(1)[0]
+    best = probabilities.topk(5)
+    assert [i for i, _, _ in result.top] == best.indices.tolist()
+    assert [p for *_, p in result.top] == pytest.approx(best.values.tolist(), rel=1e-5)
+    assert result.top[0][1] == imagenet_classes().names(best.indices[0].item()).split(",")[0]
+    gradcam = METHODS.get("gradcam")(loaded.model)(image, best.indices[:1])
+    small = torch.nn.functional.interpolate(
+        gradcam.maps[:, None], size=(224, 224), mode="bilinear", align_corners=False
+    )[0, 0]
+    torch.testing.assert_close(torch.from_numpy(result.maps["gradcam"]), small)
+    assert result.image.shape == (224, 224, 3) and result.terms is None
+    assert result.image.min() >= 0 and result.image.max() <= 1
+
+
+def test_tgrad_layers_without_tgrad_is_refused(photo):
+    with pytest.raises(ConfigError, match="add tgrad"):
+        explain_image(
+            photo, load_model(MODEL), ["gradcam"], device=torch.device("cpu"), tgrad_layers=True
+        )
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_recognises_the_cat(tmp_path):
+    from xaibench.data.samples import build_sample_dataset
+
+    cat = build_sample_dataset(tmp_path / "data") / "n02124075" / "chelsea.png"
+    out = tmp_path / "cat.png"
+    result = invoke(
+        "explain",
+        cat,
+        "--model",
+        "efficientnet_lite0",
+        "--saliency",
+        "tgrad,gradcam,random",
+        "--out",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    assert "Egyptian cat (285)" in result.output
+    assert Image.open(out).size == (5 * PANEL, PANEL)

@@ -1,0 +1,95 @@
+"""`xaibench explain`: one image, its top classes and every method's map, as one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from xaibench.cli.generate import method_params
+from xaibench.cli.options import (
+    comma_list,
+    device_options,
+    model_option,
+    protocol_option,
+    weights_option,
+)
+from xaibench.methods import METHODS
+from xaibench.models import load_model
+from xaibench.report.explain import explain_image, explanation_figure
+from xaibench.report.plots import figure_png
+from xaibench.report.write import atomic_write_bytes
+from xaibench.runtime import resolve_device
+
+
+@click.command("explain")
+@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@model_option
+@weights_option
+@click.option(
+    "--saliency",
+    "methods",
+    required=True,
+    callback=comma_list,
+    help="Method name(s), comma-separated (see `xaibench list methods`), e.g. tgrad,gradcam.",
+)
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("explain.png"),
+    show_default=True,
+    help="PNG to write.",
+)
+@click.option(
+    "--tgrad-layers",
+    is_flag=True,
+    help="Also draw T-Grad's per-term maps (input and each bias layer) and their weights.",
+)
+@click.option(
+    "--layer", default=None, help="Target layer for CAM methods (default: found automatically)."
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="[METHOD.]KEY=VALUE",
+    help="A method setting, as for `xaibench generate`. Repeatable.",
+)
+@protocol_option
+@device_options
+def explain_command(
+    image: Path,
+    model: str,
+    weights: str,
+    methods: list[str],
+    out_file: Path,
+    tgrad_layers: bool,
+    layer: str | None,
+    params: tuple[str, ...],
+    protocol: str,
+    cuda: bool,
+    device: str | None,
+) -> None:
+    """Explain IMAGE: the image as the model sees it, the model's top-5 classes with their
+    probabilities, and each method's map of the top-1 class overlaid, side by side.
+
+    \b
+    Example:
+      xaibench explain cat.jpg --model efficientnet_lite0 --saliency tgrad,gradcam --tgrad-layers
+    """
+    for name in methods:
+        METHODS.get(name)
+    loaded = load_model(model, weights)
+    result = explain_image(
+        image,
+        loaded,
+        methods,
+        device=resolve_device(device, cuda),
+        protocol=protocol,
+        method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
+        tgrad_layers=tgrad_layers,
+    )
+    atomic_write_bytes(out_file, figure_png(explanation_figure(result)))
+    best = result.top[0]
+    click.echo(f"{image}: {best[1]} ({best[0]}) p={best[2]:.3f} -> {out_file}")

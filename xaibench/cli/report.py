@@ -1,0 +1,61 @@
+"""`xaibench report`: one run folder into an HTML page and a Markdown page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES
+from xaibench.report.build import DEFAULT_GRID_IMAGES, build_report
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("report"),
+    show_default=True,
+    help="Folder for report.html, report.md and the PNGs.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="The images the run explained, for the saliency overlays (skipped without it).",
+)
+@click.option(
+    "--images",
+    "grid_images",
+    type=click.IntRange(min=1),
+    default=DEFAULT_GRID_IMAGES,
+    show_default=True,
+    help="Images in the overlay grid.",
+)
+@click.option(
+    "--resamples",
+    type=click.IntRange(min=100),
+    default=BOOTSTRAP_RESAMPLES,
+    show_default=True,
+    help="Bootstrap resamples per interval.",
+)
+def report_command(
+    run_dir: Path, out_dir: Path, data_dir: Path | None, grid_images: int, resamples: int
+) -> None:
+    """Report of RUN_DIR (e.g. runs/vgg16: its stores, metrics/ and sanity/ folders): summary
+    tables, rankings and paired tests, mean insertion and deletion curves, saliency overlays,
+    the sanity-check plot and every protocol and store setting.
+
+    report.html is self-contained (figures embedded, nothing fetched); report.md links the PNGs
+    written next to it.
+
+    \b
+    Example:
+      xaibench report runs/vgg16 --out report/ --data val/
+    """
+    written = build_report(run_dir, out_dir, data_dir, grid_images=grid_images, resamples=resamples)
+    for path in written.values():
+        click.echo(str(path))

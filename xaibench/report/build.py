@@ -1,0 +1,296 @@
+"""`build_report`: one run folder (`runs/MODEL` with its stores, `metrics/` and `sanity/`) into a
+self-contained HTML page and a Markdown page with the figures next to it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xaibench.data.classes import imagenet_classes
+from xaibench.data.dataset import DECODE_ERRORS, load_rgb
+from xaibench.errors import DataError, ResultsError
+from xaibench.metrics.base import saliency_at_input_size
+from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES
+from xaibench.models.preprocess import Preprocess
+from xaibench.report import html
+from xaibench.report.plots import (
+    figure_png,
+    image_grid_figure,
+    mean_curves_figure,
+    overlay,
+    sanity_figure,
+)
+from xaibench.report.tables import (
+    PER_IMAGE_SUFFIX,
+    Evaluations,
+    PairedTables,
+    comparison_summary,
+    load_evaluations,
+    paired_tables,
+)
+from xaibench.report.write import atomic_write_bytes, atomic_write_text
+from xaibench.store import open_store
+from xaibench.store.base import SaliencyStore
+from xaibench.store.meta import StoreMeta
+
+CURVES_SUFFIX = ".curves.npz"
+SANITY_SUFFIX = ".sanity.csv"
+SANITY_COLUMNS = ["image_id", "stage", "layer", "spearman", "spearman_abs", "ssim"]
+DEFAULT_GRID_IMAGES = 4
+
+
+@dataclass
+class FigureFile:
+    """A PNG of the report: file name in the out folder, caption, bytes."""
+
+    name: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class ReportContent:
+    """Everything the templates show."""
+
+    title: str
+    run_dir: Path
+    generated: str
+    evaluations: Evaluations
+    summary: pd.DataFrame
+    paired: PairedTables | None
+    paired_note: str
+    protocols: dict[str, dict]
+    stores: list[tuple[Path, StoreMeta]]
+    curves: list[FigureFile] = field(default_factory=list)
+    grid: FigureFile | None = None
+    grid_note: str = ""
+    sanity: FigureFile | None = None
+    sanity_note: str = ""
+
+    @property
+    def figures(self) -> list[FigureFile]:
+        return [f for f in (*self.curves, self.grid, self.sanity) if f is not None]
+
+
+def build_report(
+    run_dir: Path,
+    out_dir: Path,
+    data_dir: Path | None = None,
+    *,
+    grid_images: int = DEFAULT_GRID_IMAGES,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> dict[str, Path]:
+    """Write `out_dir/report.html` (images embedded as data URIs, no external asset),
+    `out_dir/report.md` and its PNGs; returns name -> path of every file written.
+
+    The saliency grid needs the images: with `data_dir` the first `grid_images` images every
+    store explains are read through the stores' preprocessing; without it the report says so.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    metrics_dir = run_dir / "metrics"
+    if not metrics_dir.is_dir():
+        raise ResultsError(
+            f"{run_dir} has no metrics/ folder; run `xaibench evaluate` on its stores first"
+        )
+    evaluations = load_evaluations([metrics_dir])
+    try:
+        paired, paired_note = paired_tables(evaluations), ""
+    except ResultsError as error:
+        paired, paired_note = None, f"Paired comparisons skipped: {error}"
+    stores = _store_metas(run_dir)
+    content = ReportContent(
+        title=f"xaibench report: {', '.join(dict.fromkeys(evaluations.per_image['model']))}",
+        run_dir=run_dir,
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        evaluations=evaluations,
+        summary=comparison_summary(evaluations, resamples),
+        paired=paired,
+        paired_note=paired_note,
+        protocols=_protocols(evaluations),
+        stores=stores,
+        curves=_curve_figures(evaluations),
+    )
+    if data_dir is None:
+        content.grid_note = (
+            "No --data folder was given, so the saliency overlays are not shown; run "
+            "`xaibench report` with --data pointing at the images the run explained."
+        )
+    elif not stores:
+        content.grid_note = f"No saliency store (*.h5, *.npz) in {run_dir}: no overlays."
+    else:
+        content.grid = _grid_figure([path for path, _ in stores], Path(data_dir), grid_images)
+    sanity = sorted((run_dir / "sanity").glob(f"*{SANITY_SUFFIX}"))
+    if sanity:
+        content.sanity = FigureFile(
+            "sanity.png",
+            "Model parameter randomisation (cascading, from the top): mean similarity of each "
+            "method's maps to its maps on the original model, per stage.",
+            figure_png(sanity_figure(read_sanity(sanity))),
+        )
+    else:
+        content.sanity_note = (
+            f"No sanity-check results ({run_dir / 'sanity'}/METHOD{SANITY_SUFFIX}); "
+            "`xaibench sanity` writes them."
+        )
+    written = {}
+    for figure in content.figures:
+        written[figure.name] = atomic_write_bytes(out_dir / figure.name, figure.png)
+    written["report.md"] = atomic_write_text(out_dir / "report.md", html.render_markdown(content))
+    written["report.html"] = atomic_write_text(out_dir / "report.html", html.render_html(content))
+    return written
+
+
+def _store_metas(run_dir: Path) -> list[tuple[Path, StoreMeta]]:
+    paths = sorted(
+        p
+        for p in (*run_dir.glob("*.h5"), *run_dir.glob("*.npz"))
+        if not p.name.endswith(".partial.h5")
+    )
+    metas = []
+    for path in paths:
+        with open_store(path) as store:
+            metas.append((path, store.meta))
+    return metas
+
+
+def _protocols(evaluations: Evaluations) -> dict[str, dict]:
+    frame = evaluations.per_image.drop_duplicates("protocol")
+    return {
+        name: json.loads(text)
+        for name, text in zip(frame["protocol"], frame["protocol_settings"], strict=True)
+    }
+
+
+def safe_name(text: str) -> str:
+    """A file-name fragment: runs of characters other than letters, digits, '.', '-' become '_'."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
+
+
+def _curve_figures(evaluations: Evaluations) -> list[FigureFile]:
+    """One figure of mean insertion and deletion curves per (model, protocol)."""
+    figures = []
+    sources = evaluations.per_image.drop_duplicates("source")
+    for (model, protocol), group in sources.groupby(["model", "protocol"], sort=False):
+        curves, include_start = {}, False
+        for method, source in zip(group["method"], group["source"], strict=True):
+            path = Path(source[: -len(PER_IMAGE_SUFFIX)] + CURVES_SUFFIX)
+            if not path.exists():
+                continue
+            with np.load(path, allow_pickle=False) as saved:
+                include_start = bool(json.loads(str(saved["protocol"]))["include_start"])
+                curves[method] = {k: saved[k] for k in ("insertion", "deletion") if k in saved}
+        if not any(curves.values()):
+            continue
+        figures.append(
+            FigureFile(
+                f"curves-{safe_name(model)}-{safe_name(protocol)}.png",
+                f"Mean insertion and deletion curves, {model}, protocol {protocol}.",
+                figure_png(mean_curves_figure(curves, include_start, f"{model}, {protocol}")),
+            )
+        )
+    return figures
+
+
+def read_sanity(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
+    """Method -> the long table of `runs/MODEL/sanity/METHOD.sanity.csv`; ResultsError naming a
+    file whose columns are not exactly `SANITY_COLUMNS`."""
+    results = {}
+    for path in paths:
+        try:
+            frame = pd.read_csv(path, dtype={"image_id": str, "layer": str})
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise ResultsError(f"cannot read sanity results {path} ({error})") from None
+        if list(frame.columns) != SANITY_COLUMNS:
+            raise ResultsError(
+                f"{path} has columns {', '.join(frame.columns)}; a sanity table has exactly "
+                f"{', '.join(SANITY_COLUMNS)} (written by `xaibench sanity`)"
+            )
+        results[path.name[: -len(SANITY_SUFFIX)]] = frame
+    return results
+
+
+def _grid_figure(store_paths: Sequence[Path], data_dir: Path, count: int) -> FigureFile:
+    """The first `count` images explained by every store, each with every method's overlay."""
+    stores = [open_store(path) for path in store_paths]
+    try:
+        usable = [
+            [store.ids[i] for i in np.flatnonzero(store.done & (store.targets >= 0))]
+            for store in stores
+        ]
+        common = set.intersection(*map(set, usable))
+        chosen = [image_id for image_id in usable[0] if image_id in common][:count]
+        if not chosen:
+            raise ResultsError(f"the stores in {store_paths[0].parent} explain no image in common")
+        first = stores[0]
+        preprocess = preprocess_of(first.meta)
+        images = [
+            _display_image(data_dir / image_id, preprocess, first.path) for image_id in chosen
+        ]
+        size = images[0].shape[:2]
+        maps = [overlay_row(store, chosen, size) for store in stores]
+        classes = imagenet_classes()
+        row = {image_id: i for i, image_id in enumerate(first.ids)}
+        titles = [
+            f"{image_id}\n{classes.names(int(first.targets[row[image_id]])).split(',')[0]}"
+            for image_id in chosen
+        ]
+        panels = [
+            [image, *(overlay(image, method_maps[r]) for method_maps in maps)]
+            for r, image in enumerate(images)
+        ]
+        methods = ["image", *(store.meta.method for store in stores)]
+    finally:
+        for store in stores:
+            store.close()
+    return FigureFile(
+        "saliency-grid.png",
+        f"Saliency overlays of the first {len(chosen)} images explained by every store (each map "
+        "min-max scaled; the class explained is under the image id).",
+        figure_png(image_grid_figure(panels, methods, titles)),
+    )
+
+
+def overlay_row(
+    store: SaliencyStore, image_ids: Sequence[str], size: tuple[int, int]
+) -> np.ndarray:
+    """(n, H, W) the store's maps of `image_ids`, resized to the input size as the metrics do."""
+    row = {image_id: i for i, image_id in enumerate(store.ids)}
+    maps = store.read_maps(np.array([row[i] for i in image_ids]))
+    return saliency_at_input_size(torch.from_numpy(maps), size).numpy()
+
+
+def preprocess_of(meta: StoreMeta) -> Preprocess:
+    """The preprocessing a store records, rebuilt."""
+    recorded = meta.preprocess
+    resize = recorded["resize"]
+    return Preprocess(
+        name=recorded.get("name", "polycam"),
+        resize=tuple(resize) if isinstance(resize, list) else resize,
+        crop=recorded.get("crop"),
+        mean=tuple(recorded["mean"]),
+        std=tuple(recorded["std"]),
+    )
+
+
+def _display_image(path: Path, preprocess: Preprocess, store_path: Path) -> np.ndarray:
+    """(H, W, 3) in [0, 1]: the image as the model saw it (preprocessed, then un-normalised)."""
+    try:
+        tensor = preprocess(load_rgb(path))
+    except FileNotFoundError:
+        raise DataError(
+            f"{path} (an image of {store_path}) does not exist; pass as --data the folder the "
+            "run explained"
+        ) from None
+    except DECODE_ERRORS as error:
+        raise DataError(f"cannot decode image {path} ({error})") from None
+    mean = torch.tensor(preprocess.mean)[:, None, None]
+    std = torch.tensor(preprocess.std)[:, None, None]
+    return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

@@ -1,0 +1,157 @@
+"""One image explained by several methods: the picture `xaibench explain` draws.
+
+The image goes through the protocol's preprocessing, the model gives the top classes, and each
+method is called once on the batch of that one image for the top-1 class. With `tgrad_layers`,
+T-Grad's per-term maps and weights (`TGrad.last_terms`) are drawn too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from xaibench.data.classes import imagenet_classes
+from xaibench.data.dataset import DECODE_ERRORS, load_rgb
+from xaibench.errors import ConfigError, DataError
+from xaibench.methods import METHODS
+from xaibench.methods.tgrad import TGradTerms
+from xaibench.metrics.base import saliency_at_input_size
+from xaibench.models.factory import LoadedModel
+from xaibench.models.preprocess import protocol_preprocess
+from xaibench.report.plots import PANEL_INCHES, overlay
+from xaibench.runtime import prepare_model
+
+TOP_CLASSES = 5
+
+
+@dataclass
+class ImageExplanation:
+    """image: (H, W, 3) in [0, 1] as the model saw it; top: (class index, name, probability)
+    best first; maps: method -> (H, W) at input size; terms: T-Grad's terms when asked for."""
+
+    image: np.ndarray
+    top: list[tuple[int, str, float]]
+    maps: dict[str, np.ndarray]
+    terms: TGradTerms | None = None
+
+
+def explain_image(
+    path: Path,
+    loaded: LoadedModel,
+    methods: Sequence[str],
+    *,
+    device: torch.device,
+    protocol: str = "polycam",
+    method_params: Mapping[str, dict] | None = None,
+    tgrad_layers: bool = False,
+    top: int = TOP_CLASSES,
+) -> ImageExplanation:
+    """Explain the model's top-1 class on the image at `path` with every method in `methods`."""
+    if not methods:
+        raise ConfigError("give at least one method with --saliency")
+    if tgrad_layers and "tgrad" not in methods:
+        raise ConfigError("--tgrad-layers shows T-Grad's terms: add tgrad to --saliency")
+    preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+    try:
+        batch = preprocess(load_rgb(Path(path)))[None].to(device)
+    except DECODE_ERRORS as error:
+        raise DataError(f"cannot read image {path} ({error}); give a JPEG or PNG file") from None
+    model = prepare_model(loaded.model, device).eval()
+    with torch.inference_mode():
+        probabilities = model(batch).float().softmax(dim=1)[0]
+    best = probabilities.topk(min(top, probabilities.numel()))
+    classes = imagenet_classes()
+    top_classes = [
+        (int(i), classes.names(int(i)).split(",")[0], float(p))
+        for p, i in zip(best.values.cpu(), best.indices.cpu(), strict=True)
+    ]
+    target = best.indices[:1]
+    params = method_params or {}
+    maps, terms = {}, None
+    for name in methods:
+        method = METHODS.get(name)(model, **params.get(name, {}))
+        explanation = method(batch, target)
+        maps[name] = saliency_at_input_size(explanation.maps.detach(), tuple(batch.shape[-2:]))[0]
+        maps[name] = maps[name].cpu().numpy()
+        if name == "tgrad" and tgrad_layers:
+            terms = method.last_terms
+    mean = torch.tensor(preprocess.mean, device=device)[:, None, None]
+    std = torch.tensor(preprocess.std, device=device)[:, None, None]
+    image = (batch[0] * std + mean).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return ImageExplanation(image, top_classes, maps, terms)
+
+
+def figure_layout(methods: int, terms: int = 0) -> tuple[int, int]:
+    """(rows, columns) of panels: the image, the top classes and one overlay per method in the
+    first row; with T-Grad terms, rows of term overlays and one row for their weights."""
+    columns = 2 + methods
+    rows = 1 + (math.ceil(terms / columns) + 1 if terms else 0)
+    return rows, columns
+
+
+def explanation_figure(result: ImageExplanation) -> Figure:
+    """The figure of `explain_image`'s result, `PANEL_INCHES` per panel (`figure_layout`)."""
+    terms = result.terms
+    rows, columns = figure_layout(len(result.maps), len(terms.names) if terms else 0)
+    figure = Figure(figsize=(columns * PANEL_INCHES, rows * PANEL_INCHES), layout="constrained")
+    grid = figure.add_gridspec(rows, columns)
+    _image_panel(figure.add_subplot(grid[0, 0]), result.image, "input")
+    _top_classes_panel(figure.add_subplot(grid[0, 1]), result.top)
+    for column, (name, saliency) in enumerate(result.maps.items(), start=2):
+        _image_panel(figure.add_subplot(grid[0, column]), overlay(result.image, saliency), name)
+    if terms is not None:
+        _terms_panels(figure, grid, result.image, terms, columns)
+    return figure
+
+
+def _image_panel(axes, image: np.ndarray, title: str, fontsize: float = 10) -> None:
+    axes.imshow(np.clip(image, 0, 1))
+    axes.set_title(title, fontsize=fontsize)
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def _top_classes_panel(axes, top: list[tuple[int, str, float]]) -> None:
+    """Horizontal bars of the top classes' probabilities, each labelled above its bar."""
+    positions = np.arange(len(top))[::-1] * 1.0
+    values = [p for *_, p in top]
+    axes.barh(positions, values, height=0.45, color="#4c78a8")
+    for y, (index, name, value) in zip(positions, top, strict=True):
+        axes.text(0.0, y + 0.28, f"{name} ({index})  {value:.3f}", fontsize=7, va="bottom")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(-0.5, len(top) - 0.2)
+    axes.set_yticks([])
+    axes.set_title(f"top-{len(top)} classes", fontsize=10)
+    axes.tick_params(axis="x", labelsize=7)
+    for side in ("top", "right", "left"):
+        axes.spines[side].set_visible(False)
+
+
+def _terms_panels(figure: Figure, grid, image: np.ndarray, terms: TGradTerms, columns: int) -> None:
+    """Each term's map (at the input size, over the image) titled with its weight, then a bar
+    chart of all the weights."""
+    size = image.shape[:2]
+    weights = terms.weights[0].detach().float().cpu().numpy()
+    for index, (name, term_map) in enumerate(zip(terms.names, terms.maps, strict=True)):
+        row, column = divmod(index, columns)
+        resized = saliency_at_input_size(term_map[:1].detach(), size)[0].cpu().numpy()
+        _image_panel(
+            figure.add_subplot(grid[1 + row, column]),
+            overlay(image, resized),
+            f"{name}\nw = {weights[index]:.3f}",
+            fontsize=7,
+        )
+    axes = figure.add_subplot(grid[-1, :])
+    axes.bar(range(len(weights)), weights, color=np.where(weights >= 0, "#4c78a8", "#e45756"))
+    axes.set_xticks(range(len(weights)), terms.names, rotation=90, fontsize=6)
+    axes.set_ylabel("weight", fontsize=8)
+    axes.set_title(
+        f"T-Grad term weights (share of the score); sum = {weights.sum():.3f}", fontsize=9
+    )
+    axes.axhline(0, color="black", lw=0.6)
