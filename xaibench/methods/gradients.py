@@ -189,10 +189,11 @@ class _RectifiedReLUFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         rule = ctx.switch.rule
         if rule != "plain":
-            grad = grad.clamp(min=0)
+            grad = torch.relu(grad)
         if rule != "deconvnet":
             (out,) = ctx.saved_tensors
-            grad = grad.masked_fill(out <= 0, 0)
+            # one fused pass, the kernel of ReLU's own backward: grad where out > 0, else 0
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
         return grad, None
 
 

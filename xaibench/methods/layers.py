@@ -27,7 +27,7 @@ def trace_layers(
     image. `watch`, a context manager such as a `TorchFunctionMode`, is entered around the
     forward, which then runs with autograd on and an image that requires grad, so that the watcher
     can tell tensors that depend on the image by their `requires_grad`. The model's mode and
-    `requires_grad` flags are restored. ConfigError when the forward fails at this size.
+    `requires_grad` flags are restored. What the forward raises propagates.
     """
     reference = next(iter(model.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
@@ -41,14 +41,7 @@ def trace_layers(
         record_layers(model, names) as recording,
         watch or nullcontext(),
     ):
-        try:
-            model(dummy)
-        except (RuntimeError, AssertionError, ValueError, TypeError) as error:
-            raise ConfigError(
-                f"{type(model).__name__} fails on a {input_size[0]}x{input_size[1]} input while "
-                f"its layers are traced ({type(error).__name__}: {error}); give the input size "
-                "the model expects, or name its layers explicitly"
-            ) from error
+        model(dummy)
     return recording.calls
 
 

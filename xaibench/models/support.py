@@ -29,7 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from xaibench.errors import ConfigError
+from xaibench.errors import ConfigError, XaibenchError
 from xaibench.methods import METHODS
 from xaibench.methods.gradients import OTHER_ACTIVATIONS
 from xaibench.methods.layers import feature_maps, trace_layers
@@ -178,8 +178,9 @@ def inspect_model(model: nn.Module, input_size: tuple[int, int] = (224, 224)) ->
     trace = PieceTrace()
     try:
         calls = trace_layers(model, input_size, watch=trace)
-    except ConfigError as error:
-        failed = Finding("no", str(error))
+    except (RuntimeError, AssertionError, ValueError, TypeError, XaibenchError) as error:
+        h, w = input_size
+        failed = Finding("no", f"{name} fails on a {h}x{w} input ({type(error).__name__}: {error})")
         keys = ("feature_map", "bias_terms", "relu_modules")
         return ModelSupport(input_size, dict.fromkeys(keys, failed))
     findings = {
