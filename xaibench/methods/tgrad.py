@@ -98,7 +98,9 @@ class TGrad(SaliencyMethod):
     published one exactly; elsewhere (a BatchNorm before a residual addition, ReLU6, SiLU) the gate
     would drop parts of the decomposition, while without it the terms still add up to the score on
     networks built from linear pieces. What is left out (Linear biases, non-linear activations such
-    as SiLU, ReLU6's clipping) shows as completeness below 1.
+    as SiLU, ReLU6's clipping, constants added inside `forward` such as the input transform of
+    torchvision's pretrained GoogLeNet and Inception v3, which belong to no layer) shows as
+    completeness away from 1; `xaibench.models.support` says per model whether the split is exact.
 
     The weights divide by y_c as published, so a score close to 0 gives large weights.
     """
