@@ -2,10 +2,12 @@
 
 Each method is timed in the same run as the peer's implementation of it, on the same model, target
 layer (`find_target_layer`), batch, targets and device: a warm-up call, then the median of
-`--repeats` calls. Ratio = peer time / xaibench time, so > 1 means xaibench is faster. The peers
-get a deep copy of the model with `inplace=False` on every module that has it (Captum's and
-pytorch-grad-cam's hooks dislike in-place ReLUs) and its parameters requiring gradients, as a
-user would load it (pytorch-grad-cam needs that to see any gradient); xaibench gets the original.
+`--repeats` calls, in `--rounds` rounds that alternate which side goes first; the ratio is the
+median of the rounds' ratios, with their range. Ratio = peer time / xaibench time, so > 1 means
+xaibench is faster. The peers get a deep copy of the model with `inplace=False` on every module
+that has it (Captum's and pytorch-grad-cam's hooks dislike in-place ReLUs) and its parameters
+requiring gradients, as a user would load it (pytorch-grad-cam needs that to see any gradient);
+xaibench gets the original.
 
 The expensive methods run a lighter workload, set by options: SmoothGrad (`--samples`) and
 Integrated Gradients (`--steps`) use `--slow-repeats`; Score-CAM and Ablation-CAM, one forward per
@@ -235,17 +237,36 @@ def make_workload(
     return Workload(model, peer, layer, images, targets)
 
 
-def time_pair(
-    pair: Pair, w: Workload, repeats: int, device: torch.device
-) -> tuple[float, float | None, str]:
-    """(xaibench s/call, peer s/call or None, the peer's error or '')."""
+@dataclass
+class Timing:
+    """Seconds per call of both sides (medians over rounds) and the spread of the ratio.
+
+    ratios: peer / xaibench per round; peer and ratios are empty when the peer failed (`error`).
+    """
+
+    ours: float
+    peer: float | None = None
+    ratios: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+def time_pair(pair: Pair, w: Workload, repeats: int, rounds: int, device: torch.device) -> Timing:
+    """Both sides timed in `rounds` alternating rounds (xaibench first in even rounds, the peer
+    first in odd ones), `repeats` calls each, so that load on a shared machine hits both alike."""
     method = METHODS.get(pair.name)(w.model, **pair.params)
-    ours = seconds_per_call(lambda: method(w.images, w.targets), repeats, device)
+    ours_step = lambda: method(w.images, w.targets)  # noqa: E731
     try:
-        peer = seconds_per_call(quiet(pair.peer(w)), repeats, device)
-        return ours, peer, ""
+        peer_step = quiet(pair.peer(w))
+        ours, peers = [], []
+        for round_index in range(rounds):
+            order = [(ours, ours_step), (peers, peer_step)]
+            for times, step in order[:: 1 if round_index % 2 == 0 else -1]:
+                times.append(seconds_per_call(step, repeats, device))
+        ratios = [peer / mine for peer, mine in zip(peers, ours, strict=True)]
+        return Timing(statistics.median(ours), statistics.median(peers), ratios)
     except Exception as error:  # a peer that fails is reported, not fatal
-        return ours, None, f"{type(error).__name__}: {str(error).splitlines()[0][:70]}"
+        ours = seconds_per_call(ours_step, repeats, device)
+        return Timing(ours, error=f"{type(error).__name__}: {str(error).splitlines()[0][:70]}")
     finally:
         for close in w.closers:
             close()
@@ -260,6 +281,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slow-repeats", type=int, default=1, help="for smoothgrad, intgrad, *CAM")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternating xaibench/peer rounds (shows the spread)"
+    )
     parser.add_argument("--perturb-batch", type=int, default=1, help="for scorecam, ablationcam")
     parser.add_argument("--perturb-size", type=int, default=64, help="for scorecam, ablationcam")
     parser.add_argument("--samples", type=int, default=8, help="SmoothGrad noisy copies")
@@ -292,17 +316,21 @@ def main() -> None:
         f"chunk={args.chunk} samples={args.samples} steps={args.steps}"
     )
     header = f"{'method':<15}{'peer':<18}{'batch':>10}{'xaibench img/s':>16}{'peer img/s':>12}"
-    print(f"{header}{'ratio':>8}")
+    spread = "  ratio per round (min-max)" if args.rounds > 1 else ""
+    print(f"{header}{'ratio':>8}{spread}")
     for pair in pairs:
         w = perturb_load if pair.weight == "perturb" else main_load
         repeats = args.repeats if pair.weight == "fast" else min(args.repeats, args.slow_repeats)
-        ours, theirs, error = time_pair(pair, w, repeats, device)
+        timing = time_pair(pair, w, repeats, args.rounds, device)
         batch = f"{len(w.images)}x{w.images.shape[-1]}px"
-        row = f"{pair.name:<15}{pair.peer_name:<18}{batch:>10}{len(w.images) / ours:>16.2f}"
-        if theirs is None:
-            print(f"{row}{'failed':>12}{'-':>8}  {error}", flush=True)
-        else:
-            print(f"{row}{len(w.images) / theirs:>12.2f}{theirs / ours:>8.2f}", flush=True)
+        row = f"{pair.name:<15}{pair.peer_name:<18}{batch:>10}{len(w.images) / timing.ours:>16.2f}"
+        if timing.peer is None:
+            print(f"{row}{'failed':>12}{'-':>8}  {timing.error}", flush=True)
+            continue
+        row += f"{len(w.images) / timing.peer:>12.2f}{statistics.median(timing.ratios):>8.2f}"
+        if args.rounds > 1:
+            row += f"  {min(timing.ratios):.2f}-{max(timing.ratios):.2f}"
+        print(row, flush=True)
 
     if args.together:
         methods = [METHODS.get(name)(model, layer=layer) for name in TOGETHER]

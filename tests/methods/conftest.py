@@ -5,6 +5,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torchvision
+from model_helpers import hooks_left, randomise, set_inplace
 from torch import nn
 from torchvision.models.vgg import make_layers
 
@@ -79,32 +80,6 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random non-zero biases and batch-norm statistics, so that every T-Grad term is exercised."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def uniform_(tensor: torch.Tensor, low: float, high: float) -> None:
-        tensor.copy_(torch.rand(tensor.shape, generator=gen) * (high - low) + low)
-
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
-                uniform_(module.bias, -0.1, 0.1)
-            if isinstance(module, nn.BatchNorm2d):
-                uniform_(module.running_mean, -0.2, 0.2)
-                uniform_(module.running_var, 0.5, 1.5)
-                uniform_(module.weight, 0.5, 1.5)
-                uniform_(module.bias, -0.2, 0.2)
-    return model
-
-
-def set_inplace(model: nn.Module, inplace: bool) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = inplace
-    return model
-
-
 @pytest.fixture(name="randomise")
 def randomise_fixture() -> Callable[..., nn.Module]:
     return randomise
@@ -139,29 +114,6 @@ def tiny_resnet() -> TinyResNet:
 def images() -> torch.Tensor:
     """(4, 3, 64, 64) normal noise, seeded."""
     return torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-
-
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
-
-
-def hooks_left(model: nn.Module) -> list[str]:
-    """'module name: hook dict' for every hook still registered on the model, plus global ones."""
-    left = [
-        f"{name or '<root>'}: {attr}"
-        for name, module in model.named_modules()
-        for attr in HOOK_DICTS
-        if getattr(module, attr)
-    ]
-    globals_ = nn.modules.module
-    for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
-        if getattr(globals_, attr):
-            left.append(f"global: {attr}")
-    return left
 
 
 @pytest.fixture

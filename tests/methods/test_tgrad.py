@@ -7,7 +7,8 @@ import torchvision
 from torch import nn
 
 from xaibench.errors import ConfigError
-from xaibench.methods import METHODS, TGrad
+from xaibench.methods import METHODS, FullGrad, TGrad
+from xaibench.models.support import inspect_model
 
 
 def reference_tgrad(model: nn.Module, image: torch.Tensor, target: int):
@@ -123,3 +124,34 @@ def test_batchnorm_without_running_stats_is_refused(images):
     )
     with pytest.raises(ConfigError, match="running statistics"):
         TGrad(model)(images)
+
+
+def test_batchnorm1d_in_the_head_is_a_fullgrad_term_but_no_tgrad_map(images, randomise):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 6),
+        nn.BatchNorm1d(6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    )
+    randomise(model)
+    with torch.no_grad():
+        model[6].running_mean.uniform_(-0.2, 0.2)
+        model[6].running_var.uniform_(0.5, 1.5)
+        model[6].bias.uniform_(-0.2, 0.2)
+    model = model.double().eval()
+    assert inspect_model(model, (64, 64)).findings["bias_terms"].status == "yes"
+    fullgrad = FullGrad(model)
+    fullgrad(images.double())
+    assert fullgrad.last_terms.names == ["input", "0", "1", "5", "6", "8"]
+    torch.testing.assert_close(
+        fullgrad.last_terms.completeness, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-10
+    )
+    tgrad = TGrad(model)
+    tgrad(images.double())
+    assert tgrad.last_terms.names == ["input", "0", "1"]

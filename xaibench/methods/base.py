@@ -40,6 +40,10 @@ class SaliencyMethod(ABC):
     needs_model: ClassVar[bool] = True
     uses_target: ClassVar[bool] = True
     """False for methods whose map does not depend on the class explained (baselines, Eigen-CAM)."""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """What the method needs of a model's structure (xaibench.models.support checks each):
+    "feature_map" (a (B, C, h, w) map the score is pooled from), "bias_terms" (a network whose
+    score splits into input and bias terms), "relu_modules" (nn.ReLU modules to rectify)."""
 
     def __init__(self, model: nn.Module, **params: Any):
         self.model = model

@@ -104,6 +104,8 @@ class LayerMethod(SaliencyMethod):
     its last run.
     """
 
+    requires = ("feature_map",)
+
     def __init__(self, model: nn.Module, layer: str | None = None, **params: Any):
         layer = find_target_layer(model) if layer is None else layer
         validate_layer(model, layer)

@@ -17,7 +17,7 @@ from torch import nn
 
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
-from xaibench.methods.tgrad import effective_biases
+from xaibench.methods.tgrad import channel_bias, effective_biases
 
 EPS = 1e-6
 """Added to a term's maximum before dividing by it (the reference code's value)."""
@@ -48,8 +48,8 @@ class FullGradTerms:
 class FullGrad(SaliencyMethod):
     """FullGrad saliency (B, H, W) at the input resolution, one forward + one backward per batch.
 
-    Terms: x * dy_c/dx, and b_l * dy_c/dz_l for every Conv2d with a bias and every eval-mode
-    BatchNorm2d (b_l its effective bias, `effective_biases`); y_c is the explained logit. Each
+    Terms: x * dy_c/dx, and b_l * dy_c/dz_l for every Conv2d with a bias, every eval-mode
+    batch-norm (b_l its effective bias, `effective_biases`) and every Linear; y_c is the explained logit. Each
     term T (B, C, h, w) is post-processed as in the reference code: |T|, minus its minimum and
     divided by its maximum (+ EPS), both taken per image over all of the term's channels and
     positions; then summed over channels and resized bilinearly to (H, W) with
@@ -66,13 +66,14 @@ class FullGrad(SaliencyMethod):
     """
 
     name = "fullgrad"
+    requires = ("bias_terms",)
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self.last_terms: FullGradTerms | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
-        biases = {name: b[:, None, None] for name, b in effective_biases(self.model).items()}
+        biases = effective_biases(self.model)
         biases.update(
             (name, module.bias.detach())
             for name, module in self.model.named_modules()
@@ -80,7 +81,7 @@ class FullGrad(SaliencyMethod):
         )
 
         def reduce(call: LayerCall, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-            term = grad * biases[call.name]
+            term = grad * channel_bias(biases[call.name], grad)
             total = term.flatten(1).sum(dim=1)
             return (postprocess(term) if grad.ndim == 4 else None), total
 

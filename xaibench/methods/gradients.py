@@ -37,7 +37,7 @@ from xaibench.methods.hooks import autograd_enabled, gradient_input, record_laye
 from xaibench.methods.layers import find_target_layer, validate_layer
 
 Rule = Literal["plain", "guided", "deconvnet"]
-_OTHER_ACTIVATIONS = (
+OTHER_ACTIVATIONS = (
     nn.ReLU6,
     nn.LeakyReLU,
     nn.PReLU,
@@ -189,10 +189,11 @@ class _RectifiedReLUFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         rule = ctx.switch.rule
         if rule != "plain":
-            grad = grad.clamp(min=0)
+            grad = torch.relu(grad)
         if rule != "deconvnet":
             (out,) = ctx.saved_tensors
-            grad = grad.masked_fill(out <= 0, 0)
+            # one fused pass, the kernel of ReLU's own backward: grad where out > 0, else 0
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
         return grad, None
 
 
@@ -221,7 +222,7 @@ def check_relu_modules(model: nn.Module, method: str) -> None:
     kinds = {type(m) for m in model.modules()}
     if not any(issubclass(kind, nn.ReLU) for kind in kinds):
         raise _no_relu_error(model, method)
-    others = sorted(k.__name__ for k in kinds if issubclass(k, _OTHER_ACTIVATIONS))
+    others = sorted(k.__name__ for k in kinds if issubclass(k, OTHER_ACTIVATIONS))
     if others:
         warnings.warn(
             f"{method}: only nn.ReLU modules are rectified; the {', '.join(others)} modules of "
@@ -272,6 +273,7 @@ class RectifiedGradient(AttributionMethod):
     """
 
     rule: ClassVar[Rule]
+    requires = ("relu_modules",)
 
     def __init__(self, model: nn.Module):
         check_relu_modules(model, self.name)
@@ -320,6 +322,7 @@ class GuidedGradCAM(AttributionMethod):
     """
 
     name = "guidedgradcam"
+    requires = ("relu_modules", "feature_map")
 
     def __init__(self, model: nn.Module, layer: str | None = None):
         check_relu_modules(model, self.name)

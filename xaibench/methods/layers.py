@@ -1,48 +1,95 @@
-"""Finding and checking the layer a CAM method reads, by tracing the model, never by its name."""
+"""Finding and checking the layers CAM methods read, by tracing the model, never by its name."""
 
 from __future__ import annotations
 
 import difflib
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
 
 from xaibench.errors import ConfigError
 from xaibench.methods.base import saliency_mode
-from xaibench.methods.hooks import record_layers
+from xaibench.methods.hooks import LayerCall, record_layers
 
 _RESAMPLERS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def find_target_layer(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> str:
-    """The default CAM layer: the last module to finish with a (B, C, h, w) output, h, w > 1.
+def trace_layers(
+    model: nn.Module,
+    input_size: tuple[int, int] = (224, 224),
+    watch: AbstractContextManager | None = None,
+) -> list[LayerCall]:
+    """Every run of every named submodule in one eval-mode forward of a zero image, in order.
 
-    Traces one eval-mode forward of a zero image (1, 3, *input_size) with a hook on every submodule.
-    Adaptive pooling layers are skipped: their output size is fixed by the layer, not by the image
-    (VGG's AdaptiveAvgPool2d to 7 x 7 would otherwise be chosen, and upsample small inputs). When an
-    outer module returns its last child's output unchanged (a `Sequential`), the outer one finishes
-    last and is chosen: `layer4` on ResNet, `features` on VGG, DenseNet, EfficientNet and MobileNet
-    (on VGG that is the output of `features.30`). A module that runs several times counts at its
-    last run. Raises ConfigError when no module qualifies.
+    The image is (1, 3, *input_size) on the model's device (the meta device costs nothing).
+    Adaptive pooling layers are left out: their output size is fixed by the layer, not by the
+    image. `watch`, a context manager such as a `TorchFunctionMode`, is entered around the
+    forward, which then runs with autograd on and an image that requires grad, so that the watcher
+    can tell tensors that depend on the image by their `requires_grad`. The model's mode and
+    `requires_grad` flags are restored. What the forward raises propagates.
     """
     reference = next(iter(model.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None else torch.float32
     names = [name for name, m in model.named_modules() if name and not isinstance(m, _RESAMPLERS)]
     dummy = torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
-    with saliency_mode(model), torch.no_grad(), record_layers(model, names) as recording:
+    dummy.requires_grad_(watch is not None)
+    with (
+        saliency_mode(model),
+        torch.set_grad_enabled(watch is not None),
+        record_layers(model, names) as recording,
+        watch or nullcontext(),
+    ):
         model(dummy)
-    spatial = [
-        call.name
-        for call in recording.calls
-        if call.shape is not None and len(call.shape) == 4 and min(call.shape[2:]) > 1
-    ]
+    return recording.calls
+
+
+def feature_maps(
+    calls: list[LayerCall], model_name: str, input_size: tuple[int, int], hint: str
+) -> list[LayerCall]:
+    """The calls (`trace_layers`) whose outputs are feature maps a CAM can read, in order.
+
+    A feature map is a (B, C, h, w) output with h, w > 1. When a token sequence (a 3-D
+    (B, N, C) output) follows the last of them, as in a vision transformer, that map is the patch
+    embedding: the score is not pooled from it but from tokens mixed afterwards, so there is no
+    map to read by default. Raises ConfigError, ending with `hint`, in both cases.
+    """
+    spatial = [i for i, call in enumerate(calls) if _is_feature_map(call.shape)]
+    size = f"{input_size[0]}x{input_size[1]}"
     if not spatial:
         raise ConfigError(
-            f"no layer of {type(model).__name__} outputs a (B, C, h, w) map with h, w > 1 on a "
-            f"{input_size[0]}x{input_size[1]} input; pass the CAM layer explicitly (layer=...)"
+            f"no layer of {model_name} outputs a (B, C, h, w) map with h, w > 1 on a {size} "
+            f"input; {hint}"
         )
-    return spatial[-1]
+    last = calls[spatial[-1]]
+    tokens = next(
+        (c for c in calls[spatial[-1] + 1 :] if c.shape is not None and len(c.shape) == 3), None
+    )
+    if tokens is not None:
+        raise ConfigError(
+            f"{model_name} has no feature map the class score is pooled from: its last "
+            f"(B, C, h, w) output, {last.name!r} {tuple(last.shape)}, becomes a token sequence "
+            f"({tokens.name!r} outputs {tuple(tokens.shape)}) that later layers mix, as in a "
+            f"vision transformer's patch embedding; {hint} to read a layer anyway"
+        )
+    return [calls[i] for i in spatial]
+
+
+def find_target_layer(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> str:
+    """The default CAM layer: the last module to finish with a feature map (`feature_maps`).
+
+    Traces one eval-mode forward of a zero image (`trace_layers`). When an outer module returns
+    its last child's output unchanged (a `Sequential`), the outer one finishes last and is chosen:
+    `layer4` on ResNet, `features` on VGG, DenseNet, EfficientNet and MobileNet (on VGG that is
+    the output of `features.30`). A module that runs several times counts at its last run.
+    Adaptive pooling is never chosen (VGG's AdaptiveAvgPool2d to 7 x 7 would upsample small
+    inputs). Raises ConfigError when no module qualifies, and for vision transformers, whose only
+    (B, C, h, w) map is the patch embedding.
+    """
+    calls = trace_layers(model, input_size)
+    hint = "pass the CAM layer explicitly (--layer NAME, layer=...)"
+    return feature_maps(calls, type(model).__name__, input_size, hint)[-1].name
 
 
 def validate_layer(model: nn.Module, name: str) -> nn.Module:
@@ -53,6 +100,10 @@ def validate_layer(model: nn.Module, name: str) -> nn.Module:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     hint = f"close names: {', '.join(close)}" if close else f"top-level names: {_top_level(model)}"
     raise ConfigError(f"{type(model).__name__} has no layer {name!r}; {hint}")
+
+
+def _is_feature_map(shape: torch.Size | None) -> bool:
+    return shape is not None and len(shape) == 4 and min(shape[2:]) > 1
 
 
 def _top_level(model: nn.Module) -> str:

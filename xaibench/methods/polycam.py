@@ -23,9 +23,9 @@ from torch import nn
 
 from xaibench.batching import apply_in_chunks
 from xaibench.errors import ConfigError
-from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, saliency_mode, top1_targets
+from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import record_layers
-from xaibench.methods.layers import _RESAMPLERS, validate_layer
+from xaibench.methods.layers import feature_maps, trace_layers, validate_layer
 from xaibench.runtime import default_chunk_size
 
 LNORM_FLOOR = 1e-12
@@ -35,36 +35,25 @@ LNORM_FLOOR = 1e-12
 def find_stage_layers(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> list[str]:
     """The output of each resolution stage, earliest first: Poly-CAM's default layers.
 
-    Traces one eval-mode forward of a zero image (1, 3, *input_size) with a hook on every submodule
-    (adaptive pooling layers skipped, as in `find_target_layer`). A module counts at its last run,
-    with its output's spatial size; outputs that are not (B, C, h, w) with h, w > 1 are left out.
+    Traces one eval-mode forward of a zero image (1, 3, *input_size) (`trace_layers`) and keeps
+    the feature maps (`feature_maps`: (B, C, h, w) with h, w > 1, no vision-transformer patch
+    embedding). A module counts at its last run, with its output's spatial size.
     For each spatial size, the chosen module is the last to finish among the shallowest modules
     (fewest dots in the name) with outputs of that size: the stage container where there is one
     (ResNet's `layer1`, not the first convolution of `layer2`, which still runs at that size), the
     last module before the down-sampling in a flat stack (VGG's `features.3` before the pooling
     `features.4`). Raises ConfigError when no module qualifies.
     """
-    reference = next(iter(model.parameters()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
-    dtype = reference.dtype if reference is not None else torch.float32
-    names = [name for name, m in model.named_modules() if name and not isinstance(m, _RESAMPLERS)]
-    dummy = torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
-    with saliency_mode(model), torch.no_grad(), record_layers(model, names) as recording:
-        model(dummy)
-    last_runs = {call.name: (order, call.shape) for order, call in enumerate(recording.calls)}
+    calls = trace_layers(model, input_size)
+    hint = "pass Poly-CAM's layers explicitly (layers=...)"
+    maps = feature_maps(calls, type(model).__name__, input_size, hint)
+    last_runs = {call.name: (order, call.shape) for order, call in enumerate(maps)}
     best: dict[tuple[int, int], tuple[int, int, str]] = {}
     for name, (order, shape) in last_runs.items():
-        if shape is None or len(shape) != 4 or min(shape[2:]) <= 1:
-            continue
         key = (-name.count("."), order)
         size = tuple(shape[2:])
         if size not in best or key > best[size][:2]:
             best[size] = (*key, name)
-    if not best:
-        raise ConfigError(
-            f"no layer of {type(model).__name__} outputs a (B, C, h, w) map with h, w > 1 on a "
-            f"{input_size[0]}x{input_size[1]} input; pass Poly-CAM's layers explicitly (layers=...)"
-        )
     return [name for _, _, name in sorted(best.values(), key=lambda entry: entry[1])]
 
 
@@ -92,6 +81,7 @@ class PolyCAM(SaliencyMethod):
     """
 
     name = "polycam"
+    requires = ("feature_map",)
 
     def __init__(
         self,

@@ -41,23 +41,30 @@ class TGradTerms:
         return self.weights.sum(dim=1)
 
 
-def effective_biases(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Module name -> the bias (C,) it adds to its output, for Conv2d with bias and BatchNorm2d.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+"""Batch-norm layers: in eval mode, with running statistics, a per-channel affine map."""
 
-    An eval-mode BatchNorm2d is the affine map gamma * (x - mean) / sqrt(var + eps) + beta, whose
-    bias is beta - gamma * mean / sqrt(var + eps). Raises ConfigError for a BatchNorm2d without
-    running statistics (it normalises with batch statistics, which mixes images).
+
+def effective_biases(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Module name -> the bias (C,) it adds to channel dim 1 of its output.
+
+    For every Conv2d with a bias and every batch-norm layer (`BATCH_NORMS`, so BatchNorm1d on a
+    (B, C) or (B, C, L) output too). An eval-mode batch-norm is the affine map
+    gamma * (x - mean) / sqrt(var + eps) + beta, whose bias is beta - gamma * mean / sqrt(var + eps).
+    Raises ConfigError for a batch-norm without running statistics (it normalises with batch
+    statistics, which mixes images). `channel_bias(bias, like)` broadcasts a bias to an output.
     """
     biases = {}
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, nn.Conv2d) and module.bias is not None:
                 biases[name] = module.bias.detach()
-            elif isinstance(module, nn.BatchNorm2d):
+            elif isinstance(module, BATCH_NORMS):
                 if module.running_mean is None or module.running_var is None:
                     raise ConfigError(
-                        f"BatchNorm2d {name!r} has no running statistics (track_running_stats="
-                        "False), so it is not a fixed affine map in eval mode; T-Grad needs one"
+                        f"{type(module).__name__} {name!r} has no running statistics "
+                        "(track_running_stats=False), so it is not a fixed affine map in eval "
+                        "mode; T-Grad and FullGrad need one"
                     )
                 scale = torch.rsqrt(module.running_var + module.eps)
                 if module.weight is not None:
@@ -67,6 +74,11 @@ def effective_biases(model: nn.Module) -> dict[str, torch.Tensor]:
     return biases
 
 
+def channel_bias(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """bias (C,) viewed to broadcast over an output `like` (B, C, ...): (C, 1, ..., 1)."""
+    return bias.view(-1, *(1,) * (like.ndim - 2))
+
+
 @METHODS.register(
     "tgrad", help="T-Grad: input and bias terms of the score, weighted by their share"
 )
@@ -74,8 +86,9 @@ class TGrad(SaliencyMethod):
     """T-Grad saliency (B, H, W) at the input resolution, one forward + one backward per batch.
 
     Terms: T_0 = x * dy_c/dx, and T_l = b_l * dy_c/dz_l for each Conv2d with a bias (z_l its output)
-    and each eval-mode BatchNorm2d (b_l its effective bias, z_l its output). Linear biases are left
-    out, as published. Each term becomes a map M_l = sum_c max(T_l, 0) and a weight
+    and each eval-mode batch-norm whose output z_l is a (B, C, h, w) map (b_l its effective bias).
+    Linear biases are left out, as published, and so are batch-norms on (B, C) features
+    (BatchNorm1d in a head): their terms have no spatial extent to map. Each term becomes a map M_l = sum_c max(T_l, 0) and a weight
     w_l = sum(T_l) / y_c; maps are resized to (H, W) bilinearly, divided by their total (+ EPS) and
     summed with weights max(w_l, 0). After each call `last_terms` holds the names, maps and weights,
     and `last_terms.completeness` the per-image sum of the weights.
@@ -85,12 +98,15 @@ class TGrad(SaliencyMethod):
     published one exactly; elsewhere (a BatchNorm before a residual addition, ReLU6, SiLU) the gate
     would drop parts of the decomposition, while without it the terms still add up to the score on
     networks built from linear pieces. What is left out (Linear biases, non-linear activations such
-    as SiLU, ReLU6's clipping) shows as completeness below 1.
+    as SiLU, ReLU6's clipping, constants added inside `forward` such as the input transform of
+    torchvision's pretrained GoogLeNet and Inception v3, which belong to no layer) shows as
+    completeness away from 1; `xaibench.models.support` says per model whether the split is exact.
 
     The weights divide by y_c as published, so a score close to 0 gives large weights.
     """
 
     name = "tgrad"
+    requires = ("bias_terms",)
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -99,7 +115,9 @@ class TGrad(SaliencyMethod):
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         biases = effective_biases(self.model)
 
-        def reduce(call: LayerCall, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def reduce(call: LayerCall, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+            if grad.ndim != 4:
+                return None
             term = grad * biases[call.name][:, None, None]
             total = term.sum(dim=(1, 2, 3))
             return term.clamp_(min=0).sum(dim=1), total
@@ -115,12 +133,13 @@ class TGrad(SaliencyMethod):
         input_term = x.detach() * grad
         maps = [input_term.clamp(min=0).sum(dim=1)]
         totals = [input_term.sum(dim=(1, 2, 3))]
-        for call in rec.calls:
+        spatial = [call for call in rec.calls if call.shape is not None and len(call.shape) == 4]
+        for call in spatial:
             layer_map, total = _zero_term(call, score) if call.reduced is None else call.reduced
             maps.append(layer_map)
             totals.append(total)
         weights = torch.stack(totals, dim=1) / score[:, None]
-        self.last_terms = TGradTerms(["input", *(c.name for c in rec.calls)], maps, weights)
+        self.last_terms = TGradTerms(["input", *(c.name for c in spatial)], maps, weights)
         saliency = combine_terms(maps, weights, tuple(images.shape[2:]))
         return Explanation(saliency.float(), targets, logits.detach())
 

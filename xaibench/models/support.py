@@ -1,0 +1,284 @@
+"""Which saliency methods a model supports, read off its structure (never off its name).
+
+One traced forward of a zero image, on the meta device for a registered name (no weights are
+allocated, so every torchvision model is inspected in a fraction of a second), records:
+
+- the layers' outputs (`trace_layers`): the feature map CAM methods read (`feature_maps`; none for
+  a vision transformer, whose only (B, C, h, w) map is the patch embedding), and which nn.ReLU
+  modules ran (guided backpropagation and DeconvNet rectify those);
+- every torch function applied to a tensor that depends on the image (`PieceTrace`): whether the
+  score splits exactly into an input term and bias terms (T-Grad, FullGrad), that is whether the
+  network is built only from linear pieces (convolution, eval batch-norm, linear, ReLU, max- and
+  average pooling, concatenation, addition, reshaping and channel shuffles), and otherwise which
+  pieces make the split approximate (ReLU6 clipping, SiLU, Hardswish, gating products, LayerNorm,
+  constants added outside a layer's bias) or impossible (attention).
+
+Each method declares what it needs (`SaliencyMethod.requires`); `method_support` checks it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from xaibench.errors import ConfigError, XaibenchError
+from xaibench.methods import METHODS
+from xaibench.methods.gradients import OTHER_ACTIVATIONS
+from xaibench.methods.layers import feature_maps, trace_layers
+from xaibench.methods.tgrad import BATCH_NORMS
+from xaibench.models.factory import MODELS, load_model
+
+Status = Literal["yes", "approximate", "partial", "no"]
+"""yes: as defined; approximate: runs, but the bias decomposition is not exact; partial: runs, but
+only part of the network gets the method's treatment; no: refused or meaningless."""
+
+_RANK: dict[str, int] = {"yes": 0, "partial": 1, "approximate": 1, "no": 2}
+
+LINEAR_PIECES = frozenset(
+    {
+        # bias-carrying layers whose biases the decomposition collects, and piecewise-linear maps
+        "conv2d", "linear", "batch_norm", "relu", "relu_", "threshold",
+        "max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d",
+        "adaptive_max_pool2d", "dropout", "interpolate", "pad",
+        # joining, splitting and rearranging (channel shuffle is a view and a transpose)
+        "cat", "stack", "chunk", "split", "__getitem__", "narrow", "select", "flatten", "view",
+        "reshape", "transpose", "permute", "contiguous", "squeeze", "unsqueeze", "expand",
+        "clone", "channel_shuffle", "roll", "swapaxes", "new_zeros",
+        # sums and sign changes
+        "mean", "sum", "neg", "__neg__",
+    }
+)  # fmt: skip
+"""Torch functions after which the score is still exactly input term + bias terms."""
+
+_SUMS = frozenset({"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__"})
+_SUMS |= {"__isub__", "__rsub__"}
+_PRODUCTS = frozenset({"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_"})
+_PRODUCTS |= {"__truediv__", "__itruediv__", "matmul", "__matmul__", "bmm", "einsum"}
+_BOOKKEEPING = frozenset({"size", "dim", "__get__", "_assert", "numel", "is_floating_point"})
+_ATTENTION = frozenset(
+    {"softmax", "_softmax", "multi_head_attention_forward", "scaled_dot_product_attention"}
+)
+_PIECE_NAMES = {
+    "hardtanh": "ReLU6 clipping",
+    "relu6": "ReLU6 clipping",
+    "silu": "SiLU",
+    "hardswish": "Hardswish",
+    "sigmoid": "sigmoid",
+    "hardsigmoid": "hard sigmoid",
+    "gelu": "GELU",
+    "tanh": "tanh",
+    "layer_norm": "LayerNorm",
+    "group_norm": "GroupNorm",
+    "normalize": "L2 normalisation",
+}
+
+
+class PieceTrace(TorchFunctionMode):
+    """Records the pieces of a forward that break the input-plus-biases split of the score.
+
+    Only calls with an argument that requires grad count (the traced image requires grad, the
+    parameters do not, see `trace_layers`). `pieces`: readable name -> number of calls;
+    `attention`: whether softmax attention ran; `relus`: calls of F.relu (nn.ReLU's included).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pieces: dict[str, int] = {}
+        self.attention = False
+        self.relus = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        operands = tree_leaves(args)
+        dependent = sum(_depends(a) for a in [*operands, *tree_leaves(kwargs)])
+        if dependent:
+            self._classify(getattr(func, "__name__", str(func)), dependent, operands)
+        return func(*args, **kwargs)
+
+    def _classify(self, name: str, dependent: int, operands: list[Any]) -> None:
+        self.relus += name in ("relu", "relu_")
+        if name in LINEAR_PIECES or name in _BOOKKEEPING:
+            return
+        if name in _SUMS:
+            if any(_is_constant(a) for a in operands):
+                self._add("a constant added outside any layer's bias")
+        elif name in _PRODUCTS:
+            if dependent > 1:
+                self._add("a product of two activations (gating, e.g. squeeze-and-excitation)")
+        elif name in _ATTENTION:
+            self.attention = True
+            self._add("attention")
+        else:
+            self._add(_PIECE_NAMES.get(name, name))
+
+    def _add(self, piece: str) -> None:
+        self.pieces[piece] = self.pieces.get(piece, 0) + 1
+
+
+def _depends(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.requires_grad
+
+
+def _is_constant(value: Any) -> bool:
+    """A number other than 0, or a tensor that does not depend on the image."""
+    if isinstance(value, torch.Tensor):
+        return not value.requires_grad
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One structural requirement: its status and why (empty when it is simply met)."""
+
+    status: Status
+    reason: str = ""
+
+
+@dataclass
+class ModelSupport:
+    """What a model offers the saliency methods, at `input_size` (H, W).
+
+    findings: requirement ("feature_map", "bias_terms", "relu_modules") -> Finding;
+    cam_layer: the default CAM layer, or None; pieces: the pieces that break the bias split.
+    """
+
+    input_size: tuple[int, int]
+    findings: dict[str, Finding]
+    cam_layer: str | None = None
+    pieces: dict[str, int] = field(default_factory=dict)
+
+    def method(self, name: str) -> Finding:
+        """The support of the registered method `name`: its worst requirement, reasons joined."""
+        needs = [self.findings[key] for key in METHODS.get(name).requires]
+        if not needs:
+            return Finding("yes")
+        worst = max(needs, key=lambda f: _RANK[f.status]).status
+        reasons = "; ".join(f.reason for f in needs if f.status != "yes")
+        return Finding(worst, reasons)
+
+    def methods(self) -> dict[str, Finding]:
+        """Every registered method -> its Finding."""
+        return {name: self.method(name) for name in METHODS.names()}
+
+
+def inspect_model(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> ModelSupport:
+    """The support of an instantiated model (any device, meta included) at input (H, W).
+
+    When the traced forward fails at this size, every requirement is "no" with the error.
+    """
+    name = type(model).__name__
+    trace = PieceTrace()
+    try:
+        calls = trace_layers(model, input_size, watch=trace)
+    except (RuntimeError, AssertionError, ValueError, TypeError, XaibenchError) as error:
+        h, w = input_size
+        failed = Finding("no", f"{name} fails on a {h}x{w} input ({type(error).__name__}: {error})")
+        keys = ("feature_map", "bias_terms", "relu_modules")
+        return ModelSupport(input_size, dict.fromkeys(keys, failed))
+    findings = {
+        "bias_terms": _bias_terms(model, trace),
+        "relu_modules": _relu_modules(model, {call.name for call in calls}, trace.relus > 0),
+    }
+    cam_layer = None
+    try:
+        cam_layer = feature_maps(calls, name, input_size, "pass --layer NAME")[-1].name
+        findings["feature_map"] = Finding("yes", f"default layer {cam_layer!r}")
+    except ConfigError as error:
+        findings["feature_map"] = Finding("no", str(error))
+    return ModelSupport(input_size, findings, cam_layer, dict(trace.pieces))
+
+
+def _bias_terms(model: nn.Module, trace: PieceTrace) -> Finding:
+    stats_free = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, BATCH_NORMS) and (m.running_mean is None or m.running_var is None)
+    ]
+    if stats_free:
+        return Finding("no", f"batch-norm {stats_free[0]!r} has no running statistics")
+    if trace.attention:
+        return Finding(
+            "no",
+            "attention: the score depends on products of activations inside a softmax, so it "
+            "has no split into input and bias terms",
+        )
+    if trace.pieces:
+        listed = ", ".join(trace.pieces)
+        return Finding("approximate", f"the terms do not add up to the score exactly: {listed}")
+    return Finding("yes", "built from linear pieces: input and bias terms add up to the score")
+
+
+def _relu_modules(model: nn.Module, ran: set[str], functional_relus: bool) -> Finding:
+    relus = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, OTHER_ACTIVATIONS)})
+    if not any(n in ran for n in relus):
+        why = "has no nn.ReLU module" if not relus else "never runs its nn.ReLU modules"
+        how = ["it applies F.relu"] if functional_relus else []
+        how += [f"its activation modules: {', '.join(others)}"] if others else []
+        detail = f" ({'; '.join(how)})" if how else ""
+        return Finding("no", f"{type(model).__name__} {why} to rectify{detail}")
+    if others:
+        return Finding("partial", f"only nn.ReLU is rectified, not {', '.join(others)}")
+    return Finding("yes")
+
+
+def support_by_name(name: str, weights: str = "none") -> ModelSupport:
+    """The support of a registered model at its input size.
+
+    weights "none" inspects the architecture on the meta device (`skeleton`); any other choice
+    loads the model as `load_model` does (its structure can depend on the weights: torchvision's
+    GoogLeNet and Inception v3 transform their input when pretrained weights are loaded).
+    """
+    spec = MODELS.get(name)
+    model = skeleton(name) if weights == "none" else load_model(name, weights).model
+    return inspect_model(model, spec.input_size)
+
+
+def skeleton(name: str) -> nn.Module:
+    """The registered model `name` with random weights on the meta device (shapes only).
+
+    Built under `torch.device("meta")`; architectures whose constructor computes with tensors
+    (RegNet's widths) fail there and are built with their parameters and buffers moved to the
+    meta device as they are registered instead (`_meta_parameters`).
+    """
+    build = MODELS.get(name).build
+    with warnings.catch_warnings():  # torchvision's notes on GoogLeNet's future initialisation
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            with torch.device("meta"):
+                return build("none")[0]
+        except (NotImplementedError, RuntimeError):
+            with _meta_parameters():
+                return build("none")[0]
+
+
+@contextmanager
+def _meta_parameters() -> Iterator[None]:
+    """Every parameter and buffer registered in the block is moved to the meta device."""
+    register_parameter = nn.Module.register_parameter
+    register_buffer = nn.Module.register_buffer
+
+    def parameter_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(module, name, param)
+
+    def buffer_on_meta(module: nn.Module, name: str, tensor: Any, persistent: bool = True) -> None:
+        tensor = tensor.to("meta") if isinstance(tensor, torch.Tensor) else tensor
+        register_buffer(module, name, tensor, persistent)
+
+    nn.Module.register_parameter = parameter_on_meta
+    nn.Module.register_buffer = buffer_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register_parameter
+        nn.Module.register_buffer = register_buffer
