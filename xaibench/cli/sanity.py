@@ -66,6 +66,7 @@ def sanity_command(
     methods: list[str],
     data_dir: Path,
     labels_file: Path | None,
+    subset_file: Path | None,
     limit: int | None,
     workers: int,
     out_dir: Path | None,
@@ -93,7 +94,9 @@ def sanity_command(
     chosen = resolve_device(device, cuda)
     loaded = load_model(model, weights)
     preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
-    dataset = ImageFolderDataset(data_dir, preprocess, labels_file=labels_file, limit=limit)
+    dataset = ImageFolderDataset(
+        data_dir, preprocess, labels_file=labels_file, subset_file=subset_file, limit=limit
+    )
     destination = out_dir or model_dir(Path("runs"), loaded.name) / "sanity"
     settings = method_params(methods, params)
     for name in methods:
