@@ -40,3 +40,7 @@ class UnknownNameError(ConfigError):
             f"unknown {kind} {name!r}.{hint} Run `xaibench list {kind}s` to see all {len(known)}."
         )
         self.kind, self.name, self.close = kind, name, close
+
+
+class OutOfMemory(XaibenchError):
+    """Even a chunk of one item does not fit in the device's memory."""

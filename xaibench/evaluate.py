@@ -6,6 +6,7 @@ Results are checkpointed next to the outputs while the run goes (atomically, at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from xaibench.batching import ChunkSize
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.errors import StoreError
 from xaibench.metrics import (
@@ -31,7 +33,8 @@ from xaibench.metrics import (
     summarise,
 )
 from xaibench.models.factory import LoadedModel
-from xaibench.runtime import prepare_model
+from xaibench.precision import check_precision, forward_settings
+from xaibench.runtime import default_chunk_size, prepare_model
 from xaibench.store import open_store
 from xaibench.store.base import SaliencyStore
 
@@ -99,6 +102,8 @@ def evaluate_store(
     allow_incomplete: bool = False,
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
+    precision: str = "fp32",
+    compile: bool = False,
     progress: bool = True,
 ) -> Evaluation:
     """Evaluate the done rows of the store at `store_path` (the first `limit` of them if given)
@@ -106,7 +111,12 @@ def evaluate_store(
 
     With `checkpoint`, results so far are saved there every `checkpoint_seconds` and when the run is
     interrupted, and a later call with the same store, protocol and metrics resumes from them.
+    The forward runs at `precision`, compiled with `compile` (xaibench/precision.py); perturbed
+    images go through it in chunks of `chunk_size`, halved on CUDA out-of-memory. Both are recorded
+    in the summary.
     """
+    check_precision(precision, device)
+    chunk = ChunkSize(chunk_size or default_chunk_size(device), "chunk_size")
     metric_objects = [METRICS.get(name) for name in metrics]
     with open_store(store_path) as store:
         dataset_rows = check_store_matches(store, loaded, dataset)
@@ -120,7 +130,8 @@ def evaluate_store(
             raise StoreError(f"{store.path} has no finished row with a map to evaluate")
         model = prepare_model(loaded.model, device).eval()
         score_fn = score_function(model, protocol.score)
-        state = _Results.resume(checkpoint, _run_key(store, protocol, metrics), len(store))
+        key = _run_key(store, protocol, metrics, precision)
+        state = _Results.resume(checkpoint, key, len(store))
         todo = rows[~state.done[rows]]
         bar = tqdm(
             total=len(rows),
@@ -132,7 +143,9 @@ def evaluate_store(
         last_save = time.monotonic()
         loader = make_loader(dataset, batch_size, workers, dataset_rows[todo], device=device)
         store_row_of = dict(zip(dataset_rows.tolist(), range(len(dataset_rows)), strict=True))
+        restore = contextlib.ExitStack()
         try:
+            restore.enter_context(forward_settings(model, device, precision, compile))
             for images, indices in loader:
                 batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
                 images = images.to(device, non_blocking=True).contiguous(
@@ -147,7 +160,7 @@ def evaluate_store(
                     clean_scores=score_fn(images, targets),
                     score_fn=score_fn,
                     protocol=protocol,
-                    chunk_size=chunk_size,
+                    chunk_size=chunk,
                 )
                 state.add(
                     batch_rows, ctx.clean_scores, [m.score_batch(ctx) for m in metric_objects]
@@ -160,12 +173,16 @@ def evaluate_store(
             if checkpoint:
                 state.save(checkpoint)
             raise
+        finally:
+            restore.close()
         bar.close()
         per_image = state.table(store, rows, protocol)
         curves = {name: values[rows] for name, values in state.curves.items()}
     value_columns = [c for c in state.values if c in METRICS]
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
+    summary["precision"] = precision
+    summary["chunk_size"] = chunk.value
     return Evaluation(
         per_image, curves, summary, protocol, f"{Path(store_path).stem}-{protocol.name}"
     )
@@ -202,9 +219,16 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _run_key(store: SaliencyStore, protocol: Protocol, metrics: Sequence[str]) -> str:
+def _run_key(
+    store: SaliencyStore, protocol: Protocol, metrics: Sequence[str], precision: str
+) -> str:
     return json.dumps(
-        {"store": store.meta.to_dict(), "protocol": protocol.to_dict(), "metrics": list(metrics)},
+        {
+            "store": store.meta.to_dict(),
+            "protocol": protocol.to_dict(),
+            "metrics": list(metrics),
+            "precision": precision,
+        },
         sort_keys=True,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,15 +12,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from xaibench.batching import ChunkSize, run_in_chunks
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.errors import ConfigError
 from xaibench.methods import METHODS
-from xaibench.methods.base import SaliencyMethod
+from xaibench.methods.base import Explanation, SaliencyMethod
 from xaibench.methods.cam import CAMMethod, explain_together
 from xaibench.models.factory import LoadedModel
+from xaibench.precision import check_precision, forward_settings
 from xaibench.runtime import prepare_model
 from xaibench.store import create_or_resume
 from xaibench.store.meta import TARGETS, StoreMeta
+from xaibench.store.writer import DEFAULT_DEPTH, BackgroundWriter
 
 STORE_FORMATS = ("h5", "npz")
 
@@ -33,6 +37,7 @@ class MethodRun:
     store: object
     pending: set[int]
     map_shape: tuple[int, ...] | None = None
+    batch_size: ChunkSize | None = None
 
 
 @dataclass
@@ -43,6 +48,8 @@ class GenerateSummary:
     seconds: float
     stores: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    """Method -> the batch size it ran at, when CUDA out-of-memory made it lower than asked for."""
 
     @property
     def images_per_second(self) -> float:
@@ -68,6 +75,9 @@ def generate(
     store_format: str = "h5",
     workers: int = 0,
     method_params: dict[str, dict] | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    write_queue: int = DEFAULT_DEPTH,
     progress: bool = True,
 ) -> GenerateSummary:
     """Explain every image of `dataset` with each method; resume stores that exist.
@@ -75,6 +85,9 @@ def generate(
     Images are read once per batch and shared by all methods; each method writes its own store.
     Images that cannot be decoded (with the dataset's `skip_bad`) are recorded as done rows with a
     NaN map, target -1 and a NaN score, so the store completes and evaluation leaves them out.
+    The forward runs at `precision`, compiled with `compile` (xaibench/precision.py); stores are
+    written by a background thread with up to `write_queue` batches queued (0: in this thread). A
+    method that runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
     """
     if len(set(methods)) != len(methods):
         raise ConfigError(f"--saliency names a method twice: {', '.join(methods)}")
@@ -88,6 +101,7 @@ def generate(
             f"--target label needs a label for every image, but {first} has none; "
             "give a labels file or use --target predicted"
         )
+    check_precision(precision, device)
     model = prepare_model(loaded.model, device)
     params = method_params or {}
     runs = []
@@ -101,17 +115,26 @@ def generate(
             method_params=method.params,
             target=target,
             preprocess=dataset.preprocess.to_dict(),
+            precision=precision,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         store = create_or_resume(path, meta, dataset.ids, dataset.labels)
-        runs.append(MethodRun(method, path, store, set(store.pending_indices().tolist())))
+        pending = set(store.pending_indices().tolist())
+        store = BackgroundWriter(store, write_queue) if write_queue else store
+        runs.append(MethodRun(method, path, store, pending))
 
     todo = sorted(set().union(*(r.pending for r in runs)))
     groups = shared_pass_groups(runs)
+    for group in groups:
+        size = ChunkSize(batch_size, "batch_size")
+        for run in group:
+            run.batch_size = size
     labels = torch.as_tensor(dataset.labels)
     started = time.perf_counter()
     explained = 0
+    restore = contextlib.ExitStack()
     try:
+        restore.enter_context(forward_settings(model, device, precision, compile))
         loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
         bar = tqdm(total=len(todo), unit="img", desc=loaded.name, disable=not progress)
         for images, indices in loader:
@@ -134,8 +157,7 @@ def generate(
                     logits = explanation.logits
                     if logits is None:
                         if clean_logits is None:
-                            with torch.inference_mode():
-                                clean_logits = model(images)
+                            clean_logits = _clean_logits(model, images, group[0].batch_size)
                         logits = clean_logits[selected.to(device)]
                     scores = logits.float().softmax(1).gather(1, explanation.targets[:, None])[:, 0]
                     mine = np.array([int(i) in run.pending for i in batch_indices])
@@ -155,12 +177,14 @@ def generate(
         for run in runs:
             _record_skipped(run, sorted(run.pending & set(dataset.bad)))
     finally:
+        restore.close()
         _close_all(runs)
     return GenerateSummary(
         images=explained,
         seconds=time.perf_counter() - started,
         stores=[r.store_path for r in runs],
         skipped=dataset.bad_ids,
+        batch_sizes={r.method.name: r.batch_size.value for r in runs if r.batch_size.reduced},
     )
 
 
@@ -215,7 +239,21 @@ def shared_pass_groups(runs: list[MethodRun]) -> list[list[MethodRun]]:
     return groups
 
 
-def _explain(group: list[MethodRun], images: torch.Tensor, targets: torch.Tensor | None):
-    if len(group) == 1:
-        return [group[0].method(images, targets)]
-    return explain_together([run.method for run in group], images, targets)
+def _explain(
+    group: list[MethodRun], images: torch.Tensor, targets: torch.Tensor | None
+) -> list[Explanation]:
+    """One explanation per run of the group, in sub-batches that fit the device (`run_in_chunks`)."""
+
+    def explain(part: slice) -> list[Explanation]:
+        chosen = None if targets is None else targets[part]
+        if len(group) == 1:
+            return [group[0].method(images[part], chosen)]
+        return explain_together([run.method for run in group], images[part], chosen)
+
+    parts = run_in_chunks(explain, len(images), group[0].batch_size)
+    return [Explanation.concat(list(runs)) for runs in zip(*parts, strict=True)]
+
+
+@torch.inference_mode()
+def _clean_logits(model: torch.nn.Module, images: torch.Tensor, size: ChunkSize) -> torch.Tensor:
+    return torch.cat(run_in_chunks(lambda part: model(images[part]), len(images), size))

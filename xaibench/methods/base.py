@@ -28,6 +28,18 @@ class Explanation:
     targets: torch.Tensor
     logits: torch.Tensor | None = None
 
+    @classmethod
+    def concat(cls, parts: list[Explanation]) -> Explanation:
+        """The explanations of consecutive sub-batches as one; logits only if every part has them."""
+        if len(parts) == 1:
+            return parts[0]
+        logits = [p.logits for p in parts]
+        return cls(
+            torch.cat([p.maps for p in parts]),
+            torch.cat([p.targets for p in parts]),
+            None if any(x is None for x in logits) else torch.cat(logits),
+        )
+
 
 class SaliencyMethod(ABC):
     """Base class: subclasses implement `explain`; `__call__` restores the model afterwards.

@@ -35,6 +35,7 @@ from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_tar
 from xaibench.methods.cam import GradCAM
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
+from xaibench.precision import full_precision
 
 Rule = Literal["plain", "guided", "deconvnet"]
 _OTHER_ACTIVATIONS = (
@@ -348,6 +349,6 @@ class GuidedGradCAM(AttributionMethod):
             (layer_grads,) = torch.autograd.grad(score, inputs=[call.edge], retain_graph=True)
             switch.rule = "guided"
             (guided,) = torch.autograd.grad(score, leaf)
-        cam = self.gradcam.cam(call.activation, layer_grads)
+        cam = self.gradcam.cam(call.activation, full_precision(layer_grads))
         cam = F.interpolate(cam[:, None], size=images.shape[2:], mode="bilinear")
         return Attribution(guided * cam, targets, logits.detach())
