@@ -27,3 +27,17 @@ def tiny_cnn() -> nn.Module:
             if isinstance(module, nn.Conv2d):
                 module.bias.uniform_(-0.1, 0.1)
     return model.eval()
+
+
+class FitsOnly(nn.Module):
+    """`net`, but a forward of more than `limit` images raises torch.OutOfMemoryError, as a
+    device whose memory holds only `limit` images would."""
+
+    def __init__(self, net: nn.Module, limit: int):
+        super().__init__()
+        self.net, self.limit = net, limit
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"cannot fit {images.shape[0]} images (simulated)")
+        return self.net(images)

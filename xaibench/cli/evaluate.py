@@ -14,6 +14,7 @@ from xaibench.cli.options import (
     device_options,
     model_option,
     protocol_option,
+    speed_options,
     weights_option,
 )
 from xaibench.data.dataset import ImageFolderDataset
@@ -54,6 +55,7 @@ DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
 )
 @device_options
 @batch_size_option
+@speed_options
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
@@ -87,6 +89,8 @@ def evaluate_command(
     cuda: bool,
     device: str | None,
     batch_size: int | None,
+    precision: str,
+    compile_model: bool,
     chunk_size: int | None,
     out_dir: Path | None,
     allow_incomplete: bool,
@@ -132,6 +136,8 @@ def evaluate_command(
             limit=limit,
             allow_incomplete=allow_incomplete,
             checkpoint=checkpoint,
+            precision=precision,
+            compile=compile_model,
             progress=not quiet,
         )
         paths = write_evaluation(evaluation, destination)

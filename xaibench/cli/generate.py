@@ -15,6 +15,7 @@ from xaibench.cli.options import (
     device_options,
     model_option,
     protocol_option,
+    speed_options,
     weights_option,
 )
 from xaibench.data.dataset import ImageFolderDataset
@@ -46,6 +47,7 @@ from xaibench.runtime import default_batch_size, resolve_device
 )
 @device_options
 @batch_size_option
+@speed_options
 @click.option(
     "--target",
     type=click.Choice(TARGETS),
@@ -95,6 +97,8 @@ def generate_command(
     cuda: bool,
     device: str | None,
     batch_size: int | None,
+    precision: str,
+    compile_model: bool,
     target: str,
     store_format: str,
     layer: str | None,
@@ -128,6 +132,8 @@ def generate_command(
         store_format=store_format,
         workers=workers,
         method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
+        precision=precision,
+        compile=compile_model,
         progress=not quiet,
     )
     for skipped in summary.skipped:
@@ -138,6 +144,8 @@ def generate_command(
             "which evaluate leaves out",
             err=True,
         )
+    for name, size in summary.batch_sizes.items():
+        click.echo(f"{name}: out of device memory, ran at batch size {size}", err=True)
     stores = ", ".join(str(p) for p in summary.stores)
     if summary.images == 0 and not summary.skipped:
         click.echo(f"nothing to do: every image is already in {stores}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from xaibench.models.preprocess import PROTOCOL_NAMES
+from xaibench.precision import PRECISIONS
 
 
 def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
@@ -79,4 +80,21 @@ protocol_option = click.option(
     default="polycam",
     show_default=True,
     help="Preprocessing and metric protocol (see docs: substrates, steps, AUC rule).",
+)
+speed_options = _compose(
+    click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="fp32",
+        show_default=True,
+        help="Forward precision: fp32; tf32 (TF32 matmuls and convolutions on CUDA, same as fp32 "
+        "on CPU); bf16 or fp16 autocast (fp16 needs CUDA). Recorded with the results.",
+    ),
+    click.option(
+        "--compile",
+        "compile_model",
+        is_flag=True,
+        help="torch.compile the model's forward (needs a C++ compiler on CPU). Calls made while a "
+        "method has hooks on the model (T-Grad, CAMs, FullGrad, guided backprop) run eagerly.",
+    ),
 )
