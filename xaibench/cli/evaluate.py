@@ -22,7 +22,7 @@ from xaibench.evaluate import evaluate_store, write_evaluation
 from xaibench.metrics import METRICS, get_protocol, summary_markdown
 from xaibench.metrics.stats import summary_wide
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.runtime import default_batch_size, resolve_device
+from xaibench.runtime import default_batch_size, default_workers, resolve_device
 
 DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
 
@@ -82,7 +82,7 @@ def evaluate_command(
     data_dir: Path,
     labels_file: Path | None,
     limit: int | None,
-    workers: int,
+    workers: int | None,
     protocol: str,
     metrics: list[str],
     step: int | None,
@@ -132,7 +132,7 @@ def evaluate_command(
             device=chosen,
             batch_size=batch_size or default_batch_size(chosen),
             chunk_size=chunk_size,
-            workers=workers,
+            workers=default_workers(chosen) if workers is None else workers,
             limit=limit,
             allow_incomplete=allow_incomplete,
             checkpoint=checkpoint,

@@ -23,7 +23,7 @@ from xaibench.errors import ConfigError
 from xaibench.generate import STORE_FORMATS, TARGETS, generate
 from xaibench.methods import METHODS
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.runtime import default_batch_size, resolve_device
+from xaibench.runtime import default_batch_size, default_workers, resolve_device
 
 
 @click.command("generate")
@@ -92,7 +92,7 @@ def generate_command(
     data_dir: Path,
     labels_file: Path | None,
     limit: int | None,
-    workers: int,
+    workers: int | None,
     out_dir: Path,
     cuda: bool,
     device: str | None,
@@ -130,7 +130,7 @@ def generate_command(
         batch_size=batch_size or default_batch_size(chosen),
         target=target,
         store_format=store_format,
-        workers=workers,
+        workers=default_workers(chosen) if workers is None else workers,
         method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
         precision=precision,
         compile=compile_model,
