@@ -137,3 +137,25 @@ def test_has_hooks_sees_the_hooks_methods_register():
     model(images(1))
     handle.remove()
     assert seen == [True] and not has_hooks(model)
+
+
+def test_compile_is_refused_for_methods_that_swap_modules(image_folder, tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            "--model",
+            "tiny_models:tiny_cnn",
+            "--weights",
+            "none",
+            "--data",
+            image_folder,
+            "--saliency",
+            "gradcam,guidedbackprop",
+            "--out",
+            tmp_path,
+            "--compile",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "--compile cannot run guidedbackprop: they swap modules" in str(result.exception)

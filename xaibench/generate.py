@@ -91,6 +91,12 @@ def generate(
     """
     if len(set(methods)) != len(methods):
         raise ConfigError(f"--saliency names a method twice: {', '.join(methods)}")
+    refused = [name for name in methods if compile and not METHODS.get(name).compilable]
+    if refused:
+        raise ConfigError(
+            f"--compile cannot run {', '.join(refused)}: they swap modules of the model during each "
+            "call, so the compiled forward would recompile on every batch; leave out --compile"
+        )
     if target not in TARGETS:
         raise ConfigError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
     if store_format not in STORE_FORMATS:

@@ -19,7 +19,9 @@ the activations and gradients they read from hooks to float32 before using them.
 (`record_layers`: T-Grad, the gradient CAMs, FullGrad, guided backprop, Poly-CAM) would make the
 compiled graph recompile for every batch, so while a module of the model carries a hook the
 forward runs eagerly instead; forward-only work (the metrics' forwards, RISE, Score-CAM's masked
-forwards) and hook-free gradient methods run compiled.
+forwards) and hook-free gradient methods run compiled. Methods that swap the model's modules or a
+submodule's forward during a call (guided backprop, DeconvNet, Guided Grad-CAM, Ablation-CAM:
+`SaliencyMethod.compilable` is False) are refused with `--compile` by `generate`.
 """
 
 from __future__ import annotations

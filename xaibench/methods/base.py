@@ -52,6 +52,9 @@ class SaliencyMethod(ABC):
     needs_model: ClassVar[bool] = True
     uses_target: ClassVar[bool] = True
     """False for methods whose map does not depend on the class explained (baselines, Eigen-CAM)."""
+    compilable: ClassVar[bool] = True
+    """False for methods that swap the model's modules or forwards during a call, which would make a
+    compiled forward (`--compile`) recompile on every batch."""
 
     def __init__(self, model: nn.Module, **params: Any):
         self.model = model

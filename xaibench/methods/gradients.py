@@ -272,6 +272,8 @@ class RectifiedGradient(AttributionMethod):
     Map: max over channels of |attribution| (B, H, W), the reduction of the vanilla gradient.
     """
 
+    compilable = False
+
     rule: ClassVar[Rule]
 
     def __init__(self, model: nn.Module):
@@ -319,6 +321,8 @@ class GuidedGradCAM(AttributionMethod):
     max over channels of |attribution| (B, H, W). `layer` as for Grad-CAM (None: the traced
     default).
     """
+
+    compilable = False
 
     name = "guidedgradcam"
 
