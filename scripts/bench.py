@@ -92,7 +92,7 @@ def alternate(steps: dict[str, Step], repeats: int, device: torch.device) -> dic
 def rate(count: float, times: list[float]) -> str:
     """`count / t` as median [min-max] over the repeats."""
     rates = sorted(count / t for t in times)
-    return f"{statistics.median(rates):8.2f} [{rates[0]:.2f}-{rates[-1]:.2f}]"
+    return f"{statistics.median(rates):8.3g} [{rates[0]:.3g}-{rates[-1]:.3g}]"
 
 
 def ratio(reference: list[float], candidate: list[float]) -> str:
