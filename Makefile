@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check xaibench tests scripts
 
 bench: $(STAMP)
-	$(BIN)/python scripts/bench_generate.py
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf $(VENV) demo-runs .pytest_cache

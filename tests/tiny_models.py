@@ -43,3 +43,17 @@ def tiny_cnn_dropout() -> nn.Module:
     """`tiny_cnn` with nn.Dropout(0.5) before its linear head (for MC dropout)."""
     *features, head = tiny_cnn()
     return nn.Sequential(*features, nn.Dropout(0.5), head).eval()
+
+
+class FitsOnly(nn.Module):
+    """`net`, but a forward of more than `limit` images raises torch.OutOfMemoryError, as a
+    device whose memory holds only `limit` images would."""
+
+    def __init__(self, net: nn.Module, limit: int):
+        super().__init__()
+        self.net, self.limit = net, limit
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"cannot fit {images.shape[0]} images (simulated)")
+        return self.net(images)

@@ -1,20 +1,84 @@
 """Run a function over chunks of a leading dimension, so memory is bounded by the chunk size.
 
-The one batching helper behind every expansion: (image x step) pairs of the causal metrics, and the
-channels, masks and samples of perturbation and sampling methods.
+The one batching helper behind every expansion: (image x step) pairs of the causal metrics, the
+channels, masks and samples of perturbation and sampling methods, and generate's method calls. On
+CUDA out-of-memory the chunk is halved and the failed chunk run again (`ChunkSize`); the chunks
+already finished are kept.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
-from xaibench.errors import ConfigError
+from xaibench.errors import ConfigError, OutOfMemory
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ChunkSize:
+    """A chunk size that halves on `torch.OutOfMemoryError` and keeps the smaller value after.
+
+    Share one instance across the batches of a run, so that a size found too large is not tried
+    again on every batch. `value` is the size in use; `reduced` tells whether it was ever halved.
+    """
+
+    def __init__(self, value: int, name: str = "chunk_size"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.value, self.requested, self.name = value, value, name
+
+    @property
+    def reduced(self) -> bool:
+        return self.value < self.requested
+
+    def halve(self, error: BaseException) -> None:
+        """Halve the size after `error`; OutOfMemory when it is already 1."""
+        if self.value == 1:
+            raise OutOfMemory(
+                f"out of device memory with a {self.name} of 1 ({error}); free the device, use "
+                "--precision bf16, a smaller model or input size, or run on another device"
+            ) from error
+        self.value //= 2
+        log.warning("out of device memory: %s lowered to %d", self.name, self.value)
+
+    def __repr__(self) -> str:
+        return f"ChunkSize({self.value}, requested={self.requested})"
+
+
+def as_chunk_size(chunk_size: int | ChunkSize) -> ChunkSize:
+    return chunk_size if isinstance(chunk_size, ChunkSize) else ChunkSize(chunk_size)
+
+
+def run_in_chunks(fn: Callable[[slice], T], n: int, size: ChunkSize) -> list[T]:
+    """[fn(slice(start, stop)) for consecutive slices covering range(max(n, 1))].
+
+    Slices are `size.value` long (the last may be shorter); a slice whose call raises
+    `torch.OutOfMemoryError` is run again at half the size, from the same start.
+    """
+    parts, start = [], 0
+    while start < max(n, 1):
+        stop = min(start + size.value, n) if n else 0
+        try:
+            parts.append(fn(slice(start, stop)))
+        except torch.OutOfMemoryError as error:
+            failure = error
+        else:
+            start = max(stop, 1)
+            continue
+        size.halve(failure)
+        del failure
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return parts
 
 
 def apply_in_chunks(
-    fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, chunk_size: int
+    fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, chunk_size: int | ChunkSize
 ) -> torch.Tensor:
     """Concatenate `fn(*[t[i : i + chunk_size] for t in tensors])` over i along dim 0.
 
@@ -22,15 +86,11 @@ def apply_in_chunks(
     the result is (N, ...) and does not depend on `chunk_size`. With N = 0, `fn` is called once on
     the empty tensors so the result keeps `fn`'s trailing shape.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    size = as_chunk_size(chunk_size)
     if not tensors:
         raise ValueError("apply_in_chunks needs at least one tensor to split")
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):
         raise ValueError(f"leading lengths differ: {[t.shape[0] for t in tensors]}")
-    parts = [
-        fn(*(t[start : start + chunk_size] for t in tensors))
-        for start in range(0, max(n, 1), chunk_size)
-    ]
+    parts = run_in_chunks(lambda part: fn(*(t[part] for t in tensors)), n, size)
     return torch.cat(parts) if len(parts) > 1 else parts[0]

@@ -44,3 +44,7 @@ class UnknownNameError(ConfigError):
 
 class ResultsError(XaibenchError):
     """Evaluation outputs (per-image tables, curves) that cannot be read or compared as asked."""
+
+
+class OutOfMemory(XaibenchError):
+    """Even a chunk of one item does not fit in the device's memory."""

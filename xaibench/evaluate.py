@@ -6,6 +6,7 @@ Results are checkpointed next to the outputs while the run goes (atomically, at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ import torch
 
 from xaibench import dist
 from xaibench.atomic import write_atomic as _atomic
+from xaibench.batching import ChunkSize
 from xaibench.data.boxes import BoxFolder
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.errors import ConfigError, StoreError
@@ -32,7 +34,8 @@ from xaibench.metrics import (
     summarise,
 )
 from xaibench.models.factory import LoadedModel
-from xaibench.runtime import prepare_model
+from xaibench.precision import check_precision, forward_settings
+from xaibench.runtime import default_chunk_size, prepare_model
 from xaibench.store import open_store
 from xaibench.store.base import SaliencyStore
 from xaibench.uncertainty import MC_COLUMNS, MCDropout
@@ -101,6 +104,8 @@ def evaluate_store(
     allow_incomplete: bool = False,
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
+    precision: str = "fp32",
+    compile: bool = False,
     progress: bool = True,
     world: dist.World | None = None,
     mc_dropout: int = 0,
@@ -121,8 +126,14 @@ def evaluate_store(
 
     `boxes`: a folder of bounding-box XML files (`xaibench.data.boxes`), which the localisation
     metrics need. The store's generation time per image goes into the column seconds_per_image.
+
+    The forward runs at `precision`, compiled with `compile` (xaibench/precision.py); perturbed
+    images go through it in chunks of `chunk_size`, halved on CUDA out-of-memory. Both are recorded
+    in the summary.
     """
     world = world or dist.World(device=device)
+    check_precision(precision, device)
+    chunk = ChunkSize(chunk_size or default_chunk_size(device), "chunk_size")
     metric_objects = [METRICS.get(name) for name in metrics]
     box_folder = BoxFolder(boxes, dataset) if boxes is not None else None
     needing = [m.name for m in metric_objects if m.needs_boxes]
@@ -145,7 +156,7 @@ def evaluate_store(
             if mc_dropout
             else None
         )
-        key = _run_key(store, protocol, [*metrics, *([mc.key()] if mc else [])])
+        key = _run_key(store, protocol, [*metrics, *([mc.key()] if mc else [])], precision)
         state = _Results.resume(dist.checkpoint_files(checkpoint), key, len(store))
         world.barrier()  # every process has read the checkpoints before any saves its own
         checkpoint = dist.checkpoint_of(world, checkpoint)
@@ -161,7 +172,9 @@ def evaluate_store(
         last_save = time.monotonic()
         loader = make_loader(dataset, batch_size, workers, dataset_rows[todo], device=device)
         store_row_of = dict(zip(dataset_rows.tolist(), range(len(dataset_rows)), strict=True))
+        restore = contextlib.ExitStack()
         try:
+            restore.enter_context(forward_settings(model, device, precision, compile))
             for images, indices in loader:
                 batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
                 images = images.to(device, non_blocking=True).contiguous(
@@ -181,7 +194,7 @@ def evaluate_store(
                     clean_scores=score_fn(images, targets),
                     score_fn=score_fn,
                     protocol=protocol,
-                    chunk_size=chunk_size,
+                    chunk_size=chunk,
                     boxes=batch_boxes,
                     pixel_std=dataset.preprocess.std,
                 )
@@ -196,6 +209,8 @@ def evaluate_store(
             if checkpoint:
                 state.save(checkpoint)
             raise
+        finally:
+            restore.close()
         bar.close()
         state = _Results.from_arrays(key, len(store), dist.gather_rows(world, state.arrays(), todo))
         per_image = state.table(store, rows, protocol)
@@ -204,6 +219,8 @@ def evaluate_store(
     value_columns.append("seconds_per_image")
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
+    summary["precision"] = precision
+    summary["chunk_size"] = chunk.value
     return Evaluation(
         per_image, curves, summary, protocol, f"{Path(store_path).stem}-{protocol.name}"
     )
@@ -234,9 +251,16 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _run_key(store: SaliencyStore, protocol: Protocol, metrics: Sequence[str]) -> str:
+def _run_key(
+    store: SaliencyStore, protocol: Protocol, metrics: Sequence[str], precision: str
+) -> str:
     return json.dumps(
-        {"store": store.meta.to_dict(), "protocol": protocol.to_dict(), "metrics": list(metrics)},
+        {
+            "store": store.meta.to_dict(),
+            "protocol": protocol.to_dict(),
+            "metrics": list(metrics),
+            "precision": precision,
+        },
         sort_keys=True,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,14 +12,17 @@ import numpy as np
 import torch
 
 from xaibench import dist
+from xaibench.batching import ChunkSize, run_in_chunks
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.errors import ConfigError
 from xaibench.methods import METHODS
-from xaibench.methods.base import SaliencyMethod
+from xaibench.methods.base import Explanation, SaliencyMethod
 from xaibench.methods.cam import CAMMethod, explain_together
 from xaibench.models.factory import LoadedModel
+from xaibench.precision import check_precision, forward_settings
 from xaibench.runtime import prepare_model
 from xaibench.store.meta import TARGETS, StoreMeta
+from xaibench.store.writer import DEFAULT_DEPTH, BackgroundWriter
 from xaibench.timing import timed
 
 STORE_FORMATS = ("h5", "npz")
@@ -33,6 +37,7 @@ class MethodRun:
     store: object
     pending: set[int]
     map_shape: tuple[int, ...] | None = None
+    batch_size: ChunkSize | None = None
 
 
 @dataclass
@@ -43,6 +48,8 @@ class GenerateSummary:
     seconds: float
     stores: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    """Method -> the batch size it ran at, when CUDA out-of-memory made it lower than asked for."""
 
     @property
     def images_per_second(self) -> float:
@@ -71,6 +78,9 @@ def generate(
     store_format: str = "h5",
     workers: int = 0,
     method_params: dict[str, dict] | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    write_queue: int = DEFAULT_DEPTH,
     progress: bool = True,
     world: dist.World | None = None,
 ) -> GenerateSummary:
@@ -86,9 +96,18 @@ def generate(
     With a `world` of several processes (`dist.launch` under torchrun), each process explains its
     share of the images into its own shard store and process 0 merges them into the stores; the
     summary counts the images of all processes.
+    The forward runs at `precision`, compiled with `compile` (xaibench/precision.py); stores are
+    written by a background thread with up to `write_queue` batches queued (0: in this thread). A
+    method that runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
     """
     if len(set(methods)) != len(methods):
         raise ConfigError(f"--saliency names a method twice: {', '.join(methods)}")
+    refused = [name for name in methods if compile and not METHODS.get(name).compilable]
+    if refused:
+        raise ConfigError(
+            f"--compile cannot run {', '.join(refused)}: they swap modules of the model during each "
+            "call, so the compiled forward would recompile on every batch; leave out --compile"
+        )
     if target not in TARGETS:
         raise ConfigError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
     if store_format not in STORE_FORMATS:
@@ -100,6 +119,7 @@ def generate(
             "give a labels file or use --target predicted"
         )
     world = world or dist.World(device=device)
+    check_precision(precision, device)
     model = prepare_model(loaded.model, device)
     params = method_params or {}
     planned = []
@@ -113,22 +133,31 @@ def generate(
             method_params=method.params,
             target=target,
             preprocess=dataset.preprocess.to_dict(),
+            precision=precision,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         planned.append((method, path, meta))
     outputs = [(path, meta) for _, path, meta in planned]
     opened = dist.open_stores(world, outputs, dataset.ids, dataset.labels)
     runs = [
-        MethodRun(method, path, store, pending)
+        MethodRun(
+            method, path, BackgroundWriter(store, write_queue) if write_queue else store, pending
+        )
         for (method, path, _), (store, pending) in zip(planned, opened, strict=True)
     ]
 
     todo = sorted(set().union(*(r.pending for r in runs)))
     groups = shared_pass_groups(runs)
+    for group in groups:
+        size = ChunkSize(batch_size, "batch_size")
+        for run in group:
+            run.batch_size = size
     labels = torch.as_tensor(dataset.labels)
     started = time.perf_counter()
     explained = 0
+    restore = contextlib.ExitStack()
     try:
+        restore.enter_context(forward_settings(model, device, precision, compile))
         loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
         total = sum(world.all_gather(len(todo)))
         bar = world.progress(total, unit="img", desc=loaded.name, disable=not progress)
@@ -153,8 +182,7 @@ def generate(
                     logits = explanation.logits
                     if logits is None:
                         if clean_logits is None:
-                            with torch.inference_mode():
-                                clean_logits = model(images)
+                            clean_logits = _clean_logits(model, images, group[0].batch_size)
                         logits = clean_logits[selected.to(device)]
                     scores = logits.float().softmax(1).gather(1, explanation.targets[:, None])[:, 0]
                     mine = np.array([int(i) in run.pending for i in batch_indices])
@@ -175,6 +203,7 @@ def generate(
         for run in runs:
             _record_skipped(run, sorted(run.pending & set(dataset.bad)))
     finally:
+        restore.close()
         _close_all(runs)
     dist.finish_stores(world, outputs, dataset.ids, dataset.labels)
     counts = world.all_gather((explained, dataset.bad_ids))
@@ -183,6 +212,7 @@ def generate(
         seconds=time.perf_counter() - started,
         stores=[r.store_path for r in runs],
         skipped=[image_id for _, bad in counts for image_id in bad],
+        batch_sizes={r.method.name: r.batch_size.value for r in runs if r.batch_size.reduced},
     )
 
 
@@ -237,7 +267,21 @@ def shared_pass_groups(runs: list[MethodRun]) -> list[list[MethodRun]]:
     return groups
 
 
-def _explain(group: list[MethodRun], images: torch.Tensor, targets: torch.Tensor | None):
-    if len(group) == 1:
-        return [group[0].method(images, targets)]
-    return explain_together([run.method for run in group], images, targets)
+def _explain(
+    group: list[MethodRun], images: torch.Tensor, targets: torch.Tensor | None
+) -> list[Explanation]:
+    """One explanation per run of the group, in sub-batches that fit the device (`run_in_chunks`)."""
+
+    def explain(part: slice) -> list[Explanation]:
+        chosen = None if targets is None else targets[part]
+        if len(group) == 1:
+            return [group[0].method(images[part], chosen)]
+        return explain_together([run.method for run in group], images[part], chosen)
+
+    parts = run_in_chunks(explain, len(images), group[0].batch_size)
+    return [Explanation.concat(list(runs)) for runs in zip(*parts, strict=True)]
+
+
+@torch.inference_mode()
+def _clean_logits(model: torch.nn.Module, images: torch.Tensor, size: ChunkSize) -> torch.Tensor:
+    return torch.cat(run_in_chunks(lambda part: model(images[part]), len(images), size))

@@ -13,6 +13,8 @@ from xaibench.errors import ConfigError
 # ones (docs/perf-notes); on a GPU, larger batches keep the device busy.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
 DEFAULT_CHUNK_SIZE = {"cpu": 16, "cuda": 256}
+# Decoding processes: on CPU they compete with the model for the cores; a GPU needs them fed.
+DEFAULT_WORKERS = {"cpu": 0, "cuda": 4}
 
 
 def resolve_device(device: str | None = None, cuda: bool = False) -> torch.device:
@@ -40,6 +42,10 @@ def default_batch_size(device: torch.device) -> int:
 
 def default_chunk_size(device: torch.device) -> int:
     return DEFAULT_CHUNK_SIZE.get(device.type, 16)
+
+
+def default_workers(device: torch.device) -> int:
+    return DEFAULT_WORKERS.get(device.type, 0)
 
 
 def tune_allocator() -> None:

@@ -15,6 +15,7 @@ from xaibench.cli.options import (
     device_options,
     model_option,
     protocol_option,
+    speed_options,
     weights_option,
 )
 from xaibench.data.dataset import ImageFolderDataset
@@ -22,7 +23,7 @@ from xaibench.evaluate import evaluate_store, write_evaluation
 from xaibench.metrics import METRICS, get_protocol, summary_markdown
 from xaibench.metrics.stats import summary_wide
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.runtime import default_batch_size, resolve_device
+from xaibench.runtime import default_batch_size, default_workers, resolve_device
 
 DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
 BOX_METRICS = ("pointing_game", "energy_pointing")
@@ -56,6 +57,7 @@ BOX_METRICS = ("pointing_game", "energy_pointing")
 )
 @device_options
 @batch_size_option
+@speed_options
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
@@ -106,13 +108,15 @@ def evaluate_command(
     labels_file: Path | None,
     subset_file: Path | None,
     limit: int | None,
-    workers: int,
+    workers: int | None,
     protocol: str,
     metrics: list[str],
     step: int | None,
     cuda: bool,
     device: str | None,
     batch_size: int | None,
+    precision: str,
+    compile_model: bool,
     chunk_size: int | None,
     out_dir: Path | None,
     boxes_dir: Path | None,
@@ -172,10 +176,12 @@ def evaluate_command(
                 device=world.device,
                 batch_size=batch_size or default_batch_size(world.device),
                 chunk_size=chunk_size,
-                workers=workers,
+                workers=default_workers(world.device) if workers is None else workers,
                 limit=limit,
                 allow_incomplete=allow_incomplete,
                 checkpoint=checkpoint,
+                precision=precision,
+                compile=compile_model,
                 progress=not quiet,
                 mc_dropout=mc_dropout or 0,
                 mc_seed=mc_seed,

@@ -17,6 +17,7 @@ from xaibench.cli.options import (
     model_option,
     protocol_option,
     saliency_option,
+    speed_options,
     weights_option,
 )
 from xaibench.data.dataset import ImageFolderDataset
@@ -24,7 +25,7 @@ from xaibench.errors import ConfigError
 from xaibench.generate import STORE_FORMATS, TARGETS, GenerateSummary, generate, store_path
 from xaibench.methods import METHODS
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.runtime import default_batch_size, resolve_device
+from xaibench.runtime import default_batch_size, default_workers, resolve_device
 
 
 @click.command("generate")
@@ -42,6 +43,7 @@ from xaibench.runtime import default_batch_size, resolve_device
 )
 @device_options
 @batch_size_option
+@speed_options
 @click.option(
     "--target",
     type=click.Choice(TARGETS),
@@ -79,11 +81,13 @@ def generate_command(
     labels_file: Path | None,
     subset_file: Path | None,
     limit: int | None,
-    workers: int,
+    workers: int | None,
     out_dir: Path,
     cuda: bool,
     device: str | None,
     batch_size: int | None,
+    precision: str,
+    compile_model: bool,
     target: str,
     store_format: str,
     layer: str | None,
@@ -123,8 +127,10 @@ def generate_command(
             batch_size=batch_size or default_batch_size(world.device),
             target=target,
             store_format=store_format,
-            workers=workers,
+            workers=default_workers(world.device) if workers is None else workers,
             method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
+            precision=precision,
+            compile=compile_model,
             progress=not quiet,
             world=world,
         )
@@ -141,6 +147,8 @@ def _report(summary: GenerateSummary) -> None:
             "which evaluate leaves out",
             err=True,
         )
+    for name, size in summary.batch_sizes.items():
+        click.echo(f"{name}: out of device memory, ran at batch size {size}", err=True)
     stores = ", ".join(str(p) for p in summary.stores)
     if summary.images == 0 and not summary.skipped:
         click.echo(f"nothing to do: every image is already in {stores}")

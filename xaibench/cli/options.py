@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from xaibench.models.preprocess import PROTOCOL_NAMES
+from xaibench.precision import PRECISIONS
 
 
 def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
@@ -70,9 +71,9 @@ data_options = _compose(
     click.option(
         "--workers",
         type=click.IntRange(min=0),
-        default=0,
-        show_default=True,
-        help="Image decoding worker processes.",
+        default=None,
+        help="Image decoding worker processes (default: 0 on CPU, where decoding is not the "
+        "bottleneck and workers take cores from the model; 4 on CUDA, so the GPU does not wait).",
     ),
 )
 batch_size_option = click.option(
@@ -103,4 +104,21 @@ method_param_option = click.option(
     help="A method setting, e.g. rise.masks=8000 or smoothgrad.base=gradinput; without METHOD. it "
     "goes to every chosen method that takes KEY. VALUE is read as JSON when it parses, else as text. "
     "Repeatable.",
+)
+speed_options = _compose(
+    click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="fp32",
+        show_default=True,
+        help="Forward precision: fp32; tf32 (TF32 matmuls and convolutions on CUDA, same as fp32 "
+        "on CPU); bf16 or fp16 autocast (fp16 needs CUDA). Recorded with the results.",
+    ),
+    click.option(
+        "--compile",
+        "compile_model",
+        is_flag=True,
+        help="torch.compile the model's forward (needs a C++ compiler on CPU). Calls made while a "
+        "method has hooks on the model (T-Grad, CAMs, FullGrad, guided backprop) run eagerly.",
+    ),
 )

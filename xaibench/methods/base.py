@@ -28,6 +28,18 @@ class Explanation:
     targets: torch.Tensor
     logits: torch.Tensor | None = None
 
+    @classmethod
+    def concat(cls, parts: list[Explanation]) -> Explanation:
+        """The explanations of consecutive sub-batches as one; logits only if every part has them."""
+        if len(parts) == 1:
+            return parts[0]
+        logits = [p.logits for p in parts]
+        return cls(
+            torch.cat([p.maps for p in parts]),
+            torch.cat([p.targets for p in parts]),
+            None if any(x is None for x in logits) else torch.cat(logits),
+        )
+
 
 class SaliencyMethod(ABC):
     """Base class: subclasses implement `explain`; `__call__` restores the model afterwards.
@@ -44,6 +56,9 @@ class SaliencyMethod(ABC):
     """What the method needs of a model's structure (xaibench.models.support checks each):
     "feature_map" (a (B, C, h, w) map the score is pooled from), "bias_terms" (a network whose
     score splits into input and bias terms), "relu_modules" (nn.ReLU modules to rectify)."""
+    compilable: ClassVar[bool] = True
+    """False for methods that swap the model's modules or forwards during a call, which would make a
+    compiled forward (`--compile`) recompile on every batch."""
 
     def __init__(self, model: nn.Module, **params: Any):
         self.model = model

@@ -31,6 +31,7 @@ from xaibench.methods.base import (
 )
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
+from xaibench.precision import full_precision
 
 
 @dataclass
@@ -63,7 +64,7 @@ def layer_pass(
         score = logits.gather(1, targets[:, None]).sum()
         (gradients,) = torch.autograd.grad(score, inputs=[call.edge])
     runs = sum(c.name == layer for c in rec.calls)
-    return LayerPass(call.activation, gradients, logits.detach(), targets, runs)
+    return LayerPass(call.activation, full_precision(gradients), logits.detach(), targets, runs)
 
 
 def layer_forward(

@@ -127,6 +127,8 @@ class AblationCAM(ChannelPerturbationCAM):
     when the layer's activations are not all >= 0; this follows the paper on every layer.
     """
 
+    compilable = False
+
     name = "ablationcam"
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:

@@ -35,6 +35,7 @@ from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_tar
 from xaibench.methods.cam import GradCAM
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
+from xaibench.precision import full_precision
 
 Rule = Literal["plain", "guided", "deconvnet"]
 OTHER_ACTIVATIONS = (
@@ -272,6 +273,8 @@ class RectifiedGradient(AttributionMethod):
     Map: max over channels of |attribution| (B, H, W), the reduction of the vanilla gradient.
     """
 
+    compilable = False
+
     rule: ClassVar[Rule]
     requires = ("relu_modules",)
 
@@ -321,6 +324,8 @@ class GuidedGradCAM(AttributionMethod):
     default).
     """
 
+    compilable = False
+
     name = "guidedgradcam"
     requires = ("relu_modules", "feature_map")
 
@@ -351,6 +356,6 @@ class GuidedGradCAM(AttributionMethod):
             (layer_grads,) = torch.autograd.grad(score, inputs=[call.edge], retain_graph=True)
             switch.rule = "guided"
             (guided,) = torch.autograd.grad(score, leaf)
-        cam = self.gradcam.cam(call.activation, layer_grads)
+        cam = self.gradcam.cam(call.activation, full_precision(layer_grads))
         cam = F.interpolate(cam[:, None], size=images.shape[2:], mode="bilinear")
         return Attribution(guided * cam, targets, logits.detach())

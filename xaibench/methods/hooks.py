@@ -24,6 +24,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils.hooks import RemovableHandle
 
 from xaibench.errors import ConfigError
+from xaibench.precision import full_precision
 
 GradientReducer = Callable[["LayerCall", torch.Tensor], Any]
 OutputReducer = Callable[["LayerCall", torch.Tensor], Any]
@@ -103,7 +104,7 @@ def record_layers(
             call = LayerCall(name, output.shape)
             recording.calls.append(call)
             if activations:
-                call.activation = output.detach().clone()
+                call.activation = full_precision(output.detach()).clone()
             if (edges or wants_grad) and not output.requires_grad:
                 raise ConfigError(
                     f"the output of layer {name!r} does not depend on anything that requires "
@@ -120,6 +121,7 @@ def record_layers(
 
     def gradient_hook(call: LayerCall) -> Callable[[torch.Tensor], None]:
         def on_gradient(grad: torch.Tensor) -> None:
+            grad = full_precision(grad)
             if gradients:
                 call.gradient = grad
             if reduce_gradient is not None:

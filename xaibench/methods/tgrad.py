@@ -17,6 +17,7 @@ from torch import nn
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
+from xaibench.precision import full_precision
 
 EPS = 1e-8
 """Added to each resized term map's total before dividing by it (step 5)."""
@@ -129,7 +130,7 @@ class TGrad(SaliencyMethod):
             targets = top1_targets(logits, targets)
             score = logits.gather(1, targets[:, None]).squeeze(1)
             (grad,) = torch.autograd.grad(score.sum(), x)
-        score = score.detach()
+        score = full_precision(score.detach())
         input_term = x.detach() * grad
         maps = [input_term.clamp(min=0).sum(dim=1)]
         totals = [input_term.sum(dim=(1, 2, 3))]

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xaibench.batching import ChunkSize
 from xaibench.errors import ConfigError
 from xaibench.metrics.protocols import SCORES, Protocol
+from xaibench.precision import full_precision
 from xaibench.registry import Registry
 from xaibench.runtime import default_chunk_size
 
@@ -44,14 +46,15 @@ def score_function(model: nn.Module, score: str = "probability") -> ScoreFn:
     """A `ScoreFn` from a model that returns logits (B, K): softmax p_c or the logit y_c.
 
     The model must not end with a softmax of its own, or the probability would be taken twice. It
-    runs as it is (the caller puts it in eval mode) under `torch.no_grad`.
+    runs as it is (the caller puts it in eval mode) under `torch.inference_mode`; scores are
+    float32 whatever the forward's precision.
     """
     if score not in SCORES:
         raise ConfigError(f"score must be one of {SCORES}, got {score!r}")
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score_fn(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = model(images)
+        logits = full_precision(model(images))
         scores = logits.softmax(dim=1) if score == "probability" else logits
         return scores.gather(1, targets[:, None].long()).squeeze(1)
 
@@ -65,7 +68,8 @@ class MetricContext:
     images: (B, 3, H, W) normalised; saliency: (B, H, W) at input size (`saliency_at_input_size`);
     targets: (B,) classes explained; clean_scores: (B,) their scores on the clean images, computed
     once by the runner in the protocol's score space; score_fn: scores perturbed images;
-    chunk_size: perturbed images per `score_fn` call (None: `default_chunk_size` of the device);
+    chunk_size: perturbed images per `score_fn` call (None: `default_chunk_size` of the device); a
+    `ChunkSize` shared over batches is halved on CUDA out-of-memory and keeps its lower value;
     boxes: (B, K, 4) boxes of each image's class explained, x0, y0, x1, y1 in input pixels
     (`xaibench.data.boxes`), rows padded with NaN, or None when no boxes were given;
     pixel_std: the (3,) std of the normalisation, to express pixel-space amounts (ROAD's noise)
@@ -78,7 +82,7 @@ class MetricContext:
     clean_scores: torch.Tensor
     score_fn: ScoreFn
     protocol: Protocol
-    chunk_size: int | None = None
+    chunk_size: int | ChunkSize | None = None
     boxes: torch.Tensor | None = None
     pixel_std: tuple[float, float, float] | None = None
     _shared: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)

@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from xaibench.batching import apply_in_chunks
+from xaibench.batching import ChunkSize, apply_in_chunks
 from xaibench.metrics.base import (
     METRICS,
     Metric,
@@ -51,7 +51,7 @@ def causal_curves(
     score_fn: ScoreFn,
     mode: Mode,
     *,
-    chunk_size: int,
+    chunk_size: int | ChunkSize,
 ) -> torch.Tensor:
     """Scores of the perturbed images: (B, points).
 

@@ -15,7 +15,9 @@ FORMAT_VERSION = 1
 TARGETS = ("predicted", "label")
 JSON_FIELDS = ("method_params", "preprocess")
 # The fields that must agree for a store to be resumed or evaluated as the same run.
-RUN_FIELDS = ("model", "weights", "method", "method_params", "target", "preprocess")
+RUN_FIELDS = ("model", "weights", "method", "method_params", "target", "preprocess", "precision")
+# Fields added after format version 1 was first written, with the value older stores imply.
+LATER_FIELDS = {"precision": "fp32"}
 
 
 def _now() -> str:
@@ -43,6 +45,7 @@ class StoreMeta:
     method_params: dict[str, Any]
     target: str
     preprocess: dict[str, Any]
+    precision: str = "fp32"
     xaibench_version: str = xaibench.__version__
     torch_version: str = field(default_factory=_torch_version)
     created: str = field(default_factory=_now)
@@ -59,6 +62,7 @@ class StoreMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoreMeta:
+        d = {**LATER_FIELDS, **d}
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in d]
         if missing:

@@ -1,0 +1,140 @@
+"""The background store writer: same stores as writing in place, errors surface, nothing is lost."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from store_helpers import N, ids, labels, maps_of, meta, write_rows
+
+from xaibench.data.dataset import ImageFolderDataset
+from xaibench.errors import StoreError
+from xaibench.generate import generate
+from xaibench.models import load_model, protocol_preprocess
+from xaibench.store import create_or_resume, open_store
+from xaibench.store.h5 import H5Store
+from xaibench.store.writer import BackgroundWriter
+
+
+def run(image_folder, out, write_queue):
+    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    generate(
+        load_model("tiny_models:tiny_cnn"),
+        ["tgrad", "gradcam", "random"],
+        dataset,
+        out,
+        device=torch.device("cpu"),
+        batch_size=2,
+        write_queue=write_queue,
+        progress=False,
+    )
+
+
+def test_background_writes_give_the_same_stores(image_folder, tmp_path):
+    run(image_folder, tmp_path / "inline", write_queue=0)
+    run(image_folder, tmp_path / "background", write_queue=2)
+    for method in ("tgrad", "gradcam", "random"):
+        name = f"tiny_models_tiny_cnn/{method}.h5"
+        with (
+            open_store(tmp_path / "inline" / name) as a,
+            open_store(tmp_path / "background" / name) as b,
+        ):
+            assert b.complete
+            np.testing.assert_array_equal(b.read_maps(np.arange(6)), a.read_maps(np.arange(6)))
+            np.testing.assert_array_equal(b.targets, a.targets)
+            np.testing.assert_array_equal(b.scores, a.scores)
+
+
+class SlowStore:
+    """A store whose writes take a while and whose `fail_at`-th write raises OSError."""
+
+    def __init__(self, store, fail_at=None, delay=0.02):
+        self.store, self.path, self.fail_at, self.delay = store, store.path, fail_at, delay
+        self.writes, self.threads, self.failed = 0, set(), threading.Event()
+
+    def write(self, *args):
+        self.writes += 1
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.writes == self.fail_at:
+            self.failed.set()
+            raise OSError("No space left on device")
+        self.store.write(*args)
+
+    def pending_indices(self):
+        return self.store.pending_indices()
+
+    def close(self):
+        self.store.close()
+
+
+def new_store(tmp_path):
+    return create_or_resume(tmp_path / "s.h5", meta(), ids(), labels())
+
+
+def test_close_writes_everything_queued_off_the_main_thread(tmp_path):
+    slow = SlowStore(new_store(tmp_path))
+    writer = BackgroundWriter(slow, depth=2)
+    started = time.perf_counter()
+    for rows in np.arange(N).reshape(-1, 2):
+        write_rows(writer, rows)
+    assert slow.writes < N // 2  # the main thread went on before the writes were done
+    writer.close()
+    assert time.perf_counter() - started >= N // 2 * slow.delay
+    assert threading.current_thread().name not in slow.threads
+    with open_store(tmp_path / "s.h5") as store:
+        assert store.complete
+        np.testing.assert_array_equal(store.read_maps(np.arange(N)), maps_of(np.arange(N)))
+
+
+def test_a_failed_write_is_raised_with_the_store_path_and_earlier_rows_are_kept(tmp_path):
+    slow = SlowStore(new_store(tmp_path), fail_at=3)
+    writer = BackgroundWriter(slow, depth=2)
+    for rows in np.arange(6).reshape(-1, 2):
+        write_rows(writer, rows)
+    assert slow.failed.wait(timeout=10)
+    time.sleep(0.2)  # the writer thread records the error just after the store raised it
+    with pytest.raises(StoreError, match=r"s\.h5: background write failed \(OSError: No space"):
+        write_rows(writer, np.arange(6, 8))
+    with pytest.raises(StoreError, match="No space left"):
+        writer.close()
+    with open_store(tmp_path / "s.h5") as store:
+        np.testing.assert_array_equal(np.flatnonzero(store.done), np.arange(4))
+        np.testing.assert_array_equal(store.read_maps(np.arange(4)), maps_of(np.arange(4)))
+
+
+def test_a_failure_at_the_last_write_is_raised_by_close(tmp_path):
+    writer = BackgroundWriter(SlowStore(new_store(tmp_path), fail_at=1), depth=2)
+    write_rows(writer, np.arange(2))
+    with pytest.raises(StoreError, match=r"s\.h5"):
+        writer.close()
+    with open_store(tmp_path / "s.h5") as store:
+        assert not store.done.any()
+
+
+def test_generate_surfaces_a_writer_error_and_keeps_the_finished_rows(
+    image_folder, tmp_path, monkeypatch
+):
+    original, calls = H5Store.write, []
+
+    def fail_on_second_write(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk quota exceeded")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(H5Store, "write", fail_on_second_write)
+    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    with pytest.raises(StoreError, match=r"tgrad\.h5: background write failed.*disk quota"):
+        generate(
+            load_model("tiny_models:tiny_cnn"),
+            ["tgrad"],
+            dataset,
+            tmp_path,
+            device=torch.device("cpu"),
+            batch_size=2,
+            progress=False,
+        )
+    with open_store(tmp_path / "tiny_models_tiny_cnn" / "tgrad.h5") as store:
+        np.testing.assert_array_equal(np.flatnonzero(store.done), [0, 1])

@@ -1,0 +1,42 @@
+"""--compile: forward-only work and hook-free methods run compiled, hooked calls run eagerly."""
+
+import shutil
+
+import pytest
+import torch
+from tiny_models import tiny_cnn
+
+from xaibench.methods import METHODS
+from xaibench.metrics import score_function
+from xaibench.precision import forward_settings
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+        reason="torch.compile (inductor) needs a C++ compiler on a CPU, and none is on PATH",
+    ),
+]
+CPU = torch.device("cpu")
+
+
+def test_compiled_forward_scores_like_eager_and_hooked_methods_run_eagerly():
+    torch._dynamo.reset()
+    model = tiny_cnn()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([1, 2, 3, 4])
+    score_fn = score_function(model)
+    eager_scores = score_fn(x, targets)
+    eager_cam = METHODS.get("gradcam")(model, layer="3")(x)
+    eager_grad = METHODS.get("gradinput")(model)(x)
+    with forward_settings(model, CPU, compile=True):
+        compiled_scores = score_fn(x, targets)
+        frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        cam = METHODS.get("gradcam")(model, layer="3")(x)  # hooks on layer 3: eager
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+        grad = METHODS.get("gradinput")(model)(x)  # no hooks: compiled, backward included
+    assert frames >= 1
+    torch.testing.assert_close(compiled_scores, eager_scores, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(cam.maps, eager_cam.maps)
+    torch.testing.assert_close(grad.maps, eager_grad.maps, rtol=1e-4, atol=1e-6)
+    assert "forward" not in model.__dict__

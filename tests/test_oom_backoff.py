@@ -1,0 +1,130 @@
+"""Out-of-memory back-off: halve the batch or chunk and go on, with the same results."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import FitsOnly, tiny_cnn
+
+from xaibench.batching import ChunkSize, apply_in_chunks, run_in_chunks
+from xaibench.data.dataset import ImageFolderDataset
+from xaibench.errors import OutOfMemory
+from xaibench.evaluate import evaluate_store
+from xaibench.generate import generate
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model, protocol_preprocess
+from xaibench.models.factory import LoadedModel
+from xaibench.store import open_store
+
+CPU = torch.device("cpu")
+
+
+def fits(limit):
+    def fn(values):
+        if len(values) > limit:
+            raise torch.OutOfMemoryError(f"{len(values)} > {limit} (simulated)")
+        return values * 2
+
+    return fn
+
+
+def test_chunks_are_halved_until_they_fit_and_finished_chunks_are_kept(caplog):
+    values = torch.arange(21.0)
+    calls = []
+    size = ChunkSize(16)
+
+    def fn(part):
+        calls.append((part.start, part.stop))
+        return fits(5)(values[part])
+
+    with caplog.at_level(logging.WARNING):
+        parts = run_in_chunks(fn, len(values), size)
+    assert torch.equal(torch.cat(parts), values * 2)
+    assert size.value == 4 and size.reduced and size.requested == 16
+    assert calls[:3] == [(0, 16), (0, 8), (0, 4)]  # each failed chunk retried from its start
+    assert [c for c in calls if c[1] - c[0] <= 4] == [(s, min(s + 4, 21)) for s in range(0, 21, 4)]
+    assert "chunk_size lowered to 8" in caplog.text and "lowered to 4" in caplog.text
+    # A shared size is not tried large again on the next call.
+    assert torch.equal(apply_in_chunks(fits(5), values, chunk_size=size), values * 2)
+    assert size.value == 4
+
+
+def test_a_chunk_of_one_that_does_not_fit_is_a_clear_error():
+    with pytest.raises(OutOfMemory, match="chunk_size of 1"):
+        apply_in_chunks(fits(0), torch.ones(3), chunk_size=2)
+
+
+def test_other_errors_are_not_retried():
+    size = ChunkSize(8)
+
+    def broken(values):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        apply_in_chunks(broken, torch.ones(3), chunk_size=size)
+    assert size.value == 8
+
+
+def loaded_fitting(limit):
+    plain = load_model("tiny_models:tiny_cnn")
+    net = FitsOnly(tiny_cnn(), limit) if limit else tiny_cnn()
+    return LoadedModel(plain.name, net, plain.weights, plain.mean, plain.std)
+
+
+def run_generate(image_folder, out, limit, batch_size):
+    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    return generate(
+        loaded_fitting(limit),
+        ["tgrad", "gradcam"],
+        dataset,
+        out,
+        device=CPU,
+        batch_size=batch_size,
+        progress=False,
+    )
+
+
+def test_generate_halves_the_batch_of_a_method_that_runs_out_of_memory(image_folder, tmp_path):
+    full = run_generate(image_folder, tmp_path / "full", limit=None, batch_size=6)
+    assert full.batch_sizes == {}
+    small = run_generate(image_folder, tmp_path / "small", limit=2, batch_size=6)
+    assert small.batch_sizes == {"tgrad": 1, "gradcam": 1}  # 6 -> 3 -> 1
+    assert small.images == 6
+    for method in ("tgrad", "gradcam"):
+        name = f"tiny_models_tiny_cnn/{method}.h5"
+        with open_store(tmp_path / "full" / name) as a, open_store(tmp_path / "small" / name) as b:
+            assert b.complete
+            np.testing.assert_allclose(
+                b.read_maps(range(6)), a.read_maps(range(6)), rtol=1e-5, atol=1e-7
+            )
+            np.testing.assert_array_equal(b.targets, a.targets)
+            np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5)
+
+
+def test_evaluate_halves_the_chunk_and_records_it(image_folder, tmp_path):
+    run_generate(image_folder, tmp_path, limit=None, batch_size=6)
+    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    results = []
+    for limit in (None, 5):
+        results.append(
+            evaluate_store(
+                tmp_path / "tiny_models_tiny_cnn" / "gradcam.h5",
+                loaded_fitting(limit),
+                dataset,
+                get_protocol("polycam", step=8000),
+                ["insertion", "deletion", "avg_drop"],
+                device=CPU,
+                batch_size=3,
+                chunk_size=16,
+                limit=3,
+                progress=False,
+            )
+        )
+    full, small = results
+    assert full.summary["chunk_size"].tolist() == [16] * 3
+    assert small.summary["chunk_size"].tolist() == [4] * 3  # 16 -> 8 -> 4
+    columns = ["clean_score", "insertion", "deletion", "avg_drop"]
+    np.testing.assert_allclose(small.per_image[columns], full.per_image[columns], rtol=1e-5)
+    for name in ("insertion", "deletion"):
+        np.testing.assert_allclose(small.curves[name], full.curves[name], rtol=1e-5)

@@ -1,0 +1,161 @@
+"""--precision and --compile: one place applies them, results say how they were computed."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+from tiny_models import tiny_cnn
+
+from xaibench.cli import cli
+from xaibench.errors import ConfigError
+from xaibench.methods import METHODS
+from xaibench.metrics import score_function
+from xaibench.precision import check_precision, forward_settings, has_hooks
+from xaibench.store import open_store
+
+CPU = torch.device("cpu")
+
+
+def images(n=3, size=64):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def conv_dtypes(model):
+    seen = []
+    model[0].register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    return seen
+
+
+def test_unknown_precision_and_fp16_on_cpu_are_refused():
+    with pytest.raises(ConfigError, match="use one of fp32, tf32, bf16, fp16"):
+        check_precision("int8", CPU)
+    with pytest.raises(ConfigError, match=r"fp16 needs a CUDA device.*use --precision bf16"):
+        check_precision("fp16", CPU)
+
+
+def test_bf16_runs_the_forward_in_bfloat16_and_returns_float32():
+    model, x = tiny_cnn(), images()
+    reference = model(x)
+    seen = conv_dtypes(model)
+    with forward_settings(model, CPU, "bf16"):
+        low = model(x)
+    assert seen == [torch.bfloat16]
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, reference, rtol=0.05, atol=0.02)
+    assert not torch.equal(low, reference)
+    assert "forward" not in model.__dict__  # the model's own forward is back
+    assert model(x).dtype == torch.float32 and seen[-1] == torch.float32
+
+
+def test_fp32_and_tf32_on_cpu_compute_exactly_as_before():
+    model, x = tiny_cnn(), images()
+    reference = model(x)
+    for precision in ("fp32", "tf32"):
+        with forward_settings(model, CPU, precision):
+            assert torch.equal(model(x), reference)
+
+
+def test_the_forward_is_restored_after_an_error():
+    model = tiny_cnn()
+    with pytest.raises(RuntimeError), forward_settings(model, CPU, "bf16"):
+        model(torch.ones(1, 5, 8, 8))
+    assert "forward" not in model.__dict__
+
+
+@pytest.mark.parametrize("name", ["tgrad", "gradcam", "gradcampp", "fullgrad", "gradinput"])
+def test_methods_under_bf16_give_float32_maps_close_to_fp32(name):
+    model, x = tiny_cnn(), images(2, 96)
+    method = METHODS.get(name)(model)
+    reference = method(x)
+    with forward_settings(model, CPU, "bf16"):
+        low = method(x)
+    assert low.maps.dtype == torch.float32
+    assert torch.equal(low.targets, reference.targets)
+    for a, b in zip(low.maps, reference.maps, strict=True):
+        assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.99
+
+
+def test_cam_arithmetic_reads_float32_activations_and_gradients():
+    from xaibench.methods.cam import layer_pass
+
+    model = tiny_cnn()
+    with forward_settings(model, CPU, "bf16"):
+        result = layer_pass(model, "3", images(), None)
+    assert result.activations.dtype == torch.float32 == result.gradients.dtype
+
+
+def test_score_function_runs_in_inference_mode_and_returns_float32():
+    model, x = tiny_cnn(), images()
+    inside = []
+    model.register_forward_hook(lambda m, a, out: inside.append(torch.is_inference_mode_enabled()))
+    with forward_settings(model, CPU, "bf16"):
+        scores = score_function(model)(x, torch.tensor([1, 2, 3]))
+    assert inside == [True] and scores.dtype == torch.float32
+
+
+def test_cli_records_precision_in_store_and_summary(image_folder, tmp_path):
+    runs = tmp_path / "runs"
+    common = ["--model", "tiny_models:tiny_cnn", "--weights", "none", "--data", image_folder]
+    invoke = CliRunner().invoke
+    result = invoke(
+        cli,
+        [
+            "generate",
+            *common,
+            "--saliency",
+            "gradcam",
+            "--out",
+            runs,
+            "--quiet",
+            "--precision",
+            "bf16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    store = runs / "tiny_models_tiny_cnn" / "gradcam.h5"
+    with open_store(store) as s:
+        assert s.meta.precision == "bf16"
+    args = ["evaluate", *common, "--store", store, "--metrics", "avg_drop", "--quiet"]
+    result = invoke(cli, [*args, "--precision", "bf16"])
+    assert result.exit_code == 0, result.output
+    summary = (
+        runs / "tiny_models_tiny_cnn" / "metrics" / "gradcam-polycam.summary.csv"
+    ).read_text()
+    assert "precision" in summary.splitlines()[0] and ",bf16," in summary
+    result = invoke(cli, [*args, "--precision", "fp16"])
+    assert result.exit_code != 0 and "fp16 needs a CUDA device" in str(result.exception)
+
+
+def test_has_hooks_sees_the_hooks_methods_register():
+    model = tiny_cnn()
+    seen = []
+
+    def look(module, args, out):
+        seen.append(has_hooks(model))
+
+    assert not has_hooks(model)
+    handle = model[3].register_forward_hook(look)
+    model(images(1))
+    handle.remove()
+    assert seen == [True] and not has_hooks(model)
+
+
+def test_compile_is_refused_for_methods_that_swap_modules(image_folder, tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "generate",
+            "--model",
+            "tiny_models:tiny_cnn",
+            "--weights",
+            "none",
+            "--data",
+            image_folder,
+            "--saliency",
+            "gradcam,guidedbackprop",
+            "--out",
+            tmp_path,
+            "--compile",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "--compile cannot run guidedbackprop: they swap modules" in str(result.exception)

@@ -1,0 +1,91 @@
+"""Store writes on a background thread, so compute does not wait on compression and file I/O.
+
+`BackgroundWriter` wraps any store's `write`: each call queues the rows and returns; one thread
+writes them in order. The queue holds at most `depth` batches, so a slow disk holds the run back
+instead of filling memory. A write that fails stops the writing: its error comes back, as a
+StoreError naming the store, from the next `write` and from `close`; the rows written before it stay
+in the store (each store write marks rows done only after their maps are in the file, so a killed
+run also leaves only complete done rows). `close` writes everything queued, then closes the store.
+
+The caller hands the arrays over: it must not change them after `write`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from xaibench.errors import StoreError
+from xaibench.store.base import SaliencyStore
+
+DEFAULT_DEPTH = 3
+_DONE = object()
+
+
+class BackgroundWriter:
+    """`write` and `close` of `store`, with the writes done by a background thread."""
+
+    def __init__(self, store: SaliencyStore, depth: int = DEFAULT_DEPTH):
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self.store = store
+        self.path: Path = store.path
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"xaibench-writer:{store.path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def pending_indices(self) -> np.ndarray:
+        return self.store.pending_indices()
+
+    def write(
+        self,
+        indices: np.ndarray,
+        maps: np.ndarray,
+        targets: np.ndarray,
+        scores: np.ndarray,
+        labels: np.ndarray | None = None,
+        seconds: np.ndarray | None = None,
+    ) -> None:
+        """Queue rows for `store.write` (waits while `depth` batches are queued)."""
+        if self._closed:
+            raise StoreError(f"{self.path}: the background writer is closed")
+        self._raise_failure()
+        self._queue.put((indices, maps, targets, scores, labels, seconds))
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread and close the store; re-raise a write failure."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_DONE)
+        self._thread.join()
+        try:
+            self._raise_failure()
+        finally:
+            self.store.close()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _DONE:
+            if self._error is None:
+                try:
+                    self.store.write(*item)
+                except BaseException as error:
+                    self._error = error
+
+    def _raise_failure(self) -> None:
+        error = self._error
+        if error is None:
+            return
+        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: pass them on as such
+            raise error
+        raise StoreError(
+            f"{self.path}: background write failed ({type(error).__name__}: {error}); the rows "
+            "written before it are kept, re-run the same command to resume"
+        ) from error
