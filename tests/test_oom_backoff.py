@@ -122,8 +122,8 @@ def test_evaluate_halves_the_chunk_and_records_it(image_folder, tmp_path):
             )
         )
     full, small = results
-    assert full.summary["chunk_size"].tolist() == [16] * 3
-    assert small.summary["chunk_size"].tolist() == [4] * 3  # 16 -> 8 -> 4
+    assert set(full.summary["chunk_size"]) == {16}
+    assert set(small.summary["chunk_size"]) == {4}  # 16 -> 8 -> 4
     columns = ["clean_score", "insertion", "deletion", "avg_drop"]
     np.testing.assert_allclose(small.per_image[columns], full.per_image[columns], rtol=1e-5)
     for name in ("insertion", "deletion"):

@@ -21,7 +21,7 @@ from xaibench.data.dataset import ImageFolderDataset
 from xaibench.generate import model_dir
 from xaibench.methods import METHODS
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.runtime import default_batch_size, resolve_device
+from xaibench.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.sanity import sanity_check, write_sanity
 from xaibench.sanity.run import DEFAULT_THRESHOLD
 
@@ -68,7 +68,7 @@ def sanity_command(
     labels_file: Path | None,
     subset_file: Path | None,
     limit: int | None,
-    workers: int,
+    workers: int | None,
     out_dir: Path | None,
     seed: int,
     depth: int | None,
@@ -111,7 +111,7 @@ def sanity_command(
             depth=depth,
             method_params=settings.get(name),
             threshold=threshold,
-            workers=workers,
+            workers=default_workers(chosen) if workers is None else workers,
             progress=not quiet,
             checkpoint=checkpoint,
         )
