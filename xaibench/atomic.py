@@ -1,4 +1,7 @@
-"""Atomic file writes: write under a temporary name next to the target, then rename."""
+"""Atomic file writes: write under a temporary name next to the target, then rename.
+
+A reader, or a run killed half-way, never sees half a file under the final name.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a hidden temporary path beside `path`, then rename it to `path`."""
+def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` to a hidden temporary path beside `path` (folders created), then rename it."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     write(tmp)
     os.replace(tmp, path)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """`text` as UTF-8 to `path`, atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, "utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """`data` to `path`, atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import METHODS, METRICS, PROTOCOLS, STEP
 from PIL import Image
+from report_run import METHODS, METRICS, PROTOCOLS, STEP
 
 from xaibench.cli import cli
 from xaibench.errors import ResultsError

@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import METHODS, METRICS, PROTOCOLS, STEP
+from report_run import METHODS, METRICS, PROTOCOLS, STEP
 
 from xaibench.cli import cli
 from xaibench.errors import ResultsError

@@ -3,8 +3,8 @@
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_images
 from PIL import Image
+from report_run import make_images
 
 from xaibench.cli import cli
 from xaibench.data.classes import imagenet_classes

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES, INTERVALS
+from xaibench.atomic import write_text_atomic
+from xaibench.cli.options import resamples_option
+from xaibench.metrics.stats import INTERVALS
 from xaibench.report.tables import (
     LATEX_STYLES,
     comparison_markdown,
@@ -14,7 +16,6 @@ from xaibench.report.tables import (
     latex_comparison,
     load_evaluations,
 )
-from xaibench.report.write import atomic_write_text
 
 
 @click.command("compare")
@@ -59,13 +60,7 @@ from xaibench.report.write import atomic_write_text
     is_flag=True,
     help="Only the summary table: no rankings and paired tests (which need the same images).",
 )
-@click.option(
-    "--resamples",
-    type=click.IntRange(min=100),
-    default=BOOTSTRAP_RESAMPLES,
-    show_default=True,
-    help="Bootstrap resamples per interval.",
-)
+@resamples_option
 def compare_command(
     paths: tuple[Path, ...],
     interval: str,
@@ -94,10 +89,10 @@ def compare_command(
         evaluations, summary, interval=interval, digits=digits, paired=not no_paired
     )
     if latex_file:
-        atomic_write_text(latex_file, latex_comparison(summary, interval, digits, latex_style))
+        write_text_atomic(latex_file, latex_comparison(summary, interval, digits, latex_style))
         click.echo(f"LaTeX table -> {latex_file}", err=True)
     if markdown_file:
-        atomic_write_text(markdown_file, markdown)
+        write_text_atomic(markdown_file, markdown)
         click.echo(f"Markdown -> {markdown_file}", err=True)
     else:
         click.echo(markdown, nl=False)

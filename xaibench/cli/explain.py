@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from xaibench.atomic import write_bytes_atomic
 from xaibench.cli.generate import method_params
 from xaibench.cli.options import (
     comma_list,
@@ -18,7 +19,6 @@ from xaibench.methods import METHODS
 from xaibench.models import load_model
 from xaibench.report.explain import explain_image, explanation_figure
 from xaibench.report.plots import figure_png
-from xaibench.report.write import atomic_write_bytes
 from xaibench.runtime import resolve_device
 
 
@@ -90,6 +90,6 @@ def explain_command(
         method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
         tgrad_layers=tgrad_layers,
     )
-    atomic_write_bytes(out_file, figure_png(explanation_figure(result)))
+    write_bytes_atomic(out_file, figure_png(explanation_figure(result)))
     best = result.top[0]
     click.echo(f"{image}: {best[1]} ({best[0]}) p={best[2]:.3f} -> {out_file}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES
 from xaibench.models.preprocess import PROTOCOL_NAMES
 from xaibench.precision import PRECISIONS
 
@@ -121,4 +122,11 @@ speed_options = _compose(
         help="torch.compile the model's forward (needs a C++ compiler on CPU). Calls made while a "
         "method has hooks on the model (T-Grad, CAMs, FullGrad, guided backprop) run eagerly.",
     ),
+)
+resamples_option = click.option(
+    "--resamples",
+    type=click.IntRange(min=100),
+    default=BOOTSTRAP_RESAMPLES,
+    show_default=True,
+    help="Bootstrap resamples per interval.",
 )

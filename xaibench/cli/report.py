@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES
+from xaibench.cli.options import resamples_option
 from xaibench.report.build import DEFAULT_GRID_IMAGES, build_report
 
 
@@ -35,13 +35,7 @@ from xaibench.report.build import DEFAULT_GRID_IMAGES, build_report
     show_default=True,
     help="Images in the overlay grid.",
 )
-@click.option(
-    "--resamples",
-    type=click.IntRange(min=100),
-    default=BOOTSTRAP_RESAMPLES,
-    show_default=True,
-    help="Bootstrap resamples per interval.",
-)
+@resamples_option
 def report_command(
     run_dir: Path, out_dir: Path, data_dir: Path | None, grid_images: int, resamples: int
 ) -> None:

@@ -29,10 +29,11 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from xaibench.atomic import write_text_atomic
 from xaibench.data.archives import ARCHIVES, fetch
 from xaibench.data.classes import NUM_CLASSES, imagenet_classes
 from xaibench.data.extract import safe_extract
-from xaibench.data.index import DatasetIndex, write_atomic, write_index
+from xaibench.data.index import DatasetIndex, write_index
 from xaibench.errors import ConfigError, DataError
 
 VAL_PER_CLASS = 50
@@ -142,7 +143,7 @@ def arrange_val(folder: Path, wnids: Sequence[str], progress: bool = True) -> No
         placed = folder / wnid / name
         if not placed.exists():
             os.replace(folder / name, placed)
-    write_atomic(marker, f"{len(wnids)}\n")
+    write_text_atomic(marker, f"{len(wnids)}\n")
 
 
 def prepare_imagenet_val(
@@ -189,7 +190,7 @@ def prepare_imagenet_val(
     if not (val / ".arranged").exists():
         if not (val / ".extracted").exists():
             safe_extract(archives["imagenet-val"], dest, _val_place, progress)
-            write_atomic(val / ".extracted", "\n")
+            write_text_atomic(val / ".extracted", "\n")
         arrange_val(val, devkit.image_wnids(), progress)
     if "imagenet-val-boxes" in archives:
         safe_extract(archives["imagenet-val-boxes"], dest, _box_place, progress)

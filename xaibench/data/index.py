@@ -12,25 +12,18 @@ Every file is written under a temporary name and renamed.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from xaibench.atomic import write_text_atomic
 from xaibench.data.classes import NUM_CLASSES, imagenet_classes
 from xaibench.data.dataset import read_labels_file
 from xaibench.errors import ConfigError, DataError
 
 INDEX_FILE = "dataset.json"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, "utf-8")
-    os.replace(partial, path)
 
 
 @dataclass(frozen=True)
@@ -65,15 +58,15 @@ def write_index(
         first = ids[int(np.flatnonzero(labels < 0)[0])]
         raise DataError(f"image {root / first} has no class; cannot index {name}")
     dest.mkdir(parents=True, exist_ok=True)
-    write_atomic(dest / "image_list.txt", "".join(f"{i}\n" for i in ids))
-    write_atomic(
+    write_text_atomic(dest / "image_list.txt", "".join(f"{i}\n" for i in ids))
+    write_text_atomic(
         dest / "labels.txt",
         "".join(
             f"{i} {label} {classes.wnid(label)}\n" for i, label in zip(ids, labels, strict=True)
         ),
     )
     names = class_names or {}
-    write_atomic(
+    write_text_atomic(
         dest / "classes.tsv",
         "index\twnid\tnames\n"
         + "".join(
@@ -88,7 +81,7 @@ def write_index(
         "images": len(ids),
         "expected_per_class": expected_per_class,
     }
-    write_atomic(dest / INDEX_FILE, json.dumps(info, indent=2) + "\n")
+    write_text_atomic(dest / INDEX_FILE, json.dumps(info, indent=2) + "\n")
     return DatasetIndex(name, root, list(ids), labels, expected_per_class, dest / "labels.txt")
 
 
@@ -146,7 +139,7 @@ def write_subset(dest: Path, n: int, seed: int) -> Path:
     classes = imagenet_classes()
     rows = subset_rows(index.labels, n, seed)
     path = Path(dest) / f"subset-{n}-seed{seed}.txt"
-    write_atomic(
+    write_text_atomic(
         path,
         "".join(
             f"{index.ids[r]} {index.labels[r]} {classes.wnid(int(index.labels[r]))}\n" for r in rows

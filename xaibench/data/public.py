@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from xaibench.atomic import write_text_atomic
 from xaibench.data.archives import ARCHIVES, fetch
 from xaibench.data.classes import NUM_CLASSES
 from xaibench.data.dataset import find_images, folder_labels
 from xaibench.data.extract import safe_extract
-from xaibench.data.index import DatasetIndex, write_atomic, write_index
+from xaibench.data.index import DatasetIndex, write_index
 from xaibench.errors import DataError
 
 
@@ -92,6 +93,6 @@ def prepare_public(
     done = dest / f".{archive.filename}.extracted"
     if not done.exists():
         safe_extract(path, dest, progress=progress)
-        write_atomic(done, "\n")
+        write_text_atomic(done, "\n")
     ids, labels = label_images(dest / spec.root, spec.folders)
     return write_index(dest, name, dest / spec.root, ids, labels, spec.expected_per_class)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xaibench.atomic import write_bytes_atomic, write_text_atomic
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import DECODE_ERRORS, load_rgb
 from xaibench.errors import DataError, ResultsError
@@ -36,7 +37,6 @@ from xaibench.report.tables import (
     load_evaluations,
     paired_tables,
 )
-from xaibench.report.write import atomic_write_bytes, atomic_write_text
 from xaibench.store import open_store
 from xaibench.store.base import SaliencyStore
 from xaibench.store.meta import StoreMeta
@@ -142,9 +142,9 @@ def build_report(
         )
     written = {}
     for figure in content.figures:
-        written[figure.name] = atomic_write_bytes(out_dir / figure.name, figure.png)
-    written["report.md"] = atomic_write_text(out_dir / "report.md", html.render_markdown(content))
-    written["report.html"] = atomic_write_text(out_dir / "report.html", html.render_html(content))
+        written[figure.name] = write_bytes_atomic(out_dir / figure.name, figure.png)
+    written["report.md"] = write_text_atomic(out_dir / "report.md", html.render_markdown(content))
+    written["report.html"] = write_text_atomic(out_dir / "report.html", html.render_html(content))
     return written
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+
+from xaibench.atomic import write_atomic
 
 LABEL_HEIGHT = 12
 """Pixels of caption strip under each tile."""
@@ -75,10 +76,5 @@ def activation_grid(
 
 def save_png(image: Image.Image | torch.Tensor, path: Path) -> Path:
     """Write `image` (PIL, or (3, H, W) in [0, 1]) as PNG at `path`, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = to_pil(image) if isinstance(image, torch.Tensor) else image
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
