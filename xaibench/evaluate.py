@@ -67,19 +67,25 @@ def check_store_matches(
 ) -> np.ndarray:
     """Refuse a store made with another model, weights, preprocessing or image list.
 
-    Returns (N,) the dataset index of every store row.
+    Returns (N,) the dataset index of every store row; with a subset of the images
+    (`dataset.subset_file`), -1 for the store's rows outside it, which are not evaluated.
     """
     preprocess = dict(dataset.preprocess.to_dict(), name=store.meta.preprocess.get("name"))
     store.check_run({"model": loaded.name, "weights": loaded.weights, "preprocess": preprocess})
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
     missing = [image_id for image_id in store.ids if image_id not in position]
-    if missing:
+    if missing and dataset.subset_file is None:
         raise StoreError(
             f"{store.path}: field 'ids': {len(missing)} image(s) of the store are not in "
             f"{dataset.root}, first {missing[0]!r}; point --data at the folder the store was made from"
         )
-    rows = np.array([position[image_id] for image_id in store.ids], dtype=np.int64)
-    known = (store.labels >= 0) & (dataset.labels[rows] >= 0)
+    rows = np.array([position.get(image_id, -1) for image_id in store.ids], dtype=np.int64)
+    if not (rows >= 0).any():
+        raise StoreError(
+            f"{store.path}: none of its images is in the subset {dataset.subset_file}; "
+            "give the subset the store was made from, or a subset of it"
+        )
+    known = (rows >= 0) & (store.labels >= 0) & (dataset.labels[rows] >= 0)
     if (store.labels[known] != dataset.labels[rows][known]).any():
         first = int(np.flatnonzero(store.labels[known] != dataset.labels[rows][known])[0])
         raise StoreError(
@@ -146,7 +152,7 @@ def evaluate_store(
                 f"{store.path}: {int((~store.done).sum())} of {len(store)} rows are not done; "
                 "finish it by re-running generate, or pass --allow-incomplete to evaluate the rest"
             )
-        rows = np.flatnonzero(store.done & (store.targets >= 0))[:limit]
+        rows = np.flatnonzero(store.done & (store.targets >= 0) & (dataset_rows >= 0))[:limit]
         if len(rows) == 0:
             raise StoreError(f"{store.path} has no finished row with a map to evaluate")
         model = prepare_model(loaded.model, device).eval()
@@ -156,7 +162,7 @@ def evaluate_store(
             if mc_dropout
             else None
         )
-        key = _run_key(store, protocol, [*metrics, *([mc.key()] if mc else [])], precision)
+        key = _run_key(store, protocol, [*metrics, *([mc.key()] if mc else [])], precision, boxes)
         state = _Results.resume(dist.checkpoint_files(checkpoint), key, len(store))
         world.barrier()  # every process has read the checkpoints before any saves its own
         checkpoint = dist.checkpoint_of(world, checkpoint)
@@ -171,7 +177,7 @@ def evaluate_store(
         )
         last_save = time.monotonic()
         loader = make_loader(dataset, batch_size, workers, dataset_rows[todo], device=device)
-        store_row_of = dict(zip(dataset_rows.tolist(), range(len(dataset_rows)), strict=True))
+        store_row_of = {index: row for row, index in enumerate(dataset_rows.tolist()) if index >= 0}
         restore = contextlib.ExitStack()
         try:
             restore.enter_context(forward_settings(model, device, precision, compile))
@@ -252,7 +258,11 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
 
 
 def _run_key(
-    store: SaliencyStore, protocol: Protocol, metrics: Sequence[str], precision: str
+    store: SaliencyStore,
+    protocol: Protocol,
+    metrics: Sequence[str],
+    precision: str,
+    boxes: Path | None,
 ) -> str:
     return json.dumps(
         {
@@ -260,6 +270,7 @@ def _run_key(
             "protocol": protocol.to_dict(),
             "metrics": list(metrics),
             "precision": precision,
+            "boxes": None if boxes is None else str(Path(boxes).resolve()),
         },
         sort_keys=True,
     )

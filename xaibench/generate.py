@@ -200,7 +200,10 @@ def generate(
             elapsed = time.perf_counter() - started
             bar.set_postfix_str(f"{explained / max(elapsed, 1e-9):.1f} img/s")
         bar.close()
-        for run in runs:
+        # A process whose share held only undecodable images takes the map size from another.
+        shapes = world.all_gather([run.map_shape for run in runs])
+        for i, run in enumerate(runs):
+            run.map_shape = run.map_shape or next((s[i] for s in shapes if s[i]), None)
             _record_skipped(run, sorted(run.pending & set(dataset.bad)))
     finally:
         restore.close()
@@ -241,7 +244,7 @@ def _close_all(runs: list[MethodRun]) -> None:
     for run in runs:
         try:
             run.store.close()
-        except Exception as error:
+        except BaseException as error:  # Ctrl-C or SIGTERM while closing one: close the rest
             failure = failure or error
     if failure is not None:
         raise failure

@@ -125,3 +125,17 @@ def test_maps_compressed_otherwise_are_decoded_and_written_again(tmp_path):
     assert_same(contents(path), contents(whole))
     with h5py.File(path) as f:
         assert f["maps"].compression == "gzip"
+
+
+def test_a_per_row_float_field_no_source_has_for_a_row_reads_as_nan(tmp_path):
+    path = tmp_path / "s.h5"
+    for rank, rows in enumerate([np.arange(0, 5), np.arange(5, N)]):
+        shard = write_shard(path, rank, 2, rows)
+        if rank == 0:  # only the first shard carries the field
+            with h5py.File(shard, "r+") as f:
+                quality = f.create_dataset("quality", data=np.zeros(N, np.float32))
+                quality[rows] = 1.0
+    merge(path)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["quality"][:5], np.ones(5))
+        assert np.isnan(f["quality"][5:]).all()

@@ -155,8 +155,9 @@ class ImageFolderDataset(Dataset):
             labels = folder_labels(ids)
         else:
             labels = self._labels_from_file(Path(labels_file), ids)
-        if subset_file is not None:
-            keep = self._subset_rows(Path(subset_file), ids)
+        self.subset_file = None if subset_file is None else Path(subset_file)
+        if self.subset_file is not None:
+            keep = self._subset_rows(self.subset_file, ids)
             ids, labels = [ids[i] for i in keep], labels[keep]
         self.ids = ids[:limit]
         self.labels = labels[:limit]

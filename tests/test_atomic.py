@@ -1,0 +1,27 @@
+"""Atomic writes leave either the old file or the new one, and no temporary file."""
+
+import pytest
+
+from xaibench.atomic import write_atomic, write_text_atomic
+
+
+def test_a_write_replaces_the_file_and_leaves_nothing_else(tmp_path):
+    target = tmp_path / "deep" / "table.csv"
+    write_text_atomic(target, "old\n")
+    write_text_atomic(target, "new\n")
+    assert target.read_text() == "new\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary_one(tmp_path):
+    target = tmp_path / "table.csv"
+    write_text_atomic(target, "old\n")
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, fail)
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
