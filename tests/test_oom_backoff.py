@@ -128,3 +128,22 @@ def test_evaluate_halves_the_chunk_and_records_it(image_folder, tmp_path):
     np.testing.assert_allclose(small.per_image[columns], full.per_image[columns], rtol=1e-5)
     for name in ("insertion", "deletion"):
         np.testing.assert_allclose(small.curves[name], full.curves[name], rtol=1e-5)
+
+
+def test_an_inner_chunked_call_that_cannot_go_lower_halves_the_outer_chunk():
+    values = torch.arange(10.0)
+    outer = ChunkSize(8, "batch_size")
+
+    def explain(part):  # a method chunking its own work: only 2 images at a time fit at all
+        images = values[part]
+
+        def inner(chunk):
+            if len(images) > 2:
+                raise torch.OutOfMemoryError("simulated")
+            return chunk * 2
+
+        return apply_in_chunks(inner, images, chunk_size=4)
+
+    parts = run_in_chunks(explain, len(values), outer)
+    assert torch.equal(torch.cat(parts), values * 2)
+    assert outer.value == 2

@@ -58,14 +58,15 @@ def run_in_chunks(fn: Callable[[slice], T], n: int, size: ChunkSize) -> list[T]:
     """[fn(slice(start, stop)) for consecutive slices covering range(max(n, 1))].
 
     Slices are `size.value` long (the last may be shorter); a slice whose call raises
-    `torch.OutOfMemoryError` is run again at half the size, from the same start.
+    `torch.OutOfMemoryError`, or `OutOfMemory` from a chunked call inside it that could not go
+    lower, is run again at half the size, from the same start.
     """
     parts, start = [], 0
     while start < max(n, 1):
         stop = min(start + size.value, n) if n else 0
         try:
             parts.append(fn(slice(start, stop)))
-        except torch.OutOfMemoryError as error:
+        except (torch.OutOfMemoryError, OutOfMemory) as error:
             failure = error
         else:
             start = max(stop, 1)
