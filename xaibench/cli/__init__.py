@@ -31,6 +31,7 @@ def cli() -> None:
       xaibench download imagenet-val --dest data/imagenet --archive ILSVRC2012_img_val.tar ...
       xaibench generate --model vgg16 --saliency tgrad,gradcam --data val/ --out runs/ --cuda
       xaibench evaluate --model vgg16 --store runs/vgg16/tgrad.h5 --data val/ --cuda
+      xaibench report runs/vgg16 --out report/ --data val/
     """
 
 

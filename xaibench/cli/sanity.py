@@ -26,7 +26,9 @@ from xaibench.sanity import sanity_check, write_sanity
 from xaibench.sanity.run import DEFAULT_THRESHOLD
 
 
-@click.command("sanity")
+@click.command(
+    "sanity", short_help="Cascading-randomisation sanity check of saliency methods (Adebayo 2018)."
+)
 @model_option
 @weights_option
 @saliency_option
