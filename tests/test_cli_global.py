@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from xaibench.cli import cli
-from xaibench.errors import ConfigError
+from xaibench.errors import ConfigError, DataError
 from xaibench.visualize.grid import LABEL_HEIGHT
 
 
@@ -72,6 +72,22 @@ def test_activations_writes_one_grid_per_layer(image_folder, tmp_path):
         assert Image.open(out / f"{layer}.png").size == (
             2 * 58 + 2,
             2 * (56 + LABEL_HEIGHT + 2) + 2,
+        )
+
+
+def test_activations_of_a_file_that_is_not_an_image_is_one_clear_error(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(DataError, match=r"cannot decode image .*notes\.jpg.*JPEG or PNG"):
+        invoke(
+            "activations",
+            text,
+            "--model",
+            "tiny_models:tiny_cnn",
+            "--layer",
+            "0",
+            "--out",
+            tmp_path,
         )
 
 

@@ -78,3 +78,11 @@ def test_different_images_or_protocol_settings_are_refused_naming_the_files():
     other.loc[other["method"] == "b", "protocol_settings"] = '{"step": 16}'
     with pytest.raises(ResultsError, match="not its settings"):
         rankings(other, ["insertion"])
+
+
+def test_an_evaluation_given_twice_is_refused_naming_its_file():
+    table = long_table({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.2, 0.1]})
+    table["source"] = np.where(table["method"] == "a", "runs/a-polycam.csv", "runs/b-polycam.csv")
+    twice = pd.concat([table, table[table["method"] == "b"]], ignore_index=True)
+    with pytest.raises(ResultsError, match=r"runs/b-polycam.csv.*'img0.png' more than once"):
+        rankings(twice, ["insertion"])

@@ -22,7 +22,7 @@ from xaibench.cli.options import (
 )
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.errors import ConfigError
-from xaibench.generate import STORE_FORMATS, TARGETS, GenerateSummary, generate, store_path
+from xaibench.generate import STORE_FORMATS, TARGETS, GenerateSummary, generate, model_dir
 from xaibench.methods import METHODS
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.runtime import default_batch_size, default_workers, resolve_device
@@ -106,7 +106,7 @@ def generate_command(
         raise click.BadParameter("give at least one method", param_hint="--saliency")
     for name in methods:
         METHODS.get(name)
-    log_dir = store_path(out_dir, model, methods[0], store_format).parent / "logs"
+    log_dir = model_dir(out_dir, model) / "logs"
     with dist.launch(resolve_device(device, cuda), log_dir) as world:
         loaded = load_model(model, weights)
         preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)

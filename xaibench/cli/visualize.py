@@ -8,7 +8,7 @@ import click
 
 from xaibench.cli.options import device_options, model_option, weights_option
 from xaibench.data.classes import imagenet_classes
-from xaibench.data.dataset import load_rgb
+from xaibench.data.dataset import read_image
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.runtime import prepare_model, resolve_device
 from xaibench.visualize import (
@@ -180,7 +180,7 @@ def activations_command(
     loaded = load_model(model, weights)
     network = prepare_model(loaded.model, chosen)
     preprocess = protocol_preprocess("polycam", loaded.mean, loaded.std, loaded.input_size)
-    batch = preprocess(load_rgb(image))[None].to(chosen)
+    batch = preprocess(read_image(Path(image), "give a JPEG or PNG file"))[None].to(chosen)
     maps = layer_activations(network, batch, layers)
     for name, value in maps.items():
         shown = choose_channels(value[0], channels, order)

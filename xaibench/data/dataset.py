@@ -117,6 +117,16 @@ def load_rgb(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
+def read_image(path: Path, fix: str) -> Image.Image:
+    """`load_rgb(path)`; a DataError naming the file and `fix` when it is missing or undecodable."""
+    try:
+        return load_rgb(path)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; {fix}") from None
+    except DECODE_ERRORS as error:
+        raise DataError(f"cannot decode image {path} ({error}); {fix}") from None
+
+
 class ImageFolderDataset(Dataset):
     """Images under `root` -> `(image (3, H, W) float32, row index)`.
 
@@ -198,14 +208,9 @@ class ImageFolderDataset(Dataset):
 
     def open_image(self, index: int) -> Image.Image:
         """The RGB image of row `index`, before preprocessing; DataError if it cannot be decoded."""
-        path = self.image_path(index)
-        try:
-            return load_rgb(path)
-        except DECODE_ERRORS as error:
-            raise DataError(
-                f"cannot decode image {path} ({error}); replace the file, or pass --skip-bad "
-                "to leave it out"
-            ) from None
+        return read_image(
+            self.image_path(index), "replace the file, or pass --skip-bad to leave it out"
+        )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadImage:
         """(3, H, W) float32 image and `index`, or a `BadImage` when skipping undecodable files."""

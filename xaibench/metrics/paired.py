@@ -61,6 +61,13 @@ def check_same_images(per_image: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS
         label = rows["method"].iloc[0]
         return f"{rows['source'].iloc[0]} ({label})" if "source" in rows else str(label)
 
+    twice = per_image.duplicated([*by, "method", "image_id"], keep=False)
+    if twice.any():
+        rows = per_image[twice]
+        raise ResultsError(
+            f"{name(rows)} holds image {rows['image_id'].iloc[0]!r} more than once for one model, "
+            "protocol and method; compare each evaluation once (drop the repeated file)"
+        )
     for key, group in per_image.groupby(list(by), sort=False):
         methods = [rows for _, rows in group.groupby("method", sort=False)]
         first = methods[0]

@@ -16,8 +16,8 @@ import torch
 
 from xaibench.atomic import write_bytes_atomic, write_text_atomic
 from xaibench.data.classes import imagenet_classes
-from xaibench.data.dataset import DECODE_ERRORS, load_rgb
-from xaibench.errors import DataError, ResultsError
+from xaibench.data.dataset import read_image
+from xaibench.errors import ResultsError
 from xaibench.metrics.base import saliency_at_input_size
 from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES
 from xaibench.models.preprocess import Preprocess
@@ -282,15 +282,8 @@ def preprocess_of(meta: StoreMeta) -> Preprocess:
 
 def _display_image(path: Path, preprocess: Preprocess, store_path: Path) -> np.ndarray:
     """(H, W, 3) in [0, 1]: the image as the model saw it (preprocessed, then un-normalised)."""
-    try:
-        tensor = preprocess(load_rgb(path))
-    except FileNotFoundError:
-        raise DataError(
-            f"{path} (an image of {store_path}) does not exist; pass as --data the folder the "
-            "run explained"
-        ) from None
-    except DECODE_ERRORS as error:
-        raise DataError(f"cannot decode image {path} ({error})") from None
+    fix = f"it is an image of {store_path}: pass as --data the folder the run explained"
+    tensor = preprocess(read_image(path, fix))
     mean = torch.tensor(preprocess.mean)[:, None, None]
     std = torch.tensor(preprocess.std)[:, None, None]
     return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()

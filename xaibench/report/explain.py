@@ -17,8 +17,8 @@ import torch
 from matplotlib.figure import Figure
 
 from xaibench.data.classes import imagenet_classes
-from xaibench.data.dataset import DECODE_ERRORS, load_rgb
-from xaibench.errors import ConfigError, DataError
+from xaibench.data.dataset import read_image
+from xaibench.errors import ConfigError
 from xaibench.methods import METHODS
 from xaibench.methods.tgrad import TGradTerms
 from xaibench.metrics.base import saliency_at_input_size
@@ -58,10 +58,7 @@ def explain_image(
     if tgrad_layers and "tgrad" not in methods:
         raise ConfigError("--tgrad-layers shows T-Grad's terms: add tgrad to --saliency")
     preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
-    try:
-        batch = preprocess(load_rgb(Path(path)))[None].to(device)
-    except DECODE_ERRORS as error:
-        raise DataError(f"cannot read image {path} ({error}); give a JPEG or PNG file") from None
+    batch = preprocess(read_image(Path(path), "give a JPEG or PNG file"))[None].to(device)
     model = prepare_model(loaded.model, device).eval()
     with torch.inference_mode():
         probabilities = model(batch).float().softmax(dim=1)[0]

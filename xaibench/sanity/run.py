@@ -31,7 +31,7 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from xaibench.atomic import write_atomic
+from xaibench.atomic import write_atomic, write_text_atomic
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
 from xaibench.metrics.base import saliency_at_input_size
@@ -170,7 +170,7 @@ def _save(path: Path, key: str, frames: list[pd.DataFrame]) -> None:
     """The rows so far and the run's key, each written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
-    write_atomic(path.with_name(path.name + ".key"), lambda p: p.write_text(key, "utf-8"))
+    write_text_atomic(path.with_name(path.name + ".key"), key)
     write_atomic(path, lambda p: rows.to_csv(p, index=False, na_rep="NaN"))
 
 

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from xaibench.errors import ConfigError
-from xaibench.methods.base import saliency_mode
-from xaibench.methods.hooks import record_layers
+from xaibench.methods.layers import trace_layers
 
 
 @dataclass(frozen=True)
@@ -38,14 +37,11 @@ def randomisation_stages(
     """The stages, output first. Modules that do not run in the forward pass are left out."""
     if depth is not None and depth < 1:
         raise ConfigError(f"depth must be a positive integer or None, got {depth}")
-    names = [n for n, m in model.named_modules() if n and _own_parameters(m)]
+    names = {n for n, m in model.named_modules() if n and _own_parameters(m)}
     if not names:
         raise ConfigError(f"{type(model).__name__} has no submodule with parameters to randomise")
-    reference = next(model.parameters())
-    dummy = torch.zeros(1, 3, *input_size, device=reference.device, dtype=reference.dtype)
-    with saliency_mode(model), torch.no_grad(), record_layers(model, names) as recording:
-        model(dummy)
-    ran = list(dict.fromkeys(call.name for call in recording.calls))
+    calls = trace_layers(model, input_size)
+    ran = list(dict.fromkeys(call.name for call in calls if call.name in names))
     groups: dict[str, list[str]] = {}
     for name in ran:
         key = ".".join(name.split(".")[:depth]) if depth else name

@@ -202,7 +202,8 @@ def _copy(item: h5py.HLObject, out: h5py.File, rows: np.ndarray, n: int) -> None
     )
     target = h5py.Dataset(created)
     target.attrs.update(dict(item.attrs))
-    if target.dtype.kind == "f":  # rows no source carries read as NaN (unknown), not 0
+    # Rows no source carries read as NaN (unknown), not 0; `maps` already has NaN as fill value.
+    if target.dtype.kind == "f" and not np.isnan(target.fillvalue):
         target[...] = np.nan
     _copy_row_blocks(item, target, rows)
 

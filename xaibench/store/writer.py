@@ -41,9 +41,6 @@ class BackgroundWriter:
         )
         self._thread.start()
 
-    def pending_indices(self) -> np.ndarray:
-        return self.store.pending_indices()
-
     def write(
         self,
         indices: np.ndarray,
