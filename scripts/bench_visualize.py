@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -19,20 +18,16 @@ from xaibench.methods.base import saliency_mode
 from xaibench.methods.layers import find_target_layer
 from xaibench.models import load_model
 from xaibench.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
+from xaibench.timing import timed
 from xaibench.uncertainty import dropout_active, find_dropout, mc_dropout_probabilities
 from xaibench.visualize import Unit, visualise_units
 
 REPEATS = 3
 
 
-def timed(function) -> float:
-    """The fastest of REPEATS runs, in seconds (the machine may be shared)."""
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
+def fastest(device: torch.device, function) -> float:
+    """The fastest of REPEATS runs, in seconds (the machine may be shared), CUDA synchronised."""
+    return min(timed(device, function)[1] for _ in range(REPEATS))
 
 
 def bench_visualize(loaded, model, device, units: int, steps: int, size: int) -> None:
@@ -59,9 +54,9 @@ def bench_visualize(loaded, model, device, units: int, steps: int, size: int) ->
 
     run(chosen[:1])  # warm-up
     ours, alone, reference = (
-        timed(lambda: run(chosen)),
-        timed(lambda: [run([u]) for u in chosen]),
-        timed(raw),
+        fastest(device, lambda: run(chosen)),
+        fastest(device, lambda: [run([u]) for u in chosen]),
+        fastest(device, raw),
     )
     print(f"visualize  {units} units x {steps} steps at {size}px on {layer}")
     print(
@@ -95,7 +90,7 @@ def bench_mc_dropout(model, device, passes: int, batch: int, size: int) -> None:
                 model(images).softmax(dim=1)
 
     ours()  # warm-up
-    a, b, c = timed(ours), timed(raw), timed(per_pass)
+    a, b, c = fastest(device, ours), fastest(device, raw), fastest(device, per_pass)
     b *= passes * batch / (passes * batch // chunk * chunk)
     print(f"mc-dropout sites: {', '.join(map(str, sites))}")
     print(f"mc-dropout {passes} passes x {batch} images at {size}px, chunks of {chunk}")
