@@ -15,6 +15,7 @@ from xaibench.report.tables import (
     comparison_summary,
     latex_comparison,
     load_evaluations,
+    paired_tables,
 )
 
 
@@ -85,9 +86,8 @@ def compare_command(
     """
     evaluations = load_evaluations(paths)
     summary = comparison_summary(evaluations, resamples)
-    markdown = comparison_markdown(
-        evaluations, summary, interval=interval, digits=digits, paired=not no_paired
-    )
+    tables = None if no_paired else paired_tables(evaluations)
+    markdown = comparison_markdown(summary, tables, interval=interval, digits=digits)
     if latex_file:
         write_text_atomic(latex_file, latex_comparison(summary, interval, digits, latex_style))
         click.echo(f"LaTeX table -> {latex_file}", err=True)

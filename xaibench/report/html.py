@@ -152,9 +152,7 @@ def render_html(content: ReportContent) -> str:
 
 def render_markdown(content: ReportContent) -> str:
     """The report as Markdown; figures are the PNG files written next to it."""
-    tables = comparison_markdown(
-        content.evaluations, content.summary, paired=content.paired is not None, heading="##"
-    )
+    tables = comparison_markdown(content.summary, content.paired)
     return (
         _environment(False)
         .get_template("report.md.j2")

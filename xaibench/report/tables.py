@@ -298,15 +298,15 @@ def pairs_markdown(tables: PairedTables, digits: int = 3) -> str:
 
 
 def comparison_markdown(
-    evaluations: Evaluations,
     summary: pd.DataFrame,
+    tables: PairedTables | None,
     *,
     interval: str = "bootstrap",
     digits: int = 3,
-    paired: bool = True,
     heading: str = "##",
 ) -> str:
-    """The whole comparison as Markdown: summary table, rankings per metric, paired tests."""
+    """The whole comparison as Markdown: summary table, then, with `tables` (`paired_tables`),
+    rankings per metric and paired tests."""
     label = "percentile bootstrap" if interval == "bootstrap" else "Student's t"
     parts = [
         f"{heading} Summary",
@@ -314,8 +314,7 @@ def comparison_markdown(
         "is better, ↓ lower is better; avg_drop and increase in %.",
         markdown_comparison(summary, interval, digits),
     ]
-    if paired:
-        tables = paired_tables(evaluations)
+    if tables is not None:
         parts += [
             f"{heading} Rankings",
             "Methods best first by mean; mean_rank: the average of the per-image ranks (1 = best); "
