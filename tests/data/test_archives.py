@@ -11,6 +11,7 @@ from synthetic_imagenet import ArchiveServer, add_bytes
 from xaibench.data import archives
 from xaibench.data.archives import Archive, ChecksumError, DownloadError, fetch
 from xaibench.data.extract import UnsafeArchiveError, safe_extract
+from xaibench.errors import ConfigError
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -217,3 +218,36 @@ def test_place_renames_and_skips_entries(tmp_path):
     place = {"val/one.xml": "boxes/one.xml"}.get
     assert safe_extract(path, dest, place, progress=False) == [dest.resolve() / "boxes/one.xml"]
     assert sorted(p.name for p in dest.rglob("*") if p.is_file()) == ["one.xml"]
+
+
+def test_the_first_mib_md5_is_checked_across_a_resumed_download(tmp_path):
+    payload = np.random.default_rng(1).integers(0, 256, 1_500_000, dtype=np.uint8).tobytes()
+    head = hashlib.md5(payload[: archives.HEAD_BYTES]).hexdigest()
+    archive = Archive("b.tgz", len(payload), head_md5=head)
+    with ArchiveServer({"b.tgz": payload}) as running:
+        running.cut["b.tgz"] = 700_001  # the first MiB arrives in two runs, split mid-chunk
+        url = f"{running.url}/b.tgz"
+        with pytest.raises(DownloadError):
+            fetch(archive, tmp_path, url, retries=0, progress=False)
+        assert fetch(archive, tmp_path, url, retries=0, progress=False).read_bytes() == payload
+        wrong = Archive("b.tgz", len(payload), head_md5=hashlib.md5(payload).hexdigest())
+        with pytest.raises(ChecksumError, match=f"expected head_md5 .*, got {head}"):
+            fetch(wrong, tmp_path / "again", url, progress=False)
+
+
+def test_a_sha256_that_contradicts_the_pinned_one_is_refused_before_hashing(tmp_path, monkeypatch):
+    given = tmp_path / "a.tar"
+    given.write_bytes(PAYLOAD)
+    monkeypatch.setattr(archives, "file_digests", lambda *a, **k: pytest.fail("hashed the file"))
+    with pytest.raises(ConfigError, match="differs from the pinned sha256"):
+        fetch(pinned(sha256=SHA256), tmp_path / "d", given=given, expected_sha256="2" * 64)
+
+
+@pytest.mark.parametrize("key", sorted(k for k, a in archives.ARCHIVES.items() if a.url))
+def test_every_public_archive_pins_its_size_and_a_published_digest(key):
+    archive = archives.ARCHIVES[key]
+    lengths = {"md5": 32, "head_md5": 32, "sha256": 64}
+    assert archive.size and set(archive.expected()) & {"sha256", "head_md5"}
+    assert archive.url.endswith("/" + archive.filename)
+    for kind, digest in archive.expected().items():
+        assert len(digest) == lengths[kind] and int(digest, 16) >= 0 and digest == digest.lower()

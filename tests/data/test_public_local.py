@@ -74,19 +74,26 @@ def test_imagenette_val_is_indexed_by_its_wnid_folders(tmp_path, monkeypatch):
     assert index.root == tmp_path / "n" / "imagenette2-160" / "val"
 
 
-def test_imagewoof_has_no_pinned_checksum_so_the_user_confirms_its_sha256(tmp_path, monkeypatch):
-    assert not ARCHIVES["imagewoof2-160"].pinned
+def test_imagewoof_is_checked_by_size_and_first_mib_md5_and_takes_a_users_sha256(
+    tmp_path, monkeypatch
+):
+    pins = ARCHIVES["imagewoof2-160"]
+    assert pins.size and pins.head_md5 and pins.sha256 is None
     data = tgz(tmp_path / "woof.tgz", [f"imagewoof2-160/val/{HORN}/c.JPEG"])
     sha256 = hashlib.sha256(data).hexdigest()
     with ArchiveServer({"imagewoof2-160.tgz": data}) as server:
+        head = {"size": len(data), "head_md5": hashlib.md5(data[: 1 << 20]).hexdigest()}
+        serve_as(monkeypatch, "imagewoof2-160", f"{server.url}/imagewoof2-160.tgz", **head)
         args = ["download", "imagewoof-160", "--dest", str(tmp_path / "w"), "--quiet"]
-        args += ["--url-base", server.url]
-        first = CliRunner().invoke(cli, args)
-        assert isinstance(first.exception, ChecksumError)
-        assert f"--sha256 {sha256}" in str(first.exception)
-        second = CliRunner().invoke(cli, [*args, "--sha256", sha256], catch_exceptions=False)
-    assert second.exit_code == 0, second.output
-    assert "imagewoof-160: 1 images in 1 classes" in second.output
+        wrong = CliRunner().invoke(cli, [*args, "--sha256", "0" * 64])
+        assert isinstance(wrong.exception, ChecksumError)
+        assert f"expected sha256 {'0' * 64}, got {sha256}" in str(wrong.exception)
+        done = CliRunner().invoke(cli, [*args, "--sha256", sha256], catch_exceptions=False)
+        assert done.exit_code == 0, done.output
+        again = CliRunner().invoke(cli, args, catch_exceptions=False)  # verified before
+    assert "imagewoof-160: 1 images in 1 classes" in done.output
+    assert again.exit_code == 0, again.output
+    assert len(server.requests) == 2  # the bad download was removed and fetched afresh, once
 
 
 def photo_folder(root, layout):

@@ -61,7 +61,8 @@ def imagenet_archives(paths: tuple[Path, ...]) -> dict[str, Path]:
 @click.option(
     "--sha256",
     default=None,
-    help="Expected sha256 of the archive, for archives with no published checksum.",
+    help="A whole-file sha256 you trust, checked with the pinned size and checksums "
+    "(Imagewoof's publisher records no whole-file checksum).",
 )
 @click.option(
     "--source",

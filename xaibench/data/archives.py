@@ -7,12 +7,18 @@ hashed while it streams in (no second pass over the file), and gets its final na
 size and checksums match. A file the user gives (`--archive`) is verified in place and never moved,
 changed or deleted.
 
-Checksum sources: ImageNet's md5s are those published with the archives on image-net.org
-(torchvision's `datasets/imagenet.py` pins the same for the images and the devkit); Imagenette's md5s are torchvision's `datasets/imagenette.py`
-pins (only md5 is published for the current archives, so only md5 and not the size is checked);
-ImageNetV2's size and sha256 are TensorFlow Datasets' `imagenet_v2/checksums.tsv`. Imagewoof's
-published md5s disagree between sources (the archives were re-uploaded), so none is pinned: its
-verification is explicit (`expected_sha256`, the `--sha256` option), see `fetch`.
+Checksum sources, each a published value, never one computed here:
+- ImageNet: the md5s published with the archives on image-net.org (torchvision's
+  `datasets/imagenet.py` pins the same); the images archive's size and sha256 are TensorFlow
+  Datasets' `imagenet2012/checksums.tsv`. No size or sha256 is published for the devkit and the
+  boxes archive, so md5 alone is checked for them.
+- Imagenette: the md5s of torchvision's `datasets/imagenette.py`; sizes and sha256 of TensorFlow
+  Datasets' `imagenette/checksums.tsv` (its sizes are also fast.ai's own, below).
+- Imagewoof: fast.ai's own checks (`fastai/data/download_checks.py`): the size and the md5 of the
+  first MiB (`head_md5`), which is all its publisher records. The whole-file sha256s found in
+  public code disagree (the archives were re-uploaded), so none is pinned; `--sha256` checks one
+  the user trusts in addition. Every verified archive's sha256 is recorded in `DEST/.NAME.verified`.
+- ImageNetV2: size and sha256 of TensorFlow Datasets' `imagenet_v2/checksums.tsv`.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from xaibench.atomic import write_text_atomic
 from xaibench.errors import ConfigError, DataError
 
 CHUNK_BYTES = 1 << 20
+HEAD_BYTES = 1 << 20  # fast.ai's check hashes the first MiB of an archive
 FAST_AI = "https://s3.amazonaws.com/fast-ai-imageclas"
 IMAGENETV2 = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main"
 
@@ -46,22 +54,35 @@ class DownloadError(DataError):
 
 @dataclass(frozen=True)
 class Archive:
-    """One archive: `size` in bytes, hex digests, and a pinned `url` (None: the user gives one)."""
+    """One archive: `size` in bytes, hex digests, and a pinned `url` (None: the user gives one).
+
+    `head_md5` is the md5 of the first `HEAD_BYTES` bytes, for archives whose publisher records
+    only that (with the size).
+    """
 
     filename: str
     size: int | None = None
     md5: str | None = None
     sha256: str | None = None
     url: str | None = None
+    head_md5: str | None = None
 
     @property
     def pinned(self) -> bool:
-        return self.md5 is not None or self.sha256 is not None
+        return any(digest is not None for digest in (self.md5, self.sha256, self.head_md5))
+
+    def expected(self) -> dict[str, str]:
+        """The pinned digests by kind ("md5", "sha256", "head_md5")."""
+        digests = {"md5": self.md5, "sha256": self.sha256, "head_md5": self.head_md5}
+        return {kind: value for kind, value in digests.items() if value is not None}
 
 
 ARCHIVES: dict[str, Archive] = {
     "imagenet-val": Archive(
-        "ILSVRC2012_img_val.tar", 6_744_924_160, "29b22e2961454d5413ddabcf34fc5622"
+        "ILSVRC2012_img_val.tar",
+        6_744_924_160,
+        "29b22e2961454d5413ddabcf34fc5622",
+        "c7e06a6c0baccf06d8dbeb6577d71efff84673a5dbdd50633ab44f8ea0456ae0",
     ),
     "imagenet-devkit": Archive(
         "ILSVRC2012_devkit_t12.tar.gz", md5="fa75699e90414af021442c21a62c3abf"
@@ -70,21 +91,44 @@ ARCHIVES: dict[str, Archive] = {
         "ILSVRC2012_bbox_val_v3.tgz", md5="f4cd18b5ea29fe6bbea62ec9c20d80f0"
     ),
     "imagenette2": Archive(
-        "imagenette2.tgz", md5="fe2fc210e6bb7c5664d602c3cd71e612", url=f"{FAST_AI}/imagenette2.tgz"
+        "imagenette2.tgz",
+        1_557_161_267,
+        "fe2fc210e6bb7c5664d602c3cd71e612",
+        "6cbfac238434d89fe99e651496f0812ebc7a10fa62bd42d6874042bf01de4efd",
+        f"{FAST_AI}/imagenette2.tgz",
     ),
     "imagenette2-320": Archive(
         "imagenette2-320.tgz",
-        md5="3df6f0d01a2c9592104656642f5e78a3",
-        url=f"{FAST_AI}/imagenette2-320.tgz",
+        341_663_724,
+        "3df6f0d01a2c9592104656642f5e78a3",
+        "569b4497c98db6dd29f335d1f109cf315fe127053cedf69010d047f0188e158c",
+        f"{FAST_AI}/imagenette2-320.tgz",
     ),
     "imagenette2-160": Archive(
         "imagenette2-160.tgz",
-        md5="e793b78cc4c9e9a4ccc0c1155377a412",
-        url=f"{FAST_AI}/imagenette2-160.tgz",
+        99_003_388,
+        "e793b78cc4c9e9a4ccc0c1155377a412",
+        "64d0c4859f35a461889e0147755a999a48b49bf38a7e0f9bd27003f10db02fe5",
+        f"{FAST_AI}/imagenette2-160.tgz",
     ),
-    "imagewoof2": Archive("imagewoof2.tgz", url=f"{FAST_AI}/imagewoof2.tgz"),
-    "imagewoof2-320": Archive("imagewoof2-320.tgz", url=f"{FAST_AI}/imagewoof2-320.tgz"),
-    "imagewoof2-160": Archive("imagewoof2-160.tgz", url=f"{FAST_AI}/imagewoof2-160.tgz"),
+    "imagewoof2": Archive(
+        "imagewoof2.tgz",
+        1_343_715_595,
+        url=f"{FAST_AI}/imagewoof2.tgz",
+        head_md5="2cc1c1e36e20cb6fd24ffb978edcb487",
+    ),
+    "imagewoof2-320": Archive(
+        "imagewoof2-320.tgz",
+        328_387_740,
+        url=f"{FAST_AI}/imagewoof2-320.tgz",
+        head_md5="7a1fd92672a559a85de76e4810a20c21",
+    ),
+    "imagewoof2-160": Archive(
+        "imagewoof2-160.tgz",
+        92_612_825,
+        url=f"{FAST_AI}/imagewoof2-160.tgz",
+        head_md5="3559b194123981a540b87132dbda412f",
+    ),
     "imagenetv2-matched-frequency": Archive(
         "imagenetv2-matched-frequency.tar.gz",
         1_264_079_360,
@@ -95,21 +139,29 @@ ARCHIVES: dict[str, Archive] = {
 
 
 class Hashes:
-    """md5 and sha256 of a byte stream, fed chunk by chunk."""
+    """md5 and sha256 of a byte stream, and md5 of its first `HEAD_BYTES`, fed chunk by chunk."""
 
     def __init__(self) -> None:
-        self.md5, self.sha256 = hashlib.md5(), hashlib.sha256()
+        self.md5, self.sha256, self.head_md5 = hashlib.md5(), hashlib.sha256(), hashlib.md5()
+        self.head_left = HEAD_BYTES
 
     def update(self, chunk: bytes) -> None:
         self.md5.update(chunk)
         self.sha256.update(chunk)
+        if self.head_left:
+            self.head_md5.update(chunk[: self.head_left])
+            self.head_left -= min(len(chunk), self.head_left)
 
     def hexdigests(self) -> dict[str, str]:
-        return {"md5": self.md5.hexdigest(), "sha256": self.sha256.hexdigest()}
+        return {
+            "md5": self.md5.hexdigest(),
+            "sha256": self.sha256.hexdigest(),
+            "head_md5": self.head_md5.hexdigest(),
+        }
 
 
 def file_digests(path: Path, progress: bool = False) -> dict[str, str]:
-    """{"md5": hex, "sha256": hex} of a file, hashed in one streamed pass."""
+    """{"md5", "sha256", "head_md5": hex} of a file, hashed in one streamed pass."""
     return _hash_into(Hashes(), path, progress).hexdigests()
 
 
@@ -143,13 +195,7 @@ def verify_file(
     is hashed. `expected_sha256` (from the user) is checked in addition to the table's checksums.
     An archive with no checksum at all raises ChecksumError that prints the computed sha256.
     """
-    size = path.stat().st_size
-    if archive.size is not None and size != archive.size:
-        raise ChecksumError(
-            f"{path} has {size:,} bytes, expected {archive.size:,} for {archive.filename}"
-        )
-    actual = digests or file_digests(path, progress)
-    expected = {"md5": archive.md5, "sha256": archive.sha256}
+    expected = archive.expected()
     if expected_sha256:
         if archive.sha256 and archive.sha256 != expected_sha256.lower():
             raise ConfigError(
@@ -157,12 +203,18 @@ def verify_file(
                 f"of {archive.filename}; leave --sha256 out"
             )
         expected["sha256"] = expected_sha256.lower()
+    size = path.stat().st_size
+    if archive.size is not None and size != archive.size:
+        raise ChecksumError(
+            f"{path} has {size:,} bytes, expected {archive.size:,} for {archive.filename}"
+        )
+    actual = digests or file_digests(path, progress)
     for kind, value in expected.items():
-        if value is not None and actual[kind] != value:
+        if actual[kind] != value:
             raise ChecksumError(
                 f"checksum mismatch for {path}: expected {kind} {value}, got {actual[kind]}"
             )
-    if not any(expected.values()):
+    if not expected:
         raise ChecksumError(
             f"no checksum is published for {archive.filename}; {path} has sha256 "
             f"{actual['sha256']}: check it against a source you trust and run again with "
@@ -191,10 +243,7 @@ def _verified_before(dest: Path, path: Path, expected_sha256: str | None) -> boo
 
 
 def _write_stamp(dest: Path, path: Path, digests: dict[str, str]) -> None:
-    stamp = _stamp_path(dest, path.name)
-    partial = stamp.with_name(stamp.name + ".partial")
-    partial.write_text(json.dumps({**_stamp_of(path), **digests}))
-    os.replace(partial, stamp)
+    write_text_atomic(_stamp_path(dest, path.name), json.dumps({**_stamp_of(path), **digests}))
 
 
 def _verify_once(
