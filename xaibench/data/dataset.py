@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -59,6 +59,18 @@ def find_images(root: Path) -> list[str]:
             if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
         ]
     return sorted(found)
+
+
+def check_images_present(
+    named: Iterable[str], present: Iterable[str], source: str, root: Path, fix: str
+) -> None:
+    """DataError when `source` (e.g. "labels file PATH") names images that are not `present`
+    under `root`; the message gives the count, the first image missing and `fix`."""
+    missing = sorted(set(named) - set(present))
+    if missing:
+        raise DataError(
+            f"{source} names {len(missing)} image(s) not under {root} (first: {missing[0]}); {fix}"
+        )
 
 
 def read_labels_file(path: Path) -> dict[str, int]:
@@ -174,13 +186,13 @@ class ImageFolderDataset(Dataset):
 
     def _labels_from_file(self, path: Path, ids: list[str]) -> np.ndarray:
         by_id = read_labels_file(path)
-        missing = sorted(set(by_id) - set(ids))
-        if missing:
-            raise DataError(
-                f"labels file {path} names {len(missing)} image(s) not under {self.root} "
-                f"(first: {missing[0]}); pass the folder that holds them, or a labels file for "
-                "this folder"
-            )
+        check_images_present(
+            by_id,
+            ids,
+            f"labels file {path}",
+            self.root,
+            "pass the folder that holds them, or a labels file for this folder",
+        )
         unlabelled = len(ids) - len(by_id)
         if unlabelled:
             log.warning("%d image(s) under %s are not in %s: label -1", unlabelled, self.root, path)
@@ -192,12 +204,13 @@ class ImageFolderDataset(Dataset):
         except (OSError, UnicodeDecodeError) as error:
             raise DataError(f"cannot read subset file {path} ({error}); check the path") from None
         wanted = {f[0] for f in (line.split() for line in lines) if f and not f[0].startswith("#")}
-        missing = sorted(wanted - set(ids))
-        if missing:
-            raise DataError(
-                f"subset file {path} names {len(missing)} image(s) not under {self.root} "
-                f"(first: {missing[0]}); pass the folder the subset was made from"
-            )
+        check_images_present(
+            wanted,
+            ids,
+            f"subset file {path}",
+            self.root,
+            "pass the folder the subset was made from",
+        )
         return np.array([i for i, image_id in enumerate(ids) if image_id in wanted], np.int64)
 
     def __len__(self) -> int:
