@@ -9,13 +9,13 @@ under a final name; a re-run skips the files already there with the right size.
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from xaibench.atomic import write_stream_atomic
 from xaibench.errors import DataError
 
 
@@ -122,9 +122,6 @@ def _extract_member(
             f"{archive}: entry {member.name!r} is a device file or FIFO; refused"
         )
     if not (target.is_file() and target.stat().st_size == member.size):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        with tar.extractfile(member) as source, open(partial, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
-        os.replace(partial, target)
+        with tar.extractfile(member) as source:
+            write_stream_atomic(target, source)
     return [target]
