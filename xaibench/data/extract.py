@@ -3,7 +3,9 @@
 Refused, before anything of the entry is written: absolute names, names with `..`, symbolic or hard
 links whose target lies outside the destination, and device files or FIFOs. Each file is written
 under a temporary name and renamed when complete, so a killed extraction leaves no truncated file
-under a final name; a re-run skips the files already there with the right size.
+under a final name; a re-run skips the files already there with the right size. `extract_once`
+adds a marker file written when the whole archive is extracted, so a later run skips it and a
+killed one is extracted again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from xaibench.atomic import write_stream_atomic
+from xaibench.atomic import write_stream_atomic, write_text_atomic
 from xaibench.errors import DataError
 
 
@@ -85,6 +87,21 @@ def safe_extract(
             "truncated, download it again"
         ) from None
     return written
+
+
+def extract_once(
+    archive: Path,
+    dest: Path,
+    marker: Path,
+    place: Callable[[str], str | None] | None = None,
+    progress: bool = True,
+) -> None:
+    """`safe_extract(archive, dest, place)` unless `marker` exists; `marker` (the archive's name)
+    is written once every entry is extracted, so a run killed half-way is completed by the next."""
+    if marker.exists():
+        return
+    safe_extract(archive, dest, place, progress)
+    write_text_atomic(marker, f"{Path(archive).name}\n")
 
 
 def _extract_member(
