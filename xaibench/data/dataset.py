@@ -61,6 +61,23 @@ def find_images(root: Path) -> list[str]:
     return sorted(found)
 
 
+def list_images(root: Path) -> list[str]:
+    """`find_images(root)`; a DataError naming `root` when it is not a folder or holds no image."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"dataset folder {root} does not exist; pass the folder that holds the "
+            "images (class folders named by WNID, or a flat folder with --labels)"
+        )
+    ids = find_images(root)
+    if not ids:
+        raise DataError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}; pass the folder that "
+            "holds the images"
+        )
+    return ids
+
+
 def check_images_present(
     named: Iterable[str], present: Iterable[str], source: str, root: Path, fix: str
 ) -> None:
@@ -146,7 +163,8 @@ class ImageFolderDataset(Dataset):
     cannot be decoded raises DataError, or with `skip_bad=True` comes back as a `BadImage`, which
     `make_loader`'s batches drop and record in `bad_ids` (also when decoded in worker processes).
     `subset_file` keeps only the ids listed in it (first column of each line, e.g. a subset written
-    by `xaibench download --subset`); `limit` then keeps the first `limit` ids.
+    by `xaibench download --subset`); `limit` then keeps the first `limit` ids. `found` is the
+    listing of `root` by `list_images` when the caller already has it (the folder is not walked).
     """
 
     def __init__(
@@ -157,22 +175,13 @@ class ImageFolderDataset(Dataset):
         limit: int | None = None,
         skip_bad: bool = False,
         subset_file: str | Path | None = None,
+        found: Sequence[str] | None = None,
     ):
         self.root = Path(root)
         self.preprocess = preprocess
         self.skip_bad = skip_bad
         self.bad: dict[int, str] = {}
-        if not self.root.is_dir():
-            raise DataError(
-                f"dataset folder {self.root} does not exist; pass the folder that holds the "
-                "images (class folders named by WNID, or a flat folder with --labels)"
-            )
-        ids = find_images(self.root)
-        if not ids:
-            raise DataError(
-                f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}; pass the folder that "
-                "holds the images"
-            )
+        ids = list_images(self.root) if found is None else list(found)
         if labels_file is None:
             labels = folder_labels(ids)
         else:
