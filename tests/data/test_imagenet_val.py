@@ -17,7 +17,7 @@ from synthetic_imagenet import (
 )
 
 from xaibench.cli import cli, main
-from xaibench.data import archives, imagenet
+from xaibench.data import archives, extract, imagenet
 from xaibench.data.archives import ARCHIVES, Archive
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
@@ -107,8 +107,9 @@ def test_arranges_into_wnid_folders_with_index_files_and_boxes(sources, tmp_path
         assert by_number[f"{wnid}/ILSVRC2012_val_{number:08d}.JPEG"] == classes.index_of(wnid)
     assert read_index(dest).root == dest / "val" and index.ids == sorted(by_number)
     assert index.labels.tolist() == [by_number[i] for i in index.ids]
-    boxes = sorted(p.name for p in (dest / "boxes").iterdir())
+    boxes = sorted(p.name for p in (dest / "boxes").glob("*.xml"))
     assert boxes == [f"ILSVRC2012_val_{n:08d}.xml" for n in range(1, IMAGES + 1)]
+    assert (dest / "boxes" / ".extracted").is_file()
     assert f"<name>{wnids[4]}</name>" in (dest / "boxes/ILSVRC2012_val_00000005.xml").read_text()
     # the user's archives are used in place, untouched
     assert not (dest / "ILSVRC2012_img_val.tar").exists()
@@ -156,6 +157,38 @@ def test_a_killed_arrangement_is_completed_by_the_next_run(sources, tmp_path, mo
     assert (dest / "labels.txt").read_text() == (tmp_path / "whole" / "labels.txt").read_text()
 
 
+def test_a_killed_box_extraction_is_completed_by_the_next_run(sources, tmp_path, monkeypatch):
+    real_write, boxes_written = extract.write_stream_atomic, []
+
+    def write_then_die(path, stream):
+        if path.parent.name == "boxes":
+            boxes_written.append(path)
+            if len(boxes_written) > 5:
+                raise KeyboardInterrupt
+        return real_write(path, stream)
+
+    monkeypatch.setattr(extract, "write_stream_atomic", write_then_die)
+    dest = tmp_path / "imagenet"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_imagenet_val(dest, given=dict(sources), progress=False)
+    assert len(list((dest / "boxes").iterdir())) == 5  # five boxes, no marker, no index
+    assert not (dest / "boxes" / ".extracted").exists() and not (dest / "labels.txt").exists()
+    assert (dest / "val" / ".arranged").exists()  # the images were done before the boxes
+
+    monkeypatch.setattr(extract, "write_stream_atomic", real_write)
+    prepare_imagenet_val(dest, given=dict(sources), progress=False)
+    boxes = sorted(p.name for p in (dest / "boxes").glob("*.xml"))
+    assert boxes == [f"ILSVRC2012_val_{n:08d}.xml" for n in range(1, IMAGES + 1)]
+    assert (dest / "boxes" / ".extracted").is_file() and (dest / "labels.txt").is_file()
+    wnids = expected_wnids()
+    assert f"<name>{wnids[11]}</name>" in (dest / "boxes/ILSVRC2012_val_00000012.xml").read_text()
+
+    extracted = []
+    monkeypatch.setattr(extract, "safe_extract", lambda archive, *a, **k: extracted.append(archive))
+    prepare_imagenet_val(dest, given=dict(sources), progress=False)
+    assert extracted == []  # images and boxes marked done: no archive is read again
+
+
 def test_downloads_from_the_url_base_of_the_environment(sources, tmp_path, monkeypatch):
     monkeypatch.setattr(archives.time, "sleep", lambda seconds: None)  # the retry's backoff
     files = {p.name: p.read_bytes() for p in sources.values()}
@@ -176,7 +209,7 @@ def test_downloads_from_the_url_base_of_the_environment(sources, tmp_path, monke
     assert (tmp_path / "d" / "ILSVRC2012_img_val.tar").read_bytes() == files[
         "ILSVRC2012_img_val.tar"
     ]
-    assert len(list((tmp_path / "d" / "boxes").iterdir())) == IMAGES
+    assert len(list((tmp_path / "d" / "boxes").glob("*.xml"))) == IMAGES
 
 
 def test_without_a_source_the_command_says_so_plainly(tmp_path, monkeypatch, capsys):

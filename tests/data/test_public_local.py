@@ -157,3 +157,28 @@ def test_an_unknown_layout_says_which_ones_are_recognised(tmp_path):
     photo_folder(tmp_path / "flat", "flat")
     with pytest.raises(DataError, match=r"WNID .* Kaggle's LOC_val_solution\.csv .* --labels"):
         index_local(tmp_path / "flat", tmp_path / "dest")
+
+
+@pytest.mark.parametrize("layout", ["labels file", "kaggle"])
+def test_labels_naming_images_that_are_not_there_name_the_file_count_first_and_fix(
+    tmp_path, layout
+):
+    images = tmp_path / "src" / "ILSVRC/Data/CLS-LOC/val"
+    files = photo_folder(images, "flat")
+    names = [n for _, n in files] + ["ILSVRC2012_val_00000009.JPEG", "ILSVRC2012_val_00000008.JPEG"]
+    if layout == "kaggle":
+        labels = tmp_path / "src" / "LOC_val_solution.csv"
+        rows = [f"{n.removesuffix('.JPEG')},{TENCH} 1 2 3 4" for n in names]
+        labels.write_text("ImageId,PredictionString\n" + "\n".join(rows))
+        args = (tmp_path / "src", tmp_path / "dest")
+    else:
+        labels = tmp_path / "val.txt"
+        labels.write_text("".join(f"{n} {TENCH}\n" for n in names))
+        args = (images, tmp_path / "dest", labels)
+    expected = (
+        rf"labels file {labels} names 2 image\(s\) not under {images} "
+        r"\(first: ILSVRC2012_val_00000008\.JPEG\); pass the folder that holds them"
+    )
+    with pytest.raises(DataError, match=expected):
+        index_local(*args)
+    assert not (tmp_path / "dest").exists()  # nothing indexed

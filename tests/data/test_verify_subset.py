@@ -1,5 +1,7 @@
 """verify (counts, undecodable images, the accuracy rule) and reproducible stratified subsets."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -10,13 +12,14 @@ from synthetic_imagenet import jpeg_bytes
 from torch import nn
 
 from xaibench.cli import cli
+from xaibench.data import dataset as dataset_module
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.index import read_index, subset_rows, write_index, write_subset
 from xaibench.data.local import index_local
 from xaibench.data.samples import SAMPLES, build_sample_dataset
-from xaibench.data.verify import accuracy_rule, sample_accuracy, verify_dataset
-from xaibench.errors import ConfigError, DataError
+from xaibench.data.verify import accuracy_rule, open_prepared, sample_accuracy, verify_dataset
+from xaibench.errors import ConfigError, DataError, ModelError
 from xaibench.models import load_model
 from xaibench.models.factory import MODELS, LoadedModel
 from xaibench.models.preprocess import Preprocess
@@ -36,7 +39,7 @@ def class_folders(root, per_class):
 def test_counts_per_class_and_unreadable_images(tmp_path):
     root = class_folders(tmp_path / "val", {0: 3, 5: 3, 9: 2})
     (root / imagenet_classes().wnid(5) / "img1.JPEG").write_bytes(b"truncated")
-    report = verify_dataset(root, expected_per_class=3, batch_size=3, progress=False)
+    report = verify_dataset(open_prepared(root), expected_per_class=3, batch_size=3, progress=False)
     assert report.counts[[0, 5, 9]].tolist() == [3, 3, 2] and report.counts.sum() == 8
     deviations = report.deviations
     assert deviations[imagenet_classes().wnid(9)] == 2 and len(deviations) == 998
@@ -52,6 +55,50 @@ def test_verify_cli_reports_and_exits_1_on_problems(tmp_path):
     assert "unreadable images: none" in ok.output
     bad = CliRunner().invoke(cli, ["verify", str(root), "--quiet", "--expect-per-class", "2"])
     assert bad.exit_code == 1 and "expected 2 per class: 999 class(es) differ" in bad.output
+
+
+def count_calls(monkeypatch, module, name):
+    """Count the calls of `module.name` (still doing its work); returns the list of calls."""
+    real, calls = getattr(module, name), []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("model", "error"),
+    [
+        (["--model", "tiny_models:no_such_model"], ConfigError),
+        (["--model", "tiny_models:tiny_cnn", "--weights", "missing/weights.pt"], ModelError),
+    ],
+)
+def test_a_bad_model_fails_before_any_image_is_decoded(tmp_path, monkeypatch, model, error):
+    root = class_folders(tmp_path / "val", {3: 4})
+    decoded = count_calls(monkeypatch, dataset_module, "load_rgb")
+    result = CliRunner().invoke(cli, ["verify", str(root), "--quiet", *model])
+    assert isinstance(result.exception, error), result.output
+    assert decoded == []
+
+
+def test_verify_with_a_model_walks_the_images_once_and_decodes_each_pass(tmp_path, monkeypatch):
+    root = class_folders(tmp_path / "val", {3: 4, 8: 2})
+    index_local(root, tmp_path / "index")
+    walks = count_calls(monkeypatch, dataset_module, "find_images")
+    decoded = count_calls(monkeypatch, dataset_module, "load_rgb")
+    args = ["verify", str(tmp_path / "index"), "--quiet", "--model", "tiny_models:tiny_cnn"]
+    result = CliRunner().invoke(cli, [*args, "--sample", "4"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(walks) == 1 and len(decoded) == 6 + 4  # every image, then the sample
+    assert f"{root}: 6 labelled images in 2 classes (2 to 4 per class)" in result.output
+    assert re.search(
+        r"top-1 of tiny_models:tiny_cnn \(user\) on 4 images: \d+\.\d% \(99% CI \d+\.\d to "
+        r"\d+\.\d\); no published accuracy for these weights, so no verdict",
+        result.output,
+    )
 
 
 def test_interval_is_clopper_pearson_and_the_flag_follows_the_rule():
@@ -83,14 +130,18 @@ def test_sample_accuracy_flags_a_shifted_label_mapping(tmp_path):
     root = class_folders(tmp_path / "val", {7: 30})
     loaded = LoadedModel("always7", Always(7), "test", (0.5,) * 3, (0.5,) * 3, (32, 32), 80.0)
     right = index_local(root, tmp_path / "right")[1]
-    check = sample_accuracy(right, loaded, sample=20, batch_size=8, progress=False)
+    check = sample_accuracy(
+        open_prepared(tmp_path / "right"), loaded, sample=20, batch_size=8, progress=False
+    )
     assert (check.images, check.correct, check.wrong_mapping) == (20, 20, False)
     shifted = tmp_path / "shifted.txt"  # devkit ID - 1 style: every label off by one
     shifted.write_text(
         "".join(f"{i} {label + 1}\n" for i, label in zip(right.ids, right.labels, strict=True))
     )
-    wrong = index_local(root, tmp_path / "wrong", shifted)[1]
-    check = sample_accuracy(wrong, loaded, sample=20, batch_size=8, progress=False)
+    index_local(root, tmp_path / "wrong", shifted)
+    check = sample_accuracy(
+        open_prepared(tmp_path / "wrong"), loaded, sample=20, batch_size=8, progress=False
+    )
     assert (check.images, check.correct, check.wrong_mapping) == (20, 0, True)
 
 

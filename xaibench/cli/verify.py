@@ -65,7 +65,10 @@ def verify_command(
     """
     chosen = resolve_device(device, cuda)
     batch = batch_size or default_batch_size(chosen)
-    result = verify_dataset(folder, expect_per_class, batch, workers, progress=not quiet)
+    # The model first: a bad name or weights file fails before minutes of decoding.
+    loaded = None if model is None else load_model(model, weights)
+    prepared = open_prepared(folder)
+    result = verify_dataset(prepared, expect_per_class, batch, workers, progress=not quiet)
     present = result.counts[result.counts > 0]
     click.echo(
         f"{result.root}: {int(result.counts.sum())} labelled images in {len(present)} classes "
@@ -88,11 +91,8 @@ def verify_command(
     click.echo(f"unreadable images: {len(result.unreadable) or 'none'}")
     for image_id in result.unreadable:
         click.echo(f"  {image_id}")
-    if model is not None:
-        loaded = load_model(model, weights)
-        check = sample_accuracy(
-            open_prepared(folder), loaded, sample, seed, chosen, batch, workers, not quiet
-        )
+    if loaded is not None:
+        check = sample_accuracy(prepared, loaded, sample, seed, chosen, batch, workers, not quiet)
         result.accuracy = check
         line = (
             f"top-1 of {model} ({loaded.weights}) on {check.images} images: {check.accuracy:.1f}% "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -59,6 +59,35 @@ def find_images(root: Path) -> list[str]:
             if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
         ]
     return sorted(found)
+
+
+def list_images(root: Path) -> list[str]:
+    """`find_images(root)`; a DataError naming `root` when it is not a folder or holds no image."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"dataset folder {root} does not exist; pass the folder that holds the "
+            "images (class folders named by WNID, or a flat folder with --labels)"
+        )
+    ids = find_images(root)
+    if not ids:
+        raise DataError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}; pass the folder that "
+            "holds the images"
+        )
+    return ids
+
+
+def check_images_present(
+    named: Iterable[str], present: Iterable[str], source: str, root: Path, fix: str
+) -> None:
+    """DataError when `source` (e.g. "labels file PATH") names images that are not `present`
+    under `root`; the message gives the count, the first image missing and `fix`."""
+    missing = sorted(set(named) - set(present))
+    if missing:
+        raise DataError(
+            f"{source} names {len(missing)} image(s) not under {root} (first: {missing[0]}); {fix}"
+        )
 
 
 def read_labels_file(path: Path) -> dict[str, int]:
@@ -134,7 +163,8 @@ class ImageFolderDataset(Dataset):
     cannot be decoded raises DataError, or with `skip_bad=True` comes back as a `BadImage`, which
     `make_loader`'s batches drop and record in `bad_ids` (also when decoded in worker processes).
     `subset_file` keeps only the ids listed in it (first column of each line, e.g. a subset written
-    by `xaibench download --subset`); `limit` then keeps the first `limit` ids.
+    by `xaibench download --subset`); `limit` then keeps the first `limit` ids. `found` is the
+    listing of `root` by `list_images` when the caller already has it (the folder is not walked).
     """
 
     def __init__(
@@ -145,22 +175,13 @@ class ImageFolderDataset(Dataset):
         limit: int | None = None,
         skip_bad: bool = False,
         subset_file: str | Path | None = None,
+        found: Sequence[str] | None = None,
     ):
         self.root = Path(root)
         self.preprocess = preprocess
         self.skip_bad = skip_bad
         self.bad: dict[int, str] = {}
-        if not self.root.is_dir():
-            raise DataError(
-                f"dataset folder {self.root} does not exist; pass the folder that holds the "
-                "images (class folders named by WNID, or a flat folder with --labels)"
-            )
-        ids = find_images(self.root)
-        if not ids:
-            raise DataError(
-                f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}; pass the folder that "
-                "holds the images"
-            )
+        ids = list_images(self.root) if found is None else list(found)
         if labels_file is None:
             labels = folder_labels(ids)
         else:
@@ -174,13 +195,13 @@ class ImageFolderDataset(Dataset):
 
     def _labels_from_file(self, path: Path, ids: list[str]) -> np.ndarray:
         by_id = read_labels_file(path)
-        missing = sorted(set(by_id) - set(ids))
-        if missing:
-            raise DataError(
-                f"labels file {path} names {len(missing)} image(s) not under {self.root} "
-                f"(first: {missing[0]}); pass the folder that holds them, or a labels file for "
-                "this folder"
-            )
+        check_images_present(
+            by_id,
+            ids,
+            f"labels file {path}",
+            self.root,
+            "pass the folder that holds them, or a labels file for this folder",
+        )
         unlabelled = len(ids) - len(by_id)
         if unlabelled:
             log.warning("%d image(s) under %s are not in %s: label -1", unlabelled, self.root, path)
@@ -192,12 +213,13 @@ class ImageFolderDataset(Dataset):
         except (OSError, UnicodeDecodeError) as error:
             raise DataError(f"cannot read subset file {path} ({error}); check the path") from None
         wanted = {f[0] for f in (line.split() for line in lines) if f and not f[0].startswith("#")}
-        missing = sorted(wanted - set(ids))
-        if missing:
-            raise DataError(
-                f"subset file {path} names {len(missing)} image(s) not under {self.root} "
-                f"(first: {missing[0]}); pass the folder the subset was made from"
-            )
+        check_images_present(
+            wanted,
+            ids,
+            f"subset file {path}",
+            self.root,
+            "pass the folder the subset was made from",
+        )
         return np.array([i for i, image_id in enumerate(ids) if image_id in wanted], np.int64)
 
     def __len__(self) -> int:

@@ -3,19 +3,21 @@
 Refused, before anything of the entry is written: absolute names, names with `..`, symbolic or hard
 links whose target lies outside the destination, and device files or FIFOs. Each file is written
 under a temporary name and renamed when complete, so a killed extraction leaves no truncated file
-under a final name; a re-run skips the files already there with the right size.
+under a final name; a re-run skips the files already there with the right size. `extract_once`
+adds a marker file written when the whole archive is extracted, so a later run skips it and a
+killed one is extracted again.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from xaibench.atomic import write_stream_atomic, write_text_atomic
 from xaibench.errors import DataError
 
 
@@ -87,6 +89,21 @@ def safe_extract(
     return written
 
 
+def extract_once(
+    archive: Path,
+    dest: Path,
+    marker: Path,
+    place: Callable[[str], str | None] | None = None,
+    progress: bool = True,
+) -> None:
+    """`safe_extract(archive, dest, place)` unless `marker` exists; `marker` (the archive's name)
+    is written once every entry is extracted, so a run killed half-way is completed by the next."""
+    if marker.exists():
+        return
+    safe_extract(archive, dest, place, progress)
+    write_text_atomic(marker, f"{Path(archive).name}\n")
+
+
 def _extract_member(
     tar: tarfile.TarFile,
     member: tarfile.TarInfo,
@@ -122,9 +139,6 @@ def _extract_member(
             f"{archive}: entry {member.name!r} is a device file or FIFO; refused"
         )
     if not (target.is_file() and target.stat().st_size == member.size):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        with tar.extractfile(member) as source, open(partial, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
-        os.replace(partial, target)
+        with tar.extractfile(member) as source:
+            write_stream_atomic(target, source)
     return [target]

@@ -14,9 +14,9 @@ Layout written under DEST:
     boxes/ILSVRC2012_val_XXXXXXXX.xml  with the bounding-box archive: Pascal VOC, one per image
     dataset.json image_list.txt labels.txt classes.tsv   (xaibench.data.index)
 
-Extraction writes `val/.extracted` when the tar is fully extracted, arrangement `val/.arranged`
-when every image is in its folder: a killed run is completed by the next one (moves are
-idempotent: an image already in its folder is left there).
+Extraction writes `val/.extracted` when the image tar is fully extracted (`boxes/.extracted` for
+the boxes), arrangement `val/.arranged` when every image is in its folder: a killed run is
+completed by the next one (moves are idempotent: an image already in its folder is left there).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from xaibench.atomic import write_text_atomic
 from xaibench.data.archives import ARCHIVES, fetch
 from xaibench.data.classes import NUM_CLASSES, imagenet_classes
-from xaibench.data.extract import safe_extract
+from xaibench.data.extract import extract_once, safe_extract
 from xaibench.data.index import DatasetIndex, write_index
 from xaibench.errors import ConfigError, DataError
 
@@ -188,12 +188,11 @@ def prepare_imagenet_val(
     devkit = read_devkit(dest / "devkit")
     val = dest / "val"
     if not (val / ".arranged").exists():
-        if not (val / ".extracted").exists():
-            safe_extract(archives["imagenet-val"], dest, _val_place, progress)
-            write_text_atomic(val / ".extracted", "\n")
+        extract_once(archives["imagenet-val"], dest, val / ".extracted", _val_place, progress)
         arrange_val(val, devkit.image_wnids(), progress)
     if "imagenet-val-boxes" in archives:
-        safe_extract(archives["imagenet-val-boxes"], dest, _box_place, progress)
+        marker = dest / "boxes" / ".extracted"
+        extract_once(archives["imagenet-val-boxes"], dest, marker, _box_place, progress)
     wnids = devkit.image_wnids()
     classes = imagenet_classes()
     ids = [f"{w}/{val_name(i)}" for i, w in enumerate(wnids, 1)]

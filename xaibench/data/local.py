@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import NamedTuple
 
 from xaibench.data.classes import WNID_PATTERN, imagenet_classes
-from xaibench.data.dataset import find_images, folder_labels, read_labels_file
+from xaibench.data.dataset import (
+    check_images_present,
+    find_images,
+    folder_labels,
+    read_labels_file,
+)
 from xaibench.data.index import DatasetIndex, write_index
 from xaibench.errors import DataError
 
@@ -48,27 +54,34 @@ def _has_wnid_folders(folder: Path) -> bool:
     )
 
 
-def detect_layout(source: Path, labels: Path | None = None) -> tuple[str, Path, dict[str, int]]:
-    """(layout name, image root, id -> class index) of an ImageNet layout at `source`."""
+class Layout(NamedTuple):
+    """A recognised layout: its name, image root, id -> class index, and the file that gave the
+    labels (None when the class folders did, so every labelled image is present)."""
+
+    name: str
+    root: Path
+    labels: dict[str, int]
+    labels_source: Path | None
+
+
+def detect_layout(source: Path, labels: Path | None = None) -> Layout:
+    """The ImageNet layout at `source` (see the module docstring for the order tried)."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source} does not exist; pass the folder that holds the images")
     if labels is not None:
-        return "folder + labels file", source, read_labels_file(labels)
+        return Layout("folder + labels file", source, read_labels_file(labels), Path(labels))
     csv_path = source if source.name == KAGGLE_CSV else source / KAGGLE_CSV
     if csv_path.is_file():
         root = csv_path.parent / KAGGLE_IMAGES
         if not root.is_dir():
             raise DataError(f"found {csv_path} but not the images folder {root}")
-        return "Kaggle LOC_val_solution.csv", root, _kaggle_labels(csv_path)
+        return Layout("Kaggle LOC_val_solution.csv", root, _kaggle_labels(csv_path), csv_path)
     for root in (source, source / "val"):
         if _has_wnid_folders(root):
             ids = find_images(root)
-            return (
-                "WNID class folders",
-                root,
-                dict(zip(ids, folder_labels(ids).tolist(), strict=True)),
-            )
+            by_id = dict(zip(ids, folder_labels(ids).tolist(), strict=True))
+            return Layout("WNID class folders", root, by_id, None)
     raise DataError(
         f"{source} is not a layout xaibench recognises: class folders named by WNID "
         f"(torchvision's val/), Kaggle's {KAGGLE_CSV} with {KAGGLE_IMAGES}/, or a folder "
@@ -78,16 +91,20 @@ def detect_layout(source: Path, labels: Path | None = None) -> tuple[str, Path, 
 
 def index_local(source: Path, dest: Path, labels: Path | None = None) -> tuple[str, DatasetIndex]:
     """Index the layout at `source` into `dest` without copying; returns (layout, index)."""
-    layout, root, by_id = detect_layout(source, labels)
-    present = set(find_images(root))
-    missing = sorted(set(by_id) - present)
-    if missing:
-        raise DataError(
-            f"{len(missing)} labelled image(s) are not under {root} (first: {missing[0]}); "
-            "pass the folder that holds them"
+    layout = detect_layout(source, labels)
+    root, by_id = layout.root, layout.labels
+    if layout.labels_source is not None:
+        check_images_present(
+            by_id,
+            find_images(root),
+            f"labels file {layout.labels_source}",
+            root,
+            "pass the folder that holds them",
         )
     ids = sorted(i for i, label in by_id.items() if label >= 0)
     if not ids:
         raise DataError(f"no labelled images under {root}")
-    index = write_index(dest, f"local ({layout})", root.resolve(), ids, [by_id[i] for i in ids])
-    return layout, index
+    index = write_index(
+        dest, f"local ({layout.name})", root.resolve(), ids, [by_id[i] for i in ids]
+    )
+    return layout.name, index

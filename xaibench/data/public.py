@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xaibench.atomic import write_text_atomic
 from xaibench.data.archives import ARCHIVES, fetch
 from xaibench.data.classes import NUM_CLASSES
 from xaibench.data.dataset import find_images, folder_labels
-from xaibench.data.extract import safe_extract
+from xaibench.data.extract import extract_once
 from xaibench.data.index import DatasetIndex, write_index
 from xaibench.errors import DataError
 
@@ -90,9 +89,6 @@ def prepare_public(
     url = f"{url_base.rstrip('/')}/{archive.filename}" if url_base else archive.url
     dest = Path(dest)
     path = fetch(archive, dest, url, given, expected_sha256, retries, backoff, progress)
-    done = dest / f".{archive.filename}.extracted"
-    if not done.exists():
-        safe_extract(path, dest, progress=progress)
-        write_text_atomic(done, "\n")
+    extract_once(path, dest, dest / f".{archive.filename}.extracted", progress=progress)
     ids, labels = label_images(dest / spec.root, spec.folders)
     return write_index(dest, name, dest / spec.root, ids, labels, spec.expected_per_class)

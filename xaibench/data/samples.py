@@ -8,11 +8,10 @@ RGB conversion.
 
 from __future__ import annotations
 
-import os
-import shutil
 from importlib import resources
 from pathlib import Path
 
+from xaibench.atomic import write_stream_atomic
 from xaibench.errors import DataError
 
 # (scikit-image file, WNID, class index): the class index is checked against the WNID in the tests.
@@ -43,14 +42,11 @@ def build_sample_dataset(dest: str | Path) -> Path:
         target = dest / wnid / name
         if target.exists():
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{name}.partial")
-        try:
-            shutil.copyfile(source / name, partial)
-        except FileNotFoundError:
+        if not (source / name).is_file():
             raise DataError(
                 f"{name} is missing from scikit-image's data folder {source}; reinstall "
                 "scikit-image"
-            ) from None
-        os.replace(partial, target)
+            )
+        with open(source / name, "rb") as photo:
+            write_stream_atomic(target, photo)
     return dest

@@ -21,7 +21,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from xaibench.data.classes import imagenet_classes
-from xaibench.data.dataset import ImageFolderDataset, make_loader
+from xaibench.data.dataset import ImageFolderDataset, folder_labels, list_images, make_loader
 from xaibench.data.index import INDEX_FILE, DatasetIndex, read_index, subset_rows
 from xaibench.models.factory import LoadedModel
 from xaibench.models.preprocess import Preprocess
@@ -80,21 +80,33 @@ class VerifyReport:
         return not (problems or wrong)
 
 
-def open_prepared(path: Path) -> DatasetIndex:
-    """The index of a folder written by `xaibench download`, or a class-folder dataset as is."""
+@dataclass(frozen=True)
+class PreparedFolder:
+    """A dataset to check: its index and `found`, the ids of the images under the index's root
+    (sorted), listed once and shared by every pass over the images."""
+
+    index: DatasetIndex
+    found: list[str]
+
+
+def open_prepared(path: Path) -> PreparedFolder:
+    """A folder written by `xaibench download` (read through its index), or a class-folder
+    dataset as is; the image tree is walked once."""
     path = Path(path)
     if (path / INDEX_FILE).is_file():
-        return read_index(path)
-    dataset = ImageFolderDataset(path, Preprocess(resize=(CHECK_SIDE, CHECK_SIDE)))
-    return DatasetIndex(path.name, path, dataset.ids, dataset.labels)
+        index = read_index(path)
+        return PreparedFolder(index, list_images(index.root))
+    found = list_images(path)
+    return PreparedFolder(DatasetIndex(path.name, path, found, folder_labels(found)), found)
 
 
 def _dataset(
-    index: DatasetIndex, preprocess: Preprocess, skip_bad: bool
+    folder: PreparedFolder, preprocess: Preprocess, skip_bad: bool
 ) -> tuple[ImageFolderDataset, list[str]]:
     """The images under the index's root with the index's labels (-1 for images it does not
     list), and the ids the index lists that are missing from the root."""
-    dataset = ImageFolderDataset(index.root, preprocess, skip_bad=skip_bad)
+    index = folder.index
+    dataset = ImageFolderDataset(index.root, preprocess, skip_bad=skip_bad, found=folder.found)
     by_id = dict(zip(index.ids, index.labels.tolist(), strict=True))
     dataset.labels = np.array([by_id.get(i, -1) for i in dataset.ids], dtype=np.int64)
     return dataset, sorted(set(by_id) - set(dataset.ids))
@@ -111,7 +123,7 @@ def accuracy_rule(correct: int, images: int, published: float | None) -> Accurac
 
 
 def sample_accuracy(
-    index: DatasetIndex,
+    folder: PreparedFolder,
     loaded: LoadedModel,
     sample: int,
     seed: int = 0,
@@ -124,7 +136,7 @@ def sample_accuracy(
     device = device or torch.device("cpu")
     side = loaded.input_size[0]
     preprocess = Preprocess("eval", round(side / 0.875), side, loaded.mean, loaded.std)
-    dataset, _ = _dataset(index, preprocess, skip_bad=False)
+    dataset, _ = _dataset(folder, preprocess, skip_bad=False)
     labelled = np.flatnonzero(dataset.labels >= 0)
     rows = labelled[subset_rows(dataset.labels[labelled], min(sample, len(labelled)), seed)]
     model = prepare_model(loaded.model, device)
@@ -141,16 +153,16 @@ def sample_accuracy(
 
 
 def verify_dataset(
-    path: Path,
+    folder: PreparedFolder,
     expected_per_class: int | None = None,
     batch_size: int = 64,
     workers: int = 0,
     progress: bool = True,
 ) -> VerifyReport:
     """Count images per class and decode every image (batched, `workers` processes)."""
-    index = open_prepared(path)
+    index = folder.index
     expected = expected_per_class or index.expected_per_class
-    dataset, missing = _dataset(index, Preprocess(resize=(CHECK_SIDE, CHECK_SIDE)), skip_bad=True)
+    dataset, missing = _dataset(folder, Preprocess(resize=(CHECK_SIDE, CHECK_SIDE)), skip_bad=True)
     labels = dataset.labels
     counts = np.bincount(labels[labels >= 0], minlength=len(imagenet_classes()))
     decoded = 0
