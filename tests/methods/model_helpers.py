@@ -23,6 +23,28 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def calibrated(model: nn.Module, side: int, seed: int) -> nn.Module:
+    """Random biases, then batch-norm statistics measured on noise and perturbed; eval mode.
+
+    Measured statistics keep the activations of deep random networks alive (with arbitrary ones
+    the output of a deep network is often constant); the perturbation (variance x U(0.5, 1.5),
+    mean + U(-0.2, 0.2) standard deviations) keeps every batch-norm bias term non-zero.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    randomise(model, seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batch
+    with torch.no_grad():
+        model.train()(torch.randn(4, 3, side, side, generator=gen))
+        for norm in norms:
+            norm.running_var.mul_(torch.rand(norm.running_var.shape, generator=gen) + 0.5)
+            shift = (torch.rand(norm.running_mean.shape, generator=gen) - 0.5) * 0.4
+            norm.running_mean.add_(shift * norm.running_var.sqrt())
+    return model.eval()
+
+
 def set_inplace(model: nn.Module, inplace: bool) -> nn.Module:
     for module in model.modules():
         if isinstance(module, nn.ReLU):

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torchvision
-from model_helpers import hooks_left, randomise, set_inplace
+from model_helpers import calibrated, hooks_left, set_inplace
 from torch import nn
 
 from xaibench.methods import Explanation, TGrad
 from xaibench.models.support import inspect_model, support_by_name
 
 # (registered name, input side, constructor options, expected verdict). The options only make
-# construction cheap (no auxiliary heads, no scipy initialisation); GoogLeNet with
-# transform_input=True is the structure torchvision builds with pretrained weights.
+# construction cheap (no auxiliary heads, no scipy initialisation); GoogLeNet and Inception v3
+# with transform_input=True are the structures torchvision builds with pretrained weights: T-Grad's
+# "input_shift" term takes the shift of their input transform, so their terms add up too.
 FAMILIES = [
     ("vgg11_bn", 64, {}, "yes"),
     ("resnet18", 64, {}, "yes"),
@@ -33,39 +34,18 @@ FAMILIES = [
     ("shufflenet_v2_x0_5", 64, {}, "yes"),
     ("mnasnet0_5", 64, {}, "yes"),
     ("googlenet", 64, {"aux_logits": False, "init_weights": False}, "yes"),
-    (
-        "googlenet",
-        64,
-        {"aux_logits": False, "init_weights": False, "transform_input": True},
-        "approximate",
-    ),
+    ("googlenet", 64, {"aux_logits": False, "init_weights": False, "transform_input": True}, "yes"),
     ("inception_v3", 75, {"aux_logits": False, "init_weights": False}, "yes"),
+    (
+        "inception_v3",
+        75,
+        {"aux_logits": False, "init_weights": False, "transform_input": True},
+        "yes",
+    ),
 ]
 IDS = [
     f"{name}{'-transform_input' if 'transform_input' in kw else ''}" for name, _, kw, _ in FAMILIES
 ]
-
-
-def calibrated(model: nn.Module, side: int, seed: int) -> nn.Module:
-    """Random biases, then batch-norm statistics measured on noise and perturbed; eval mode.
-
-    Measured statistics keep the activations of deep random networks alive (with arbitrary ones
-    the output of a deep network is often constant); the perturbation (variance x U(0.5, 1.5),
-    mean + U(-0.2, 0.2) standard deviations) keeps every batch-norm bias term non-zero.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    randomise(model, seed)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the calibration batch
-    with torch.no_grad():
-        model.train()(torch.randn(4, 3, side, side, generator=gen))
-        for norm in norms:
-            norm.running_var.mul_(torch.rand(norm.running_var.shape, generator=gen) + 0.5)
-            shift = (torch.rand(norm.running_mean.shape, generator=gen) - 0.5) * 0.4
-            norm.running_mean.add_(shift * norm.running_var.sqrt())
-    return model.eval()
 
 
 @dataclass
@@ -120,6 +100,9 @@ def test_runs_on_the_family(family):
     assert (result.maps > 0).any()
     norms = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
     assert norms and norms <= set(method.last_terms.names)
+    shifted = getattr(model, "transform_input", False)
+    assert method.last_terms.names[: 1 + shifted] == ["input", "input_shift"][: 1 + shifted]
+    assert ("input_shift" in method.last_terms.names) == shifted
     assert hooks_left(model) == [] and not model.training
 
 
@@ -141,3 +124,17 @@ def test_completeness_agrees_with_the_support_verdict(family):
 def test_the_architecture_on_the_meta_device_gets_the_same_verdict(name):
     expected = {n: v for n, _, kw, v in FAMILIES if "transform_input" not in kw}[name]
     assert support_by_name(name).findings["bias_terms"].status == expected
+
+
+TRANSFORMED = [family for family in FAMILIES if "transform_input" in family[2]]
+TRANSFORMED_IDS = [f"{name}-transform_input" for name, *_ in TRANSFORMED]
+
+
+@pytest.mark.parametrize(("name", "side", "options", "verdict"), TRANSFORMED, ids=TRANSFORMED_IDS)
+def test_a_transformed_input_gets_the_same_verdict_on_the_meta_device(name, side, options, verdict):
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None, num_classes=10, **options)
+    found = inspect_model(model, (side, side)).findings["bias_terms"]
+    assert found.status == verdict == support_by_name(name).findings["bias_terms"].status
+    assert "shift is a term of its own" in found.reason
+    assert model.transform_input

@@ -17,7 +17,7 @@ from torch import nn
 
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
-from xaibench.methods.tgrad import channel_bias, effective_biases
+from xaibench.methods.tgrad import channel_bias, effective_biases, input_terms
 
 EPS = 1e-6
 """Added to a term's maximum before dividing by it (the reference code's value)."""
@@ -27,8 +27,9 @@ EPS = 1e-6
 class FullGradTerms:
     """The decomposition of the last FullGrad call.
 
-    names: "input" then the bias-carrying layers in forward order (L + 1 entries);
-    totals: (B, L + 1) each term's signed sum, <x, dy_c/dx> and <b_l, dy_c/dz_l>;
+    names: "input", "input_shift" where the model shifts its input (`input_terms`), then the
+    bias-carrying layers in forward order (K entries);
+    totals: (B, K) each term's signed sum, <x, dy_c/dx>, <t, dy_c/dx'> and <b_l, dy_c/dz_l>;
     scores: (B,) the explained scores y_c.
     """
 
@@ -49,12 +50,17 @@ class FullGrad(SaliencyMethod):
     """FullGrad saliency (B, H, W) at the input resolution, one forward + one backward per batch.
 
     Terms: x * dy_c/dx, and b_l * dy_c/dz_l for every Conv2d with a bias, every eval-mode
-    batch-norm (b_l its effective bias, `effective_biases`) and every Linear; y_c is the explained logit. Each
-    term T (B, C, h, w) is post-processed as in the reference code: |T|, minus its minimum and
-    divided by its maximum (+ EPS), both taken per image over all of the term's channels and
-    positions; then summed over channels and resized bilinearly to (H, W) with
+    batch-norm (b_l its effective bias, `effective_biases`) and every Linear; y_c is the explained
+    logit. Each term T (B, C, h, w) is post-processed as in the reference code: |T|, minus its
+    minimum and divided by its maximum (+ EPS), both taken per image over all of the term's
+    channels and positions; then summed over channels and resized bilinearly to (H, W) with
     align_corners=True (the reference code's resize). The map is the sum over the input term and
     every layer's term, not rescaled.
+
+    A model that maps its input as x' = s * x + t inside `forward` (torchvision's pretrained
+    GoogLeNet and Inception v3, `input_shift`) has one more bias term, "input_shift",
+    t * dy_c/dx' (B, C, H, W), post-processed and summed like the others: the shift is the bias
+    of no layer (the reference code's models have no such transform, so it has no such term).
 
     Linear layers' biases enter the decomposition (`last_terms`) but not the map, as in the
     reference code (their terms have no spatial extent). After each call `last_terms` holds the
@@ -92,9 +98,9 @@ class FullGrad(SaliencyMethod):
             targets = top1_targets(logits, targets)
             score = logits.gather(1, targets[:, None])[:, 0]
             (grad,) = torch.autograd.grad(score.sum(), x)
-        input_term = x.detach() * grad
-        maps = [postprocess(input_term)]
-        totals = [input_term.flatten(1).sum(dim=1)]
+        inputs = input_terms(self.model, x.detach(), grad)
+        maps = [postprocess(term) for term in inputs.values()]
+        totals = [term.flatten(1).sum(dim=1) for term in inputs.values()]
         for call in rec.calls:
             if call.reduced is None:  # the backward never reached this layer: a zero term
                 totals.append(score.new_zeros(len(images)))
@@ -103,7 +109,7 @@ class FullGrad(SaliencyMethod):
             totals.append(total)
             if layer_map is not None:
                 maps.append(layer_map)
-        names = ["input", *(call.name for call in rec.calls)]
+        names = [*inputs, *(call.name for call in rec.calls)]
         self.last_terms = FullGradTerms(names, torch.stack(totals, dim=1), score.detach())
         saliency = sum_resized(maps, tuple(images.shape[2:]))
         return Explanation(saliency.float(), targets, logits.detach())

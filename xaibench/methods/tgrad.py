@@ -17,6 +17,7 @@ from torch import nn
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
+from xaibench.models.input_transform import input_shift
 from xaibench.precision import full_precision
 
 EPS = 1e-8
@@ -27,9 +28,10 @@ EPS = 1e-8
 class TGradTerms:
     """The terms of the last T-Grad call, for inspecting what each layer contributes.
 
-    names: "input" then the bias-carrying layers in forward order (L + 1 entries);
+    names: "input", "input_shift" where the model shifts its input (`input_terms`), then the
+    bias-carrying layers in forward order (K entries);
     maps: per term (B, h_l, w_l), sum over channels of max(T_l, 0), at the layer's resolution;
-    weights: (B, L + 1), each term's total divided by the image's score y_c.
+    weights: (B, K), each term's total divided by the image's score y_c.
     """
 
     names: list[str]
@@ -75,6 +77,21 @@ def effective_biases(model: nn.Module) -> dict[str, torch.Tensor]:
     return biases
 
 
+def input_terms(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The terms at the input, each (B, C, H, W): "input" x * dy_c/dx, and "input_shift".
+
+    "input_shift" only for a model that maps its input as x' = s * x + t inside `forward`
+    (`input_shift`): t is the bias of no layer, and its term is t * dy_c/dx' = (t / s) * dy_c/dx.
+    Together they are the input term of the network after the transform, <x', dy_c/dx'>.
+    """
+    terms = {"input": x * grad}
+    transform = input_shift(model)
+    if transform is not None:
+        scale, shift = transform
+        terms["input_shift"] = (shift / scale).to(grad)[:, None, None] * grad
+    return terms
+
+
 def channel_bias(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """bias (C,) viewed to broadcast over an output `like` (B, C, ...): (C, 1, ..., 1)."""
     return bias.view(-1, *(1,) * (like.ndim - 2))
@@ -88,6 +105,10 @@ class TGrad(SaliencyMethod):
 
     Terms: T_0 = x * dy_c/dx, and T_l = b_l * dy_c/dz_l for each Conv2d with a bias (z_l its output)
     and each eval-mode batch-norm whose output z_l is a (B, C, h, w) map (b_l its effective bias).
+    A model that maps its input as x' = s * x + t inside `forward` (torchvision's pretrained
+    GoogLeNet and Inception v3, `input_shift`) gets one more term, "input_shift", t * dy_c/dx':
+    the shift is a bias too, of no layer, at the input resolution (an addition to the published
+    steps, whose VGG has no such transform).
     Linear biases are left out, as published, and so are batch-norms on (B, C) features
     (BatchNorm1d in a head): their terms have no spatial extent to map. Each term becomes a map M_l = sum_c max(T_l, 0) and a weight
     w_l = sum(T_l) / y_c; maps are resized to (H, W) bilinearly, divided by their total (+ EPS) and
@@ -99,9 +120,9 @@ class TGrad(SaliencyMethod):
     published one exactly; elsewhere (a BatchNorm before a residual addition, ReLU6, SiLU) the gate
     would drop parts of the decomposition, while without it the terms still add up to the score on
     networks built from linear pieces. What is left out (Linear biases, non-linear activations such
-    as SiLU, ReLU6's clipping, constants added inside `forward` such as the input transform of
-    torchvision's pretrained GoogLeNet and Inception v3, which belong to no layer) shows as
-    completeness away from 1; `xaibench.models.support` says per model whether the split is exact.
+    as SiLU, ReLU6's clipping, constants added inside `forward` other than the input transform)
+    shows as completeness away from 1; `xaibench.models.support` says per model whether the split
+    is exact.
 
     The weights divide by y_c as published, so a score close to 0 gives large weights.
     """
@@ -131,16 +152,16 @@ class TGrad(SaliencyMethod):
             score = logits.gather(1, targets[:, None]).squeeze(1)
             (grad,) = torch.autograd.grad(score.sum(), x)
         score = full_precision(score.detach())
-        input_term = x.detach() * grad
-        maps = [input_term.clamp(min=0).sum(dim=1)]
-        totals = [input_term.sum(dim=(1, 2, 3))]
+        inputs = input_terms(self.model, x.detach(), grad)
+        maps = [term.clamp(min=0).sum(dim=1) for term in inputs.values()]
+        totals = [term.sum(dim=(1, 2, 3)) for term in inputs.values()]
         spatial = [call for call in rec.calls if call.shape is not None and len(call.shape) == 4]
         for call in spatial:
             layer_map, total = _zero_term(call, score) if call.reduced is None else call.reduced
             maps.append(layer_map)
             totals.append(total)
         weights = torch.stack(totals, dim=1) / score[:, None]
-        self.last_terms = TGradTerms(["input", *(c.name for c in spatial)], maps, weights)
+        self.last_terms = TGradTerms([*inputs, *(c.name for c in spatial)], maps, weights)
         saliency = combine_terms(maps, weights, tuple(images.shape[2:]))
         return Explanation(saliency.float(), targets, logits.detach())
 

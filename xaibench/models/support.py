@@ -11,7 +11,9 @@ allocated, so every torchvision model is inspected in a fraction of a second), r
   network is built only from linear pieces (convolution, eval batch-norm, linear, ReLU, max- and
   average pooling, concatenation, addition, reshaping and channel shuffles), and otherwise which
   pieces make the split approximate (ReLU6 clipping, SiLU, Hardswish, gating products, LayerNorm,
-  constants added outside a layer's bias) or impossible (attention).
+  constants added outside a layer's bias) or impossible (attention). The input transform of
+  torchvision's pretrained GoogLeNet and Inception v3 (`xaibench.models.input_transform`) is not
+  traced: T-Grad and FullGrad give its shift a term of its own, so it leaves the split exact.
 
 Each method declares what it needs (`SaliencyMethod.requires`); `method_support` checks it.
 """
@@ -35,6 +37,7 @@ from xaibench.methods.gradients import OTHER_ACTIVATIONS
 from xaibench.methods.layers import feature_maps, trace_layers
 from xaibench.methods.tgrad import BATCH_NORMS
 from xaibench.models.factory import MODELS, load_model
+from xaibench.models.input_transform import input_shift, without_input_transform
 
 Status = Literal["yes", "approximate", "partial", "no"]
 """yes: as defined; approximate: runs, but the bias decomposition is not exact; partial: runs, but
@@ -172,12 +175,14 @@ class ModelSupport:
 def inspect_model(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> ModelSupport:
     """The support of an instantiated model (any device, meta included) at input (H, W).
 
-    When the traced forward fails at this size, every requirement is "no" with the error.
+    When the traced forward fails at this size, every requirement is "no" with the error. A model's
+    input transform (`input_shift`) is switched off for the trace and restored after.
     """
     name = type(model).__name__
     trace = PieceTrace()
     try:
-        calls = trace_layers(model, input_size, watch=trace)
+        with without_input_transform(model):
+            calls = trace_layers(model, input_size, watch=trace)
     except (RuntimeError, AssertionError, ValueError, TypeError, XaibenchError) as error:
         h, w = input_size
         failed = Finding("no", f"{name} fails on a {h}x{w} input ({type(error).__name__}: {error})")
@@ -213,7 +218,10 @@ def _bias_terms(model: nn.Module, trace: PieceTrace) -> Finding:
     if trace.pieces:
         listed = ", ".join(trace.pieces)
         return Finding("approximate", f"the terms do not add up to the score exactly: {listed}")
-    return Finding("yes", "built from linear pieces: input and bias terms add up to the score")
+    reason = "built from linear pieces: input and bias terms add up to the score"
+    if input_shift(model) is not None:
+        reason += " (the input transform's shift is a term of its own)"
+    return Finding("yes", reason)
 
 
 def _relu_modules(model: nn.Module, ran: set[str], functional_relus: bool) -> Finding:
@@ -235,7 +243,8 @@ def support_by_name(name: str, weights: str = "none") -> ModelSupport:
 
     weights "none" inspects the architecture on the meta device (`skeleton`); any other choice
     loads the model as `load_model` does (its structure can depend on the weights: torchvision's
-    GoogLeNet and Inception v3 transform their input when pretrained weights are loaded).
+    GoogLeNet and Inception v3 transform their input when pretrained weights are loaded, which
+    `inspect_model` accounts for, so both choices give them the same verdict).
     """
     spec = MODELS.get(name)
     model = skeleton(name) if weights == "none" else load_model(name, weights).model
