@@ -147,7 +147,7 @@ def generate(
     ]
 
     todo = sorted(set().union(*(r.pending for r in runs)))
-    groups = shared_pass_groups(runs)
+    groups = [[runs[i] for i in group] for group in shared_pass_groups([r.method for r in runs])]
     for group in groups:
         size = ChunkSize(batch_size, "batch_size")
         for run in group:
@@ -250,36 +250,44 @@ def _close_all(runs: list[MethodRun]) -> None:
         raise failure
 
 
-def shared_pass_groups(runs: list[MethodRun]) -> list[list[MethodRun]]:
-    """Runs grouped so that CAM methods reading the same layer share one forward and backward.
+def shared_pass_groups(methods: Sequence[SaliencyMethod]) -> list[list[int]]:
+    """Positions of `methods` grouped so that CAM methods reading the same layer share one forward
+    and backward (`explain_group`).
 
     A CAM method whose map comes from `layer_pass` alone (it does not override `explain`) joins the
-    group of its layer; every other method is a group of its own.
+    group of its layer; every other method is a group of its own. Groups keep the methods' order.
     """
-    groups: list[list[MethodRun]] = []
-    by_layer: dict[str, list[MethodRun]] = {}
-    for run in runs:
-        method = run.method
+    groups: list[list[int]] = []
+    by_layer: dict[str, list[int]] = {}
+    for position, method in enumerate(methods):
         if isinstance(method, CAMMethod) and type(method).explain is CAMMethod.explain:
             if method.layer not in by_layer:
                 by_layer[method.layer] = []
                 groups.append(by_layer[method.layer])
-            by_layer[method.layer].append(run)
+            by_layer[method.layer].append(position)
         else:
-            groups.append([run])
+            groups.append([position])
     return groups
+
+
+def explain_group(
+    methods: Sequence[SaliencyMethod], images: torch.Tensor, targets: torch.Tensor | None
+) -> list[Explanation]:
+    """One explanation per method of a `shared_pass_groups` group on images (B, 3, H, W), targets
+    (B,) or None: the method's own call, or one pass shared by the group's CAM methods."""
+    if len(methods) == 1:
+        return [methods[0](images, targets)]
+    return explain_together(methods, images, targets)
 
 
 def _explain(
     group: list[MethodRun], images: torch.Tensor, targets: torch.Tensor | None
 ) -> list[Explanation]:
     """One explanation per run of the group, in sub-batches that fit the device (`run_in_chunks`)."""
+    methods = [run.method for run in group]
 
     def explain(part: slice) -> list[Explanation]:
-        chosen = None if targets is None else targets[part]
-        if len(group) == 1:
-            return [group[0].method(images[part], chosen)]
-        return explain_together([run.method for run in group], images[part], chosen)
+        return explain_group(methods, images[part], None if targets is None else targets[part])
 
     parts = run_in_chunks(explain, len(images), group[0].batch_size)
     return [Explanation.concat(list(runs)) for runs in zip(*parts, strict=True)]
