@@ -194,3 +194,33 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, 
     monkeypatch.setattr(sanity_run, "randomise", real)
     resumed = run("gradinput", small_images, checkpoint=checkpoint).table
     pd.testing.assert_frame_equal(resumed, full, atol=1e-6, rtol=0)
+
+
+def test_the_command_resumes_from_its_checkpoint_then_removes_it(
+    image_folder, tmp_path, monkeypatch
+):
+    import xaibench.sanity.run as sanity_run
+
+    out = tmp_path / "out"
+    args = ["sanity", "--model", MODEL, "--saliency", "gradinput", "--data", str(image_folder),
+            "--limit", "4", "--batch-size", "2", "--depth", "1", "--quiet", "--out", str(out)]  # fmt: skip
+    calls = []
+    real = sanity_run.randomise
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # in the second batch (4 stages per batch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sanity_run, "randomise", counted)
+    assert CliRunner().invoke(cli, args).exit_code != 0
+    saved = sanity_run.checkpoint_files(sanity_run.checkpoint_path(out, "gradinput"))
+    assert all(path.exists() for path in saved) and saved[0].name.startswith(".")
+    assert pd.read_csv(saved[0])["image_id"].nunique() == 2
+    calls.clear()
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 4  # only the second batch of two images is explained again
+    assert not any(path.exists() for path in saved)
+    assert pd.read_csv(out / "gradinput.sanity.csv")["image_id"].nunique() == 4

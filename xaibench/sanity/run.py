@@ -166,18 +166,32 @@ def _batch_rows(explain, randomised, original, stages, images, ids, seed) -> pd.
     return pd.DataFrame(columns, columns=list(SANITY_COLUMNS))
 
 
+def checkpoint_path(out_dir: Path, method: str) -> Path:
+    """`OUT/.METHOD.sanity.checkpoint.csv`: the hidden checkpoint of one method's run whose table
+    goes to `out_dir` (the `checkpoint` of `sanity_check`)."""
+    return Path(out_dir) / f".{method}.sanity.checkpoint.csv"
+
+
+def checkpoint_files(checkpoint: Path) -> list[Path]:
+    """Every file a `checkpoint` is saved as: its rows and the run's key; remove them once the
+    results are written."""
+    return [checkpoint, checkpoint.with_name(checkpoint.name + ".key")]
+
+
 def _save(path: Path, key: str, frames: list[pd.DataFrame]) -> None:
     """The rows so far and the run's key, each written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    rows_path, key_path = checkpoint_files(path)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
-    write_text_atomic(path.with_name(path.name + ".key"), key)
-    write_atomic(path, lambda p: rows.to_csv(p, index=False, na_rep="NaN"))
+    write_text_atomic(key_path, key)
+    write_atomic(rows_path, lambda p: rows.to_csv(p, index=False, na_rep="NaN"))
 
 
 def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
     """The rows of a checkpoint of the same run, or none."""
-    key_path = None if path is None else path.with_name(path.name + ".key")
-    if path is None or not path.exists() or not key_path.exists():
+    if path is None:
+        return []
+    _, key_path = checkpoint_files(path)
+    if not path.exists() or not key_path.exists():
         return []
     if key_path.read_text("utf-8") != key:
         log.warning("%s is from another sanity run; starting afresh", path)
