@@ -173,25 +173,32 @@ def test_sanity_command_writes_the_table_and_the_plot(image_folder, tmp_path, mo
     assert sorted(p.name for p in out.iterdir()) == ["centre.sanity.csv", "centre.sanity.png"]
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, monkeypatch):
-    full = run("gradinput", small_images).table
-    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+def interrupt_randomise(monkeypatch, at: int) -> list:
+    """Count the calls of sanity's `randomise` (a list of 1s) and raise KeyboardInterrupt at call
+    number `at`; clearing the list starts the count again."""
     import xaibench.sanity.run as sanity_run
 
     calls = []
     real = sanity_run.randomise
 
-    def failing(*args, **kwargs):
+    def counted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 6:  # in the second batch (4 stages per batch)
+        if len(calls) == at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sanity_run, "randomise", failing)
+    monkeypatch.setattr(sanity_run, "randomise", counted)
+    return calls
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, monkeypatch):
+    full = run("gradinput", small_images).table
+    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+    interrupt_randomise(monkeypatch, 6)  # in the second batch (4 stages per batch)
     with pytest.raises(KeyboardInterrupt):
         run("gradinput", small_images, checkpoint=checkpoint)
     assert pd.read_csv(checkpoint)["image_id"].nunique() == 4
-    monkeypatch.setattr(sanity_run, "randomise", real)
+    monkeypatch.undo()
     resumed = run("gradinput", small_images, checkpoint=checkpoint).table
     pd.testing.assert_frame_equal(resumed, full, atol=1e-6, rtol=0)
 
@@ -204,16 +211,7 @@ def test_the_command_resumes_from_its_checkpoint_then_removes_it(
     out = tmp_path / "out"
     args = ["sanity", "--model", MODEL, "--saliency", "gradinput", "--data", str(image_folder),
             "--limit", "4", "--batch-size", "2", "--depth", "1", "--quiet", "--out", str(out)]  # fmt: skip
-    calls = []
-    real = sanity_run.randomise
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 6:  # in the second batch (4 stages per batch)
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sanity_run, "randomise", counted)
+    calls = interrupt_randomise(monkeypatch, 6)  # in the second batch (4 stages per batch)
     assert CliRunner().invoke(cli, args).exit_code != 0
     saved = sanity_run.checkpoint_files(sanity_run.checkpoint_path(out, "gradinput"))
     assert all(path.exists() for path in saved) and saved[0].name.startswith(".")
@@ -221,6 +219,6 @@ def test_the_command_resumes_from_its_checkpoint_then_removes_it(
     calls.clear()
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert len(calls) == 4  # only the second batch of two images is explained again
+    assert calls == [1] * 4  # only the second batch of two images is explained again
     assert not any(path.exists() for path in saved)
     assert pd.read_csv(out / "gradinput.sanity.csv")["image_id"].nunique() == 4
