@@ -25,16 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from tqdm.auto import tqdm
 
 from xaibench.atomic import write_atomic, write_text_atomic
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
 from xaibench.metrics.base import saliency_at_input_size
+from xaibench.metrics.stats import t_half_width
 from xaibench.models.factory import LoadedModel
 from xaibench.runtime import prepare_model
 from xaibench.sanity.similarity import map_similarity
@@ -215,18 +214,19 @@ def write_sanity(result: SanityResult, out_dir: Path) -> dict[str, Path]:
 
 
 def stage_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per stage and statistic: layer, mean, ci_low, ci_high (Student's t on the mean)."""
-    rows = []
-    for (stage, layer), group in table.groupby(["stage", "layer"], sort=True):
-        for name in STATISTICS:
-            values = group[name].dropna().to_numpy()
-            mean = values.mean() if len(values) else np.nan
-            half = np.nan
-            if len(values) > 1:
-                t = stats.t.ppf((1 + confidence) / 2, len(values) - 1)
-                half = t * values.std(ddof=1) / np.sqrt(len(values))
-            rows.append((stage, layer, name, mean, mean - half, mean + half))
-    return pd.DataFrame(rows, columns=["stage", "layer", "statistic", "mean", "ci_low", "ci_high"])
+    """Per stage and statistic: layer, mean, ci_low, ci_high (Student's t on the mean,
+    `t_half_width`); NaN values are left out."""
+    long = table.melt(id_vars=["stage", "layer"], value_vars=list(STATISTICS), var_name="statistic")
+    summary = (
+        long.groupby(["stage", "layer", "statistic"], sort=False)["value"]
+        .agg(mean="mean", sd="std", count="count")
+        .reset_index()
+        .sort_values(["stage", "layer"], kind="stable", ignore_index=True)
+    )
+    half = t_half_width(summary.pop("sd").to_numpy(), summary.pop("count").to_numpy(), confidence)
+    summary["ci_low"] = summary["mean"] - half
+    summary["ci_high"] = summary["mean"] + half
+    return summary
 
 
 def plot_sanity(result: SanityResult):
