@@ -42,6 +42,12 @@ from xaibench.uncertainty import MC_COLUMNS, MCDropout
 
 log = logging.getLogger(__name__)
 
+PER_IMAGE_SUFFIX = ".per_image.csv"
+PARQUET_SUFFIX = ".per_image.parquet"
+CURVES_SUFFIX = ".curves.npz"
+SUMMARY_SUFFIX = ".summary.csv"
+"""The files `write_evaluation` writes for an evaluation, each named STEM + suffix."""
+
 
 @dataclass
 class Evaluation:
@@ -54,12 +60,12 @@ class Evaluation:
     stem: str
 
     def paths(self, out_dir: Path) -> dict[str, Path]:
-        stem = self.stem
-        return {
-            "per_image": Path(out_dir) / f"{stem}.per_image.csv",
-            "curves": Path(out_dir) / f"{stem}.curves.npz",
-            "summary": Path(out_dir) / f"{stem}.summary.csv",
+        suffixes = {
+            "per_image": PER_IMAGE_SUFFIX,
+            "curves": CURVES_SUFFIX,
+            "summary": SUMMARY_SUFFIX,
         }
+        return {name: Path(out_dir) / f"{self.stem}{suffix}" for name, suffix in suffixes.items()}
 
 
 def check_store_matches(
@@ -252,7 +258,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
         import pyarrow  # noqa: F401
     except ImportError:
         return paths
-    paths["parquet"] = paths["per_image"].with_suffix(".parquet")
+    paths["parquet"] = Path(out_dir) / f"{evaluation.stem}{PARQUET_SUFFIX}"
     _atomic(paths["parquet"], lambda p: evaluation.per_image.to_parquet(p, index=False))
     return paths
 

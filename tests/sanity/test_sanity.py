@@ -227,7 +227,7 @@ def test_the_command_resumes_from_its_checkpoint_then_removes_it(
 def test_stage_summary_is_the_t_interval_of_each_stage_and_statistic():
     from scipy import stats
 
-    from xaibench.sanity.run import STATISTICS, stage_summary
+    from xaibench.sanity.run import SANITY_STATISTICS, stage_summary
 
     rng = np.random.default_rng(3)
     stages = [(0, ""), (1, "8"), (2, "3"), (3, "1")]
@@ -241,7 +241,7 @@ def test_stage_summary_is_the_t_interval_of_each_stage_and_statistic():
     table.loc[table["stage"] == 2, "spearman"] = np.nan
     summary = stage_summary(table, confidence=0.9)
     assert [tuple(r) for r in summary[["stage", "layer", "statistic"]].itertuples(index=False)] == [
-        (stage, layer, name) for stage, layer in stages for name in STATISTICS
+        (stage, layer, name) for stage, layer in stages for name in SANITY_STATISTICS
     ]
     for row in summary.itertuples(index=False):
         values = table.loc[table["stage"] == row.stage, row.statistic].dropna().to_numpy()

@@ -41,8 +41,12 @@ from xaibench.sanity.stages import Stage, randomisation_stages, randomise
 
 log = logging.getLogger(__name__)
 
-SANITY_COLUMNS = ("image_id", "stage", "layer", "spearman", "spearman_abs", "ssim")
-STATISTICS = ("spearman", "spearman_abs", "ssim")
+SANITY_STATISTICS = ("spearman", "spearman_abs", "ssim")
+"""The similarities of each map to the original one (`map_similarity`)."""
+SANITY_COLUMNS = ("image_id", "stage", "layer", *SANITY_STATISTICS)
+"""The columns of the table `write_sanity` writes, in order."""
+SANITY_TABLE_SUFFIX = ".sanity.csv"
+SANITY_PLOT_SUFFIX = ".sanity.png"
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -160,7 +164,7 @@ def _batch_rows(explain, randomised, original, stages, images, ids, seed) -> pd.
         columns["image_id"] += ids
         columns["stage"] += [index] * len(ids)
         columns["layer"] += [stages[index - 1].name if index else ""] * len(ids)
-        for name in STATISTICS:
+        for name in SANITY_STATISTICS:
             columns[name] += scores[name].cpu().tolist()
     return pd.DataFrame(columns, columns=list(SANITY_COLUMNS))
 
@@ -202,11 +206,9 @@ def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
 
 def write_sanity(result: SanityResult, out_dir: Path) -> dict[str, Path]:
     """`METHOD.sanity.csv` (the table) and `METHOD.sanity.png` (the plot) in `out_dir`, atomic."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "table": out_dir / f"{result.method}.sanity.csv",
-        "plot": out_dir / f"{result.method}.sanity.png",
+        "table": Path(out_dir) / f"{result.method}{SANITY_TABLE_SUFFIX}",
+        "plot": Path(out_dir) / f"{result.method}{SANITY_PLOT_SUFFIX}",
     }
     write_atomic(paths["table"], lambda p: result.table.to_csv(p, index=False, na_rep="NaN"))
     write_atomic(paths["plot"], lambda p: plot_sanity(result).savefig(p, format="png", dpi=120))
@@ -216,7 +218,9 @@ def write_sanity(result: SanityResult, out_dir: Path) -> dict[str, Path]:
 def stage_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per stage and statistic: layer, mean, ci_low, ci_high (Student's t on the mean,
     `t_half_width`); NaN values are left out."""
-    long = table.melt(id_vars=["stage", "layer"], value_vars=list(STATISTICS), var_name="statistic")
+    long = table.melt(
+        id_vars=["stage", "layer"], value_vars=list(SANITY_STATISTICS), var_name="statistic"
+    )
     summary = (
         long.groupby(["stage", "layer", "statistic"], sort=False)["value"]
         .agg(mean="mean", sd="std", count="count")
@@ -238,7 +242,7 @@ def plot_sanity(result: SanityResult):
     labels = summary.drop_duplicates("stage").set_index("stage")["layer"].replace("", "original")
     figure = Figure(figsize=(max(5.0, 0.45 * len(stages) + 2), 4), layout="constrained")
     axes = figure.add_subplot()
-    for name in STATISTICS:
+    for name in SANITY_STATISTICS:
         rows = summary[summary["statistic"] == name].sort_values("stage")
         axes.plot(rows["stage"], rows["mean"], marker="o", label=name)
         axes.fill_between(rows["stage"], rows["ci_low"], rows["ci_high"], alpha=0.2)
