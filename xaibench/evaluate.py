@@ -6,7 +6,6 @@ Results are checkpointed next to the outputs while the run goes (atomically, at 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -184,45 +183,42 @@ def evaluate_store(
         last_save = time.monotonic()
         loader = make_loader(dataset, batch_size, workers, dataset_rows[todo], device=device)
         store_row_of = {index: row for row, index in enumerate(dataset_rows.tolist()) if index >= 0}
-        restore = contextlib.ExitStack()
         try:
-            restore.enter_context(forward_settings(model, device, precision, compile))
-            for images, indices in loader:
-                batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
-                images = images.to(device, non_blocking=True).contiguous(
-                    memory_format=torch.channels_last
-                )
-                maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
-                targets = torch.from_numpy(store.targets[batch_rows]).to(device)
-                batch_boxes = None
-                if box_folder is not None:
-                    batch_boxes = box_folder.batch(
-                        indices.numpy(), store.targets[batch_rows], device
+            with forward_settings(model, device, precision, compile):
+                for images, indices in loader:
+                    batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
+                    images = images.to(device, non_blocking=True).contiguous(
+                        memory_format=torch.channels_last
                     )
-                ctx = MetricContext(
-                    images=images,
-                    saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
-                    targets=targets,
-                    clean_scores=score_fn(images, targets),
-                    score_fn=score_fn,
-                    protocol=protocol,
-                    chunk_size=chunk,
-                    boxes=batch_boxes,
-                    pixel_std=dataset.preprocess.std,
-                )
-                results = [m.score_batch(ctx) for m in metric_objects]
-                results += [mc.score_batch(ctx, batch_rows)] if mc else []
-                state.add(batch_rows, ctx.clean_scores, results)
-                bar.update(len(batch_rows))
-                if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
-                    state.save(checkpoint)
-                    last_save = time.monotonic()
+                    maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
+                    targets = torch.from_numpy(store.targets[batch_rows]).to(device)
+                    batch_boxes = None
+                    if box_folder is not None:
+                        batch_boxes = box_folder.batch(
+                            indices.numpy(), store.targets[batch_rows], device
+                        )
+                    ctx = MetricContext(
+                        images=images,
+                        saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
+                        targets=targets,
+                        clean_scores=score_fn(images, targets),
+                        score_fn=score_fn,
+                        protocol=protocol,
+                        chunk_size=chunk,
+                        boxes=batch_boxes,
+                        pixel_std=dataset.preprocess.std,
+                    )
+                    results = [m.score_batch(ctx) for m in metric_objects]
+                    results += [mc.score_batch(ctx, batch_rows)] if mc else []
+                    state.add(batch_rows, ctx.clean_scores, results)
+                    bar.update(len(batch_rows))
+                    if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
+                        state.save(checkpoint)
+                        last_save = time.monotonic()
         except BaseException:
             if checkpoint:
                 state.save(checkpoint)
             raise
-        finally:
-            restore.close()
         bar.close()
         state = _Results.from_arrays(key, len(store), dist.gather_rows(world, state.arrays(), todo))
         per_image = state.table(store, rows, protocol)
@@ -241,7 +237,6 @@ def evaluate_store(
 def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     """Per-image CSV (and Parquet when pyarrow is installed), curves npz, summary CSV; atomic."""
     paths = evaluation.paths(out_dir)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     _atomic(paths["per_image"], lambda p: evaluation.per_image.to_csv(p, index=False))
     _atomic(paths["summary"], lambda p: evaluation.summary.to_csv(p, index=False))
     settings = json.dumps(evaluation.protocol.to_dict(), sort_keys=True)
@@ -351,7 +346,6 @@ class _Results:
 
     def save(self, path: Path) -> None:
         arrays = self.arrays()
-        path.parent.mkdir(parents=True, exist_ok=True)
         _atomic(path, lambda p: np.savez(p, **arrays))
 
     def table(self, store: SaliencyStore, rows: np.ndarray, protocol: Protocol) -> pd.DataFrame:
