@@ -67,6 +67,17 @@ class Evaluation:
         return {name: Path(out_dir) / f"{self.stem}{suffix}" for name, suffix in suffixes.items()}
 
 
+def evaluation_stem(store_path: Path, protocol: Protocol) -> str:
+    """`tgrad-polycam`: the stem of the files of one store's evaluation under `protocol`."""
+    return f"{Path(store_path).stem}-{protocol.name}"
+
+
+def checkpoint_path(out_dir: Path, store_path: Path, protocol: Protocol) -> Path:
+    """`OUT/.STEM.checkpoint.npz`: the hidden checkpoint of the evaluation whose tables go to
+    `out_dir` (the `checkpoint` of `evaluate_store`)."""
+    return Path(out_dir) / f".{evaluation_stem(store_path, protocol)}.checkpoint.npz"
+
+
 def check_store_matches(
     store: SaliencyStore, loaded: LoadedModel, dataset: ImageFolderDataset
 ) -> np.ndarray:
@@ -229,9 +240,7 @@ def evaluate_store(
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     summary["precision"] = precision
     summary["chunk_size"] = chunk.value
-    return Evaluation(
-        per_image, curves, summary, protocol, f"{Path(store_path).stem}-{protocol.name}"
-    )
+    return Evaluation(per_image, curves, summary, protocol, evaluation_stem(store_path, protocol))
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
