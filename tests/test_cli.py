@@ -388,3 +388,13 @@ def test_bad_method_settings_are_named(setting, message):
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         method_params(["random"], (setting,))
+
+
+def test_layer_is_a_module_name_for_every_method_that_takes_one():
+    from xaibench.cli.generate import method_params
+    from xaibench.errors import ConfigError
+
+    chosen = method_params(["gradcam", "random", "layercam"], ("gradcam.layer=1",), "3")
+    assert chosen == {"gradcam": {"layer": "3"}, "layercam": {"layer": "3"}}
+    with pytest.raises(ConfigError, match=re.escape("--layer 3: none of random takes a layer")):
+        method_params(["random"], (), "3")

@@ -6,7 +6,6 @@ Results are checkpointed next to the outputs while the run goes (atomically, at 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -42,6 +41,12 @@ from xaibench.uncertainty import MC_COLUMNS, MCDropout
 
 log = logging.getLogger(__name__)
 
+PER_IMAGE_SUFFIX = ".per_image.csv"
+PARQUET_SUFFIX = ".per_image.parquet"
+CURVES_SUFFIX = ".curves.npz"
+SUMMARY_SUFFIX = ".summary.csv"
+"""The files `write_evaluation` writes for an evaluation, each named STEM + suffix."""
+
 
 @dataclass
 class Evaluation:
@@ -54,12 +59,23 @@ class Evaluation:
     stem: str
 
     def paths(self, out_dir: Path) -> dict[str, Path]:
-        stem = self.stem
-        return {
-            "per_image": Path(out_dir) / f"{stem}.per_image.csv",
-            "curves": Path(out_dir) / f"{stem}.curves.npz",
-            "summary": Path(out_dir) / f"{stem}.summary.csv",
+        suffixes = {
+            "per_image": PER_IMAGE_SUFFIX,
+            "curves": CURVES_SUFFIX,
+            "summary": SUMMARY_SUFFIX,
         }
+        return {name: Path(out_dir) / f"{self.stem}{suffix}" for name, suffix in suffixes.items()}
+
+
+def evaluation_stem(store_path: Path, protocol: Protocol) -> str:
+    """`tgrad-polycam`: the stem of the files of one store's evaluation under `protocol`."""
+    return f"{Path(store_path).stem}-{protocol.name}"
+
+
+def checkpoint_path(out_dir: Path, store_path: Path, protocol: Protocol) -> Path:
+    """`OUT/.STEM.checkpoint.npz`: the hidden checkpoint of the evaluation whose tables go to
+    `out_dir` (the `checkpoint` of `evaluate_store`)."""
+    return Path(out_dir) / f".{evaluation_stem(store_path, protocol)}.checkpoint.npz"
 
 
 def check_store_matches(
@@ -178,45 +194,42 @@ def evaluate_store(
         last_save = time.monotonic()
         loader = make_loader(dataset, batch_size, workers, dataset_rows[todo], device=device)
         store_row_of = {index: row for row, index in enumerate(dataset_rows.tolist()) if index >= 0}
-        restore = contextlib.ExitStack()
         try:
-            restore.enter_context(forward_settings(model, device, precision, compile))
-            for images, indices in loader:
-                batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
-                images = images.to(device, non_blocking=True).contiguous(
-                    memory_format=torch.channels_last
-                )
-                maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
-                targets = torch.from_numpy(store.targets[batch_rows]).to(device)
-                batch_boxes = None
-                if box_folder is not None:
-                    batch_boxes = box_folder.batch(
-                        indices.numpy(), store.targets[batch_rows], device
+            with forward_settings(model, device, precision, compile):
+                for images, indices in loader:
+                    batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
+                    images = images.to(device, non_blocking=True).contiguous(
+                        memory_format=torch.channels_last
                     )
-                ctx = MetricContext(
-                    images=images,
-                    saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
-                    targets=targets,
-                    clean_scores=score_fn(images, targets),
-                    score_fn=score_fn,
-                    protocol=protocol,
-                    chunk_size=chunk,
-                    boxes=batch_boxes,
-                    pixel_std=dataset.preprocess.std,
-                )
-                results = [m.score_batch(ctx) for m in metric_objects]
-                results += [mc.score_batch(ctx, batch_rows)] if mc else []
-                state.add(batch_rows, ctx.clean_scores, results)
-                bar.update(len(batch_rows))
-                if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
-                    state.save(checkpoint)
-                    last_save = time.monotonic()
+                    maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
+                    targets = torch.from_numpy(store.targets[batch_rows]).to(device)
+                    batch_boxes = None
+                    if box_folder is not None:
+                        batch_boxes = box_folder.batch(
+                            indices.numpy(), store.targets[batch_rows], device
+                        )
+                    ctx = MetricContext(
+                        images=images,
+                        saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
+                        targets=targets,
+                        clean_scores=score_fn(images, targets),
+                        score_fn=score_fn,
+                        protocol=protocol,
+                        chunk_size=chunk,
+                        boxes=batch_boxes,
+                        pixel_std=dataset.preprocess.std,
+                    )
+                    results = [m.score_batch(ctx) for m in metric_objects]
+                    results += [mc.score_batch(ctx, batch_rows)] if mc else []
+                    state.add(batch_rows, ctx.clean_scores, results)
+                    bar.update(len(batch_rows))
+                    if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
+                        state.save(checkpoint)
+                        last_save = time.monotonic()
         except BaseException:
             if checkpoint:
                 state.save(checkpoint)
             raise
-        finally:
-            restore.close()
         bar.close()
         state = _Results.from_arrays(key, len(store), dist.gather_rows(world, state.arrays(), todo))
         per_image = state.table(store, rows, protocol)
@@ -227,15 +240,12 @@ def evaluate_store(
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     summary["precision"] = precision
     summary["chunk_size"] = chunk.value
-    return Evaluation(
-        per_image, curves, summary, protocol, f"{Path(store_path).stem}-{protocol.name}"
-    )
+    return Evaluation(per_image, curves, summary, protocol, evaluation_stem(store_path, protocol))
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     """Per-image CSV (and Parquet when pyarrow is installed), curves npz, summary CSV; atomic."""
     paths = evaluation.paths(out_dir)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     _atomic(paths["per_image"], lambda p: evaluation.per_image.to_csv(p, index=False))
     _atomic(paths["summary"], lambda p: evaluation.summary.to_csv(p, index=False))
     settings = json.dumps(evaluation.protocol.to_dict(), sort_keys=True)
@@ -252,7 +262,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
         import pyarrow  # noqa: F401
     except ImportError:
         return paths
-    paths["parquet"] = paths["per_image"].with_suffix(".parquet")
+    paths["parquet"] = Path(out_dir) / f"{evaluation.stem}{PARQUET_SUFFIX}"
     _atomic(paths["parquet"], lambda p: evaluation.per_image.to_parquet(p, index=False))
     return paths
 
@@ -345,7 +355,6 @@ class _Results:
 
     def save(self, path: Path) -> None:
         arrays = self.arrays()
-        path.parent.mkdir(parents=True, exist_ok=True)
         _atomic(path, lambda p: np.savez(p, **arrays))
 
     def table(self, store: SaliencyStore, rows: np.ndarray, protocol: Protocol) -> pd.DataFrame:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -147,7 +146,7 @@ def generate(
     ]
 
     todo = sorted(set().union(*(r.pending for r in runs)))
-    groups = shared_pass_groups(runs)
+    groups = [[runs[i] for i in group] for group in shared_pass_groups([r.method for r in runs])]
     for group in groups:
         size = ChunkSize(batch_size, "batch_size")
         for run in group:
@@ -155,58 +154,48 @@ def generate(
     labels = torch.as_tensor(dataset.labels)
     started = time.perf_counter()
     explained = 0
-    restore = contextlib.ExitStack()
     try:
-        restore.enter_context(forward_settings(model, device, precision, compile))
-        loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
-        total = sum(world.all_gather(len(todo)))
-        bar = world.progress(total, unit="img", desc=loaded.name, disable=not progress)
-        for images, indices in loader:
-            images = images.to(device, non_blocking=True).contiguous(
-                memory_format=torch.channels_last
-            )
-            clean_logits = None
-            for group in groups:
-                wanted = [
-                    i
-                    for i, index in enumerate(indices.tolist())
-                    if any(index in r.pending for r in group)
-                ]
-                if not wanted:
-                    continue
-                selected = torch.as_tensor(wanted)
-                batch, batch_indices = images[selected.to(device)], indices[selected]
-                targets = labels[batch_indices].to(device) if target == "label" else None
-                explanations, seconds = timed(device, _explain, group, batch, targets)
-                for run, explanation in zip(group, explanations, strict=True):
-                    logits = explanation.logits
-                    if logits is None:
-                        if clean_logits is None:
-                            clean_logits = _clean_logits(model, images, group[0].batch_size)
-                        logits = clean_logits[selected.to(device)]
-                    scores = logits.float().softmax(1).gather(1, explanation.targets[:, None])[:, 0]
-                    mine = np.array([int(i) in run.pending for i in batch_indices])
-                    run.store.write(
-                        batch_indices.numpy()[mine],
-                        explanation.maps.detach().float().cpu().numpy()[mine],
-                        explanation.targets.cpu().numpy()[mine],
-                        scores.detach().cpu().numpy()[mine],
-                        seconds=np.full(int(mine.sum()), seconds / len(wanted), np.float32),
-                    )
-                    run.map_shape = tuple(explanation.maps.shape[1:])
-                    run.pending.difference_update(batch_indices[mine].tolist())
-            explained += len(indices)
-            bar.update(explained + len(dataset.bad) - bar.n)
-            elapsed = time.perf_counter() - started
-            bar.set_postfix_str(f"{explained / max(elapsed, 1e-9):.1f} img/s")
-        bar.close()
-        # A process whose share held only undecodable images takes the map size from another.
-        shapes = world.all_gather([run.map_shape for run in runs])
-        for i, run in enumerate(runs):
-            run.map_shape = run.map_shape or next((s[i] for s in shapes if s[i]), None)
-            _record_skipped(run, sorted(run.pending & set(dataset.bad)))
+        with forward_settings(model, device, precision, compile):
+            loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
+            total = sum(world.all_gather(len(todo)))
+            bar = world.progress(total, unit="img", desc=loaded.name, disable=not progress)
+            for images, indices in loader:
+                images = images.to(device, non_blocking=True).contiguous(
+                    memory_format=torch.channels_last
+                )
+                clean_logits = None
+                for group in groups:
+                    wanted = [
+                        i
+                        for i, index in enumerate(indices.tolist())
+                        if any(index in r.pending for r in group)
+                    ]
+                    if not wanted:
+                        continue
+                    selected = torch.as_tensor(wanted)
+                    batch, batch_indices = images[selected.to(device)], indices[selected]
+                    targets = labels[batch_indices].to(device) if target == "label" else None
+                    explanations, seconds = timed(device, _explain, group, batch, targets)
+                    for run, explanation in zip(group, explanations, strict=True):
+                        logits = explanation.logits
+                        if logits is None:
+                            if clean_logits is None:
+                                clean_logits = _clean_logits(model, images, group[0].batch_size)
+                            logits = clean_logits[selected.to(device)]
+                        _write_pending(
+                            run, explanation, logits, batch_indices, seconds / len(wanted)
+                        )
+                explained += len(indices)
+                bar.update(explained + len(dataset.bad) - bar.n)
+                elapsed = time.perf_counter() - started
+                bar.set_postfix_str(f"{explained / max(elapsed, 1e-9):.1f} img/s")
+            bar.close()
+            # A process whose share held only undecodable images takes the map size from another.
+            shapes = world.all_gather([run.map_shape for run in runs])
+            for i, run in enumerate(runs):
+                run.map_shape = run.map_shape or next((s[i] for s in shapes if s[i]), None)
+                _record_skipped(run, sorted(run.pending & set(dataset.bad)))
     finally:
-        restore.close()
         _close_all(runs)
     dist.finish_stores(world, outputs, dataset.ids, dataset.labels)
     counts = world.all_gather((explained, dataset.bad_ids))
@@ -217,6 +206,28 @@ def generate(
         skipped=[image_id for _, bad in counts for image_id in bad],
         batch_sizes={r.method.name: r.batch_size.value for r in runs if r.batch_size.reduced},
     )
+
+
+def _write_pending(
+    run: MethodRun,
+    explanation: Explanation,
+    logits: torch.Tensor,
+    indices: torch.Tensor,
+    seconds_per_image: float,
+) -> None:
+    """Write the rows of a batch (dataset `indices` (B,), `logits` (B, K)) still pending in the
+    run's store: maps, targets, the targets' probabilities and the generation time per image."""
+    scores = logits.float().softmax(1).gather(1, explanation.targets[:, None])[:, 0]
+    mine = np.array([int(i) in run.pending for i in indices])
+    run.store.write(
+        indices.numpy()[mine],
+        explanation.maps.detach().float().cpu().numpy()[mine],
+        explanation.targets.cpu().numpy()[mine],
+        scores.detach().cpu().numpy()[mine],
+        seconds=np.full(int(mine.sum()), seconds_per_image, np.float32),
+    )
+    run.map_shape = tuple(explanation.maps.shape[1:])
+    run.pending.difference_update(indices[mine].tolist())
 
 
 def _record_skipped(run: MethodRun, rows: list[int]) -> None:
@@ -250,36 +261,44 @@ def _close_all(runs: list[MethodRun]) -> None:
         raise failure
 
 
-def shared_pass_groups(runs: list[MethodRun]) -> list[list[MethodRun]]:
-    """Runs grouped so that CAM methods reading the same layer share one forward and backward.
+def shared_pass_groups(methods: Sequence[SaliencyMethod]) -> list[list[int]]:
+    """Positions of `methods` grouped so that CAM methods reading the same layer share one forward
+    and backward (`explain_group`).
 
     A CAM method whose map comes from `layer_pass` alone (it does not override `explain`) joins the
-    group of its layer; every other method is a group of its own.
+    group of its layer; every other method is a group of its own. Groups keep the methods' order.
     """
-    groups: list[list[MethodRun]] = []
-    by_layer: dict[str, list[MethodRun]] = {}
-    for run in runs:
-        method = run.method
+    groups: list[list[int]] = []
+    by_layer: dict[str, list[int]] = {}
+    for position, method in enumerate(methods):
         if isinstance(method, CAMMethod) and type(method).explain is CAMMethod.explain:
             if method.layer not in by_layer:
                 by_layer[method.layer] = []
                 groups.append(by_layer[method.layer])
-            by_layer[method.layer].append(run)
+            by_layer[method.layer].append(position)
         else:
-            groups.append([run])
+            groups.append([position])
     return groups
+
+
+def explain_group(
+    methods: Sequence[SaliencyMethod], images: torch.Tensor, targets: torch.Tensor | None
+) -> list[Explanation]:
+    """One explanation per method of a `shared_pass_groups` group on images (B, 3, H, W), targets
+    (B,) or None: the method's own call, or one pass shared by the group's CAM methods."""
+    if len(methods) == 1:
+        return [methods[0](images, targets)]
+    return explain_together(methods, images, targets)
 
 
 def _explain(
     group: list[MethodRun], images: torch.Tensor, targets: torch.Tensor | None
 ) -> list[Explanation]:
     """One explanation per run of the group, in sub-batches that fit the device (`run_in_chunks`)."""
+    methods = [run.method for run in group]
 
     def explain(part: slice) -> list[Explanation]:
-        chosen = None if targets is None else targets[part]
-        if len(group) == 1:
-            return [group[0].method(images[part], chosen)]
-        return explain_together([run.method for run in group], images[part], chosen)
+        return explain_group(methods, images[part], None if targets is None else targets[part])
 
     parts = run_in_chunks(explain, len(images), group[0].batch_size)
     return [Explanation.concat(list(runs)) for runs in zip(*parts, strict=True)]

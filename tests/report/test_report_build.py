@@ -16,7 +16,8 @@ from report_run import METHODS, METRICS, PROTOCOLS, STEP
 from xaibench.cli import cli
 from xaibench.errors import ResultsError
 from xaibench.metrics import METRICS as REGISTRY
-from xaibench.report.build import SANITY_COLUMNS, build_report
+from xaibench.report.build import build_report
+from xaibench.sanity import SANITY_COLUMNS, SanityResult, write_sanity
 
 LAYERS = ["original", "8", "3", "1", "0"]
 
@@ -25,10 +26,10 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def write_sanity(run_dir, methods=("tgrad", "random")):
-    """Synthetic `xaibench sanity` tables: tgrad decays with randomisation, random stays at 1."""
+def synthetic_sanity(run_dir, methods=("tgrad", "random")):
+    """Synthetic `xaibench sanity` tables, written by its writer: tgrad decays with
+    randomisation, random stays at 1."""
     folder = run_dir / "sanity"
-    folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
     for method in methods:
         rows = []
@@ -36,9 +37,8 @@ def write_sanity(run_dir, methods=("tgrad", "random")):
             for stage, layer in enumerate(LAYERS):
                 value = 1.0 if method == "random" else 0.5**stage + rng.normal(0, 0.01)
                 rows.append((image, stage, layer, value, abs(value), 0.9 * value))
-        pd.DataFrame(rows, columns=SANITY_COLUMNS).to_csv(
-            folder / f"{method}.sanity.csv", index=False
-        )
+        table = pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
+        write_sanity(SanityResult(method, table, stages=[]), folder)
     return folder
 
 
@@ -51,7 +51,7 @@ def copy_run(small_run, dest):
 @pytest.fixture(scope="module")
 def report(small_run, tmp_path_factory):
     run_dir = copy_run(small_run, tmp_path_factory.mktemp("copy") / small_run.run_dir.name)
-    write_sanity(run_dir)
+    synthetic_sanity(run_dir)
     out = tmp_path_factory.mktemp("report")
     result = invoke("report", run_dir, "--out", out, "--data", small_run.data, "--resamples", 500)
     assert result.exit_code == 0, result.output

@@ -98,3 +98,38 @@ def test_efficientnet_lite0_recognises_the_cat(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Egyptian cat (285)" in result.output
     assert Image.open(out).size == (5 * PANEL, PANEL)
+
+
+def test_cam_methods_on_one_layer_share_one_pass(photo, tmp_path):
+    loaded = load_model(MODEL)
+    image = protocol_preprocess("polycam", loaded.mean, loaded.std)(load_rgb(photo))[None]
+    forwards = []
+    handle = loaded.model.register_forward_hook(lambda m, args, out: forwards.append(1))
+    cams = ["gradcam", "gradcampp", "layercam"]
+    result = explain_image(
+        photo,
+        loaded,
+        [*cams, "random"],
+        device=torch.device("cpu"),
+        method_params={name: {"layer": "3"} for name in cams},
+    )
+    handle.remove()
+    assert len(forwards) == 2  # the top classes, then one pass for the three CAM methods
+    target = torch.tensor([result.top[0][0]])
+    for name in cams:
+        alone = METHODS.get(name)(loaded.model, layer="3")(image, target).maps[:, None]
+        resized = torch.nn.functional.interpolate(
+            alone, size=(224, 224), mode="bilinear", align_corners=False
+        )[0, 0]
+        torch.testing.assert_close(torch.from_numpy(result.maps[name]), resized)
+    assert list(result.maps) == [*cams, "random"]
+
+
+def test_layer_and_param_options_reach_the_methods(photo, tmp_path):
+    out = tmp_path / "explain.png"
+    args = ["explain", photo, "--model", MODEL, "--saliency", "gradcam", "--out", out]
+    assert invoke(*args, "--layer", "3").exit_code == 0  # a numeric module name stays text
+    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--layer", "nolayer"])
+    assert result.exit_code != 0 and "no layer 'nolayer'" in str(result.exception)
+    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--param", "gradcam.colour=1"])
+    assert result.exit_code != 0 and "gradcam has no setting 'colour'" in str(result.exception)

@@ -173,24 +173,84 @@ def test_sanity_command_writes_the_table_and_the_plot(image_folder, tmp_path, mo
     assert sorted(p.name for p in out.iterdir()) == ["centre.sanity.csv", "centre.sanity.png"]
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, monkeypatch):
-    full = run("gradinput", small_images).table
-    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+def interrupt_randomise(monkeypatch, at: int) -> list:
+    """Count the calls of sanity's `randomise` (a list of 1s) and raise KeyboardInterrupt at call
+    number `at`; clearing the list starts the count again."""
     import xaibench.sanity.run as sanity_run
 
     calls = []
     real = sanity_run.randomise
 
-    def failing(*args, **kwargs):
+    def counted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 6:  # in the second batch (4 stages per batch)
+        if len(calls) == at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sanity_run, "randomise", failing)
+    monkeypatch.setattr(sanity_run, "randomise", counted)
+    return calls
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, monkeypatch):
+    full = run("gradinput", small_images).table
+    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+    interrupt_randomise(monkeypatch, 6)  # in the second batch (4 stages per batch)
     with pytest.raises(KeyboardInterrupt):
         run("gradinput", small_images, checkpoint=checkpoint)
     assert pd.read_csv(checkpoint)["image_id"].nunique() == 4
-    monkeypatch.setattr(sanity_run, "randomise", real)
+    monkeypatch.undo()
     resumed = run("gradinput", small_images, checkpoint=checkpoint).table
     pd.testing.assert_frame_equal(resumed, full, atol=1e-6, rtol=0)
+
+
+def test_the_command_resumes_from_its_checkpoint_then_removes_it(
+    image_folder, tmp_path, monkeypatch
+):
+    import xaibench.sanity.run as sanity_run
+
+    out = tmp_path / "out"
+    args = ["sanity", "--model", MODEL, "--saliency", "gradinput", "--data", str(image_folder),
+            "--limit", "4", "--batch-size", "2", "--depth", "1", "--quiet", "--out", str(out)]  # fmt: skip
+    calls = interrupt_randomise(monkeypatch, 6)  # in the second batch (4 stages per batch)
+    assert CliRunner().invoke(cli, args).exit_code != 0
+    saved = sanity_run.checkpoint_files(sanity_run.checkpoint_path(out, "gradinput"))
+    assert all(path.exists() for path in saved) and saved[0].name.startswith(".")
+    assert pd.read_csv(saved[0])["image_id"].nunique() == 2
+    calls.clear()
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert calls == [1] * 4  # only the second batch of two images is explained again
+    assert not any(path.exists() for path in saved)
+    assert pd.read_csv(out / "gradinput.sanity.csv")["image_id"].nunique() == 4
+
+
+def test_stage_summary_is_the_t_interval_of_each_stage_and_statistic():
+    from scipy import stats
+
+    from xaibench.sanity.run import SANITY_STATISTICS, stage_summary
+
+    rng = np.random.default_rng(3)
+    stages = [(0, ""), (1, "8"), (2, "3"), (3, "1")]
+    rows = [
+        (f"img{i}", stage, layer, *rng.normal(size=3))
+        for stage, layer in stages
+        for i in range(1 if stage == 3 else 5)
+    ]
+    table = pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
+    table.loc[[1, 2], "ssim"] = np.nan
+    table.loc[table["stage"] == 2, "spearman"] = np.nan
+    summary = stage_summary(table, confidence=0.9)
+    assert [tuple(r) for r in summary[["stage", "layer", "statistic"]].itertuples(index=False)] == [
+        (stage, layer, name) for stage, layer in stages for name in SANITY_STATISTICS
+    ]
+    for row in summary.itertuples(index=False):
+        values = table.loc[table["stage"] == row.stage, row.statistic].dropna().to_numpy()
+        if len(values) == 0:
+            assert np.isnan([row.mean, row.ci_low, row.ci_high]).all()
+            continue
+        assert row.mean == pytest.approx(values.mean(), rel=1e-12)
+        if len(values) == 1:
+            assert np.isnan(row.ci_low) and np.isnan(row.ci_high)
+            continue
+        low, high = stats.t.interval(0.9, len(values) - 1, values.mean(), stats.sem(values))
+        assert (row.ci_low, row.ci_high) == pytest.approx((low, high), rel=1e-12)

@@ -19,7 +19,7 @@ from xaibench.cli.options import (
     weights_option,
 )
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.evaluate import evaluate_store, write_evaluation
+from xaibench.evaluate import checkpoint_path, evaluate_store, write_evaluation
 from xaibench.metrics import METRICS, get_protocol, summary_markdown
 from xaibench.metrics.stats import summary_wide
 from xaibench.models import load_model, protocol_preprocess
@@ -166,7 +166,7 @@ def evaluate_command(
             data_dir, preprocess, labels_file=labels_file, subset_file=subset_file
         )
         for store, destination in zip(stores, destinations, strict=True):
-            checkpoint = destination / f".{store.stem}-{settings.name}.checkpoint.npz"
+            checkpoint = checkpoint_path(destination, store, settings)
             evaluation = evaluate_store(
                 store,
                 loaded,

@@ -9,10 +9,12 @@ import click
 from xaibench.atomic import write_bytes_atomic
 from xaibench.cli.generate import method_params
 from xaibench.cli.options import (
-    comma_list,
+    cam_layer_option,
     device_options,
+    method_param_option,
     model_option,
     protocol_option,
+    saliency_option,
     weights_option,
 )
 from xaibench.methods import METHODS
@@ -26,13 +28,7 @@ from xaibench.runtime import resolve_device
 @click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @model_option
 @weights_option
-@click.option(
-    "--saliency",
-    "methods",
-    required=True,
-    callback=comma_list,
-    help="Method name(s), comma-separated (see `xaibench list methods`), e.g. tgrad,gradcam.",
-)
+@saliency_option
 @click.option(
     "--out",
     "out_file",
@@ -46,16 +42,8 @@ from xaibench.runtime import resolve_device
     is_flag=True,
     help="Also draw T-Grad's per-term maps (input and each bias layer) and their weights.",
 )
-@click.option(
-    "--layer", default=None, help="Target layer for CAM methods (default: found automatically)."
-)
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="[METHOD.]KEY=VALUE",
-    help="A method setting, as for `xaibench generate`. Repeatable.",
-)
+@cam_layer_option
+@method_param_option
 @protocol_option
 @device_options
 def explain_command(
@@ -87,7 +75,7 @@ def explain_command(
         methods,
         device=resolve_device(device, cuda),
         protocol=protocol,
-        method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
+        method_params=method_params(methods, params, layer),
         tgrad_layers=tgrad_layers,
     )
     write_bytes_atomic(out_file, figure_png(explanation_figure(result)))

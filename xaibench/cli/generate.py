@@ -11,6 +11,7 @@ import click
 from xaibench import dist
 from xaibench.cli.options import (
     batch_size_option,
+    cam_layer_option,
     data_options,
     device_options,
     method_param_option,
@@ -59,12 +60,7 @@ from xaibench.runtime import default_batch_size, default_workers, resolve_device
     show_default=True,
     help="HDF5 store, or an npz the T-Grad authors' evaluation scripts can read.",
 )
-@click.option(
-    "--layer",
-    default=None,
-    help="Target layer for CAM methods (a module name, e.g. features.28); default: found "
-    "automatically.",
-)
+@cam_layer_option
 @method_param_option
 @protocol_option
 @click.option(
@@ -128,7 +124,7 @@ def generate_command(
             target=target,
             store_format=store_format,
             workers=default_workers(world.device) if workers is None else workers,
-            method_params=method_params(methods, params + ((f"layer={layer}",) if layer else ())),
+            method_params=method_params(methods, params, layer),
             precision=precision,
             compile=compile_model,
             progress=not quiet,
@@ -159,8 +155,14 @@ def _report(summary: GenerateSummary) -> None:
     )
 
 
-def method_params(methods: list[str], settings: tuple[str, ...]) -> dict[str, dict]:
-    """`[METHOD.]KEY=VALUE` settings -> {method: {key: value}}, checked against each constructor."""
+def method_params(
+    methods: list[str], settings: tuple[str, ...], layer: str | None = None
+) -> dict[str, dict]:
+    """`[METHOD.]KEY=VALUE` settings -> {method: {key: value}}, checked against each constructor.
+
+    A `layer` (--layer) is a module name, kept as text (`features.28`, or `3` in a Sequential),
+    for every chosen method that takes a layer; it overrides a layer given with --param.
+    """
     accepted = {m: set(inspect.signature(METHODS.get(m)).parameters) - {"model"} for m in methods}
     chosen: dict[str, dict] = {m: {} for m in methods}
     for setting in settings:
@@ -189,4 +191,10 @@ def method_params(methods: list[str], settings: tuple[str, ...]) -> dict[str, di
             raise ConfigError(f"--param {setting!r}: none of {', '.join(methods)} takes {key!r}")
         for m in takers:
             chosen[m][key] = value
+    if layer:
+        takers = [m for m in methods if "layer" in accepted[m]]
+        if not takers:
+            raise ConfigError(f"--layer {layer}: none of {', '.join(methods)} takes a layer")
+        for m in takers:
+            chosen[m]["layer"] = layer
     return {m: p for m, p in chosen.items() if p}

@@ -106,6 +106,12 @@ method_param_option = click.option(
     "goes to every chosen method that takes KEY. VALUE is read as JSON when it parses, else as text. "
     "Repeatable.",
 )
+cam_layer_option = click.option(
+    "--layer",
+    default=None,
+    help="Target layer for CAM methods (a module name, e.g. features.28); default: found "
+    "automatically.",
+)
 speed_options = _compose(
     click.option(
         "--precision",

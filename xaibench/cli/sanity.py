@@ -23,7 +23,7 @@ from xaibench.methods import METHODS
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.sanity import sanity_check, write_sanity
-from xaibench.sanity.run import DEFAULT_THRESHOLD
+from xaibench.sanity.run import DEFAULT_THRESHOLD, checkpoint_files, checkpoint_path
 
 
 @click.command(
@@ -102,7 +102,7 @@ def sanity_command(
     destination = out_dir or model_dir(Path("runs"), loaded.name) / "sanity"
     settings = method_params(methods, params)
     for name in methods:
-        checkpoint = destination / f".{name}.sanity.checkpoint.csv"
+        checkpoint = checkpoint_path(destination, name)
         result = sanity_check(
             loaded,
             name,
@@ -118,8 +118,8 @@ def sanity_command(
             checkpoint=checkpoint,
         )
         paths = write_sanity(result, destination)
-        for leftover in (checkpoint, checkpoint.with_name(checkpoint.name + ".key")):
-            leftover.unlink(missing_ok=True)
+        for saved in checkpoint_files(checkpoint):
+            saved.unlink(missing_ok=True)
         verdict = (
             "FLAGGED: its maps do not depend on the model's parameters"
             if result.flagged

@@ -66,10 +66,7 @@ def summarise(
     )
     if by:
         table = table.sort_values(by, kind="stable", ignore_index=True)
-    count = table["count"].to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = stats.t.ppf((1 + confidence) / 2, np.where(count > 1, count - 1, np.nan))
-        half_width = t * table["sd"].to_numpy() / np.sqrt(count)
+    half_width = t_half_width(table["sd"].to_numpy(), table["count"].to_numpy(), confidence)
     table["missing"] = table.pop("size") - table["count"]
     table["ci_low"] = table["mean"] - half_width
     table["ci_high"] = table["mean"] + half_width
@@ -85,6 +82,15 @@ def summarise(
     table = table.merge(boot, on=[*by, "metric"], how="left")
     columns = ["count", "missing", "mean", "ci_low", "ci_high", "boot_low", "boot_high"]
     return table[[*by, "metric", *columns]]
+
+
+def t_half_width(sd: np.ndarray, count: np.ndarray, confidence: float = 0.95) -> np.ndarray:
+    """Half width of Student's t-interval on a mean, t(n - 1) * sd / sqrt(n), from each group's
+    sample standard deviation `sd` (ddof 1) and value count `count` (same shapes); NaN for n < 2."""
+    count = np.asarray(count, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = stats.t.ppf((1 + confidence) / 2, np.where(count > 1, count - 1, np.nan))
+        return t * np.asarray(sd, dtype=float) / np.sqrt(count)
 
 
 def bootstrap_intervals(

@@ -18,6 +18,7 @@ from xaibench.atomic import write_bytes_atomic, write_text_atomic
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import read_image
 from xaibench.errors import ResultsError
+from xaibench.evaluate import CURVES_SUFFIX, PER_IMAGE_SUFFIX
 from xaibench.metrics.base import saliency_at_input_size
 from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES
 from xaibench.models.preprocess import Preprocess
@@ -30,20 +31,17 @@ from xaibench.report.plots import (
     sanity_figure,
 )
 from xaibench.report.tables import (
-    PER_IMAGE_SUFFIX,
     Evaluations,
     PairedTables,
     comparison_summary,
     load_evaluations,
     paired_tables,
 )
+from xaibench.sanity.run import SANITY_COLUMNS, SANITY_TABLE_SUFFIX
 from xaibench.store import open_store
 from xaibench.store.base import SaliencyStore
 from xaibench.store.meta import StoreMeta
 
-CURVES_SUFFIX = ".curves.npz"
-SANITY_SUFFIX = ".sanity.csv"
-SANITY_COLUMNS = ["image_id", "stage", "layer", "spearman", "spearman_abs", "ssim"]
 DEFAULT_GRID_IMAGES = 4
 
 
@@ -127,7 +125,7 @@ def build_report(
         content.grid_note = f"No saliency store (*.h5, *.npz) in {run_dir}: no overlays."
     else:
         content.grid = _grid_figure([path for path, _ in stores], Path(data_dir), grid_images)
-    sanity = sorted((run_dir / "sanity").glob(f"*{SANITY_SUFFIX}"))
+    sanity = sorted((run_dir / "sanity").glob(f"*{SANITY_TABLE_SUFFIX}"))
     if sanity:
         content.sanity = FigureFile(
             "sanity.png",
@@ -137,7 +135,7 @@ def build_report(
         )
     else:
         content.sanity_note = (
-            f"No sanity-check results ({run_dir / 'sanity'}/METHOD{SANITY_SUFFIX}); "
+            f"No sanity-check results ({run_dir / 'sanity'}/METHOD{SANITY_TABLE_SUFFIX}); "
             "`xaibench sanity` writes them."
         )
     written = {}
@@ -208,12 +206,12 @@ def read_sanity(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
             frame = pd.read_csv(path, dtype={"image_id": str, "layer": str})
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
             raise ResultsError(f"cannot read sanity results {path} ({error})") from None
-        if list(frame.columns) != SANITY_COLUMNS:
+        if tuple(frame.columns) != SANITY_COLUMNS:
             raise ResultsError(
                 f"{path} has columns {', '.join(frame.columns)}; a sanity table has exactly "
                 f"{', '.join(SANITY_COLUMNS)} (written by `xaibench sanity`)"
             )
-        results[path.name[: -len(SANITY_SUFFIX)]] = frame
+        results[path.name[: -len(SANITY_TABLE_SUFFIX)]] = frame
     return results
 
 

@@ -1,7 +1,8 @@
 """One image explained by several methods: the picture `xaibench explain` draws.
 
 The image goes through the protocol's preprocessing, the model gives the top classes, and each
-method is called once on the batch of that one image for the top-1 class. With `tgrad_layers`,
+method explains the batch of that one image for the top-1 class; CAM methods on the same layer
+share one forward and backward, as in `generate` (`shared_pass_groups`). With `tgrad_layers`,
 T-Grad's per-term maps and weights (`TGrad.last_terms`) are drawn too.
 """
 
@@ -19,7 +20,9 @@ from matplotlib.figure import Figure
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import read_image
 from xaibench.errors import ConfigError
+from xaibench.generate import explain_group, shared_pass_groups
 from xaibench.methods import METHODS
+from xaibench.methods.base import Explanation
 from xaibench.methods.tgrad import TGradTerms
 from xaibench.metrics.base import saliency_at_input_size
 from xaibench.models.factory import LoadedModel
@@ -70,14 +73,18 @@ def explain_image(
     ]
     target = best.indices[:1]
     params = method_params or {}
-    maps, terms = {}, None
-    for name in methods:
-        method = METHODS.get(name)(model, **params.get(name, {}))
-        explanation = method(batch, target)
-        maps[name] = saliency_at_input_size(explanation.maps.detach(), tuple(batch.shape[-2:]))[0]
-        maps[name] = maps[name].cpu().numpy()
-        if name == "tgrad" and tgrad_layers:
-            terms = method.last_terms
+    built = [METHODS.get(name)(model, **params.get(name, {})) for name in methods]
+    explanations: list[Explanation | None] = [None] * len(built)
+    for group in shared_pass_groups(built):
+        shared = explain_group([built[i] for i in group], batch, target)
+        for position, explanation in zip(group, shared, strict=True):
+            explanations[position] = explanation
+    size = tuple(batch.shape[-2:])
+    maps = {
+        name: saliency_at_input_size(explanation.maps.detach(), size)[0].cpu().numpy()
+        for name, explanation in zip(methods, explanations, strict=True)
+    }
+    terms = built[list(methods).index("tgrad")].last_terms if tgrad_layers else None
     mean = torch.tensor(preprocess.mean, device=device)[:, None, None]
     std = torch.tensor(preprocess.std, device=device)[:, None, None]
     image = (batch[0] * std + mean).clamp(0, 1).permute(1, 2, 0).cpu().numpy()

@@ -12,12 +12,13 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from xaibench.sanity.run import SANITY_STATISTICS
+
 DPI = 100
 PANEL_INCHES = 2.4
 """Side of one image panel; figures of n x m panels are n * 240 by m * 240 pixels (plus titles)."""
 OVERLAY_ALPHA = 0.5
 COLORMAP = "jet"
-SANITY_COLUMNS = ("spearman", "spearman_abs", "ssim")
 SANITY_TITLES = {
     "spearman": "Spearman rank correlation",
     "spearman_abs": "Spearman rank correlation of |map|",
@@ -123,9 +124,9 @@ def sanity_figure(results: Mapping[str, pd.DataFrame]) -> Figure:
         for stage, layer in frame[["stage", "layer"]].drop_duplicates("stage").itertuples(False):
             stages.setdefault(int(stage), "original" if int(stage) == 0 else str(layer))
     order = sorted(stages)
-    figure = Figure(figsize=(4.6 * len(SANITY_COLUMNS), 4.2), layout="constrained")
-    for column, name in enumerate(SANITY_COLUMNS):
-        axes = figure.add_subplot(1, len(SANITY_COLUMNS), column + 1)
+    figure = Figure(figsize=(4.6 * len(SANITY_STATISTICS), 4.2), layout="constrained")
+    for column, name in enumerate(SANITY_STATISTICS):
+        axes = figure.add_subplot(1, len(SANITY_STATISTICS), column + 1)
         for method, frame in results.items():
             means = frame.groupby("stage")[name].mean()
             axes.plot(means.index, means.to_numpy(), marker="o", ms=3, lw=1.4, label=method)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from xaibench.errors import ResultsError
+from xaibench.evaluate import PER_IMAGE_SUFFIX
 from xaibench.metrics.base import METRICS
 from xaibench.metrics.paired import GROUP_COLUMNS, higher_is_better, paired_comparisons, rankings
 from xaibench.metrics.stats import (
@@ -24,7 +25,6 @@ from xaibench.metrics.stats import (
     summary_markdown,
 )
 
-PER_IMAGE_SUFFIX = ".per_image.csv"
 REQUIRED_COLUMNS = ("image_id", "model", "method", "protocol", "protocol_settings")
 KEYS = (*GROUP_COLUMNS, "method")
 LATEX_STYLES = ("brackets", "pm")

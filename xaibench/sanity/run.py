@@ -25,16 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from tqdm.auto import tqdm
 
 from xaibench.atomic import write_atomic, write_text_atomic
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
 from xaibench.metrics.base import saliency_at_input_size
+from xaibench.metrics.stats import t_half_width
 from xaibench.models.factory import LoadedModel
 from xaibench.runtime import prepare_model
 from xaibench.sanity.similarity import map_similarity
@@ -42,8 +41,12 @@ from xaibench.sanity.stages import Stage, randomisation_stages, randomise
 
 log = logging.getLogger(__name__)
 
-SANITY_COLUMNS = ("image_id", "stage", "layer", "spearman", "spearman_abs", "ssim")
-STATISTICS = ("spearman", "spearman_abs", "ssim")
+SANITY_STATISTICS = ("spearman", "spearman_abs", "ssim")
+"""The similarities of each map to the original one (`map_similarity`)."""
+SANITY_COLUMNS = ("image_id", "stage", "layer", *SANITY_STATISTICS)
+"""The columns of the table `write_sanity` writes, in order."""
+SANITY_TABLE_SUFFIX = ".sanity.csv"
+SANITY_PLOT_SUFFIX = ".sanity.png"
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -161,23 +164,37 @@ def _batch_rows(explain, randomised, original, stages, images, ids, seed) -> pd.
         columns["image_id"] += ids
         columns["stage"] += [index] * len(ids)
         columns["layer"] += [stages[index - 1].name if index else ""] * len(ids)
-        for name in STATISTICS:
+        for name in SANITY_STATISTICS:
             columns[name] += scores[name].cpu().tolist()
     return pd.DataFrame(columns, columns=list(SANITY_COLUMNS))
 
 
+def checkpoint_path(out_dir: Path, method: str) -> Path:
+    """`OUT/.METHOD.sanity.checkpoint.csv`: the hidden checkpoint of one method's run whose table
+    goes to `out_dir` (the `checkpoint` of `sanity_check`)."""
+    return Path(out_dir) / f".{method}.sanity.checkpoint.csv"
+
+
+def checkpoint_files(checkpoint: Path) -> list[Path]:
+    """Every file a `checkpoint` is saved as: its rows and the run's key; remove them once the
+    results are written."""
+    return [checkpoint, checkpoint.with_name(checkpoint.name + ".key")]
+
+
 def _save(path: Path, key: str, frames: list[pd.DataFrame]) -> None:
     """The rows so far and the run's key, each written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    rows_path, key_path = checkpoint_files(path)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
-    write_text_atomic(path.with_name(path.name + ".key"), key)
-    write_atomic(path, lambda p: rows.to_csv(p, index=False, na_rep="NaN"))
+    write_text_atomic(key_path, key)
+    write_atomic(rows_path, lambda p: rows.to_csv(p, index=False, na_rep="NaN"))
 
 
 def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
     """The rows of a checkpoint of the same run, or none."""
-    key_path = None if path is None else path.with_name(path.name + ".key")
-    if path is None or not path.exists() or not key_path.exists():
+    if path is None:
+        return []
+    _, key_path = checkpoint_files(path)
+    if not path.exists() or not key_path.exists():
         return []
     if key_path.read_text("utf-8") != key:
         log.warning("%s is from another sanity run; starting afresh", path)
@@ -189,11 +206,9 @@ def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
 
 def write_sanity(result: SanityResult, out_dir: Path) -> dict[str, Path]:
     """`METHOD.sanity.csv` (the table) and `METHOD.sanity.png` (the plot) in `out_dir`, atomic."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "table": out_dir / f"{result.method}.sanity.csv",
-        "plot": out_dir / f"{result.method}.sanity.png",
+        "table": Path(out_dir) / f"{result.method}{SANITY_TABLE_SUFFIX}",
+        "plot": Path(out_dir) / f"{result.method}{SANITY_PLOT_SUFFIX}",
     }
     write_atomic(paths["table"], lambda p: result.table.to_csv(p, index=False, na_rep="NaN"))
     write_atomic(paths["plot"], lambda p: plot_sanity(result).savefig(p, format="png", dpi=120))
@@ -201,18 +216,21 @@ def write_sanity(result: SanityResult, out_dir: Path) -> dict[str, Path]:
 
 
 def stage_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per stage and statistic: layer, mean, ci_low, ci_high (Student's t on the mean)."""
-    rows = []
-    for (stage, layer), group in table.groupby(["stage", "layer"], sort=True):
-        for name in STATISTICS:
-            values = group[name].dropna().to_numpy()
-            mean = values.mean() if len(values) else np.nan
-            half = np.nan
-            if len(values) > 1:
-                t = stats.t.ppf((1 + confidence) / 2, len(values) - 1)
-                half = t * values.std(ddof=1) / np.sqrt(len(values))
-            rows.append((stage, layer, name, mean, mean - half, mean + half))
-    return pd.DataFrame(rows, columns=["stage", "layer", "statistic", "mean", "ci_low", "ci_high"])
+    """Per stage and statistic: layer, mean, ci_low, ci_high (Student's t on the mean,
+    `t_half_width`); NaN values are left out."""
+    long = table.melt(
+        id_vars=["stage", "layer"], value_vars=list(SANITY_STATISTICS), var_name="statistic"
+    )
+    summary = (
+        long.groupby(["stage", "layer", "statistic"], sort=False)["value"]
+        .agg(mean="mean", sd="std", count="count")
+        .reset_index()
+        .sort_values(["stage", "layer"], kind="stable", ignore_index=True)
+    )
+    half = t_half_width(summary.pop("sd").to_numpy(), summary.pop("count").to_numpy(), confidence)
+    summary["ci_low"] = summary["mean"] - half
+    summary["ci_high"] = summary["mean"] + half
+    return summary
 
 
 def plot_sanity(result: SanityResult):
@@ -224,7 +242,7 @@ def plot_sanity(result: SanityResult):
     labels = summary.drop_duplicates("stage").set_index("stage")["layer"].replace("", "original")
     figure = Figure(figsize=(max(5.0, 0.45 * len(stages) + 2), 4), layout="constrained")
     axes = figure.add_subplot()
-    for name in STATISTICS:
+    for name in SANITY_STATISTICS:
         rows = summary[summary["statistic"] == name].sort_values("stage")
         axes.plot(rows["stage"], rows["mean"], marker="o", label=name)
         axes.fill_between(rows["stage"], rows["ci_low"], rows["ci_high"], alpha=0.2)
