@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.batching import apply_in_chunks
+from xaibench.batching import ChunkSizes, apply_in_chunks
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import record_layers
@@ -65,8 +65,9 @@ class PolyCAM(SaliencyMethod):
 
     layers: module names in forward order (the last is the deepest); None = `find_stage_layers`.
     channel_batch: (image, channel) pairs per forward; None = `default_chunk_size` of the images'
-    device; the maps do not depend on it. Each layer costs one forward per channel and image
-    (two for PCAM+/-), after one clean forward that records every layer's activations.
+    device, lowered on out-of-memory and kept lower for later calls; the maps do not depend on
+    it. Each layer costs one forward per channel and image (two for PCAM+/-), after one clean
+    forward that records every layer's activations.
 
     Channel weights: each activation map A_k (B, h, w) is min-max normalised to [0, 1] per image
     and channel (a constant map becomes 0), resized bilinearly to the image and multiplied into it
@@ -104,6 +105,7 @@ class PolyCAM(SaliencyMethod):
             )
         super().__init__(model, layers=layers, channel_batch=channel_batch)
         self.layers, self.channel_batch = layers, channel_batch
+        self.chunk_sizes = ChunkSizes("channel_batch")
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         with torch.no_grad():
@@ -148,7 +150,7 @@ class PolyCAM(SaliencyMethod):
             resized = F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)
             return class_probability(self.model(images[image] * resized), targets[image])
 
-        chunk = self.channel_batch or default_chunk_size(images.device)
+        chunk = self.chunk_sizes.get(self.channel_batch or default_chunk_size(images.device))
         scores = apply_in_chunks(score_pairs, masks.flatten(0, 1), image_index, chunk_size=chunk)
         return scores.view(batch, channels)
 
