@@ -274,11 +274,11 @@ def _explain(
     group: list[MethodRun], images: torch.Tensor, targets: torch.Tensor | None
 ) -> list[Explanation]:
     """One explanation per run of the group, in sub-batches that fit the device (`run_in_chunks`)."""
+    if len(group) == 1:
+        return [group[0].method.call_in_chunks(images, targets, group[0].batch_size)]
 
     def explain(part: slice) -> list[Explanation]:
         chosen = None if targets is None else targets[part]
-        if len(group) == 1:
-            return [group[0].method(images[part], chosen)]
         return explain_together([run.method for run in group], images[part], chosen)
 
     parts = run_in_chunks(explain, len(images), group[0].batch_size)

@@ -73,6 +73,14 @@ class Completeness:
         """(B,) attribution_sums - score_differences."""
         return self.attribution_sums - self.score_differences
 
+    @classmethod
+    def concat(cls, parts: list[Completeness]) -> Completeness:
+        """The checks of consecutive sub-batches as that of one batch."""
+        return cls(
+            torch.cat([p.attribution_sums for p in parts]),
+            torch.cat([p.score_differences for p in parts]),
+        )
+
 
 @METHODS.register("intgrad", help="Integrated Gradients from a baseline, summed over channels")
 class IntegratedGradients(AttributionMethod):
@@ -87,6 +95,7 @@ class IntegratedGradients(AttributionMethod):
     """
 
     name = "intgrad"
+    records = ("last_completeness",)
 
     def __init__(
         self,

@@ -50,6 +50,7 @@ class RISE(SaliencyMethod):
     """
 
     name = "rise"
+    records = ("last_scores",)
 
     def __init__(
         self,
