@@ -26,16 +26,18 @@ from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import feature_maps, trace_layers, validate_layer
+from xaibench.models.factory import model_input_size
 from xaibench.runtime import default_chunk_size
 
 LNORM_FLOOR = 1e-12
 """Lower bound of LNorm's local averages (a block whose CAM is all 0 stays 0)."""
 
 
-def find_stage_layers(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> list[str]:
+def find_stage_layers(model: nn.Module, input_size: tuple[int, int] | None = None) -> list[str]:
     """The output of each resolution stage, earliest first: Poly-CAM's default layers.
 
-    Traces one eval-mode forward of a zero image (1, 3, *input_size) (`trace_layers`) and keeps
+    Traces one eval-mode forward of a zero image (1, 3, *input_size) (`trace_layers`; None: the
+    model's own size, `model_input_size`) and keeps
     the feature maps (`feature_maps`: (B, C, h, w) with h, w > 1, no vision-transformer patch
     embedding). A module counts at its last run, with its output's spatial size.
     For each spatial size, the chosen module is the last to finish among the shallowest modules
@@ -44,6 +46,7 @@ def find_stage_layers(model: nn.Module, input_size: tuple[int, int] = (224, 224)
     last module before the down-sampling in a flat stack (VGG's `features.3` before the pooling
     `features.4`). Raises ConfigError when no module qualifies.
     """
+    input_size = input_size or model_input_size(model)
     calls = trace_layers(model, input_size)
     hint = "pass Poly-CAM's layers explicitly (layers=...)"
     maps = feature_maps(calls, type(model).__name__, input_size, hint)
