@@ -3,7 +3,7 @@
 The one batching helper behind every expansion: (image x step) pairs of the causal metrics, the
 channels, masks and samples of perturbation and sampling methods, and generate's method calls. On
 CUDA out-of-memory the chunk is halved and the failed chunk run again (`ChunkSize`); the chunks
-already finished are kept.
+already finished are kept, and a method keeps its lowered sizes for its next calls (`ChunkSizes`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,25 @@ class ChunkSize:
 
     def __repr__(self) -> str:
         return f"ChunkSize({self.value}, requested={self.requested})"
+
+
+class ChunkSizes:
+    """One `ChunkSize` per requested value, made on first use and kept after.
+
+    A method that chunks its own work holds one, so that a size halved on out-of-memory in one
+    call starts halved in its next call asking for the same value (same setting, device and,
+    where the default depends on it, batch size), instead of failing and halving again.
+    """
+
+    def __init__(self, name: str = "chunk_size"):
+        self.name = name
+        self.sizes: dict[int, ChunkSize] = {}
+
+    def get(self, requested: int) -> ChunkSize:
+        """The kept ChunkSize of `requested`; a new one the first time it is asked for."""
+        if requested not in self.sizes:
+            self.sizes[requested] = ChunkSize(requested, self.name)
+        return self.sizes[requested]
 
 
 def as_chunk_size(chunk_size: int | ChunkSize) -> ChunkSize:

@@ -296,6 +296,8 @@ def _explain(
 ) -> list[Explanation]:
     """One explanation per run of the group, in sub-batches that fit the device (`run_in_chunks`)."""
     methods = [run.method for run in group]
+    if len(methods) == 1:
+        return [methods[0].call_in_chunks(images, targets, group[0].batch_size)]
 
     def explain(part: slice) -> list[Explanation]:
         return explain_group(methods, images[part], None if targets is None else targets[part])

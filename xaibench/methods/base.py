@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from xaibench.batching import ChunkSize, run_in_chunks
 from xaibench.registry import Registry
 
 
@@ -59,6 +60,9 @@ class SaliencyMethod(ABC):
     compilable: ClassVar[bool] = True
     """False for methods that swap the model's modules or forwards during a call, which would make a
     compiled forward (`--compile`) recompile on every batch."""
+    records: ClassVar[tuple[str, ...]] = ()
+    """Attributes each call sets to describe its batch, image-major (T-Grad's `last_terms`): a
+    tensor (B, ...) or an object whose class joins consecutive sub-batches' with `concat(parts)`."""
 
     def __init__(self, model: nn.Module, **params: Any):
         self.model = model
@@ -73,6 +77,21 @@ class SaliencyMethod(ABC):
     @abstractmethod
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         """(B, 3, H, W), (B,) or None (= the top-1 class) -> Explanation."""
+
+    def call_in_chunks(
+        self, images: torch.Tensor, targets: torch.Tensor | None, size: ChunkSize
+    ) -> Explanation:
+        """`self(images, targets)` in sub-batches of `size` images, halved on out-of-memory
+        (`run_in_chunks`). The explanation and the `records` cover the whole batch, in order."""
+
+        def call(part: slice) -> tuple[Explanation, list[Any]]:
+            explanation = self(images[part], None if targets is None else targets[part])
+            return explanation, [getattr(self, name) for name in self.records]
+
+        parts = run_in_chunks(call, len(images), size)
+        for i, name in enumerate(self.records):
+            setattr(self, name, concat_records([record[i] for _, record in parts]))
+        return Explanation.concat([explanation for explanation, _ in parts])
 
 
 @contextmanager
@@ -93,6 +112,16 @@ def saliency_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
         for p, flag in flags.items():
             p.requires_grad_(flag)
+
+
+def concat_records(parts: list[Any]) -> Any:
+    """The record of consecutive sub-batches as one: tensors concatenated along dim 0, other
+    values joined by their class's `concat`."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return type(parts[0]).concat(parts)
 
 
 def top1_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.batching import apply_in_chunks
+from xaibench.batching import ChunkSize, ChunkSizes, apply_in_chunks
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation
 from xaibench.methods.cam import LayerMethod, layer_forward, weighted_cam
@@ -44,10 +44,12 @@ class ChannelPerturbationCAM(LayerMethod):
             )
         super().__init__(model, layer, channel_batch=channel_batch)
         self.channel_batch = channel_batch
+        self.chunk_sizes = ChunkSizes("channel_batch")
 
-    def chunk_size(self, images: torch.Tensor) -> int:
-        """Pairs per forward: `channel_batch`, or the default of the images' device."""
-        return self.channel_batch or default_chunk_size(images.device)
+    def chunk_size(self, images: torch.Tensor) -> ChunkSize:
+        """Pairs per forward: `channel_batch`, or the default of the images' device; kept across
+        calls, so a size lowered on out-of-memory stays lower."""
+        return self.chunk_sizes.get(self.channel_batch or default_chunk_size(images.device))
 
 
 @METHODS.register(

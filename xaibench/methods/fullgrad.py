@@ -42,6 +42,16 @@ class FullGradTerms:
         """(B,) sum of the terms over the score: 1.0 where the decomposition is complete."""
         return self.totals.sum(dim=1) / self.scores
 
+    @classmethod
+    def concat(cls, parts: list[FullGradTerms]) -> FullGradTerms:
+        """The decomposition of consecutive sub-batches as that of one batch."""
+        names = parts[0].names
+        if any(part.names != names for part in parts):
+            raise ValueError("the sub-batches' FullGrad terms name different layers")
+        return cls(
+            names, torch.cat([p.totals for p in parts]), torch.cat([p.scores for p in parts])
+        )
+
 
 @METHODS.register(
     "fullgrad", help="FullGrad: normalised |input x gradient| and |bias x gradient| maps"
@@ -64,7 +74,7 @@ class FullGrad(SaliencyMethod):
 
     Linear layers' biases enter the decomposition (`last_terms`) but not the map, as in the
     reference code (their terms have no spatial extent). After each call `last_terms` holds the
-    terms' totals and `last_terms.completeness` the share of each score they explain: 1 on a
+    terms' totals (of the whole batch after `call_in_chunks`) and `last_terms.completeness` the share of each score they explain: 1 on a
     network of ReLUs, max-pooling, convolutions, eval batch-norm and linear layers.
 
     pytorch-grad-cam's FullGrad min-max normalises each channel of a term on its own rather than
@@ -73,6 +83,7 @@ class FullGrad(SaliencyMethod):
 
     name = "fullgrad"
     requires = ("bias_terms",)
+    records = ("last_terms",)
 
     def __init__(self, model: nn.Module):
         super().__init__(model)

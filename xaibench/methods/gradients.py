@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from xaibench.batching import apply_in_chunks
+from xaibench.batching import ChunkSize, apply_in_chunks
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.cam import GradCAM
@@ -104,15 +104,16 @@ def over_image_pairs(
     reduce: Callable[[torch.Tensor], torch.Tensor],
     n_images: int,
     count: int,
-    pair_batch: int,
+    pair_batch: ChunkSize,
     device: torch.device,
 ) -> torch.Tensor:
     """Run `pair_fn` on the (image, k) pairs, k < count, of n_images images; reduce per image.
 
-    pair_fn(image_index (L,), k (L,)) -> (L, ...) sees at most `pair_batch` pairs at a time;
-    reduce((b, count, ...)) -> (b, ...); the result is (n_images, ...). Images are taken
-    max(1, pair_batch // count) at a time, so at most max(count, pair_batch) pair results are held
-    at once, whatever n_images is. Pairs are ordered image-major.
+    pair_fn(image_index (L,), k (L,)) -> (L, ...) sees at most `pair_batch.value` pairs at a time
+    (halved on out-of-memory, and kept lower for the caller's next call); reduce((b, count, ...))
+    -> (b, ...); the result is (n_images, ...). Images are taken max(1, pair_batch.value // count)
+    at a time, so at most max(count, pair_batch.value) pair results are held at once, whatever
+    n_images is. Pairs are ordered image-major.
     """
 
     def for_images(image_index: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ def over_image_pairs(
         return reduce(values.view(b, count, *values.shape[1:]))
 
     images = torch.arange(n_images, device=device)
-    return apply_in_chunks(for_images, images, chunk_size=max(1, pair_batch // count))
+    return apply_in_chunks(for_images, images, chunk_size=max(1, pair_batch.value // count))
 
 
 @METHODS.register("gradient", help="vanilla gradient (Simonyan): max over channels of |dy/dx|")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xaibench.batching import ChunkSizes
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, top1_targets
 from xaibench.methods.gradients import (
@@ -72,6 +73,14 @@ class Completeness:
         """(B,) attribution_sums - score_differences."""
         return self.attribution_sums - self.score_differences
 
+    @classmethod
+    def concat(cls, parts: list[Completeness]) -> Completeness:
+        """The checks of consecutive sub-batches as that of one batch."""
+        return cls(
+            torch.cat([p.attribution_sums for p in parts]),
+            torch.cat([p.score_differences for p in parts]),
+        )
+
 
 @METHODS.register("intgrad", help="Integrated Gradients from a baseline, summed over channels")
 class IntegratedGradients(AttributionMethod):
@@ -81,11 +90,12 @@ class IntegratedGradients(AttributionMethod):
     in the normalised space the model sees, i.e. the dataset mean colour) or "black" (pixel value
     0, i.e. -mean / std per channel after normalisation with `mean` and `std`, which only this
     baseline uses); step_batch: (image x step) pairs per forward (None: the device's default chunk
-    size). One extra forward of the clean images and one of the baseline give the targets, the
+    size; lowered on out-of-memory and kept lower for later calls). One extra forward of the clean images and one of the baseline give the targets, the
     logits and `last_completeness`.
     """
 
     name = "intgrad"
+    records = ("last_completeness",)
 
     def __init__(
         self,
@@ -118,6 +128,7 @@ class IntegratedGradients(AttributionMethod):
             std=list(std),
         )
         self.steps, self.baseline, self.step_batch = steps, baseline, step_batch
+        self.chunk_sizes = ChunkSizes("step_batch")
         self.mean, self.std = mean, std
         self.last_completeness: Completeness | None = None
 
@@ -149,7 +160,7 @@ class IntegratedGradients(AttributionMethod):
             grads = input_gradients(self.model, points, targets[image_index]).values
             return grads * weights[step].view(-1, 1, 1, 1)
 
-        chunk = self.step_batch or default_chunk_size(images.device)
+        chunk = self.chunk_sizes.get(self.step_batch or default_chunk_size(images.device))
         summed = over_image_pairs(
             weighted_gradients,
             lambda values: values.sum(dim=1),

@@ -11,18 +11,20 @@ from torch import nn
 from xaibench.errors import ConfigError
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import LayerCall, record_layers
+from xaibench.models.factory import model_input_size
 
 _RESAMPLERS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 def trace_layers(
     model: nn.Module,
-    input_size: tuple[int, int] = (224, 224),
+    input_size: tuple[int, int] | None = None,
     watch: AbstractContextManager | None = None,
 ) -> list[LayerCall]:
     """Every run of every named submodule in one eval-mode forward of a zero image, in order.
 
-    The image is (1, 3, *input_size) on the model's device (the meta device costs nothing).
+    The image is (1, 3, *input_size) on the model's device (the meta device costs nothing);
+    input_size None is the model's own (`model_input_size`: 224 x 224 unless marked).
     Adaptive pooling layers are left out: their output size is fixed by the layer, not by the
     image. `watch`, a context manager such as a `TorchFunctionMode`, is entered around the
     forward, which then runs with autograd on and an image that requires grad, so that the watcher
@@ -33,7 +35,7 @@ def trace_layers(
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None else torch.float32
     names = [name for name, m in model.named_modules() if name and not isinstance(m, _RESAMPLERS)]
-    dummy = torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
+    dummy = torch.zeros(1, 3, *(input_size or model_input_size(model)), device=device, dtype=dtype)
     dummy.requires_grad_(watch is not None)
     with (
         saliency_mode(model),
@@ -76,10 +78,11 @@ def feature_maps(
     return [calls[i] for i in spatial]
 
 
-def find_target_layer(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> str:
+def find_target_layer(model: nn.Module, input_size: tuple[int, int] | None = None) -> str:
     """The default CAM layer: the last module to finish with a feature map (`feature_maps`).
 
-    Traces one eval-mode forward of a zero image (`trace_layers`). When an outer module returns
+    Traces one eval-mode forward of a zero image (`trace_layers`) of `input_size`, None: the
+    model's own (`model_input_size`, 299 x 299 for Inception v3 from `load_model`). When an outer module returns
     its last child's output unchanged (a `Sequential`), the outer one finishes last and is chosen:
     `layer4` on ResNet, `features` on VGG, DenseNet, EfficientNet and MobileNet (on VGG that is
     the output of `features.30`). A module that runs several times counts at its last run.
@@ -87,6 +90,7 @@ def find_target_layer(model: nn.Module, input_size: tuple[int, int] = (224, 224)
     inputs). Raises ConfigError when no module qualifies, and for vision transformers, whose only
     (B, C, h, w) map is the patch embedding.
     """
+    input_size = input_size or model_input_size(model)
     calls = trace_layers(model, input_size)
     hint = "pass the CAM layer explicitly (--layer NAME, layer=...)"
     return feature_maps(calls, type(model).__name__, input_size, hint)[-1].name

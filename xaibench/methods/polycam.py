@@ -21,21 +21,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.batching import apply_in_chunks
+from xaibench.batching import ChunkSizes, apply_in_chunks
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import feature_maps, trace_layers, validate_layer
+from xaibench.models.factory import model_input_size
 from xaibench.runtime import default_chunk_size
 
 LNORM_FLOOR = 1e-12
 """Lower bound of LNorm's local averages (a block whose CAM is all 0 stays 0)."""
 
 
-def find_stage_layers(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> list[str]:
+def find_stage_layers(model: nn.Module, input_size: tuple[int, int] | None = None) -> list[str]:
     """The output of each resolution stage, earliest first: Poly-CAM's default layers.
 
-    Traces one eval-mode forward of a zero image (1, 3, *input_size) (`trace_layers`) and keeps
+    Traces one eval-mode forward of a zero image (1, 3, *input_size) (`trace_layers`; None: the
+    model's own size, `model_input_size`) and keeps
     the feature maps (`feature_maps`: (B, C, h, w) with h, w > 1, no vision-transformer patch
     embedding). A module counts at its last run, with its output's spatial size.
     For each spatial size, the chosen module is the last to finish among the shallowest modules
@@ -44,6 +46,7 @@ def find_stage_layers(model: nn.Module, input_size: tuple[int, int] = (224, 224)
     last module before the down-sampling in a flat stack (VGG's `features.3` before the pooling
     `features.4`). Raises ConfigError when no module qualifies.
     """
+    input_size = input_size or model_input_size(model)
     calls = trace_layers(model, input_size)
     hint = "pass Poly-CAM's layers explicitly (layers=...)"
     maps = feature_maps(calls, type(model).__name__, input_size, hint)
@@ -65,8 +68,9 @@ class PolyCAM(SaliencyMethod):
 
     layers: module names in forward order (the last is the deepest); None = `find_stage_layers`.
     channel_batch: (image, channel) pairs per forward; None = `default_chunk_size` of the images'
-    device; the maps do not depend on it. Each layer costs one forward per channel and image
-    (two for PCAM+/-), after one clean forward that records every layer's activations.
+    device, lowered on out-of-memory and kept lower for later calls; the maps do not depend on
+    it. Each layer costs one forward per channel and image (two for PCAM+/-), after one clean
+    forward that records every layer's activations.
 
     Channel weights: each activation map A_k (B, h, w) is min-max normalised to [0, 1] per image
     and channel (a constant map becomes 0), resized bilinearly to the image and multiplied into it
@@ -104,6 +108,7 @@ class PolyCAM(SaliencyMethod):
             )
         super().__init__(model, layers=layers, channel_batch=channel_batch)
         self.layers, self.channel_batch = layers, channel_batch
+        self.chunk_sizes = ChunkSizes("channel_batch")
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         with torch.no_grad():
@@ -148,7 +153,7 @@ class PolyCAM(SaliencyMethod):
             resized = F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)
             return class_probability(self.model(images[image] * resized), targets[image])
 
-        chunk = self.channel_batch or default_chunk_size(images.device)
+        chunk = self.chunk_sizes.get(self.channel_batch or default_chunk_size(images.device))
         scores = apply_in_chunks(score_pairs, masks.flatten(0, 1), image_index, chunk_size=chunk)
         return scores.view(batch, channels)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.batching import apply_in_chunks
+from xaibench.batching import ChunkSizes, apply_in_chunks
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.runtime import default_chunk_size
@@ -39,7 +39,8 @@ class RISE(SaliencyMethod):
     on its batch. The same seed draws different masks on different device types (their generators
     differ). The forwards run in chunks of `mask_batch` masks for the whole batch (B x mask_batch
     images per forward; None: about `default_chunk_size` images per forward); the maps do not
-    depend on it.
+    depend on it. A chunk lowered on out-of-memory stays lower for later calls of the same batch
+    size.
 
     Departure from the paper's code: upsampling uses PyTorch's bilinear interpolation, which
     repeats the edge values beyond the grid's outer cell centres where scikit-image's `resize`
@@ -49,6 +50,7 @@ class RISE(SaliencyMethod):
     """
 
     name = "rise"
+    records = ("last_scores",)
 
     def __init__(
         self,
@@ -70,6 +72,7 @@ class RISE(SaliencyMethod):
         super().__init__(model, masks=masks, cell=cell, keep=keep, mask_batch=mask_batch, seed=seed)
         self.num_masks, self.cell, self.keep = masks, cell, keep
         self.mask_batch, self.seed = mask_batch, seed
+        self.chunk_sizes = ChunkSizes("mask_batch")
         self.last_scores: torch.Tensor | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
@@ -90,7 +93,9 @@ class RISE(SaliencyMethod):
         with torch.no_grad():
             logits = self.model(images)
             targets = top1_targets(logits, targets)
-            chunk = self.mask_batch or max(1, default_chunk_size(images.device) // batch)
+            chunk = self.chunk_sizes.get(
+                self.mask_batch or max(1, default_chunk_size(images.device) // batch)
+            )
             scores = apply_in_chunks(score_masks, grids, shifts, chunk_size=chunk)
         self.last_scores = scores.T
         maps = saliency / (self.num_masks * self.keep)

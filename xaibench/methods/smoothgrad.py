@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xaibench.batching import ChunkSizes
 from xaibench.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.baselines import hash32, image_fingerprints
@@ -64,7 +65,8 @@ class NoiseAggregate(SaliencyMethod):
 
     model, base (name of a gradient-type method), base_params (its keyword arguments), samples
     (noisy copies per image), noise (std as a fraction of each image's value range), sample_batch
-    (pairs per base call; None: the device's default chunk size), seed.
+    (pairs per base call; None: the device's default chunk size; lowered on out-of-memory and
+    kept lower for later calls), seed.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class NoiseAggregate(SaliencyMethod):
         )
         self.samples, self.noise, self.seed = samples, noise, seed
         self.sample_batch = sample_batch
+        self.chunk_sizes = ChunkSizes("sample_batch")
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         with torch.no_grad():
@@ -119,7 +122,7 @@ class NoiseAggregate(SaliencyMethod):
             noisy = images[image_index] + sigma[image_index].view(-1, 1, 1, 1) * noise
             return self.base.attribute(noisy, targets[image_index]).values
 
-        chunk = self.sample_batch or default_chunk_size(images.device)
+        chunk = self.chunk_sizes.get(self.sample_batch or default_chunk_size(images.device))
         values = over_image_pairs(
             noisy_attributions, self.aggregate, len(images), self.samples, chunk, images.device
         )

@@ -43,6 +43,15 @@ class TGradTerms:
         """(B,) the share of each score the terms explain: sum of the weights; 1.0 = complete."""
         return self.weights.sum(dim=1)
 
+    @classmethod
+    def concat(cls, parts: list[TGradTerms]) -> TGradTerms:
+        """The terms of consecutive sub-batches as the terms of one batch."""
+        names = parts[0].names
+        if any(part.names != names for part in parts):
+            raise ValueError("the sub-batches' T-Grad terms name different layers")
+        maps = [torch.cat(term_maps) for term_maps in zip(*(p.maps for p in parts), strict=True)]
+        return cls(names, maps, torch.cat([p.weights for p in parts]))
+
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 """Batch-norm layers: in eval mode, with running statistics, a per-channel affine map."""
@@ -112,8 +121,9 @@ class TGrad(SaliencyMethod):
     Linear biases are left out, as published, and so are batch-norms on (B, C) features
     (BatchNorm1d in a head): their terms have no spatial extent to map. Each term becomes a map M_l = sum_c max(T_l, 0) and a weight
     w_l = sum(T_l) / y_c; maps are resized to (H, W) bilinearly, divided by their total (+ EPS) and
-    summed with weights max(w_l, 0). After each call `last_terms` holds the names, maps and weights,
-    and `last_terms.completeness` the per-image sum of the weights.
+    summed with weights max(w_l, 0). After each call `last_terms` holds the names, maps and weights
+    (of the whole batch after `call_in_chunks`), and `last_terms.completeness` the per-image sum of
+    the weights.
 
     Departure from the published steps: the gate 1[z_l > 0] is not applied. Where a ReLU follows
     z_l directly (every conv of VGG) dy_c/dz_l is already 0 wherever z_l <= 0, so the result is the
@@ -129,6 +139,7 @@ class TGrad(SaliencyMethod):
 
     name = "tgrad"
     requires = ("bias_terms",)
+    records = ("last_terms",)
 
     def __init__(self, model: nn.Module):
         super().__init__(model)

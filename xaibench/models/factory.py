@@ -60,6 +60,21 @@ class ModelSpec:
 
 MODELS: Registry[ModelSpec] = Registry("model")
 
+DEFAULT_INPUT_SIZE = (224, 224)
+_INPUT_SIZE_ATTRIBUTE = "xaibench_input_size"
+
+
+def mark_input_size(model: nn.Module, size: tuple[int, int]) -> nn.Module:
+    """`model`, marked as built for inputs of `size` (H, W), which `model_input_size` reads."""
+    setattr(model, _INPUT_SIZE_ATTRIBUTE, tuple(size))
+    return model
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int]:
+    """The input size (H, W) `model` is marked with (`load_model` marks its spec's, 299 x 299 for
+    Inception v3); (224, 224) for a module built elsewhere."""
+    return getattr(model, _INPUT_SIZE_ATTRIBUTE, DEFAULT_INPUT_SIZE)
+
 
 def _torchvision_spec(name: str) -> ModelSpec:
     enum = torchvision.models.get_model_weights(name)
@@ -148,7 +163,11 @@ def list_model_names(pattern: str = "*") -> list[str]:
 
 
 def load_model(name: str, weights: str = "default") -> LoadedModel:
-    """Build `name` (a registered name or `module:callable`) with `weights`, in eval mode on the CPU."""
+    """Build `name` (a registered name or `module:callable`) with `weights`, in eval mode on the CPU.
+
+    The module is marked with its input size (`mark_input_size`), at which the methods trace it
+    to find their default layers.
+    """
     if ":" in name and name not in MODELS:
         spec = ModelSpec(lambda choice: (_call_user_factory(name), "user"))
     else:
@@ -160,6 +179,7 @@ def load_model(name: str, weights: str = "default") -> LoadedModel:
     else:
         module, tag = spec.build(weights)
         top1 = spec.published_top1(weights)
+    mark_input_size(module, spec.input_size)
     return LoadedModel(name, module.eval(), tag, spec.mean, spec.std, spec.input_size, top1)
 
 

@@ -36,7 +36,7 @@ from xaibench.methods import METHODS
 from xaibench.methods.gradients import OTHER_ACTIVATIONS
 from xaibench.methods.layers import feature_maps, trace_layers
 from xaibench.methods.tgrad import BATCH_NORMS
-from xaibench.models.factory import MODELS, load_model
+from xaibench.models.factory import MODELS, load_model, mark_input_size, model_input_size
 from xaibench.models.input_transform import input_shift, without_input_transform
 
 Status = Literal["yes", "approximate", "partial", "no"]
@@ -172,13 +172,15 @@ class ModelSupport:
         return {name: self.method(name) for name in METHODS.names()}
 
 
-def inspect_model(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> ModelSupport:
-    """The support of an instantiated model (any device, meta included) at input (H, W).
+def inspect_model(model: nn.Module, input_size: tuple[int, int] | None = None) -> ModelSupport:
+    """The support of an instantiated model (any device, meta included) at input (H, W), None:
+    the model's own (`model_input_size`).
 
     When the traced forward fails at this size, every requirement is "no" with the error. A model's
     input transform (`input_shift`) is switched off for the trace and restored after.
     """
     name = type(model).__name__
+    input_size = input_size or model_input_size(model)
     trace = PieceTrace()
     try:
         with without_input_transform(model):
@@ -256,17 +258,19 @@ def skeleton(name: str) -> nn.Module:
 
     Built under `torch.device("meta")`; architectures whose constructor computes with tensors
     (RegNet's widths) fail there and are built with their parameters and buffers moved to the
-    meta device as they are registered instead (`_meta_parameters`).
+    meta device as they are registered instead (`_meta_parameters`). Marked with the model's
+    input size, as `load_model` marks it (`mark_input_size`).
     """
-    build = MODELS.get(name).build
+    spec = MODELS.get(name)
     with warnings.catch_warnings():  # torchvision's notes on GoogLeNet's future initialisation
         warnings.simplefilter("ignore", FutureWarning)
         try:
             with torch.device("meta"):
-                return build("none")[0]
+                model = spec.build("none")[0]
         except (NotImplementedError, RuntimeError):
             with _meta_parameters():
-                return build("none")[0]
+                model = spec.build("none")[0]
+    return mark_input_size(model, spec.input_size)
 
 
 @contextmanager
