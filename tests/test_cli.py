@@ -396,5 +396,7 @@ def test_layer_is_a_module_name_for_every_method_that_takes_one():
 
     chosen = method_params(["gradcam", "random", "layercam"], ("gradcam.layer=1",), "3")
     assert chosen == {"gradcam": {"layer": "3"}, "layercam": {"layer": "3"}}
+    chosen = method_params(["gradcam", "scorecam"], ("gradcam.layer=2", "scorecam.channel_batch=4"))
+    assert chosen == {"gradcam": {"layer": "2"}, "scorecam": {"channel_batch": 4}}
     with pytest.raises(ConfigError, match=re.escape("--layer 3: none of random takes a layer")):
         method_params(["random"], (), "3")

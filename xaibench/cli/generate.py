@@ -160,8 +160,9 @@ def method_params(
 ) -> dict[str, dict]:
     """`[METHOD.]KEY=VALUE` settings -> {method: {key: value}}, checked against each constructor.
 
-    A `layer` (--layer) is a module name, kept as text (`features.28`, or `3` in a Sequential),
-    for every chosen method that takes a layer; it overrides a layer given with --param.
+    VALUE is read as JSON where it parses, else kept as text; a layer is always a module name, kept
+    as text (`features.28`, or `3` in a Sequential). `layer` (--layer) is set for every chosen
+    method that takes a layer and overrides a layer given with --param.
     """
     accepted = {m: set(inspect.signature(METHODS.get(m)).parameters) - {"model"} for m in methods}
     chosen: dict[str, dict] = {m: {} for m in methods}
@@ -170,10 +171,7 @@ def method_params(
         if not sep:
             raise ConfigError(f"--param {setting!r}: write [METHOD.]KEY=VALUE")
         method, _, key = target.rpartition(".")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
+        value = text if key == "layer" else _json_or_text(text)
         if method:
             if method not in chosen:
                 raise ConfigError(
@@ -198,3 +196,10 @@ def method_params(
         for m in takers:
             chosen[m]["layer"] = layer
     return {m: p for m, p in chosen.items() if p}
+
+
+def _json_or_text(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
