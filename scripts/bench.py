@@ -5,10 +5,12 @@ Sections (`--sections`, all by default):
   to the input (parameter gradients off: the floor for one-pass methods), pytorch-grad-cam's
   Grad-CAM and Captum's InputXGradient, on the same model, batch, targets and device.
 - eval: Insertion + Deletion against the raw forwards it must do (2 x points per image, as plain
-  batched forwards of `--chunk-size` images) and against the one-image way (each image's perturbed
-  copies built step by step in Python and scored in batches of 64). The xaibench side tunes the
-  allocator (as the CLI does), so each side runs in its own subprocess, the one-image way with
-  glibc's default allocator, all else equal.
+  batched forwards of `--chunk-size` images, at the same `--precision`) and against the one-image
+  way of the reference pipeline (each image's perturbed copies built step by step in Python and
+  scored in batches of 64), which always runs at fp32: that pipeline had no precision option. With
+  a `--precision` other than fp32 the raw forwards are also timed at fp32, which shows what the
+  precision alone buys. The xaibench side tunes the allocator (as the CLI does), so each side runs
+  in its own subprocess, the one-image way with glibc's default allocator, all else equal.
 - memory: peak memory (CPU: peak RSS; CUDA: torch.cuda.max_memory_allocated) after each of
   `--memory-batches` batches of generate's work (T-Grad, a background store write) and
   evaluate's (insertion and deletion at a coarse step), and its slope: flat means no growth.
@@ -63,6 +65,7 @@ PEAK_TFLOPS = {
     "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
 }
 GLIBC_TUNING = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+REFERENCE_PRECISION = "fp32"  # the reference pipeline's: it had no precision option
 
 
 def sync(device: torch.device) -> None:
@@ -82,11 +85,17 @@ def alternate(steps: dict[str, Step], repeats: int, device: torch.device) -> dic
     for step in steps.values():
         step()
     sync(device)
-    names, times = list(steps), {name: [] for name in steps}
+    times = {name: [] for name in steps}
     for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in rotated(list(steps), r):
             times[name].append(seconds(steps[name], device))
     return times
+
+
+def rotated(names: list[str], repeat: int) -> list[str]:
+    """The order of repeat `repeat`: `names` rotated left by `repeat` places."""
+    shift = repeat % len(names)
+    return names[shift:] + names[:shift]
 
 
 def rate(count: float, times: list[float]) -> str:
@@ -200,7 +209,8 @@ def generation(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def one_image_way(score_fn, image, substrate, saliency, target, step: int, batch: int = 64):
-    """Deletion of one image as the reference pipeline does it: a Python loop over steps."""
+    """Deletion of one image as the reference pipeline does it: a Python loop over steps (run at
+    `REFERENCE_PRECISION` by the caller)."""
     _, h, w = image.shape
     order = saliency.flatten().argsort(descending=True, stable=True)
     current = image.clone()
@@ -213,8 +223,21 @@ def one_image_way(score_fn, image, substrate, saliency, target, step: int, batch
     return torch.cat([score_fn(chunk, target.expand(len(chunk))) for chunk in stack.split(batch)])
 
 
-def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
-    """One timing of one side, in its own process: name -> seconds for `args.images` images."""
+def step_precisions(worker: str, precision: str) -> dict[str, str]:
+    """The steps a worker times and the precision of each: the one-image way at the reference
+    pipeline's fp32; xaibench and its raw forwards at `precision`, and then the raw forwards also
+    at fp32 unless `precision` is fp32."""
+    if worker == "one-image":
+        return {"one-image": REFERENCE_PRECISION}
+    steps = {"xaibench": precision, "raw": precision}
+    if precision != "fp32":
+        steps["raw fp32"] = "fp32"
+    return steps
+
+
+def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    """One timing of one side, in its own process: {"times": name -> [seconds for `args.images`
+    images], "precisions": name -> precision it ran at, "flops_per_image": forward FLOPs}."""
     torch.manual_seed(0)
     model = prepare_model(load_model(args.model, "none").model, device).eval()
     score_fn = score_function(model)
@@ -250,28 +273,26 @@ def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[st
         for _ in range(count):
             score_fn(copies, targets[:1].expand(chunk))
 
-    with forward_settings(model, device, args.precision):
-        steps = (
-            {"one-image": one_image}
-            if args.worker == "one-image"
-            else {"xaibench": ours, "raw": raw}
-        )
-        for step in steps.values():
-            step(1)  # warm-up on one image (one chunk for raw)
-        order = list(steps)[:: -1 if args.worker_repeat % 2 else 1]
-        times = {name: [seconds(steps[name], device)] for name in order}
-        if "raw" in times:
-            times["raw"][0] *= forwards / (forwards // chunk * chunk)
-        times["flops_per_image"] = [
-            forwards / n * flops_of(lambda: score_fn(images[:1], targets[:1]))
-        ]
-        return times
+    steps = {"xaibench": ours, "raw": raw, "raw fp32": raw, "one-image": one_image}
+    precisions = step_precisions(args.worker, args.precision)
+    for name, precision in precisions.items():
+        with forward_settings(model, device, precision):
+            steps[name](1)  # warm-up on one image (one chunk for raw)
+    times = {}
+    for name in rotated(list(precisions), args.worker_repeat):
+        with forward_settings(model, device, precisions[name]):
+            times[name] = [seconds(steps[name], device)]
+        if name.startswith("raw"):
+            times[name][0] *= forwards / (forwards // chunk * chunk)
+    flops = forwards / n * flops_of(lambda: score_fn(images[:1], targets[:1]))
+    return {"times": times, "precisions": precisions, "flops_per_image": flops}
 
 
 def evaluation(args: argparse.Namespace, device: torch.device) -> None:
     tuned = {k: v for k, v in os.environ.items() if k not in GLIBC_TUNING}
     sides = {"xaibench": dict(tuned, **{"XAIBENCH_TUNE": "1"}), "one-image": tuned}
-    times: dict[str, list[float]] = {"xaibench": [], "raw": [], "one-image": []}
+    times: dict[str, list[float]] = {}
+    precisions: dict[str, str] = {}
     flops = 0.0
     for r in range(args.repeats):
         for side in list(sides) if r % 2 == 0 else list(reversed(sides)):
@@ -281,22 +302,51 @@ def evaluation(args: argparse.Namespace, device: torch.device) -> None:
             if done.returncode:
                 raise SystemExit(f"the {side} worker failed:\n{done.stderr}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            flops = result.pop("flops_per_image", [flops])[0]
-            for name, values in result.items():
-                times[name].extend(values)
+            if side == "xaibench":
+                flops = result["flops_per_image"]
+            precisions.update(result["precisions"])
+            for name, values in result["times"].items():
+                times.setdefault(name, []).extend(values)
+    print("\n".join(evaluation_lines(args, device, times, precisions, flops)))
+
+
+EVALUATION_LABELS = {
+    "raw": "raw forwards, same count",
+    "raw fp32": "raw forwards, same count",
+    "one-image": "one image at a time",
+}
+
+
+def evaluation_lines(
+    args: argparse.Namespace,
+    device: torch.device,
+    times: dict[str, list[float]],
+    precisions: dict[str, str],
+    flops: float,
+) -> list[str]:
+    """The eval section's report from the workers' seconds (step name -> per repeat) and the
+    precision each step ran at (`step_precisions`)."""
     n = args.images
     points = get_protocol("polycam").n_steps(args.size * args.size)
     chunk = args.chunk_size or default_chunk_size(device)
-    print(
-        f"\ninsertion+deletion: {args.model}, {n} images x 2 x {points} points, chunks of {chunk}, "
-        "img/s (each side in its own process)"
-    )
     ours = times["xaibench"]
-    print(f"  {'xaibench':<28}{rate(n, ours)}")
-    for name, label in (("raw", "raw forwards, same count"), ("one-image", "one image at a time")):
-        print(f"  {label:<28}{rate(n, times[name])}   ratio {ratio(times[name], ours)}")
+    lines = [
+        f"\ninsertion+deletion: {args.model}, {n} images x 2 x {points} points, chunks of {chunk}, "
+        "img/s (each side in its own process; the one-image way at fp32, the reference "
+        "pipeline's precision)",
+        f"  {'xaibench, ' + precisions['xaibench']:<34}{rate(n, ours)}",
+    ]
+    for name, label in EVALUATION_LABELS.items():
+        if name not in times:
+            continue
+        line = f"  {label + ', ' + precisions[name]:<34}{rate(n, times[name])}"
+        line += f"   ratio {ratio(times[name], ours)}"
+        if name == "raw fp32":
+            line += f"; raw {precisions['raw']} vs fp32 {ratio(times[name], times['raw'])}"
+        lines.append(line)
     speed = n / statistics.median(ours)
-    print(hardware_line("insertion+deletion", flops, speed, peak_tflops(args, device)))
+    lines.append(hardware_line("insertion+deletion", flops, speed, peak_tflops(args, device)))
+    return lines
 
 
 def memory(args: argparse.Namespace, device: torch.device) -> None:
