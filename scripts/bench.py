@@ -35,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +53,7 @@ from xaibench.precision import forward_settings
 from xaibench.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
 from xaibench.store import StoreMeta, create_or_resume
 from xaibench.store.writer import BackgroundWriter
+from xaibench.timing import seconds, synchronise
 
 Step = Callable[[], object]
 FULL_VAL = 50_000
@@ -68,27 +68,15 @@ GLIBC_TUNING = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 REFERENCE_PRECISION = "fp32"  # the reference pipeline's: it had no precision option
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds(step: Step, device: torch.device) -> float:
-    start = time.perf_counter()
-    step()
-    sync(device)
-    return time.perf_counter() - start
-
-
 def alternate(steps: dict[str, Step], repeats: int, device: torch.device) -> dict[str, list[float]]:
     """name -> seconds of each repeat; one warm-up call each, then the order rotates per repeat."""
     for step in steps.values():
         step()
-    sync(device)
+    synchronise(device)
     times = {name: [] for name in steps}
     for r in range(repeats):
         for name in rotated(list(steps), r):
-            times[name].append(seconds(steps[name], device))
+            times[name].append(seconds(device, steps[name]))
     return times
 
 
@@ -281,7 +269,7 @@ def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[st
     times = {}
     for name in rotated(list(precisions), args.worker_repeat):
         with forward_settings(model, device, precisions[name]):
-            times[name] = [seconds(steps[name], device)]
+            times[name] = [seconds(device, steps[name])]
         if name.startswith("raw"):
             times[name][0] *= forwards / (forwards // chunk * chunk)
     flops = forwards / n * flops_of(lambda: score_fn(images[:1], targets[:1]))
@@ -382,7 +370,7 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
                 )
                 for metric in metrics:
                     metric.score_batch(ctx)
-                sync(device)
+                synchronise(device)
                 peaks.append(peak_mib(device))
         finally:
             writer.close()

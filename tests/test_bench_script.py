@@ -102,3 +102,12 @@ def test_report_names_each_sides_precision():
     times.pop("raw fp32")
     lines = bench.evaluation_lines(worker_args("", "fp32"), CPU, times, fp32_only, 1e9)
     assert sum("raw forwards" in line for line in lines) == 1
+
+
+def test_seconds_per_call_is_the_median_after_one_warm_up(monkeypatch):
+    bench_methods = importlib.import_module("bench_methods")
+    calls = []
+    took = iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(bench_methods, "seconds", lambda device, step: step() or next(took))
+    assert bench_methods.seconds_per_call(lambda: calls.append(1), 3, CPU) == 2.0
+    assert len(calls) == 4
