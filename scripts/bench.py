@@ -3,7 +3,9 @@
 Sections (`--sections`, all by default):
 - gen: images/s of T-Grad, Grad-CAM and gradient x input against the model's raw forward + backward
   to the input (parameter gradients off: the floor for one-pass methods), pytorch-grad-cam's
-  Grad-CAM and Captum's InputXGradient, on the same model, batch, targets and device.
+  Grad-CAM and Captum's InputXGradient, on the same model, batch, targets, device and precision;
+  a peer that fails at `--precision` runs at fp32 and is labelled so (pytorch-grad-cam converts
+  activations to NumPy, which has no bfloat16).
 - eval: Insertion + Deletion against the raw forwards it must do (2 x points per image, as plain
   batched forwards of `--chunk-size` images, at the same `--precision`) and against the one-image
   way of the reference pipeline (each image's perturbed copies built step by step in Python and
@@ -148,6 +150,32 @@ def raw_forward_backward(
     return step
 
 
+def at_precision(step: Step, model: torch.nn.Module, device: torch.device, precision: str) -> Step:
+    """`step` with `model`'s forward at `precision` for the duration of each call."""
+
+    def run() -> object:
+        with forward_settings(model, device, precision):
+            return step()
+
+    return run
+
+
+def peer_precisions(
+    peers: dict[str, Step], peer: torch.nn.Module, device: torch.device, precision: str
+) -> dict[str, str]:
+    """name -> the precision each peer runs at: `precision`, or fp32 for a peer that fails at it
+    (pytorch-grad-cam turns activations into NumPy arrays, which have no bfloat16)."""
+    chosen = {}
+    for name, step in peers.items():
+        chosen[name] = precision
+        if precision != "fp32":
+            try:
+                at_precision(step, peer, device, precision)()
+            except (TypeError, RuntimeError):
+                chosen[name] = "fp32"
+    return chosen
+
+
 def generation(args: argparse.Namespace, device: torch.device) -> None:
     model = prepare_model(load_model(args.model, "none").model, device)
     layer = find_target_layer(model)
@@ -159,10 +187,11 @@ def generation(args: argparse.Namespace, device: torch.device) -> None:
         "pytorch-grad-cam gradcam": quiet(grad_cam(GradCAM)(w)),
         "captum gradinput": quiet(captum(lambda w: InputXGradient(w.peer_model))(w)),
     }
-    with (
-        forward_settings(model, device, args.precision),
-        forward_settings(peer, device, args.precision),
-    ):
+    precisions = peer_precisions(peers, peer, device, args.precision)
+    peers = {
+        name: at_precision(step, peer, device, precisions[name]) for name, step in peers.items()
+    }
+    with forward_settings(model, device, args.precision):
         steps = {
             "raw forward+backward": raw_forward_backward(model, w.images),
             "xaibench tgrad": lambda: tgrad(w.images, w.targets),
@@ -180,6 +209,7 @@ def generation(args: argparse.Namespace, device: torch.device) -> None:
     print(f"\ngeneration: {args.model}, layer {layer}, batch {b} x {args.size} px, img/s")
     raw = times["raw forward+backward"]
     print(f"  {'raw forward+backward':<28}{rate(b, raw)}")
+    labels = {name: f"{name} ({p})" for name, p in precisions.items() if p != args.precision}
     for name, reference in (
         ("xaibench tgrad", "raw forward+backward"),
         ("xaibench gradcam", "raw forward+backward"),
@@ -187,8 +217,9 @@ def generation(args: argparse.Namespace, device: torch.device) -> None:
         ("xaibench gradinput", "raw forward+backward"),
         ("xaibench gradinput", "captum gradinput"),
     ):
+        label = labels.get(reference, reference)
         print(
-            f"  {name:<28}{rate(b, times[name])}   vs {reference:<26}{rate(b, times[reference])}"
+            f"  {name:<28}{rate(b, times[name])}   vs {label:<26}{rate(b, times[reference])}"
             f"   ratio {ratio(times[reference], times[name])}"
         )
     peak = peak_tflops(args, device)

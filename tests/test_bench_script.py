@@ -111,3 +111,25 @@ def test_seconds_per_call_is_the_median_after_one_warm_up(monkeypatch):
     monkeypatch.setattr(bench_methods, "seconds", lambda device, step: step() or next(took))
     assert bench_methods.seconds_per_call(lambda: calls.append(1), 3, CPU) == 2.0
     assert len(calls) == 4
+
+
+def test_a_peer_that_fails_at_bf16_runs_at_fp32():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    x = torch.randn(4, 3)
+    activations = []
+    model[0].register_forward_hook(lambda module, inputs, output: activations.append(output))
+
+    def numpy_peer():  # what pytorch-grad-cam does with the activations it hooks
+        activations.clear()
+        model(x)
+        return activations[0].detach().numpy()
+
+    def torch_peer():
+        return model(x).sum()
+
+    peers = {"numpy": numpy_peer, "torch": torch_peer}
+    bf16 = bench.peer_precisions(peers, model, CPU, "bf16")
+    assert bf16 == {"numpy": "fp32", "torch": "bf16"}
+    assert bench.peer_precisions(peers, model, CPU, "fp32") == {"numpy": "fp32", "torch": "fp32"}
+    assert bench.at_precision(numpy_peer, model, CPU, bf16["numpy"])().dtype == "float32"
+    assert "forward" not in model.__dict__  # the model's own forward is back
