@@ -3,12 +3,16 @@
 Sections (`--sections`, all by default):
 - gen: images/s of T-Grad, Grad-CAM and gradient x input against the model's raw forward + backward
   to the input (parameter gradients off: the floor for one-pass methods), pytorch-grad-cam's
-  Grad-CAM and Captum's InputXGradient, on the same model, batch, targets and device.
+  Grad-CAM and Captum's InputXGradient, on the same model, batch, targets, device and precision;
+  a peer that fails at `--precision` runs at fp32 and is labelled so (pytorch-grad-cam converts
+  activations to NumPy, which has no bfloat16).
 - eval: Insertion + Deletion against the raw forwards it must do (2 x points per image, as plain
-  batched forwards of `--chunk-size` images) and against the one-image way (each image's perturbed
-  copies built step by step in Python and scored in batches of 64). The xaibench side tunes the
-  allocator (as the CLI does), so each side runs in its own subprocess, the one-image way with
-  glibc's default allocator, all else equal.
+  batched forwards of `--chunk-size` images, at the same `--precision`) and against the one-image
+  way of the reference pipeline (each image's perturbed copies built step by step in Python and
+  scored in batches of 64), which always runs at fp32: that pipeline had no precision option. With
+  a `--precision` other than fp32 the raw forwards are also timed at fp32, which shows what the
+  precision alone buys. The xaibench side tunes the allocator (as the CLI does), so each side runs
+  in its own subprocess, the one-image way with glibc's default allocator, all else equal.
 - memory: peak memory (CPU: peak RSS; CUDA: torch.cuda.max_memory_allocated) after each of
   `--memory-batches` batches of generate's work (T-Grad, a background store write) and
   evaluate's (insertion and deletion at a coarse step), and its slope: flat means no growth.
@@ -33,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +55,7 @@ from xaibench.precision import forward_settings
 from xaibench.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
 from xaibench.store import StoreMeta, create_or_resume
 from xaibench.store.writer import BackgroundWriter
+from xaibench.timing import seconds, synchronise
 
 Step = Callable[[], object]
 FULL_VAL = 50_000
@@ -63,30 +67,25 @@ PEAK_TFLOPS = {
     "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
 }
 GLIBC_TUNING = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds(step: Step, device: torch.device) -> float:
-    start = time.perf_counter()
-    step()
-    sync(device)
-    return time.perf_counter() - start
+REFERENCE_PRECISION = "fp32"  # the reference pipeline's: it had no precision option
 
 
 def alternate(steps: dict[str, Step], repeats: int, device: torch.device) -> dict[str, list[float]]:
     """name -> seconds of each repeat; one warm-up call each, then the order rotates per repeat."""
     for step in steps.values():
         step()
-    sync(device)
-    names, times = list(steps), {name: [] for name in steps}
+    synchronise(device)
+    times = {name: [] for name in steps}
     for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(seconds(steps[name], device))
+        for name in rotated(list(steps), r):
+            times[name].append(seconds(device, steps[name]))
     return times
+
+
+def rotated(names: list[str], repeat: int) -> list[str]:
+    """The order of repeat `repeat`: `names` rotated left by `repeat` places."""
+    shift = repeat % len(names)
+    return names[shift:] + names[:shift]
 
 
 def rate(count: float, times: list[float]) -> str:
@@ -151,6 +150,32 @@ def raw_forward_backward(
     return step
 
 
+def at_precision(step: Step, model: torch.nn.Module, device: torch.device, precision: str) -> Step:
+    """`step` with `model`'s forward at `precision` for the duration of each call."""
+
+    def run() -> object:
+        with forward_settings(model, device, precision):
+            return step()
+
+    return run
+
+
+def peer_precisions(
+    peers: dict[str, Step], peer: torch.nn.Module, device: torch.device, precision: str
+) -> dict[str, str]:
+    """name -> the precision each peer runs at: `precision`, or fp32 for a peer that fails at it
+    (pytorch-grad-cam turns activations into NumPy arrays, which have no bfloat16)."""
+    chosen = {}
+    for name, step in peers.items():
+        chosen[name] = precision
+        if precision != "fp32":
+            try:
+                at_precision(step, peer, device, precision)()
+            except (TypeError, RuntimeError):
+                chosen[name] = "fp32"
+    return chosen
+
+
 def generation(args: argparse.Namespace, device: torch.device) -> None:
     model = prepare_model(load_model(args.model, "none").model, device)
     layer = find_target_layer(model)
@@ -162,10 +187,11 @@ def generation(args: argparse.Namespace, device: torch.device) -> None:
         "pytorch-grad-cam gradcam": quiet(grad_cam(GradCAM)(w)),
         "captum gradinput": quiet(captum(lambda w: InputXGradient(w.peer_model))(w)),
     }
-    with (
-        forward_settings(model, device, args.precision),
-        forward_settings(peer, device, args.precision),
-    ):
+    precisions = peer_precisions(peers, peer, device, args.precision)
+    peers = {
+        name: at_precision(step, peer, device, precisions[name]) for name, step in peers.items()
+    }
+    with forward_settings(model, device, args.precision):
         steps = {
             "raw forward+backward": raw_forward_backward(model, w.images),
             "xaibench tgrad": lambda: tgrad(w.images, w.targets),
@@ -183,6 +209,7 @@ def generation(args: argparse.Namespace, device: torch.device) -> None:
     print(f"\ngeneration: {args.model}, layer {layer}, batch {b} x {args.size} px, img/s")
     raw = times["raw forward+backward"]
     print(f"  {'raw forward+backward':<28}{rate(b, raw)}")
+    labels = {name: f"{name} ({p})" for name, p in precisions.items() if p != args.precision}
     for name, reference in (
         ("xaibench tgrad", "raw forward+backward"),
         ("xaibench gradcam", "raw forward+backward"),
@@ -190,8 +217,9 @@ def generation(args: argparse.Namespace, device: torch.device) -> None:
         ("xaibench gradinput", "raw forward+backward"),
         ("xaibench gradinput", "captum gradinput"),
     ):
+        label = labels.get(reference, reference)
         print(
-            f"  {name:<28}{rate(b, times[name])}   vs {reference:<26}{rate(b, times[reference])}"
+            f"  {name:<28}{rate(b, times[name])}   vs {label:<26}{rate(b, times[reference])}"
             f"   ratio {ratio(times[reference], times[name])}"
         )
     peak = peak_tflops(args, device)
@@ -200,7 +228,8 @@ def generation(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def one_image_way(score_fn, image, substrate, saliency, target, step: int, batch: int = 64):
-    """Deletion of one image as the reference pipeline does it: a Python loop over steps."""
+    """Deletion of one image as the reference pipeline does it: a Python loop over steps (run at
+    `REFERENCE_PRECISION` by the caller)."""
     _, h, w = image.shape
     order = saliency.flatten().argsort(descending=True, stable=True)
     current = image.clone()
@@ -213,8 +242,21 @@ def one_image_way(score_fn, image, substrate, saliency, target, step: int, batch
     return torch.cat([score_fn(chunk, target.expand(len(chunk))) for chunk in stack.split(batch)])
 
 
-def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
-    """One timing of one side, in its own process: name -> seconds for `args.images` images."""
+def step_precisions(worker: str, precision: str) -> dict[str, str]:
+    """The steps a worker times and the precision of each: the one-image way at the reference
+    pipeline's fp32; xaibench and its raw forwards at `precision`, and then the raw forwards also
+    at fp32 unless `precision` is fp32."""
+    if worker == "one-image":
+        return {"one-image": REFERENCE_PRECISION}
+    steps = {"xaibench": precision, "raw": precision}
+    if precision != "fp32":
+        steps["raw fp32"] = "fp32"
+    return steps
+
+
+def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    """One timing of one side, in its own process: {"times": name -> [seconds for `args.images`
+    images], "precisions": name -> precision it ran at, "flops_per_image": forward FLOPs}."""
     torch.manual_seed(0)
     model = prepare_model(load_model(args.model, "none").model, device).eval()
     score_fn = score_function(model)
@@ -250,28 +292,26 @@ def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[st
         for _ in range(count):
             score_fn(copies, targets[:1].expand(chunk))
 
-    with forward_settings(model, device, args.precision):
-        steps = (
-            {"one-image": one_image}
-            if args.worker == "one-image"
-            else {"xaibench": ours, "raw": raw}
-        )
-        for step in steps.values():
-            step(1)  # warm-up on one image (one chunk for raw)
-        order = list(steps)[:: -1 if args.worker_repeat % 2 else 1]
-        times = {name: [seconds(steps[name], device)] for name in order}
-        if "raw" in times:
-            times["raw"][0] *= forwards / (forwards // chunk * chunk)
-        times["flops_per_image"] = [
-            forwards / n * flops_of(lambda: score_fn(images[:1], targets[:1]))
-        ]
-        return times
+    steps = {"xaibench": ours, "raw": raw, "raw fp32": raw, "one-image": one_image}
+    precisions = step_precisions(args.worker, args.precision)
+    for name, precision in precisions.items():
+        with forward_settings(model, device, precision):
+            steps[name](1)  # warm-up on one image (one chunk for raw)
+    times = {}
+    for name in rotated(list(precisions), args.worker_repeat):
+        with forward_settings(model, device, precisions[name]):
+            times[name] = [seconds(device, steps[name])]
+        if name.startswith("raw"):
+            times[name][0] *= forwards / (forwards // chunk * chunk)
+    flops = forwards / n * flops_of(lambda: score_fn(images[:1], targets[:1]))
+    return {"times": times, "precisions": precisions, "flops_per_image": flops}
 
 
 def evaluation(args: argparse.Namespace, device: torch.device) -> None:
     tuned = {k: v for k, v in os.environ.items() if k not in GLIBC_TUNING}
     sides = {"xaibench": dict(tuned, **{"XAIBENCH_TUNE": "1"}), "one-image": tuned}
-    times: dict[str, list[float]] = {"xaibench": [], "raw": [], "one-image": []}
+    times: dict[str, list[float]] = {}
+    precisions: dict[str, str] = {}
     flops = 0.0
     for r in range(args.repeats):
         for side in list(sides) if r % 2 == 0 else list(reversed(sides)):
@@ -281,22 +321,51 @@ def evaluation(args: argparse.Namespace, device: torch.device) -> None:
             if done.returncode:
                 raise SystemExit(f"the {side} worker failed:\n{done.stderr}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            flops = result.pop("flops_per_image", [flops])[0]
-            for name, values in result.items():
-                times[name].extend(values)
+            if side == "xaibench":
+                flops = result["flops_per_image"]
+            precisions.update(result["precisions"])
+            for name, values in result["times"].items():
+                times.setdefault(name, []).extend(values)
+    print("\n".join(evaluation_lines(args, device, times, precisions, flops)))
+
+
+EVALUATION_LABELS = {
+    "raw": "raw forwards, same count",
+    "raw fp32": "raw forwards, same count",
+    "one-image": "one image at a time",
+}
+
+
+def evaluation_lines(
+    args: argparse.Namespace,
+    device: torch.device,
+    times: dict[str, list[float]],
+    precisions: dict[str, str],
+    flops: float,
+) -> list[str]:
+    """The eval section's report from the workers' seconds (step name -> per repeat) and the
+    precision each step ran at (`step_precisions`)."""
     n = args.images
     points = get_protocol("polycam").n_steps(args.size * args.size)
     chunk = args.chunk_size or default_chunk_size(device)
-    print(
-        f"\ninsertion+deletion: {args.model}, {n} images x 2 x {points} points, chunks of {chunk}, "
-        "img/s (each side in its own process)"
-    )
     ours = times["xaibench"]
-    print(f"  {'xaibench':<28}{rate(n, ours)}")
-    for name, label in (("raw", "raw forwards, same count"), ("one-image", "one image at a time")):
-        print(f"  {label:<28}{rate(n, times[name])}   ratio {ratio(times[name], ours)}")
+    lines = [
+        f"\ninsertion+deletion: {args.model}, {n} images x 2 x {points} points, chunks of {chunk}, "
+        "img/s (each side in its own process; the one-image way at fp32, the reference "
+        "pipeline's precision)",
+        f"  {'xaibench, ' + precisions['xaibench']:<34}{rate(n, ours)}",
+    ]
+    for name, label in EVALUATION_LABELS.items():
+        if name not in times:
+            continue
+        line = f"  {label + ', ' + precisions[name]:<34}{rate(n, times[name])}"
+        line += f"   ratio {ratio(times[name], ours)}"
+        if name == "raw fp32":
+            line += f"; raw {precisions['raw']} vs fp32 {ratio(times[name], times['raw'])}"
+        lines.append(line)
     speed = n / statistics.median(ours)
-    print(hardware_line("insertion+deletion", flops, speed, peak_tflops(args, device)))
+    lines.append(hardware_line("insertion+deletion", flops, speed, peak_tflops(args, device)))
+    return lines
 
 
 def memory(args: argparse.Namespace, device: torch.device) -> None:
@@ -332,7 +401,7 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
                 )
                 for metric in metrics:
                     metric.score_batch(ctx)
-                sync(device)
+                synchronise(device)
                 peaks.append(peak_mib(device))
         finally:
             writer.close()

@@ -27,7 +27,6 @@ import contextlib
 import copy
 import io
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +58,7 @@ from torch import nn
 from xaibench.methods import METHODS, explain_together, find_target_layer
 from xaibench.models import load_model
 from xaibench.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
+from xaibench.timing import seconds, synchronise
 
 Step = Callable[[], object]
 TOGETHER = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
@@ -197,15 +197,9 @@ def method_pairs(args: argparse.Namespace, layer: str) -> list[Pair]:
 
 def seconds_per_call(step: Step, repeats: int, device: torch.device) -> float:
     """Median wall time of `repeats` calls after one warm-up call."""
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    step()
+    synchronise(device)
+    return statistics.median(seconds(device, step) for _ in range(repeats))
 
 
 def quiet(step: Step) -> Step:

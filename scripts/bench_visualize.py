@@ -18,7 +18,7 @@ from xaibench.methods.base import saliency_mode
 from xaibench.methods.layers import find_target_layer
 from xaibench.models import load_model
 from xaibench.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
-from xaibench.timing import timed
+from xaibench.timing import seconds
 from xaibench.uncertainty import dropout_active, find_dropout, mc_dropout_probabilities
 from xaibench.visualize import Unit, visualise_units
 
@@ -27,7 +27,7 @@ REPEATS = 3
 
 def fastest(device: torch.device, function) -> float:
     """The fastest of REPEATS runs, in seconds (the machine may be shared), CUDA synchronised."""
-    return min(timed(device, function)[1] for _ in range(REPEATS))
+    return min(seconds(device, function) for _ in range(REPEATS))
 
 
 def bench_visualize(loaded, model, device, units: int, steps: int, size: int) -> None:

@@ -10,7 +10,7 @@ import torch
 from xaibench.errors import ConfigError
 
 # Batch and chunk sizes that run fastest per device type: on a 2-core CPU, small chunks beat big
-# ones (docs/perf-notes); on a GPU, larger batches keep the device busy.
+# ones, under fp32 and bf16 alike (docs/perf-notes); on a GPU, larger batches keep the device busy.
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64}
 DEFAULT_CHUNK_SIZE = {"cpu": 16, "cuda": 256}
 # Decoding processes: on CPU they compete with the model for the cores; a GPU needs them fed.

@@ -25,3 +25,8 @@ def timed(device: torch.device, fn: Callable[..., T], *args: Any, **kwargs: Any)
     result = fn(*args, **kwargs)
     synchronise(device)
     return result, time.perf_counter() - started
+
+
+def seconds(device: torch.device, fn: Callable[..., object], *args: Any, **kwargs: Any) -> float:
+    """The seconds `fn(*args, **kwargs)` took, as `timed` measures them (its result dropped)."""
+    return timed(device, fn, *args, **kwargs)[1]

@@ -1,0 +1,135 @@
+"""scripts/bench.py's eval section: the one-image reference runs at fp32 whatever `--precision`,
+the raw forwards at xaibench's precision (and also at fp32 when that is not fp32)."""
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+bench = importlib.import_module("bench")
+
+CPU = torch.device("cpu")
+
+
+def worker_args(worker: str, precision: str) -> argparse.Namespace:
+    return argparse.Namespace(
+        model="resnet18",
+        size=32,
+        images=1,
+        chunk_size=4,
+        precision=precision,
+        worker=worker,
+        worker_repeat=1,
+        peak_tflops=None,
+    )
+
+
+def test_step_precisions_keep_the_reference_at_fp32():
+    for precision in ("fp32", "tf32", "bf16"):
+        assert bench.step_precisions("one-image", precision) == {"one-image": "fp32"}
+    assert bench.step_precisions("xaibench", "bf16") == {
+        "xaibench": "bf16",
+        "raw": "bf16",
+        "raw fp32": "fp32",
+    }
+    assert bench.step_precisions("xaibench", "fp32") == {"xaibench": "fp32", "raw": "fp32"}
+
+
+def test_rotated_starts_each_repeat_one_step_later():
+    names = ["a", "b", "c"]
+    assert [bench.rotated(names, r) for r in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
+
+
+@pytest.fixture()
+def conv_dtypes(monkeypatch):
+    """The dtype of the first convolution's output in every forward the worker runs."""
+    seen: list[torch.dtype] = []
+    prepare = bench.prepare_model
+
+    def recording(model, device):
+        model = prepare(model, device)
+        model.conv1.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+        return model
+
+    monkeypatch.setattr(bench, "prepare_model", recording)
+    return seen
+
+
+def test_one_image_worker_runs_fp32_under_bf16(conv_dtypes):
+    result = bench.evaluation_worker(worker_args("one-image", "bf16"), CPU)
+    assert result["precisions"] == {"one-image": "fp32"}
+    assert set(result["times"]) == {"one-image"}
+    assert conv_dtypes and set(conv_dtypes) == {torch.float32}
+
+
+def test_xaibench_worker_times_raw_forwards_at_both_precisions(conv_dtypes):
+    result = bench.evaluation_worker(worker_args("xaibench", "bf16"), CPU)
+    assert result["precisions"] == {"xaibench": "bf16", "raw": "bf16", "raw fp32": "fp32"}
+    assert all(len(t) == 1 and t[0] > 0 for t in result["times"].values())
+    assert set(result["times"]) == set(result["precisions"])
+    assert {torch.bfloat16, torch.float32} <= set(conv_dtypes)
+    assert result["flops_per_image"] > 0
+
+
+def test_report_names_each_sides_precision():
+    times = {
+        "xaibench": [1.0, 1.2],
+        "raw": [1.0, 1.1],
+        "raw fp32": [3.0, 3.3],
+        "one-image": [4.0, 4.4],
+    }
+    precisions = {"xaibench": "bf16", "raw": "bf16", "raw fp32": "fp32", "one-image": "fp32"}
+    lines = bench.evaluation_lines(worker_args("", "bf16"), CPU, times, precisions, 1e9)
+    by_label = {line.split("  ")[1].strip(): line for line in lines[2:-1]}
+    assert set(by_label) == {
+        "raw forwards, same count, bf16",
+        "raw forwards, same count, fp32",
+        "one image at a time, fp32",
+    }
+    assert "raw bf16 vs fp32  3.00 [3.00-3.00]" in by_label["raw forwards, same count, fp32"]
+    assert lines[1].split()[:2] == ["xaibench,", "bf16"]
+    fp32_only = {k: v for k, v in precisions.items() if k != "raw fp32"}
+    fp32_only.update(xaibench="fp32", raw="fp32")
+    times.pop("raw fp32")
+    lines = bench.evaluation_lines(worker_args("", "fp32"), CPU, times, fp32_only, 1e9)
+    assert sum("raw forwards" in line for line in lines) == 1
+
+
+def test_seconds_per_call_is_the_median_after_one_warm_up(monkeypatch):
+    bench_methods = importlib.import_module("bench_methods")
+    calls = []
+    took = iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(bench_methods, "seconds", lambda device, step: step() or next(took))
+    assert bench_methods.seconds_per_call(lambda: calls.append(1), 3, CPU) == 2.0
+    assert len(calls) == 4
+
+
+def test_a_peer_that_fails_at_bf16_runs_at_fp32():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    x = torch.randn(4, 3)
+    activations = []
+    model[0].register_forward_hook(lambda module, inputs, output: activations.append(output))
+
+    def numpy_peer():  # what pytorch-grad-cam does with the activations it hooks
+        activations.clear()
+        model(x)
+        return activations[0].detach().numpy()
+
+    def torch_peer():
+        return model(x).sum()
+
+    peers = {"numpy": numpy_peer, "torch": torch_peer}
+    bf16 = bench.peer_precisions(peers, model, CPU, "bf16")
+    assert bf16 == {"numpy": "fp32", "torch": "bf16"}
+    assert bench.peer_precisions(peers, model, CPU, "fp32") == {"numpy": "fp32", "torch": "fp32"}
+    assert bench.at_precision(numpy_peer, model, CPU, bf16["numpy"])().dtype == "float32"
+    assert "forward" not in model.__dict__  # the model's own forward is back

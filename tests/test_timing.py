@@ -1,0 +1,33 @@
+"""The synchronised timer shared by generate and the benchmark scripts."""
+
+import time
+
+import pytest
+import torch
+
+from xaibench import timing
+
+CPU = torch.device("cpu")
+
+
+def test_timed_returns_the_result_and_waits_for_the_device_at_both_ends(monkeypatch):
+    events = []
+    monkeypatch.setattr(timing, "synchronise", lambda device: events.append("sync"))
+    result, took = timing.timed(CPU, lambda x: events.append("call") or x * 2, 21)
+    assert result == 42
+    assert events == ["sync", "call", "sync"]
+    assert took >= 0
+
+
+def test_seconds_covers_the_whole_call():
+    assert timing.seconds(CPU, time.sleep, 0.02) >= 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_seconds_waits_for_queued_cuda_work():
+    device = torch.device("cuda")
+    x = torch.randn(4096, 4096, device=device)
+    timing.synchronise(device)
+    took = timing.seconds(device, lambda: [x @ x for _ in range(20)])
+    assert took > 0
+    assert torch.cuda.current_stream(device).query()
