@@ -11,7 +11,9 @@ Sections (`--sections`, all by default):
   way of the reference pipeline (each image's perturbed copies built step by step in Python and
   scored in batches of 64), which always runs at fp32: that pipeline had no precision option. With
   a `--precision` other than fp32 the raw forwards are also timed at fp32, which shows what the
-  precision alone buys. The xaibench side tunes the allocator (as the CLI does), so each side runs
+  precision alone buys. `--compile` compiles xaibench's forwards and the raw ones (torch.compile;
+  the one-image way stays eager, and the raw forwards are then also timed eager at fp32). The
+  xaibench side tunes the allocator (as the CLI does), so each side runs
   in its own subprocess, the one-image way with glibc's default allocator, all else equal.
 - memory: peak memory (CPU: peak RSS; CUDA: torch.cuda.max_memory_allocated) after each of
   `--memory-batches` batches of generate's work (T-Grad, a background store write) and
@@ -25,6 +27,7 @@ below) and the projected time for the 50,000 ImageNet validation images.
 
     python scripts/bench.py                                   # resnet18, batch 8, CPU
     python scripts/bench.py --model resnet50 --device cuda --batch-size 64 --precision bf16
+    python scripts/bench.py --sections eval --precision bf16 --compile   # CPU with AMX
 """
 
 from __future__ import annotations
@@ -242,16 +245,24 @@ def one_image_way(score_fn, image, substrate, saliency, target, step: int, batch
     return torch.cat([score_fn(chunk, target.expand(len(chunk))) for chunk in stack.split(batch)])
 
 
-def step_precisions(worker: str, precision: str) -> dict[str, str]:
-    """The steps a worker times and the precision of each: the one-image way at the reference
-    pipeline's fp32; xaibench and its raw forwards at `precision`, and then the raw forwards also
-    at fp32 unless `precision` is fp32."""
+def step_precisions(worker: str, precision: str, compile: bool = False) -> dict[str, str]:
+    """The steps a worker times and the settings of each, "PRECISION" or "PRECISION+compile": the
+    one-image way at the reference pipeline's fp32, eager; xaibench and its raw forwards at
+    `precision` (compiled with `compile`), and then the raw forwards also at eager fp32 unless
+    that is what xaibench ran at."""
     if worker == "one-image":
         return {"one-image": REFERENCE_PRECISION}
-    steps = {"xaibench": precision, "raw": precision}
-    if precision != "fp32":
+    ours = f"{precision}+compile" if compile else precision
+    steps = {"xaibench": ours, "raw": ours}
+    if ours != "fp32":
         steps["raw fp32"] = "fp32"
     return steps
+
+
+def settings_of(label: str) -> dict[str, object]:
+    """`forward_settings` keywords of a `step_precisions` label."""
+    precision, _, compiled = label.partition("+")
+    return {"precision": precision, "compile": compiled == "compile"}
 
 
 def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
@@ -293,13 +304,11 @@ def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[st
             score_fn(copies, targets[:1].expand(chunk))
 
     steps = {"xaibench": ours, "raw": raw, "raw fp32": raw, "one-image": one_image}
-    precisions = step_precisions(args.worker, args.precision)
-    for name, precision in precisions.items():
-        with forward_settings(model, device, precision):
-            steps[name](1)  # warm-up on one image (one chunk for raw)
+    precisions = step_precisions(args.worker, args.precision, args.compile)
     times = {}
     for name in rotated(list(precisions), args.worker_repeat):
-        with forward_settings(model, device, precisions[name]):
+        with forward_settings(model, device, **settings_of(precisions[name])):
+            steps[name](1)  # warm-up on one image (one chunk for raw), compiling with --compile
             times[name] = [seconds(device, steps[name])]
         if name.startswith("raw"):
             times[name][0] *= forwards / (forwards // chunk * chunk)
@@ -432,6 +441,11 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None, help="perturbed images per forward")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16", "fp16"))
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="eval: torch.compile xaibench's and the raw forwards (the one-image way stays eager)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-batches", type=int, default=30)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak")

@@ -22,6 +22,7 @@ def worker_args(worker: str, precision: str) -> argparse.Namespace:
         images=1,
         chunk_size=4,
         precision=precision,
+        compile=False,
         worker=worker,
         worker_repeat=1,
         peak_tflops=None,
@@ -37,6 +38,11 @@ def test_step_precisions_keep_the_reference_at_fp32():
         "raw fp32": "fp32",
     }
     assert bench.step_precisions("xaibench", "fp32") == {"xaibench": "fp32", "raw": "fp32"}
+    compiled = bench.step_precisions("xaibench", "fp32", compile=True)
+    assert compiled == {"xaibench": "fp32+compile", "raw": "fp32+compile", "raw fp32": "fp32"}
+    assert bench.step_precisions("one-image", "bf16", compile=True) == {"one-image": "fp32"}
+    assert bench.settings_of("bf16+compile") == {"precision": "bf16", "compile": True}
+    assert bench.settings_of("fp32") == {"precision": "fp32", "compile": False}
 
 
 def test_rotated_starts_each_repeat_one_step_later():
@@ -133,3 +139,18 @@ def test_a_peer_that_fails_at_bf16_runs_at_fp32():
     assert bench.peer_precisions(peers, model, CPU, "fp32") == {"numpy": "fp32", "torch": "fp32"}
     assert bench.at_precision(numpy_peer, model, CPU, bf16["numpy"])().dtype == "float32"
     assert "forward" not in model.__dict__  # the model's own forward is back
+
+
+def test_compile_reaches_xaibench_and_raw_forwards_but_not_the_references(monkeypatch):
+    real, asked = bench.forward_settings, []
+
+    def recording(model, device, precision="fp32", compile=False):
+        asked.append((precision, compile))
+        return real(model, device, precision)  # eager here: compiling is slow and not under test
+
+    monkeypatch.setattr(bench, "forward_settings", recording)
+    args = worker_args("xaibench", "bf16")
+    args.compile = True
+    result = bench.evaluation_worker(args, CPU)
+    assert sorted(asked) == [("bf16", True), ("bf16", True), ("fp32", False)]
+    assert result["precisions"]["xaibench"] == "bf16+compile"
