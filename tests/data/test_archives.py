@@ -246,6 +246,17 @@ def test_a_sha256_that_contradicts_the_pinned_one_is_refused_before_hashing(tmp_
         fetch(pinned(sha256=SHA256), tmp_path / "d", given=given, expected_sha256="2" * 64)
 
 
+def test_a_sha256_that_contradicts_the_pinned_one_is_refused_before_downloading(server, tmp_path):
+    url = f"{server.url}/a.tar"
+    with pytest.raises(ConfigError, match="differs from the pinned sha256"):
+        fetch(pinned(sha256=SHA256), tmp_path, url, expected_sha256="2" * 64, progress=False)
+    assert server.requests == [] and list(tmp_path.iterdir()) == []
+    path = fetch(
+        pinned(sha256=SHA256), tmp_path, url, expected_sha256=SHA256.upper(), progress=False
+    )
+    assert path.read_bytes() == PAYLOAD
+
+
 @pytest.mark.parametrize("key", sorted(k for k, a in archives.ARCHIVES.items() if a.url))
 def test_every_public_archive_pins_its_size_and_a_published_digest(key):
     archive = archives.ARCHIVES[key]

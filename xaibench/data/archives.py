@@ -196,13 +196,9 @@ def verify_file(
     An archive with no checksum at all raises ChecksumError that prints the computed sha256.
     """
     expected = archive.expected()
-    if expected_sha256:
-        if archive.sha256 and archive.sha256 != expected_sha256.lower():
-            raise ConfigError(
-                f"--sha256 {expected_sha256} differs from the pinned sha256 {archive.sha256} "
-                f"of {archive.filename}; leave --sha256 out"
-            )
-        expected["sha256"] = expected_sha256.lower()
+    trusted = _trusted_sha256(archive, expected_sha256)
+    if trusted:
+        expected["sha256"] = trusted
     size = path.stat().st_size
     if archive.size is not None and size != archive.size:
         raise ChecksumError(
@@ -221,6 +217,19 @@ def verify_file(
             f"--sha256 {actual['sha256']}"
         )
     return actual
+
+
+def _trusted_sha256(archive: Archive, expected_sha256: str | None) -> str | None:
+    """The user's `--sha256`, lower-cased; ConfigError when it contradicts the pinned sha256."""
+    if not expected_sha256:
+        return None
+    trusted = expected_sha256.lower()
+    if archive.sha256 and archive.sha256 != trusted:
+        raise ConfigError(
+            f"--sha256 {expected_sha256} differs from the pinned sha256 {archive.sha256} "
+            f"of {archive.filename}; leave --sha256 out"
+        )
+    return trusted
 
 
 def _stamp_path(dest: Path, filename: str) -> Path:
@@ -361,6 +370,7 @@ def fetch(
     verified; a bad download is removed (the next run fetches it afresh), a bad file the user gave
     is left as it is. A file verified before and unchanged since is not hashed again.
     """
+    _trusted_sha256(archive, expected_sha256)  # a contradiction is refused before any transfer
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if given is not None:
