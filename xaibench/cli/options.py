@@ -103,8 +103,8 @@ method_param_option = click.option(
     multiple=True,
     metavar="[METHOD.]KEY=VALUE",
     help="A method setting, e.g. rise.masks=8000 or smoothgrad.base=gradinput; without METHOD. it "
-    "goes to every chosen method that takes KEY. VALUE is read as JSON when it parses, else as text. "
-    "Repeatable.",
+    "goes to every chosen method that takes KEY. VALUE is read as JSON when it parses, else as text "
+    "(a layer is always a module name, kept as text). Repeatable.",
 )
 cam_layer_option = click.option(
     "--layer",

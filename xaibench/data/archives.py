@@ -284,8 +284,8 @@ def download(
 ) -> dict[str, str]:
     """Download `url` into `partial`, resuming from the bytes already there (HTTP Range).
 
-    Returns the md5 and sha256 of the whole file, hashed as the bytes arrive (the bytes of an
-    earlier run are hashed first). Retries `retries` times after a failure, waiting
+    Returns the file's digests (`Hashes`: md5 and sha256 of the whole file, md5 of its first
+    `HEAD_BYTES`), hashed as the bytes arrive (the bytes of an earlier run are hashed first). Retries `retries` times after a failure, waiting
     `backoff * 2**attempt` seconds; the file is left in place on failure so the next run resumes.
     A server that ignores Range restarts the file.
     """

@@ -74,8 +74,9 @@ class FullGrad(SaliencyMethod):
 
     Linear layers' biases enter the decomposition (`last_terms`) but not the map, as in the
     reference code (their terms have no spatial extent). After each call `last_terms` holds the
-    terms' totals (of the whole batch after `call_in_chunks`) and `last_terms.completeness` the share of each score they explain: 1 on a
-    network of ReLUs, max-pooling, convolutions, eval batch-norm and linear layers.
+    terms' totals (of the whole batch after `call_in_chunks`) and `last_terms.completeness` the
+    share of each score they explain: 1 on a network of ReLUs, max-pooling, convolutions, eval
+    batch-norm and linear layers.
 
     pytorch-grad-cam's FullGrad min-max normalises each channel of a term on its own rather than
     the whole term, which gives different maps (tests show it); this follows the paper's code.

@@ -90,8 +90,8 @@ class IntegratedGradients(AttributionMethod):
     in the normalised space the model sees, i.e. the dataset mean colour) or "black" (pixel value
     0, i.e. -mean / std per channel after normalisation with `mean` and `std`, which only this
     baseline uses); step_batch: (image x step) pairs per forward (None: the device's default chunk
-    size; lowered on out-of-memory and kept lower for later calls). One extra forward of the clean images and one of the baseline give the targets, the
-    logits and `last_completeness`.
+    size; lowered on out-of-memory and kept lower for later calls). One extra forward of the clean
+    images and one of the baseline give the targets, the logits and `last_completeness`.
     """
 
     name = "intgrad"

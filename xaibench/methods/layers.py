@@ -82,10 +82,11 @@ def find_target_layer(model: nn.Module, input_size: tuple[int, int] | None = Non
     """The default CAM layer: the last module to finish with a feature map (`feature_maps`).
 
     Traces one eval-mode forward of a zero image (`trace_layers`) of `input_size`, None: the
-    model's own (`model_input_size`, 299 x 299 for Inception v3 from `load_model`). When an outer module returns
-    its last child's output unchanged (a `Sequential`), the outer one finishes last and is chosen:
-    `layer4` on ResNet, `features` on VGG, DenseNet, EfficientNet and MobileNet (on VGG that is
-    the output of `features.30`). A module that runs several times counts at its last run.
+    model's own (`model_input_size`, 299 x 299 for Inception v3 from `load_model`). When an outer
+    module returns its last child's output unchanged (a `Sequential`), the outer one finishes last
+    and is chosen: `layer4` on ResNet, `features` on VGG, DenseNet, EfficientNet and MobileNet (on
+    VGG that is the output of `features.30`). A module that runs several times counts at its last
+    run.
     Adaptive pooling is never chosen (VGG's AdaptiveAvgPool2d to 7 x 7 would upsample small
     inputs). Raises ConfigError when no module qualifies, and for vision transformers, whose only
     (B, C, h, w) map is the patch embedding.

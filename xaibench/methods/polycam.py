@@ -37,9 +37,9 @@ def find_stage_layers(model: nn.Module, input_size: tuple[int, int] | None = Non
     """The output of each resolution stage, earliest first: Poly-CAM's default layers.
 
     Traces one eval-mode forward of a zero image (1, 3, *input_size) (`trace_layers`; None: the
-    model's own size, `model_input_size`) and keeps
-    the feature maps (`feature_maps`: (B, C, h, w) with h, w > 1, no vision-transformer patch
-    embedding). A module counts at its last run, with its output's spatial size.
+    model's own size, `model_input_size`) and keeps the feature maps (`feature_maps`: (B, C, h, w)
+    with h, w > 1, no vision-transformer patch embedding). A module counts at its last run, with
+    its output's spatial size.
     For each spatial size, the chosen module is the last to finish among the shallowest modules
     (fewest dots in the name) with outputs of that size: the stage container where there is one
     (ResNet's `layer1`, not the first convolution of `layer2`, which still runs at that size), the
