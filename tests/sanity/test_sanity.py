@@ -203,6 +203,30 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, 
     pd.testing.assert_frame_equal(resumed, full, atol=1e-6, rtol=0)
 
 
+def test_another_runs_rows_are_not_resumed_after_a_save_cut_short(
+    small_images, tmp_path, monkeypatch
+):
+    import xaibench.sanity.run as sanity_run
+
+    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+    interrupt_randomise(monkeypatch, 6)  # seed 0: the rows of the first batch are saved
+    with pytest.raises(KeyboardInterrupt):
+        run("gradinput", small_images, checkpoint=checkpoint)
+    monkeypatch.undo()
+
+    def cut(path, write):  # killed while its first save writes the rows, after the key
+        raise KeyboardInterrupt
+
+    interrupt_randomise(monkeypatch, 2)
+    monkeypatch.setattr(sanity_run, "write_atomic", cut)
+    with pytest.raises(KeyboardInterrupt):
+        run("gradinput", small_images, checkpoint=checkpoint, seed=1)
+    monkeypatch.undo()
+    resumed = run("gradinput", small_images, checkpoint=checkpoint, seed=1).table
+    fresh = run("gradinput", small_images, seed=1).table
+    pd.testing.assert_frame_equal(resumed, fresh, atol=1e-6, rtol=0)
+
+
 def test_the_command_resumes_from_its_checkpoint_then_removes_it(
     image_folder, tmp_path, monkeypatch
 ):

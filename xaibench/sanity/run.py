@@ -190,7 +190,8 @@ def _save(path: Path, key: str, frames: list[pd.DataFrame]) -> None:
 
 
 def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
-    """The rows of a checkpoint of the same run, or none."""
+    """The rows of a checkpoint of the same run, or none. Another run's checkpoint is removed: a
+    save of this run cut short between its key and its rows must not pair them."""
     if path is None:
         return []
     _, key_path = checkpoint_files(path)
@@ -198,6 +199,8 @@ def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
         return []
     if key_path.read_text("utf-8") != key:
         log.warning("%s is from another sanity run; starting afresh", path)
+        for saved in checkpoint_files(path):
+            saved.unlink()
         return []
     rows = pd.read_csv(path, keep_default_na=False, na_values=["NaN"], dtype={"layer": str})
     log.info("resuming from %s: %d images already done", path, rows["image_id"].nunique())
