@@ -182,7 +182,7 @@ def combine_terms(
 ) -> torch.Tensor:
     """Steps 5-6: sum over l of max(w_l, 0) * resized M_l / (total of resized M_l + EPS).
 
-    maps: per term (B, h_l, w_l); weights: (B, L + 1); size: (H, W). Returns (B, H, W).
+    maps: per term (B, h_l, w_l); weights: (B, K), one per term; size: (H, W). Returns (B, H, W).
     Bilinear resizing is linear, so the terms of one resolution are summed first and resized once;
     the total of a resized map is computed without resizing it (`resized_totals`).
     """
@@ -199,7 +199,7 @@ def combine_terms(
 
 
 def resized_totals(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """(B, L + 1): the total of each map (B, h_l, w_l) once bilinearly resized to size (H, W).
+    """(B, K): the total of each map (B, h_l, w_l) once bilinearly resized to size (H, W).
 
     Bilinear resizing is separable, resized = A_h M A_w^T, so its total is r_h^T M r_w with r the
     column sums of the 1-D interpolation matrices.
