@@ -25,6 +25,9 @@ from xaibench.errors import ConfigError, ModelError
 from xaibench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from xaibench.registry import Registry
 
+DEFAULT_INPUT_SIZE = (224, 224)
+"""(H, W) of a model that states no input size of its own."""
+
 
 @dataclass
 class LoadedModel:
@@ -35,7 +38,7 @@ class LoadedModel:
     weights: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    input_size: tuple[int, int] = (224, 224)
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
     published_top1: float | None = None
 
 
@@ -54,13 +57,12 @@ class ModelSpec:
     build: Callable[[str], tuple[nn.Module, str]]
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    input_size: tuple[int, int] = (224, 224)
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
     published_top1: Callable[[str], float | None] = _unpublished
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
 
-DEFAULT_INPUT_SIZE = (224, 224)
 _INPUT_SIZE_ATTRIBUTE = "xaibench_input_size"
 
 
