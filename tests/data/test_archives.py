@@ -234,7 +234,7 @@ def test_the_first_mib_md5_is_checked_across_a_resumed_download(tmp_path):
             fetch(archive, tmp_path, url, retries=0, progress=False)
         assert fetch(archive, tmp_path, url, retries=0, progress=False).read_bytes() == payload
         wrong = Archive("b.tgz", len(payload), head_md5=hashlib.md5(payload).hexdigest())
-        with pytest.raises(ChecksumError, match=f"expected head_md5 .*, got {head}"):
+        with pytest.raises(ChecksumError, match=f"expected md5 of the first MiB .*, got {head}"):
             fetch(wrong, tmp_path / "again", url, progress=False)
 
 
@@ -265,3 +265,16 @@ def test_every_public_archive_pins_its_size_and_a_published_digest(key):
     assert archive.url.endswith("/" + archive.filename)
     for kind, digest in archive.expected().items():
         assert len(digest) == lengths[kind] and int(digest, 16) >= 0 and digest == digest.lower()
+
+
+def test_a_file_verified_before_a_pin_was_added_is_checked_against_it(tmp_path, monkeypatch):
+    given = tmp_path / "a.tar"
+    given.write_bytes(PAYLOAD)
+    fetch(pinned(), tmp_path / "d", given=given, progress=False)
+    hashed = []
+    monkeypatch.setattr(archives, "file_digests", lambda *a, **k: hashed.append(1) or {})
+    fetch(pinned(), tmp_path / "d", given=given, progress=False)  # unchanged: not hashed again
+    assert hashed == []
+    monkeypatch.undo()
+    with pytest.raises(ChecksumError, match=r"expected sha256 2{64}"):
+        fetch(pinned(sha256="2" * 64), tmp_path / "d", given=given, progress=False)

@@ -10,8 +10,9 @@ changed or deleted.
 Checksum sources, each a published value, never one computed here:
 - ImageNet: the md5s published with the archives on image-net.org (torchvision's
   `datasets/imagenet.py` pins the same); the images archive's size and sha256 are TensorFlow
-  Datasets' `imagenet2012/checksums.tsv`. No size or sha256 is published for the devkit and the
-  boxes archive, so md5 alone is checked for them.
+  Datasets' `imagenet2012/checksums.tsv`; the devkit's sha256 is torchvision's (its prototype
+  `datasets/_builtin/imagenet.py`). No size is published for the devkit and no size or sha256 for
+  the boxes archive, so md5 alone is checked for the latter.
 - Imagenette: the md5s of torchvision's `datasets/imagenette.py`; sizes and sha256 of TensorFlow
   Datasets' `imagenette/checksums.tsv` (its sizes are also fast.ai's own, below).
 - Imagewoof: fast.ai's own checks (`fastai/data/download_checks.py`): the size and the md5 of the
@@ -40,6 +41,7 @@ from xaibench.errors import ConfigError, DataError
 
 CHUNK_BYTES = 1 << 20
 HEAD_BYTES = 1 << 20  # fast.ai's check hashes the first MiB of an archive
+DIGEST_NAMES = {"md5": "md5", "sha256": "sha256", "head_md5": "md5 of the first MiB"}
 FAST_AI = "https://s3.amazonaws.com/fast-ai-imageclas"
 IMAGENETV2 = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main"
 
@@ -85,7 +87,9 @@ ARCHIVES: dict[str, Archive] = {
         "c7e06a6c0baccf06d8dbeb6577d71efff84673a5dbdd50633ab44f8ea0456ae0",
     ),
     "imagenet-devkit": Archive(
-        "ILSVRC2012_devkit_t12.tar.gz", md5="fa75699e90414af021442c21a62c3abf"
+        "ILSVRC2012_devkit_t12.tar.gz",
+        md5="fa75699e90414af021442c21a62c3abf",
+        sha256="b59243268c0d266621fd587d2018f69e906fb22875aca0e295b48cafaa927953",
     ),
     "imagenet-val-boxes": Archive(
         "ILSVRC2012_bbox_val_v3.tgz", md5="f4cd18b5ea29fe6bbea62ec9c20d80f0"
@@ -208,7 +212,8 @@ def verify_file(
     for kind, value in expected.items():
         if actual[kind] != value:
             raise ChecksumError(
-                f"checksum mismatch for {path}: expected {kind} {value}, got {actual[kind]}"
+                f"checksum mismatch for {path}: expected {DIGEST_NAMES[kind]} {value}, "
+                f"got {actual[kind]}"
             )
     if not expected:
         raise ChecksumError(
@@ -241,14 +246,18 @@ def _stamp_of(path: Path) -> dict:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _verified_before(dest: Path, path: Path, expected_sha256: str | None) -> bool:
-    """Whether `path` passed verification before and has not changed since (size, mtime)."""
+def _verified_before(dest: Path, path: Path, archive: Archive, expected_sha256: str | None) -> bool:
+    """Whether `path` passed verification before, has not changed since (size, mtime), and its
+    recorded digests are the ones pinned now (a pin added since makes it checked again)."""
     try:
         stamp = json.loads(_stamp_path(dest, path.name).read_text())
     except (OSError, ValueError):
         return False
     same_file = {k: stamp.get(k) for k in ("path", "size", "mtime_ns")} == _stamp_of(path)
-    return same_file and (not expected_sha256 or stamp.get("sha256") == expected_sha256.lower())
+    expected = archive.expected()
+    if expected_sha256:
+        expected["sha256"] = expected_sha256.lower()
+    return same_file and all(stamp.get(kind) == value for kind, value in expected.items())
 
 
 def _write_stamp(dest: Path, path: Path, digests: dict[str, str]) -> None:
@@ -264,7 +273,7 @@ def _verify_once(
     advice: str,
 ) -> None:
     """Verify `path` unless it was verified before and is unchanged; `advice` ends the error."""
-    if _verified_before(dest, path, expected_sha256):
+    if _verified_before(dest, path, archive, expected_sha256):
         return
     try:
         digests = verify_file(path, archive, expected_sha256, progress)
