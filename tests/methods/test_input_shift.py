@@ -14,6 +14,7 @@ import torch
 import torchvision
 from model_helpers import calibrated
 
+from xaibench.errors import ConfigError
 from xaibench.methods import Explanation, FullGrad, TGrad
 from xaibench.methods.fullgrad import FullGradTerms
 from xaibench.methods.tgrad import TGradTerms
@@ -114,3 +115,18 @@ def test_fullgrad_gives_the_shift_a_term_like_a_bias(pair):
     replaced = normalised(input_term + shift_term)
     own = normalised(input_term) + normalised(shift_term)
     torch.testing.assert_close(runs.result.maps, (runs.expected.maps - replaced + own).float())
+
+
+@pytest.mark.parametrize("method", [TGrad, FullGrad])
+def test_shift_term_false_leaves_the_term_out_and_is_recorded_only_where_it_matters(method, pair):
+    with_shift, published = method(pair.model), method(pair.model, shift_term=False)
+    with_shift(pair.images)
+    published(pair.images)
+    names = with_shift.last_terms.names
+    assert names[:2] == ["input", "input_shift"]
+    assert published.last_terms.names == [n for n in names if n != "input_shift"]
+    assert with_shift.params == {"shift_term": True}  # a store of each refuses the other's resume
+    assert published.params == {"shift_term": False}
+    assert method(pair.plain).params == method(pair.plain, shift_term=False).params == {}
+    with pytest.raises(ConfigError, match="shift_term must be true or false"):
+        method(pair.model, shift_term="no")

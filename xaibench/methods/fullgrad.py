@@ -17,7 +17,12 @@ from torch import nn
 
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
-from xaibench.methods.tgrad import channel_bias, effective_biases, input_terms
+from xaibench.methods.tgrad import (
+    channel_bias,
+    effective_biases,
+    input_terms,
+    shift_term_params,
+)
 
 EPS = 1e-6
 """Added to a term's maximum before dividing by it (the reference code's value)."""
@@ -70,7 +75,8 @@ class FullGrad(SaliencyMethod):
     A model that maps its input as x' = s * x + t inside `forward` (torchvision's pretrained
     GoogLeNet and Inception v3, `input_shift`) has one more bias term, "input_shift",
     t * dy_c/dx' (B, C, H, W), post-processed and summed like the others: the shift is the bias
-    of no layer (the reference code's models have no such transform, so it has no such term).
+    of no layer (the reference code's models have no such transform, so it has no such term;
+    `shift_term=False` leaves it out as the reference code would).
 
     Linear layers' biases enter the decomposition (`last_terms`) but not the map, as in the
     reference code (their terms have no spatial extent). After each call `last_terms` holds the
@@ -86,8 +92,9 @@ class FullGrad(SaliencyMethod):
     requires = ("bias_terms",)
     records = ("last_terms",)
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, shift_term: bool = True):
+        super().__init__(model, **shift_term_params(self.name, model, shift_term))
+        self.shift_term = shift_term
         self.last_terms: FullGradTerms | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
@@ -110,7 +117,7 @@ class FullGrad(SaliencyMethod):
             targets = top1_targets(logits, targets)
             score = logits.gather(1, targets[:, None])[:, 0]
             (grad,) = torch.autograd.grad(score.sum(), x)
-        inputs = input_terms(self.model, x.detach(), grad)
+        inputs = input_terms(self.model, x.detach(), grad, self.shift_term)
         maps = [postprocess(term) for term in inputs.values()]
         totals = [term.flatten(1).sum(dim=1) for term in inputs.values()]
         for call in rec.calls:

@@ -86,19 +86,31 @@ def effective_biases(model: nn.Module) -> dict[str, torch.Tensor]:
     return biases
 
 
-def input_terms(model: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+def input_terms(
+    model: nn.Module, x: torch.Tensor, grad: torch.Tensor, shift_term: bool = True
+) -> dict[str, torch.Tensor]:
     """The terms at the input, each (B, C, H, W): "input" x * dy_c/dx, and "input_shift".
 
     "input_shift" only for a model that maps its input as x' = s * x + t inside `forward`
-    (`input_shift`): t is the bias of no layer, and its term is t * dy_c/dx' = (t / s) * dy_c/dx.
-    Together they are the input term of the network after the transform, <x', dy_c/dx'>.
+    (`input_shift`), and with `shift_term`: t is the bias of no layer, and its term is
+    t * dy_c/dx' = (t / s) * dy_c/dx. Together they are the input term of the network after the
+    transform, <x', dy_c/dx'>.
     """
     terms = {"input": x * grad}
-    transform = input_shift(model)
+    transform = input_shift(model) if shift_term else None
     if transform is not None:
         scale, shift = transform
         terms["input_shift"] = (shift / scale).to(grad)[:, None, None] * grad
     return terms
+
+
+def shift_term_params(method: str, model: nn.Module, shift_term: bool) -> dict[str, bool]:
+    """The `shift_term` setting to record for `model`: {"shift_term": value} where the model
+    shifts its input (so a store of the terms with and without it never resume into each other),
+    else {} (the setting changes nothing there). ConfigError unless a bool."""
+    if not isinstance(shift_term, bool):
+        raise ConfigError(f"{method}: shift_term must be true or false, got {shift_term!r}")
+    return {"shift_term": shift_term} if input_shift(model) is not None else {}
 
 
 def channel_bias(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -117,7 +129,7 @@ class TGrad(SaliencyMethod):
     A model that maps its input as x' = s * x + t inside `forward` (torchvision's pretrained
     GoogLeNet and Inception v3, `input_shift`) gets one more term, "input_shift", t * dy_c/dx':
     the shift is a bias too, of no layer, at the input resolution (an addition to the published
-    steps, whose VGG has no such transform).
+    steps, whose VGG has no such transform); `shift_term=False` leaves it out, as published.
     Linear biases are left out, as published, and so are batch-norms on (B, C) features
     (BatchNorm1d in a head): their terms have no spatial extent to map. Each term becomes a map M_l = sum_c max(T_l, 0) and a weight
     w_l = sum(T_l) / y_c; maps are resized to (H, W) bilinearly, divided by their total (+ EPS) and
@@ -141,8 +153,9 @@ class TGrad(SaliencyMethod):
     requires = ("bias_terms",)
     records = ("last_terms",)
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, shift_term: bool = True):
+        super().__init__(model, **shift_term_params(self.name, model, shift_term))
+        self.shift_term = shift_term
         self.last_terms: TGradTerms | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
@@ -163,7 +176,7 @@ class TGrad(SaliencyMethod):
             score = logits.gather(1, targets[:, None]).squeeze(1)
             (grad,) = torch.autograd.grad(score.sum(), x)
         score = full_precision(score.detach())
-        inputs = input_terms(self.model, x.detach(), grad)
+        inputs = input_terms(self.model, x.detach(), grad, self.shift_term)
         maps = [term.clamp(min=0).sum(dim=1) for term in inputs.values()]
         totals = [term.sum(dim=(1, 2, 3)) for term in inputs.values()]
         spatial = [call for call in rec.calls if call.shape is not None and len(call.shape) == 4]
