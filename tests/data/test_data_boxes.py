@@ -32,6 +32,10 @@ def test_read_voc_boxes(tmp_path):
         ("<annotation><object>", "not valid XML"),
         (voc([("n99999999", 1, 1, 2, 2)]), "not one of the 1000"),
         (voc([("n01440764", 5, 1, 2, 2)]), "xmin <= xmax"),
+        (
+            voc([("n01440764", 1, 1, 2, 2)], size=(50, 40)).replace("<width>50", "<width>50.5"),
+            "whole numbers of pixels",
+        ),
     ],
 )
 def test_bad_box_files_are_named(tmp_path, text, message):

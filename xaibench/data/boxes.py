@@ -74,7 +74,13 @@ def read_voc_boxes(path: Path) -> ImageBoxes:
     size = None
     width, height = root.findtext("size/width"), root.findtext("size/height")
     if width and height:
-        size = (int(width), int(height))
+        try:
+            size = (int(width), int(height))
+        except ValueError:
+            raise DataError(
+                f"box file {path}: size/width and size/height must be whole numbers of pixels, "
+                f"got {width!r} and {height!r}"
+            ) from None
     return ImageBoxes(np.array(classes, np.int64), np.array(boxes, np.float64).reshape(-1, 4), size)
 
 
