@@ -66,6 +66,15 @@ def test_ranking_orders_methods_best_first_with_mean_per_image_ranks():
     assert np.isnan(ranked["p_next"].iloc[-1])
 
 
+def test_a_method_without_any_finite_value_is_ranked_last_without_a_rank():
+    nan = float("nan")
+    table = long_table({"a": [0.5, 0.6], "b": [nan, nan], "c": [0.7, 0.9]})
+    ranked = rankings(table, ["insertion"])
+    assert ranked["method"].tolist() == ["c", "a", "b"]
+    assert ranked["rank"].iloc[:2].tolist() == [1, 2] and ranked["rank"].isna().iloc[2]
+    assert np.isnan(ranked["mean"].iloc[2])
+
+
 def test_different_images_or_protocol_settings_are_refused_naming_the_files():
     table = long_table({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.2, 0.1]})
     table["source"] = np.where(table["method"] == "a", "runs/a-polycam.csv", "runs/b-polycam.csv")

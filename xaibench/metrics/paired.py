@@ -141,7 +141,8 @@ def rankings(
 ) -> pd.DataFrame:
     """The methods of each (group, metric) best first.
 
-    Columns: rank (1 = best mean, equal means share a rank), method, mean (summary units),
+    Columns: rank (1 = best mean, equal means share a rank; <NA>, listed last, for a method with
+    no finite value), method, mean (summary units),
     mean_rank (average over images of the method's rank on that image, 1 = best, ties averaged;
     images where every method is finite), p_next (Wilcoxon p against the next method down).
     """
@@ -156,7 +157,10 @@ def rankings(
             order = means.sort_values(ascending=not higher, kind="stable").index
             complete = matrix.dropna().to_numpy()
             per_image_ranks = stats.rankdata(-complete if higher else complete, axis=1)
-            mean_rank = dict(zip(matrix.columns, per_image_ranks.mean(axis=0), strict=True))
+            mean_ranks = (
+                per_image_ranks.mean(axis=0) if len(complete) else [np.nan] * complete.shape[1]
+            )
+            mean_rank = dict(zip(matrix.columns, mean_ranks, strict=True))
             ranks = means.rank(method="min", ascending=not higher)
             for position, method in enumerate(order):
                 following = order[position + 1] if position + 1 < len(order) else None
@@ -165,12 +169,12 @@ def rankings(
                     (
                         *key,
                         metric,
-                        int(ranks[method]),
+                        int(ranks[method]) if np.isfinite(ranks[method]) else pd.NA,
                         method,
                         float(means[method]),
-                        float(mean_rank[method]) if len(complete) else np.nan,
+                        float(mean_rank[method]),
                         wilcoxon_p(pair[:, 0], pair[:, 1]) if following else np.nan,
                     )
                 )
     columns = ["metric", "rank", "method", "mean", "mean_rank", "p_next"]
-    return pd.DataFrame(rows, columns=[*by, *columns])
+    return pd.DataFrame(rows, columns=[*by, *columns]).astype({"rank": "Int64"})
