@@ -147,3 +147,25 @@ def test_an_inner_chunked_call_that_cannot_go_lower_halves_the_outer_chunk():
     parts = run_in_chunks(explain, len(values), outer)
     assert torch.equal(torch.cat(parts), values * 2)
     assert outer.value == 2
+
+
+def test_a_kept_inner_chunk_starts_afresh_once_the_outer_chunk_takes_the_failure():
+    values = torch.arange(10.0)
+    outer, inner_size = ChunkSize(8, "batch_size"), ChunkSize(4, "sample_batch")
+    sizes = []
+
+    def explain(part):  # the method keeps its own chunk size across calls (ChunkSizes)
+        images = values[part]
+
+        def inner(chunk):
+            if len(images) > 2:  # whatever the inner size, more than 2 images never fit
+                raise torch.OutOfMemoryError("simulated")
+            sizes.append(len(chunk))
+            return chunk * 2
+
+        return apply_in_chunks(inner, images, chunk_size=inner_size)
+
+    parts = run_in_chunks(explain, len(values), outer)
+    assert torch.equal(torch.cat(parts), values * 2)
+    assert outer.value == 2 and inner_size.value == 4  # not left at 1 for the rest of the run
+    assert set(sizes) == {2}  # each 2-image batch in one inner chunk

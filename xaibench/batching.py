@@ -37,8 +37,14 @@ class ChunkSize:
         return self.value < self.requested
 
     def halve(self, error: BaseException) -> None:
-        """Halve the size after `error`; OutOfMemory when it is already 1."""
+        """Halve the size after `error`; OutOfMemory when it is already 1.
+
+        At 1 the size goes back to the requested one before raising: the failure is handed to an
+        enclosing chunking (generate's batch), which halves instead, and this size starts afresh
+        on the smaller work rather than staying at 1 for the rest of the run.
+        """
         if self.value == 1:
+            self.value = self.requested
             raise OutOfMemory(
                 f"out of device memory with a {self.name} of 1 ({error}); free the device, use "
                 "--precision bf16, a smaller model or input size, or run on another device"
