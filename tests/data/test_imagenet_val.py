@@ -186,7 +186,8 @@ def test_a_killed_box_extraction_is_completed_by_the_next_run(sources, tmp_path,
     extracted = []
     monkeypatch.setattr(extract, "safe_extract", lambda archive, *a, **k: extracted.append(archive))
     prepare_imagenet_val(dest, given=dict(sources), progress=False)
-    assert extracted == []  # images and boxes marked done: no archive is read again
+    assert extracted == []  # images, devkit and boxes marked done: no archive is read again
+    assert (dest / "devkit" / ".extracted").is_file()
 
 
 def test_downloads_from_the_url_base_of_the_environment(sources, tmp_path, monkeypatch):

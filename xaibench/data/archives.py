@@ -199,10 +199,7 @@ def verify_file(
     is hashed. `expected_sha256` (from the user) is checked in addition to the table's checksums.
     An archive with no checksum at all raises ChecksumError that prints the computed sha256.
     """
-    expected = archive.expected()
-    trusted = _trusted_sha256(archive, expected_sha256)
-    if trusted:
-        expected["sha256"] = trusted
+    expected = expected_digests(archive, expected_sha256)
     size = path.stat().st_size
     if archive.size is not None and size != archive.size:
         raise ChecksumError(
@@ -224,17 +221,19 @@ def verify_file(
     return actual
 
 
-def _trusted_sha256(archive: Archive, expected_sha256: str | None) -> str | None:
-    """The user's `--sha256`, lower-cased; ConfigError when it contradicts the pinned sha256."""
-    if not expected_sha256:
-        return None
-    trusted = expected_sha256.lower()
-    if archive.sha256 and archive.sha256 != trusted:
-        raise ConfigError(
-            f"--sha256 {expected_sha256} differs from the pinned sha256 {archive.sha256} "
-            f"of {archive.filename}; leave --sha256 out"
-        )
-    return trusted
+def expected_digests(archive: Archive, expected_sha256: str | None) -> dict[str, str]:
+    """The pinned digests by kind, with the user's `--sha256` (lower-cased) as the sha256;
+    ConfigError when it contradicts the pinned sha256."""
+    expected = archive.expected()
+    if expected_sha256:
+        trusted = expected_sha256.lower()
+        if archive.sha256 and archive.sha256 != trusted:
+            raise ConfigError(
+                f"--sha256 {expected_sha256} differs from the pinned sha256 {archive.sha256} "
+                f"of {archive.filename}; leave --sha256 out"
+            )
+        expected["sha256"] = trusted
+    return expected
 
 
 def _stamp_path(dest: Path, filename: str) -> Path:
@@ -254,9 +253,7 @@ def _verified_before(dest: Path, path: Path, archive: Archive, expected_sha256: 
     except (OSError, ValueError):
         return False
     same_file = {k: stamp.get(k) for k in ("path", "size", "mtime_ns")} == _stamp_of(path)
-    expected = archive.expected()
-    if expected_sha256:
-        expected["sha256"] = expected_sha256.lower()
+    expected = expected_digests(archive, expected_sha256)
     return same_file and all(stamp.get(kind) == value for kind, value in expected.items())
 
 
@@ -379,7 +376,7 @@ def fetch(
     verified; a bad download is removed (the next run fetches it afresh), a bad file the user gave
     is left as it is. A file verified before and unchanged since is not hashed again.
     """
-    _trusted_sha256(archive, expected_sha256)  # a contradiction is refused before any transfer
+    expected_digests(archive, expected_sha256)  # a contradiction is refused before any transfer
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if given is not None:

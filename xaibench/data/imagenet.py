@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from xaibench.atomic import write_text_atomic
 from xaibench.data.archives import ARCHIVES, fetch
 from xaibench.data.classes import NUM_CLASSES, imagenet_classes
-from xaibench.data.extract import extract_once, safe_extract
+from xaibench.data.extract import extract_once
 from xaibench.data.index import DatasetIndex, write_index
 from xaibench.errors import ConfigError, DataError
 
@@ -184,7 +184,8 @@ def prepare_imagenet_val(
         )
         for key in keys
     }
-    safe_extract(archives["imagenet-devkit"], dest, _devkit_place, progress=False)
+    devkit_marker = dest / "devkit" / ".extracted"
+    extract_once(archives["imagenet-devkit"], dest, devkit_marker, _devkit_place, progress=False)
     devkit = read_devkit(dest / "devkit")
     val = dest / "val"
     if not (val / ".arranged").exists():
