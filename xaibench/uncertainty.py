@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from xaibench.batching import apply_in_chunks
+from xaibench.batching import ChunkSize, apply_in_chunks
 from xaibench.errors import ConfigError
 from xaibench.methods.hooks import module_stack
 from xaibench.metrics.base import MetricContext, MetricResult
@@ -143,7 +143,7 @@ def mc_dropout_probabilities(
     sites: list[DropoutSite],
     *,
     passes: int,
-    chunk_size: int,
+    chunk_size: int | ChunkSize,
     seed: int,
 ) -> torch.Tensor:
     """(passes, B): p(target) of each image (B, 3, H, W) in each stochastic pass.
@@ -170,7 +170,7 @@ class MCDropout:
 
     Finds the model's dropout sites once; a model without any is refused with a ConfigError, and
     one whose every site has p = 0 is accepted with a warning (its variance is exactly 0).
-    `chunk_size` (images per forward) defaults to the batch context's chunk size. Each batch is
+    The passes run in the batch context's chunks (`ctx.chunk_size`). Each batch is
     seeded from (`seed`, its first store row), so its values do not depend on the batches that ran
     before it: a resumed evaluation draws what an uninterrupted one drew for the same batches.
     """
@@ -181,14 +181,13 @@ class MCDropout:
         passes: int,
         *,
         seed: int = 0,
-        chunk_size: int | None = None,
         input_size: tuple[int, int] = (224, 224),
     ):
         if passes < 2:
             raise ConfigError(
                 f"--mc-dropout needs at least 2 passes to estimate a variance, got {passes}"
             )
-        self.model, self.passes, self.seed, self.chunk_size = model, passes, seed, chunk_size
+        self.model, self.passes, self.seed = model, passes, seed
         self.sites = find_dropout(model, input_size)
         if not self.sites:
             raise ConfigError(
@@ -218,7 +217,7 @@ class MCDropout:
             ctx.targets,
             self.sites,
             passes=self.passes,
-            chunk_size=self.chunk_size or ctx.chunk_size,
+            chunk_size=ctx.chunk_size,
             seed=seed,
         )
         return MetricResult(
