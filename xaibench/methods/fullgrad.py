@@ -18,10 +18,10 @@ from torch import nn
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
 from xaibench.methods.tgrad import (
+    InputShiftTerm,
     channel_bias,
     effective_biases,
     input_terms,
-    shift_term_params,
 )
 
 EPS = 1e-6
@@ -93,8 +93,8 @@ class FullGrad(SaliencyMethod):
     records = ("last_terms",)
 
     def __init__(self, model: nn.Module, shift_term: bool = True):
-        super().__init__(model, **shift_term_params(self.name, model, shift_term))
-        self.shift_term = shift_term
+        self.shift = InputShiftTerm(self.name, model, shift_term)
+        super().__init__(model, **self.shift.params)
         self.last_terms: FullGradTerms | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
@@ -117,7 +117,7 @@ class FullGrad(SaliencyMethod):
             targets = top1_targets(logits, targets)
             score = logits.gather(1, targets[:, None])[:, 0]
             (grad,) = torch.autograd.grad(score.sum(), x)
-        inputs = input_terms(self.model, x.detach(), grad, self.shift_term)
+        inputs = input_terms(x.detach(), grad, self.shift.ratio)
         maps = [postprocess(term) for term in inputs.values()]
         totals = [term.flatten(1).sum(dim=1) for term in inputs.values()]
         for call in rec.calls:

@@ -87,30 +87,36 @@ def effective_biases(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def input_terms(
-    model: nn.Module, x: torch.Tensor, grad: torch.Tensor, shift_term: bool = True
+    x: torch.Tensor, grad: torch.Tensor, shift_ratio: torch.Tensor | None
 ) -> dict[str, torch.Tensor]:
     """The terms at the input, each (B, C, H, W): "input" x * dy_c/dx, and "input_shift".
 
-    "input_shift" only for a model that maps its input as x' = s * x + t inside `forward`
-    (`input_shift`), and with `shift_term`: t is the bias of no layer, and its term is
+    "input_shift" only with `shift_ratio` (C,), t / s of a model that maps its input as
+    x' = s * x + t inside `forward` (`InputShiftTerm`): t is the bias of no layer, and its term is
     t * dy_c/dx' = (t / s) * dy_c/dx. Together they are the input term of the network after the
     transform, <x', dy_c/dx'>.
     """
     terms = {"input": x * grad}
-    transform = input_shift(model) if shift_term else None
-    if transform is not None:
-        scale, shift = transform
-        terms["input_shift"] = (shift / scale).to(grad)[:, None, None] * grad
+    if shift_ratio is not None:
+        terms["input_shift"] = shift_ratio.to(grad)[:, None, None] * grad
     return terms
 
 
-def shift_term_params(method: str, model: nn.Module, shift_term: bool) -> dict[str, bool]:
-    """The `shift_term` setting to record for `model`: {"shift_term": value} where the model
-    shifts its input (so a store of the terms with and without it never resume into each other),
-    else {} (the setting changes nothing there). ConfigError unless a bool."""
-    if not isinstance(shift_term, bool):
-        raise ConfigError(f"{method}: shift_term must be true or false, got {shift_term!r}")
-    return {"shift_term": shift_term} if input_shift(model) is not None else {}
+class InputShiftTerm:
+    """Whether a method adds the "input_shift" term for `model`, worked out once.
+
+    `ratio` (C,) is t / s of the model's input transform (`input_shift`) when the term is used,
+    else None; `params` is the setting to record: {"shift_term": value} where the model shifts its
+    input (so stores of the terms with and without it never resume into each other), else {}
+    (the setting changes nothing there). ConfigError unless `shift_term` is a bool.
+    """
+
+    def __init__(self, method: str, model: nn.Module, shift_term: bool):
+        if not isinstance(shift_term, bool):
+            raise ConfigError(f"{method}: shift_term must be true or false, got {shift_term!r}")
+        transform = input_shift(model)
+        self.params = {} if transform is None else {"shift_term": shift_term}
+        self.ratio = transform[1] / transform[0] if transform is not None and shift_term else None
 
 
 def channel_bias(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -154,8 +160,8 @@ class TGrad(SaliencyMethod):
     records = ("last_terms",)
 
     def __init__(self, model: nn.Module, shift_term: bool = True):
-        super().__init__(model, **shift_term_params(self.name, model, shift_term))
-        self.shift_term = shift_term
+        self.shift = InputShiftTerm(self.name, model, shift_term)
+        super().__init__(model, **self.shift.params)
         self.last_terms: TGradTerms | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
@@ -176,7 +182,7 @@ class TGrad(SaliencyMethod):
             score = logits.gather(1, targets[:, None]).squeeze(1)
             (grad,) = torch.autograd.grad(score.sum(), x)
         score = full_precision(score.detach())
-        inputs = input_terms(self.model, x.detach(), grad, self.shift_term)
+        inputs = input_terms(x.detach(), grad, self.shift.ratio)
         maps = [term.clamp(min=0).sum(dim=1) for term in inputs.values()]
         totals = [term.sum(dim=(1, 2, 3)) for term in inputs.values()]
         spatial = [call for call in rec.calls if call.shape is not None and len(call.shape) == 4]
