@@ -225,3 +225,23 @@ def test_published_accuracy_comes_with_the_model():
     assert MODELS.get("resnet18").published_top1("IMAGENET1K_V1") == v1 == 69.758
     assert MODELS.get("resnet50").published_top1("default") == 80.858  # the V2 weights
     assert MODELS.get("efficientnet_lite0").published_top1("default") == 75.1
+
+
+def test_verify_decodes_with_the_devices_default_workers_unless_given(tmp_path, monkeypatch):
+    from xaibench.cli import verify as verify_cli
+
+    root = class_folders(tmp_path / "val", {3: 2})
+    asked = []
+    real = verify_cli.verify_dataset
+    monkeypatch.setattr(verify_cli, "default_workers", lambda device: 3)
+    monkeypatch.setattr(
+        verify_cli,
+        "verify_dataset",
+        lambda prepared, expect, batch, workers, **kw: (
+            asked.append(workers) or real(prepared, expect, batch, 0, **kw)
+        ),
+    )
+    for extra in ([], ["--workers", "1"]):
+        result = CliRunner().invoke(cli, ["verify", str(root), "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+    assert asked == [3, 1]

@@ -43,6 +43,13 @@ device_options = _compose(
     ),
     click.option("--device", default=None, help="cpu, cuda or cuda:N (overrides --cuda)."),
 )
+workers_option = click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Image decoding worker processes (default: 0 on CPU, where decoding is not the "
+    "bottleneck and workers take cores from the model; 4 on CUDA, so the GPU does not wait).",
+)
 data_options = _compose(
     click.option(
         "--data",
@@ -69,13 +76,7 @@ data_options = _compose(
     click.option(
         "--limit", type=click.IntRange(min=1), default=None, help="Use the first N images."
     ),
-    click.option(
-        "--workers",
-        type=click.IntRange(min=0),
-        default=None,
-        help="Image decoding worker processes (default: 0 on CPU, where decoding is not the "
-        "bottleneck and workers take cores from the model; 4 on CUDA, so the GPU does not wait).",
-    ),
+    workers_option,
 )
 batch_size_option = click.option(
     "--batch-size",

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from xaibench.cli.options import batch_size_option, device_options, weights_option
+from xaibench.cli.options import batch_size_option, device_options, weights_option, workers_option
 from xaibench.data.verify import FLAG_LEVEL, open_prepared, sample_accuracy, verify_dataset
 from xaibench.models import load_model
-from xaibench.runtime import default_batch_size, resolve_device
+from xaibench.runtime import default_batch_size, default_workers, resolve_device
 
 
 @click.command("verify")
@@ -36,13 +36,7 @@ from xaibench.runtime import default_batch_size, resolve_device
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
 @device_options
 @batch_size_option
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Image decoding worker processes.",
-)
+@workers_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def verify_command(
@@ -56,7 +50,7 @@ def verify_command(
     cuda: bool,
     device: str | None,
     batch_size: int | None,
-    workers: int,
+    workers: int | None,
     quiet: bool,
 ) -> None:
     """Check FOLDER (made by `xaibench download`, or a folder of WNID class folders): images per
@@ -65,6 +59,7 @@ def verify_command(
     """
     chosen = resolve_device(device, cuda)
     batch = batch_size or default_batch_size(chosen)
+    workers = default_workers(chosen) if workers is None else workers
     # The model first: a bad name or weights file fails before minutes of decoding.
     loaded = None if model is None else load_model(model, weights)
     prepared = open_prepared(folder)
