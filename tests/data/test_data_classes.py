@@ -29,3 +29,9 @@ def test_unknown_wnid_is_named():
 
 def test_table_is_read_once():
     assert imagenet_classes() is imagenet_classes()
+
+
+def test_short_name_is_the_first_name_and_empty_outside_the_1000():
+    classes = imagenet_classes()
+    assert classes.short_name(278) == "kit fox"
+    assert classes.short_name(1000) == "" and classes.short_name(-1) == ""

@@ -130,8 +130,8 @@ def visualize_command(
         if result.is_class[n]:
             line += f", p(class {result.units[n].channel}) = {result.class_probability[n]:.4f}"
         top1 = int(result.top1[n])
-        label = f" {classes.names(top1).split(',')[0]}" if top1 < len(classes) else ""
-        line += f"; top-1 {top1}{label} ({result.top1_probability[n]:.4f})"
+        name = classes.short_name(top1)
+        line += f"; top-1 {top1}{' ' + name if name else ''} ({result.top1_probability[n]:.4f})"
         click.echo(line)
     click.echo(f"{len(names)} image(s) -> {out_dir}/", err=True)
 

@@ -40,6 +40,11 @@ class ImageNetClasses:
         """The comma-separated names of class `index`."""
         return self._names[index]
 
+    def short_name(self, index: int) -> str:
+        """The first name of class `index`; "" for an index outside the 1000 (a model of one's own
+        may have more outputs)."""
+        return self._names[index].split(",")[0] if 0 <= index < len(self._names) else ""
+
     def wnid(self, index: int) -> str:
         return self.wnids[index]
 

@@ -46,6 +46,25 @@ class Preprocess:
             image = TF.center_crop(image, [self.crop, self.crop])
         return TF.normalize(TF.to_tensor(image), self.mean, self.std)
 
+    def unnormalise(self, image: torch.Tensor) -> torch.Tensor:
+        """A normalised image (3, H, W) back to (H, W, 3) in [0, 1], as the model saw it."""
+        mean = torch.tensor(self.mean, device=image.device)[:, None, None]
+        std = torch.tensor(self.std, device=image.device)[:, None, None]
+        return (image * std + mean).clamp(0, 1).permute(1, 2, 0)
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> Preprocess:
+        """The preprocessing `to_dict` recorded (a store's `preprocess`), rebuilt; a record
+        without a name is the default protocol's."""
+        resize = recorded["resize"]
+        return cls(
+            name=recorded.get("name", cls.name),
+            resize=tuple(resize) if isinstance(resize, list) else resize,
+            crop=recorded.get("crop"),
+            mean=tuple(recorded["mean"]),
+            std=tuple(recorded["std"]),
+        )
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["resize"] = list(self.resize) if isinstance(self.resize, tuple) else self.resize

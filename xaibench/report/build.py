@@ -228,7 +228,7 @@ def _grid_figure(store_paths: Sequence[Path], data_dir: Path, count: int) -> Fig
         if not chosen:
             raise ResultsError(f"the stores in {store_paths[0].parent} explain no image in common")
         first = stores[0]
-        preprocess = preprocess_of(first.meta)
+        preprocess = Preprocess.from_dict(first.meta.preprocess)
         images = [
             _display_image(data_dir / image_id, preprocess, first.path) for image_id in chosen
         ]
@@ -237,7 +237,7 @@ def _grid_figure(store_paths: Sequence[Path], data_dir: Path, count: int) -> Fig
         classes = imagenet_classes()
         row = {image_id: i for i, image_id in enumerate(first.ids)}
         titles = [
-            f"{image_id}\n{classes.names(int(first.targets[row[image_id]])).split(',')[0]}"
+            f"{image_id}\n{classes.short_name(int(first.targets[row[image_id]]))}"
             for image_id in chosen
         ]
         panels = [
@@ -265,23 +265,7 @@ def overlay_row(
     return saliency_at_input_size(torch.from_numpy(maps), size).numpy()
 
 
-def preprocess_of(meta: StoreMeta) -> Preprocess:
-    """The preprocessing a store records, rebuilt."""
-    recorded = meta.preprocess
-    resize = recorded["resize"]
-    return Preprocess(
-        name=recorded.get("name", "polycam"),
-        resize=tuple(resize) if isinstance(resize, list) else resize,
-        crop=recorded.get("crop"),
-        mean=tuple(recorded["mean"]),
-        std=tuple(recorded["std"]),
-    )
-
-
 def _display_image(path: Path, preprocess: Preprocess, store_path: Path) -> np.ndarray:
     """(H, W, 3) in [0, 1]: the image as the model saw it (preprocessed, then un-normalised)."""
     fix = f"it is an image of {store_path}: pass as --data the folder the run explained"
-    tensor = preprocess(read_image(path, fix))
-    mean = torch.tensor(preprocess.mean)[:, None, None]
-    std = torch.tensor(preprocess.std)[:, None, None]
-    return (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    return preprocess.unnormalise(preprocess(read_image(path, fix))).numpy()

@@ -53,7 +53,6 @@ def explain_image(
     protocol: str = "polycam",
     method_params: Mapping[str, dict] | None = None,
     tgrad_layers: bool = False,
-    top: int = TOP_CLASSES,
 ) -> ImageExplanation:
     """Explain the model's top-1 class on the image at `path` with every method in `methods`."""
     if not methods:
@@ -65,10 +64,10 @@ def explain_image(
     model = prepare_model(loaded.model, device).eval()
     with torch.inference_mode():
         probabilities = model(batch).float().softmax(dim=1)[0]
-    best = probabilities.topk(min(top, probabilities.numel()))
+    best = probabilities.topk(min(TOP_CLASSES, probabilities.numel()))
     classes = imagenet_classes()
     top_classes = [
-        (int(i), classes.names(int(i)).split(",")[0], float(p))
+        (int(i), classes.short_name(int(i)), float(p))
         for p, i in zip(best.values.cpu(), best.indices.cpu(), strict=True)
     ]
     target = best.indices[:1]
@@ -85,9 +84,7 @@ def explain_image(
         for name, explanation in zip(methods, explanations, strict=True)
     }
     terms = built[list(methods).index("tgrad")].last_terms if tgrad_layers else None
-    mean = torch.tensor(preprocess.mean, device=device)[:, None, None]
-    std = torch.tensor(preprocess.std, device=device)[:, None, None]
-    image = (batch[0] * std + mean).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    image = preprocess.unnormalise(batch[0]).cpu().numpy()
     return ImageExplanation(image, top_classes, maps, terms)
 
 

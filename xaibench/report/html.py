@@ -9,7 +9,6 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-import numpy as np
 import pandas as pd
 
 from xaibench.metrics.paired import GROUP_COLUMNS
@@ -18,7 +17,9 @@ from xaibench.report.tables import (
     comparison_cells,
     comparison_markdown,
     format_numbers,
+    interval_text,
     metric_heading,
+    number_text,
 )
 
 if TYPE_CHECKING:
@@ -44,10 +45,6 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _number(value: float, digits: int = 3) -> str:
-    return "NA" if not np.isfinite(value) else f"{value:.{digits}f}"
-
-
 def summary_groups(content: ReportContent) -> dict[str, Any]:
     """The summary table for the template: metric headings and, per (model, protocol) group, one
     row per method of cells {mean, interval, best}."""
@@ -63,8 +60,8 @@ def summary_groups(content: ReportContent) -> dict[str, Any]:
                 {"mean": "", "interval": "", "best": False}
                 if cell is None
                 else {
-                    "mean": _number(cell.mean),
-                    "interval": f"[{_number(cell.low)}, {_number(cell.high)}]",
+                    "mean": number_text(cell.mean),
+                    "interval": interval_text(cell),
                     "best": cell.best,
                 }
             )

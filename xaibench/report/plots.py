@@ -88,7 +88,6 @@ def image_grid_figure(
     panels: Sequence[Sequence[np.ndarray]],
     column_titles: Sequence[str],
     row_titles: Sequence[str] = (),
-    panel_titles: Sequence[Sequence[str]] | None = None,
 ) -> Figure:
     """Rows x columns of (H, W, 3) images, each `PANEL_INCHES` square, axes hidden."""
     rows, columns = len(panels), max(len(r) for r in panels)
@@ -105,8 +104,6 @@ def image_grid_figure(
             axes.imshow(np.clip(row[c], 0, 1))
             if r == 0 and c < len(column_titles):
                 axes.set_title(column_titles[c], fontsize=10)
-            if panel_titles is not None:
-                axes.set_xlabel(panel_titles[r][c], fontsize=8)
             if c == 0 and r < len(row_titles):
                 axes.set_ylabel(row_titles[r], fontsize=8)
     return figure

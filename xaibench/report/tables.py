@@ -7,7 +7,7 @@ best value is marked and the paired tests are run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,8 +161,14 @@ def metric_heading(metric: str) -> str:
     return f"{metric} {'↑' if higher_is_better(metric) else '↓'}"
 
 
-def _number(value: float, digits: int) -> str:
+def number_text(value: float, digits: int = 3) -> str:
+    """`value` with `digits` decimals; "NA" when not finite."""
     return "NA" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def interval_text(cell: Cell, digits: int = 3) -> str:
+    """A cell's interval as "[low, high]"."""
+    return f"[{number_text(cell.low, digits)}, {number_text(cell.high, digits)}]"
 
 
 def markdown_comparison(summary: pd.DataFrame, interval: str = "bootstrap", digits: int = 3) -> str:
@@ -180,7 +186,7 @@ def markdown_comparison(summary: pd.DataFrame, interval: str = "bootstrap", digi
             if cell is None:
                 entries.append("")
                 continue
-            text = f"{_number(cell.mean, digits)} [{_number(cell.low, digits)}, {_number(cell.high, digits)}]"
+            text = f"{number_text(cell.mean, digits)} {interval_text(cell, digits)}"
             entries.append(f"**{text}**" if cell.best else text)
         names = [str(v).replace("|", "\\|") for v in row]
         lines.append("| " + " | ".join([*names, *entries]) + " |")
@@ -203,7 +209,6 @@ def latex_comparison(
     interval: str = "bootstrap",
     digits: int = 3,
     style: str = "brackets",
-    caption: str | None = None,
 ) -> str:
     """A booktabs table for papers (needs `\\usepackage{booktabs}`).
 
@@ -218,18 +223,17 @@ def latex_comparison(
     def entry(cell: Cell | None) -> str:
         if cell is None:
             return "--"
-        mean = _number(cell.mean, digits)
+        mean = number_text(cell.mean, digits)
         mean = rf"\textbf{{{mean}}}" if cell.best else mean
         if style == "pm":
-            return rf"{mean} $\pm$ {_number((cell.high - cell.low) / 2, digits)}"
-        return f"{mean} [{_number(cell.low, digits)}, {_number(cell.high, digits)}]"
+            return rf"{mean} $\pm$ {number_text((cell.high - cell.low) / 2, digits)}"
+        return f"{mean} {interval_text(cell, digits)}"
 
     arrows = {m: r"$\uparrow$" if higher_is_better(m) else r"$\downarrow$" for m in metrics}
     header = ["Model", "Protocol", "Method", *(f"{latex_escape(m)} {arrows[m]}" for m in metrics)]
-    lines = [r"\begin{table}[t]", r"\centering"]
-    if caption:
-        lines.append(rf"\caption{{{latex_escape(caption)}}}")
-    lines += [
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
         r"\begin{tabular}{lll" + "r" * len(metrics) + "}",
         r"\toprule",
         " & ".join(header) + r" \\",
@@ -254,10 +258,10 @@ class PairedTables:
     pairs: pd.DataFrame
 
 
-def paired_tables(evaluations: Evaluations, metrics: Sequence[str] | None = None) -> PairedTables:
+def paired_tables(evaluations: Evaluations) -> PairedTables:
     """Rankings and paired tests of every (model, protocol) group; ResultsError naming the files
     when the methods of a group were evaluated on different images or protocol settings."""
-    metrics = list(metrics or evaluations.metrics)
+    metrics = evaluations.metrics
     return PairedTables(
         rankings(evaluations.per_image, metrics), paired_comparisons(evaluations.per_image, metrics)
     )
@@ -303,29 +307,28 @@ def comparison_markdown(
     *,
     interval: str = "bootstrap",
     digits: int = 3,
-    heading: str = "##",
 ) -> str:
     """The whole comparison as Markdown: summary table, then, with `tables` (`paired_tables`),
     rankings per metric and paired tests."""
     label = "percentile bootstrap" if interval == "bootstrap" else "Student's t"
     parts = [
-        f"{heading} Summary",
+        "## Summary",
         f"Mean [95% {label} CI] over images; best of each (model, protocol) in bold; ↑ higher "
         "is better, ↓ lower is better; avg_drop and increase in %.",
         markdown_comparison(summary, interval, digits),
     ]
     if tables is not None:
         parts += [
-            f"{heading} Rankings",
+            "## Rankings",
             "Methods best first by mean; mean_rank: the average of the per-image ranks (1 = best); "
             "p_next: two-sided Wilcoxon signed-rank p against the next method down.",
         ]
         for metric, text in ranking_markdown(tables, digits).items():
-            parts += [f"{heading}# {metric_heading(metric)}", text]
+            parts += [f"### {metric_heading(metric)}", text]
         pairs = pairs_markdown(tables, digits)
         if pairs:
             parts += [
-                f"{heading} Paired comparisons",
+                "## Paired comparisons",
                 "Per pair of methods on the same images: mean_diff = mean of A - B; win_rate = "
                 "share of images where A is better than B by the metric's direction, ties counted "
                 "as half; wilcoxon_p: two-sided Wilcoxon signed-rank test (zero differences "

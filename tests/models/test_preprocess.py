@@ -1,0 +1,28 @@
+"""The recorded preprocessing rebuilt from a store's record, and images shown as the model saw them."""
+
+import json
+
+import torch
+
+from xaibench.models.preprocess import Preprocess, protocol_preprocess
+
+
+def test_a_recorded_preprocessing_is_rebuilt_equal():
+    for preprocess in (protocol_preprocess("polycam"), Preprocess("rise", 256, 224)):
+        recorded = json.loads(json.dumps(preprocess.to_dict()))  # as a store reads it back
+        assert Preprocess.from_dict(recorded) == preprocess
+    recorded = {"resize": [8, 8], "mean": [0.0] * 3, "std": [1.0] * 3}  # written before `name`
+    assert Preprocess.from_dict(recorded) == Preprocess(
+        resize=(8, 8), mean=(0.0,) * 3, std=(1.0,) * 3
+    )
+
+
+def test_unnormalise_undoes_the_normalisation_into_height_width_channels():
+    preprocess = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5))
+    pixels = torch.rand(3, 4, 5)
+    normalised = (pixels - torch.tensor(preprocess.mean)[:, None, None]) / torch.tensor(
+        preprocess.std
+    )[:, None, None]
+    shown = preprocess.unnormalise(normalised)
+    assert shown.shape == (4, 5, 3)
+    torch.testing.assert_close(shown, pixels.permute(1, 2, 0))
