@@ -90,6 +90,7 @@ def test_boxes_enable_the_localisation_metrics(image_folder, tmp_path):
               str(image_folder), "--metrics", "pointing_game"],
     )  # fmt: skip
     assert refused.exit_code != 0 and "--boxes" in refused.output
+    assert "Invalid value for --metrics: pointing_game needs bounding boxes" in refused.output
     result = evaluate(
         image_folder, runs / "centre.h5", tmp_path / "m", "--metrics", "increase", "--boxes", boxes
     )

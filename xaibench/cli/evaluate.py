@@ -26,7 +26,6 @@ from xaibench.models import load_model, protocol_preprocess
 from xaibench.runtime import default_batch_size, default_workers, resolve_device
 
 DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
-BOX_METRICS = ("pointing_game", "energy_pointing")
 
 
 @click.command("evaluate")
@@ -140,10 +139,13 @@ def evaluate_command(
     if not metrics:
         raise click.BadParameter("give at least one metric", param_hint="--metrics")
     if boxes_dir is not None:
-        metrics = metrics + [m for m in BOX_METRICS if m not in metrics]
-    for name in metrics:
+        box_metrics = [m for m in METRICS.names() if METRICS.get(m).needs_boxes]
+        metrics = metrics + [m for m in box_metrics if m not in metrics]
+    for name in metrics:  # before the model loads; evaluate_store checks again for its callers
         if METRICS.get(name).needs_boxes and boxes_dir is None:
-            raise click.BadParameter(f"{name} needs bounding boxes: pass --boxes DIR")
+            raise click.BadParameter(
+                f"{name} needs bounding boxes: pass --boxes DIR", param_hint="--metrics"
+            )
     destinations = [out_dir or store.parent / "metrics" for store in stores]
     outputs = [(d.resolve(), s.stem) for d, s in zip(destinations, stores, strict=True)]
     if len(set(outputs)) != len(outputs):
