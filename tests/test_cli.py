@@ -400,3 +400,19 @@ def test_layer_is_a_module_name_for_every_method_that_takes_one():
     assert chosen == {"gradcam": {"layer": "2"}, "scorecam": {"channel_batch": 4}}
     with pytest.raises(ConfigError, match=re.escape("--layer 3: none of random takes a layer")):
         method_params(["random"], (), "3")
+
+
+@pytest.mark.parametrize("command", ["generate", "sanity", "explain"])
+def test_a_bad_param_fails_before_the_model_loads(command, image_folder, tmp_path, monkeypatch):
+    import importlib
+
+    from xaibench.errors import ConfigError
+
+    module = importlib.import_module(f"xaibench.cli.{command}")
+    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    image = next(p for p in image_folder.rglob("*") if p.is_file())
+    where = [str(image)] if command == "explain" else ["--data", str(image_folder)]
+    args = [command, *where, "--model", MODEL, "--saliency", "gradcam", "--param", "gradcam.x=1"]
+    result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, ConfigError)
+    assert "gradcam has no setting 'x'" in str(result.exception)

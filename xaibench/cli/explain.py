@@ -17,7 +17,6 @@ from xaibench.cli.options import (
     saliency_option,
     weights_option,
 )
-from xaibench.methods import METHODS
 from xaibench.models import load_model
 from xaibench.report.explain import explain_image, explanation_figure
 from xaibench.report.plots import figure_png
@@ -66,8 +65,7 @@ def explain_command(
     Example:
       xaibench explain cat.jpg --model efficientnet_lite0 --saliency tgrad,gradcam --tgrad-layers
     """
-    for name in methods:
-        METHODS.get(name)
+    settings = method_params(methods, params, layer)  # before the model: a bad --param fails fast
     loaded = load_model(model, weights)
     result = explain_image(
         image,
@@ -75,7 +73,7 @@ def explain_command(
         methods,
         device=resolve_device(device, cuda),
         protocol=protocol,
-        method_params=method_params(methods, params, layer),
+        method_params=settings,
         tgrad_layers=tgrad_layers,
     )
     write_bytes_atomic(out_file, figure_png(explanation_figure(result)))

@@ -98,10 +98,7 @@ def generate_command(
     `torchrun --nproc-per-node N -m xaibench generate ...` each process explains its share of the
     images and process 0 merges them into the same stores; logs go to OUT/MODEL/logs/.
     """
-    if not methods:
-        raise click.BadParameter("give at least one method", param_hint="--saliency")
-    for name in methods:
-        METHODS.get(name)
+    settings = method_params(methods, params, layer)  # before the model: a bad --param fails fast
     log_dir = model_dir(out_dir, model) / "logs"
     with dist.launch(resolve_device(device, cuda), log_dir) as world:
         loaded = load_model(model, weights)
@@ -124,7 +121,7 @@ def generate_command(
             target=target,
             store_format=store_format,
             workers=default_workers(world.device) if workers is None else workers,
-            method_params=method_params(methods, params, layer),
+            method_params=settings,
             precision=precision,
             compile=compile_model,
             progress=not quiet,

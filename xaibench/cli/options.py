@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from xaibench.methods import METHODS
 from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES
 from xaibench.models.preprocess import PROTOCOL_NAMES
 from xaibench.precision import PRECISIONS
@@ -14,6 +15,16 @@ from xaibench.precision import PRECISIONS
 
 def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()] if value else []
+
+
+def method_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+    """--saliency as a list of registered method names: at least one, each known."""
+    methods = comma_list(ctx, param, value)
+    if not methods:
+        raise click.BadParameter("give at least one method", ctx, param)
+    for name in methods:
+        METHODS.get(name)  # ConfigError naming close names: one line from `main`, exit code 2
+    return methods
 
 
 def _compose(*decorators: Callable) -> Callable:
@@ -95,7 +106,7 @@ saliency_option = click.option(
     "--saliency",
     "methods",
     required=True,
-    callback=comma_list,
+    callback=method_list,
     help="Method name(s), comma-separated (see `xaibench list methods`), e.g. tgrad,gradcam.",
 )
 method_param_option = click.option(

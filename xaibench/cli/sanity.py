@@ -19,7 +19,6 @@ from xaibench.cli.options import (
 )
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.generate import model_dir
-from xaibench.methods import METHODS
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.sanity import sanity_check, write_sanity
@@ -89,10 +88,7 @@ def sanity_command(
     METHOD.sanity.png (mean similarity vs layer with 95% intervals) per method, and flags methods
     whose maps do not change. Re-running an interrupted command resumes it.
     """
-    if not methods:
-        raise click.BadParameter("give at least one method", param_hint="--saliency")
-    for name in methods:
-        METHODS.get(name)
+    settings = method_params(methods, params)  # before the model: a bad --param fails fast
     chosen = resolve_device(device, cuda)
     loaded = load_model(model, weights)
     preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
@@ -100,7 +96,6 @@ def sanity_command(
         data_dir, preprocess, labels_file=labels_file, subset_file=subset_file, limit=limit
     )
     destination = out_dir or model_dir(Path("runs"), loaded.name) / "sanity"
-    settings = method_params(methods, params)
     for name in methods:
         checkpoint = checkpoint_path(destination, name)
         result = sanity_check(
