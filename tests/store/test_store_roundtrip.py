@@ -7,7 +7,7 @@ import pytest
 from store_helpers import H, N, W, ids, labels, maps_of, meta, write_rows
 
 from xaibench.errors import StoreError
-from xaibench.store import create_or_resume, open_store
+from xaibench.store import create_or_resume, find_stores, open_store
 from xaibench.store.npz import META_KEY, partial_path
 
 
@@ -199,3 +199,9 @@ def test_corrupt_map_chunks_are_store_errors(tmp_path):
     path.write_bytes(bytes(data))
     with open_store(path) as store, pytest.raises(StoreError, match=r"s\.h5.*corrupt"):
         store.read_maps(range(N))
+
+
+def test_find_stores_lists_finished_and_hdf5_stores_but_not_npz_working_files(tmp_path):
+    for name in ("b.h5", "a.npz", "c.hdf5", "d.npz.partial.h5", "notes.txt", "e.NPZ"):
+        (tmp_path / name).touch()
+    assert [p.name for p in find_stores(tmp_path)] == ["a.npz", "b.h5", "c.hdf5", "e.NPZ"]

@@ -38,7 +38,7 @@ from xaibench.report.tables import (
     paired_tables,
 )
 from xaibench.sanity.run import SANITY_COLUMNS, SANITY_TABLE_SUFFIX
-from xaibench.store import open_store
+from xaibench.store import find_stores, open_store
 from xaibench.store.base import SaliencyStore
 from xaibench.store.meta import StoreMeta
 
@@ -122,7 +122,7 @@ def build_report(
             "`xaibench report` with --data pointing at the images the run explained."
         )
     elif not stores:
-        content.grid_note = f"No saliency store (*.h5, *.npz) in {run_dir}: no overlays."
+        content.grid_note = f"No saliency store (*.h5, *.hdf5, *.npz) in {run_dir}: no overlays."
     else:
         content.grid = _grid_figure([path for path, _ in stores], Path(data_dir), grid_images)
     sanity = sorted((run_dir / "sanity").glob(f"*{SANITY_TABLE_SUFFIX}"))
@@ -147,13 +147,8 @@ def build_report(
 
 
 def _store_metas(run_dir: Path) -> list[tuple[Path, StoreMeta]]:
-    paths = sorted(
-        p
-        for p in (*run_dir.glob("*.h5"), *run_dir.glob("*.npz"))
-        if not p.name.endswith(".partial.h5")
-    )
     metas = []
-    for path in paths:
+    for path in find_stores(run_dir):
         with open_store(path) as store:
             metas.append((path, store.meta))
     return metas

@@ -16,7 +16,7 @@ from xaibench.errors import StoreError
 from xaibench.store.base import SaliencyStore
 from xaibench.store.h5 import COMPRESSIONS, H5_SUFFIXES, H5Store
 from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta
-from xaibench.store.npz import NpzStore, NpzWriter, npz_keys, partial_path
+from xaibench.store.npz import PARTIAL_SUFFIX, NpzStore, NpzWriter, npz_keys, partial_path
 
 SUFFIXES = (*H5_SUFFIXES, ".npz")
 S = TypeVar("S", bound=SaliencyStore)
@@ -29,8 +29,19 @@ __all__ = [
     "SaliencyStore",
     "StoreMeta",
     "create_or_resume",
+    "find_stores",
     "open_store",
 ]
+
+
+def find_stores(folder: Path) -> list[Path]:
+    """The stores in `folder`, sorted: files with a store suffix, without the working files of
+    unfinished `.npz` stores."""
+    return sorted(
+        path
+        for path in Path(folder).iterdir()
+        if path.suffix.lower() in SUFFIXES and not path.name.endswith(PARTIAL_SUFFIX)
+    )
 
 
 def _container(path: Path) -> str:

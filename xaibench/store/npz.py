@@ -29,9 +29,12 @@ RESERVED_KEYS = (META_KEY, "file", "allow_pickle")
 READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
+PARTIAL_SUFFIX = ".partial.h5"
+
+
 def partial_path(path: Path) -> Path:
     """The HDF5 working file of the npz store at `path`."""
-    return path.with_name(path.name + ".partial.h5")
+    return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
 def npz_keys(ids: Sequence[str]) -> list[str]:
