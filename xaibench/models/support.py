@@ -35,7 +35,7 @@ from xaibench.errors import ConfigError, XaibenchError
 from xaibench.methods import METHODS
 from xaibench.methods.gradients import OTHER_ACTIVATIONS
 from xaibench.methods.layers import feature_maps, trace_layers
-from xaibench.methods.tgrad import BATCH_NORMS
+from xaibench.methods.tgrad import effective_biases
 from xaibench.models.factory import MODELS, load_model, mark_input_size, model_input_size
 from xaibench.models.input_transform import input_shift, without_input_transform
 
@@ -204,13 +204,10 @@ def inspect_model(model: nn.Module, input_size: tuple[int, int] | None = None) -
 
 
 def _bias_terms(model: nn.Module, trace: PieceTrace) -> Finding:
-    stats_free = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, BATCH_NORMS) and (m.running_mean is None or m.running_var is None)
-    ]
-    if stats_free:
-        return Finding("no", f"batch-norm {stats_free[0]!r} has no running statistics")
+    try:
+        effective_biases(model)  # refuses a batch-norm without running statistics
+    except ConfigError as error:
+        return Finding("no", str(error))
     if trace.attention:
         return Finding(
             "no",

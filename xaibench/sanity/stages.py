@@ -32,9 +32,10 @@ def _own_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 def randomisation_stages(
-    model: nn.Module, input_size: tuple[int, int] = (224, 224), depth: int | None = None
+    model: nn.Module, input_size: tuple[int, int] | None = None, depth: int | None = None
 ) -> list[Stage]:
-    """The stages, output first. Modules that do not run in the forward pass are left out."""
+    """The stages, output first. Modules that do not run in a forward pass at `input_size` (None:
+    the model's own, `model_input_size`) are left out."""
     if depth is not None and depth < 1:
         raise ConfigError(f"depth must be a positive integer or None, got {depth}")
     names = {n for n, m in model.named_modules() if n and _own_parameters(m)}
