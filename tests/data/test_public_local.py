@@ -142,6 +142,15 @@ def test_kaggle_solution_csv_is_indexed_in_place(tmp_path):
     assert_indexed_in_place(tmp_path / "dest", source / "ILSVRC/Data/CLS-LOC/val", expected)
 
 
+def test_an_unknown_wnid_in_the_kaggle_csv_names_the_file_and_line(tmp_path):
+    source = tmp_path / "kaggle"
+    files = photo_folder(source / "ILSVRC/Data/CLS-LOC/val", "flat")
+    rows = [f"{files[0][1].removesuffix('.JPEG')},{files[0][0]} 1 2 3 4", "img2,n99999999 1 2 3 4"]
+    (source / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows))
+    with pytest.raises(DataError, match=r"LOC_val_solution\.csv, line 3: .*n99999999"):
+        index_local(source, tmp_path / "dest")
+
+
 def test_a_flat_folder_with_a_labels_file_is_indexed_in_place(tmp_path):
     files = photo_folder(tmp_path / "flat", "flat")
     labels = tmp_path / "val.txt"

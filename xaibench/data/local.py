@@ -42,7 +42,10 @@ def _kaggle_labels(csv_path: Path) -> dict[str, int]:
                         f"{csv_path}, line {number}: expected `ImageId,PredictionString` with a "
                         "WNID first"
                     )
-                labels[f"{row['ImageId']}.JPEG"] = classes.index_of(wnid[0])
+                try:
+                    labels[f"{row['ImageId']}.JPEG"] = classes.index_of(wnid[0])
+                except DataError as error:
+                    raise DataError(f"{csv_path}, line {number}: {error}") from None
     except OSError as error:
         raise DataError(f"cannot read {csv_path} ({error})") from None
     return labels
