@@ -50,15 +50,15 @@ from captum.attr import InputXGradient
 from pytorch_grad_cam import GradCAM
 from torch.utils.flop_counter import FlopCounterMode
 
+from xaibench.core.precision import forward_settings
+from xaibench.core.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
+from xaibench.core.timing import seconds, synchronise
 from xaibench.methods import METHODS, find_target_layer
 from xaibench.methods.base import saliency_mode
 from xaibench.metrics import METRICS, MetricContext, get_protocol, score_function
 from xaibench.models import load_model
-from xaibench.precision import forward_settings
-from xaibench.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
 from xaibench.store import StoreMeta, create_or_resume
 from xaibench.store.writer import BackgroundWriter
-from xaibench.timing import seconds, synchronise
 
 Step = Callable[[], object]
 FULL_VAL = 50_000

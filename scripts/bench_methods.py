@@ -55,10 +55,10 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from xaibench.core.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
+from xaibench.core.timing import seconds, synchronise
 from xaibench.methods import METHODS, explain_together, find_target_layer
 from xaibench.models import load_model
-from xaibench.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
-from xaibench.timing import seconds, synchronise
 
 Step = Callable[[], object]
 TOGETHER = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")

@@ -11,8 +11,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from xaibench.core.timing import timed
 from xaibench.metrics.road import linear_imputation, neighbour_kernel
-from xaibench.timing import timed
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ import argparse
 
 import torch
 
+from xaibench.core.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
+from xaibench.core.timing import seconds
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.layers import find_target_layer
+from xaibench.metrics.mc_dropout import dropout_active, find_dropout, mc_dropout_probabilities
 from xaibench.models import load_model
-from xaibench.runtime import default_chunk_size, prepare_model, resolve_device, tune_allocator
-from xaibench.timing import seconds
-from xaibench.uncertainty import dropout_active, find_dropout, mc_dropout_probabilities
 from xaibench.visualize import Unit, visualise_units
 
 REPEATS = 3

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from xaibench.atomic import write_atomic, write_stream_atomic, write_text_atomic
+from xaibench.core.atomic import write_atomic, write_stream_atomic, write_text_atomic
 
 
 def test_a_write_replaces_the_file_and_leaves_nothing_else(tmp_path):

@@ -295,7 +295,7 @@ def test_target_label_explains_the_ground_truth_class(image_folder, tmp_path):
 
 
 def test_an_interrupted_evaluation_resumes_from_its_checkpoint(image_folder, tmp_path, monkeypatch):
-    import xaibench.evaluate as evaluation
+    import xaibench.pipelines.evaluate as evaluation
 
     assert generate(image_folder, tmp_path / "runs").exit_code == 0
     store = tmp_path / "runs" / "tiny_models_tiny_cnn" / "tgrad.h5"
@@ -383,16 +383,16 @@ def test_method_settings_reach_the_methods_and_the_store(image_folder, tmp_path)
     ],
 )
 def test_bad_method_settings_are_named(setting, message):
-    from xaibench.cli.generate import method_params
-    from xaibench.errors import ConfigError
+    from xaibench.core.errors import ConfigError
+    from xaibench.methods.settings import method_params
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         method_params(["random"], (setting,))
 
 
 def test_layer_is_a_module_name_for_every_method_that_takes_one():
-    from xaibench.cli.generate import method_params
-    from xaibench.errors import ConfigError
+    from xaibench.core.errors import ConfigError
+    from xaibench.methods.settings import method_params
 
     chosen = method_params(["gradcam", "random", "layercam"], ("gradcam.layer=1",), "3")
     assert chosen == {"gradcam": {"layer": "3"}, "layercam": {"layer": "3"}}
@@ -406,7 +406,7 @@ def test_layer_is_a_module_name_for_every_method_that_takes_one():
 def test_a_bad_param_fails_before_the_model_loads(command, image_folder, tmp_path, monkeypatch):
     import importlib
 
-    from xaibench.errors import ConfigError
+    from xaibench.core.errors import ConfigError
 
     module = importlib.import_module(f"xaibench.cli.{command}")
     monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))

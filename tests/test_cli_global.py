@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from xaibench.cli import cli
-from xaibench.errors import ConfigError, DataError
+from xaibench.core.errors import ConfigError, DataError
 from xaibench.visualize.grid import LABEL_HEIGHT
 
 

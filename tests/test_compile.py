@@ -6,9 +6,9 @@ import pytest
 import torch
 from tiny_models import tiny_cnn
 
+from xaibench.core.precision import forward_settings
 from xaibench.methods import METHODS
 from xaibench.metrics import score_function
-from xaibench.precision import forward_settings
 
 pytestmark = [
     pytest.mark.slow,

@@ -209,7 +209,7 @@ def test_a_dead_process_leaves_its_rows_and_a_rerun_on_another_number_completes_
 
 
 def test_interrupted_evaluation_resumes_on_two_processes(data, single, tmp_path, monkeypatch):
-    import xaibench.evaluate as evaluation
+    import xaibench.pipelines.evaluate as evaluation
 
     store = stores_of(single / "runs", MODEL)[0]
     original = evaluation._Results.add

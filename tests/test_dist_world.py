@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from xaibench import dist
-from xaibench.errors import ConfigError
-from xaibench.evaluate import _Results
+from xaibench.core.errors import ConfigError
+from xaibench.pipelines import checkpoint as checkpoints
+from xaibench.pipelines.evaluate import _Results
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 7, 16])
@@ -64,7 +65,7 @@ def test_merge_rows_takes_each_row_from_the_first_part_that_has_it():
         "value:constant_map": np.array([False, True, False, False]),
         "curve:deletion": np.arange(8, dtype=np.float32).reshape(4, 2),
     }
-    merged = dist.merge_rows([first, second])
+    merged = checkpoints.merge_rows([first, second])
     assert str(merged["key"]) == "k"
     assert merged["done"].tolist() == [True, True, False, True]
     np.testing.assert_array_equal(merged["value:deletion"], [1.0, 2.0, np.nan, 4.0])
@@ -73,15 +74,15 @@ def test_merge_rows_takes_each_row_from_the_first_part_that_has_it():
         merged["curve:deletion"], [[np.nan, np.nan], [2, 3], [np.nan, np.nan], [np.nan, np.nan]]
     )
     assert merged["clean"].dtype == np.float32
-    alone = dist.gather_rows(dist.World(), first, np.array([0]))
+    alone = checkpoints.gather_rows(dist.World(), first, np.array([0]))
     assert alone.keys() == first.keys() and all(alone[k] is first[k] for k in first)
 
 
 def test_an_evaluation_resumes_from_the_checkpoints_of_every_process(tmp_path):
     checkpoint = tmp_path / ".tgrad-polycam.checkpoint.npz"
     two = [dist.World(rank=rank, size=2) for rank in range(2)]
-    assert dist.checkpoint_of(dist.World(), checkpoint) == checkpoint
-    assert dist.checkpoint_of(two[1], checkpoint).name == (
+    assert checkpoints.checkpoint_of(dist.World(), checkpoint) == checkpoint
+    assert checkpoints.checkpoint_of(two[1], checkpoint).name == (
         ".tgrad-polycam.checkpoint.rank-00001-of-00002.npz"
     )
     for world, rows in zip(two, ([0, 1], [3]), strict=True):
@@ -90,11 +91,11 @@ def test_an_evaluation_resumes_from_the_checkpoints_of_every_process(tmp_path):
         state.clean[rows] = np.array(rows, np.float32) / 10
         state.values["deletion"] = np.full(5, np.nan)
         state.values["deletion"][rows] = rows
-        state.save(dist.checkpoint_of(world, checkpoint))
+        state.save(checkpoints.checkpoint_of(world, checkpoint))
     other = _Results("another evaluation", 5)
     other.done[:] = True
-    other.save(dist.checkpoint_of(dist.World(rank=0, size=3), checkpoint))
-    files = dist.checkpoint_files(checkpoint)
+    other.save(checkpoints.checkpoint_of(dist.World(rank=0, size=3), checkpoint))
+    files = checkpoints.checkpoint_files(checkpoint)
     assert [f.name.split(".")[-2] for f in files] == [
         "rank-00000-of-00002",
         "rank-00000-of-00003",
@@ -104,4 +105,4 @@ def test_an_evaluation_resumes_from_the_checkpoints_of_every_process(tmp_path):
     assert resumed.done.tolist() == [True, True, False, True, False]
     np.testing.assert_array_equal(resumed.values["deletion"], [0, 1, np.nan, 3, np.nan])
     np.testing.assert_array_equal(resumed.clean, np.array([0, 0.1, np.nan, 0.3, np.nan], "f4"))
-    assert dist.checkpoint_files(None) == [] and isinstance(files[0], Path)
+    assert checkpoints.checkpoint_files(None) == [] and isinstance(files[0], Path)

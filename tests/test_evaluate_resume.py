@@ -8,10 +8,10 @@ from box_helpers import voc
 
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.evaluate import evaluate_store
-from xaibench.generate import generate
 from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
+from xaibench.pipelines.evaluate import evaluate_store
+from xaibench.pipelines.generate import generate
 from xaibench.store import open_store
 
 CPU = torch.device("cpu")
@@ -56,12 +56,12 @@ def test_a_checkpoint_of_another_boxes_folder_is_not_reused(image_folder, tmp_pa
 
     hits = evaluate(middle, checkpoint).per_image["pointing_game"].to_numpy()
     assert checkpoint.exists() and (hits == 1).all()
-    with caplog.at_level(logging.INFO, logger="xaibench.evaluate"):
+    with caplog.at_level(logging.INFO, logger="xaibench.pipelines.evaluate"):
         again = evaluate(middle, checkpoint).per_image["pointing_game"].to_numpy()
     assert "6 rows already evaluated" in caplog.text
     np.testing.assert_array_equal(again, hits)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="xaibench.evaluate"):
+    with caplog.at_level(logging.INFO, logger="xaibench.pipelines.evaluate"):
         moved = evaluate(corner, checkpoint).per_image["pointing_game"].to_numpy()
     assert "from another evaluation" in caplog.text and "already evaluated" not in caplog.text
     np.testing.assert_array_equal(moved, evaluate(corner).per_image["pointing_game"].to_numpy())

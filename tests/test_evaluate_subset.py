@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from xaibench.core.errors import StoreError
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.errors import StoreError
-from xaibench.evaluate import evaluate_store
-from xaibench.generate import generate
 from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
+from xaibench.pipelines.evaluate import evaluate_store
+from xaibench.pipelines.generate import generate
 
 CPU = torch.device("cpu")
 MODEL = "tiny_models:tiny_cnn"

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.generate import generate
 from xaibench.models import load_model, protocol_preprocess
+from xaibench.pipelines.generate import generate
 from xaibench.store import open_store
 
 CAMS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")

@@ -7,14 +7,14 @@ import pytest
 import torch
 from tiny_models import FitsOnly, tiny_cnn
 
-from xaibench.batching import ChunkSize, apply_in_chunks, run_in_chunks
+from xaibench.core.batching import ChunkSize, apply_in_chunks, run_in_chunks
+from xaibench.core.errors import OutOfMemory
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.errors import OutOfMemory
-from xaibench.evaluate import evaluate_store
-from xaibench.generate import generate
 from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.models.factory import LoadedModel
+from xaibench.pipelines.evaluate import evaluate_store
+from xaibench.pipelines.generate import generate
 from xaibench.store import open_store
 
 CPU = torch.device("cpu")

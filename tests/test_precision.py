@@ -6,10 +6,10 @@ from click.testing import CliRunner
 from tiny_models import tiny_cnn
 
 from xaibench.cli import cli
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
+from xaibench.core.precision import check_precision, forward_settings, has_hooks
 from xaibench.methods import METHODS
 from xaibench.metrics import score_function
-from xaibench.precision import check_precision, forward_settings, has_hooks
 from xaibench.store import open_store
 
 CPU = torch.device("cpu")

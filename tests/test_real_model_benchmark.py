@@ -11,10 +11,10 @@ import torch
 
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.samples import build_sample_dataset
-from xaibench.evaluate import evaluate_store
-from xaibench.generate import generate
 from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
+from xaibench.pipelines.evaluate import evaluate_store
+from xaibench.pipelines.generate import generate
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("skimage")

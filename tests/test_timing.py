@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from xaibench import timing
+from xaibench.core import timing
 
 CPU = torch.device("cpu")
 

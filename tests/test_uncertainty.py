@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from xaibench.errors import ConfigError
-from xaibench.uncertainty import (
+from xaibench.core.errors import ConfigError
+from xaibench.metrics.mc_dropout import (
     MCDropout,
     dropout_active,
     find_dropout,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from synthetic_imagenet import ArchiveServer, add_bytes
 
+from xaibench.core.errors import ConfigError
 from xaibench.data import archives
 from xaibench.data.archives import Archive, ChecksumError, DownloadError, fetch
 from xaibench.data.extract import UnsafeArchiveError, safe_extract
-from xaibench.errors import ConfigError
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 MD5 = hashlib.md5(PAYLOAD).hexdigest()

@@ -6,12 +6,12 @@ import torch
 from box_helpers import voc
 from PIL import Image
 
+from xaibench.core.errors import DataError
 from xaibench.data.boxes import BoxFolder, map_boxes, read_voc_boxes
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.errors import DataError
+from xaibench.data.preprocess import Preprocess
 from xaibench.metrics import near_boxes
-from xaibench.models.preprocess import Preprocess
 
 PLAIN = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 

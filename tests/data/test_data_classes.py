@@ -1,7 +1,7 @@
 import pytest
 
+from xaibench.core.errors import DataError
 from xaibench.data.classes import imagenet_classes
-from xaibench.errors import DataError
 
 
 def test_index_is_the_position_among_sorted_wnids():

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from xaibench.core.errors import DataError
 from xaibench.data.dataset import BadImage, ImageFolderDataset, load_rgb, make_loader
-from xaibench.errors import DataError
-from xaibench.models.preprocess import Preprocess
+from xaibench.data.preprocess import Preprocess
 
 # Identity normalisation: a preprocessed pixel is its 8-bit value / 255.
 RAW = Preprocess("test", (16, 16), None, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

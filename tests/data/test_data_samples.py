@@ -3,8 +3,8 @@ import torch
 
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
+from xaibench.data.preprocess import Preprocess
 from xaibench.data.samples import SAMPLES, build_sample_dataset
-from xaibench.models.preprocess import Preprocess
 
 
 def test_table_indices_match_their_wnids():

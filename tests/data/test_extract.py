@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from synthetic_imagenet import add_bytes
 
-from xaibench import atomic
+from xaibench.core import atomic
 from xaibench.data.extract import safe_extract
 from xaibench.data.samples import SAMPLES, build_sample_dataset
 

@@ -17,14 +17,14 @@ from synthetic_imagenet import (
 )
 
 from xaibench.cli import cli, main
+from xaibench.core.errors import ConfigError, DataError
 from xaibench.data import archives, extract, imagenet
 from xaibench.data.archives import ARCHIVES, Archive
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.imagenet import prepare_imagenet_val, read_devkit
 from xaibench.data.index import read_index
-from xaibench.errors import ConfigError, DataError
-from xaibench.models.preprocess import Preprocess
+from xaibench.data.preprocess import Preprocess
 
 IMAGES = 12
 # devkit IDs of the 12 images: ID 1 (n02119789, index 278) first, some classes twice

@@ -8,14 +8,14 @@ from click.testing import CliRunner
 from synthetic_imagenet import ArchiveServer, add_bytes, jpeg_bytes
 
 from xaibench.cli import cli
+from xaibench.core.errors import DataError
 from xaibench.data.archives import ARCHIVES, Archive, ChecksumError
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.index import read_index
 from xaibench.data.local import index_local
+from xaibench.data.preprocess import Preprocess
 from xaibench.data.public import prepare_public
-from xaibench.errors import DataError
-from xaibench.models.preprocess import Preprocess
 
 TENCH, HORN = "n01440764", "n03394916"
 

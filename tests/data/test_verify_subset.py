@@ -12,17 +12,17 @@ from synthetic_imagenet import jpeg_bytes
 from torch import nn
 
 from xaibench.cli import cli
+from xaibench.core.errors import ConfigError, DataError, ModelError
 from xaibench.data import dataset as dataset_module
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.index import read_index, subset_rows, write_index, write_subset
 from xaibench.data.local import index_local
+from xaibench.data.preprocess import Preprocess
 from xaibench.data.samples import SAMPLES, build_sample_dataset
-from xaibench.data.verify import accuracy_rule, open_prepared, sample_accuracy, verify_dataset
-from xaibench.errors import ConfigError, DataError, ModelError
 from xaibench.models import load_model
 from xaibench.models.factory import MODELS, LoadedModel
-from xaibench.models.preprocess import Preprocess
+from xaibench.pipelines.verify import accuracy_rule, open_prepared, sample_accuracy, verify_dataset
 
 
 def class_folders(root, per_class):

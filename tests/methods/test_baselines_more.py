@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.base import METHODS
 from xaibench.methods.baselines import CentreBaseline, ConstantBaseline
 from xaibench.metrics.causal import pixel_ranks

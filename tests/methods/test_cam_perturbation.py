@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from grad_cam_reference import correlations, peer_maps
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.base import METHODS
 from xaibench.methods.cam import layer_forward, weighted_cam
 from xaibench.methods.cam_perturbation import (

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods import METHODS, CAMMethod, GradCAM, TGrad, explain_together
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.base import METHODS
 from xaibench.methods.cam import GradCAM
 from xaibench.methods.gradients import (

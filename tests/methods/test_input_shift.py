@@ -14,11 +14,11 @@ import torch
 import torchvision
 from model_helpers import calibrated
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
+from xaibench.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from xaibench.methods import Explanation, FullGrad, TGrad
 from xaibench.methods.fullgrad import FullGradTerms
 from xaibench.methods.tgrad import TGradTerms
-from xaibench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 SCALE = (torch.tensor(IMAGENET_STD, dtype=torch.float64) / 0.5)[:, None, None]
 SHIFT = ((torch.tensor(IMAGENET_MEAN, dtype=torch.float64) - 0.5) / 0.5)[:, None, None]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from xaibench.errors import UnknownNameError
+from xaibench.core.errors import UnknownNameError
 from xaibench.methods import METHODS
 
 NAMES = METHODS.names()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
 
 

@@ -3,7 +3,7 @@ import torch
 import torchvision
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.layers import find_target_layer, validate_layer
 
 

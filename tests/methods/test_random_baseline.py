@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods import METHODS, RandomBaseline
 from xaibench.methods.baselines import hash32, image_fingerprints
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.base import METHODS
 from xaibench.methods.gradients import Gradient
 from xaibench.methods.integrated import IntegratedGradients, path_points

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_models import FitsOnly
 
-from xaibench.batching import ChunkSize
+from xaibench.core.batching import ChunkSize
 from xaibench.methods import METHODS
 from xaibench.methods.base import concat_records
 

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods import METHODS, FullGrad, TGrad
-from xaibench.models.support import inspect_model
+from xaibench.methods.support import inspect_model
 
 
 def reference_tgrad(model: nn.Module, image: torch.Tensor, target: int):

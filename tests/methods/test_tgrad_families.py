@@ -3,7 +3,7 @@
 On a network built only from linear pieces the input term plus every bias term, Linear biases
 included, is the class score exactly. T-Grad's terms leave the Linear biases out (as published);
 the test adds them, computed here with autograd, and compares with the score of a plain forward.
-Whether the sum is exact must agree with the structural verdict of `xaibench.models.support`.
+Whether the sum is exact must agree with the structural verdict of `xaibench.methods.support`.
 """
 
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from model_helpers import calibrated, hooks_left, set_inplace
 from torch import nn
 
 from xaibench.methods import Explanation, TGrad
-from xaibench.models.support import inspect_model, support_by_name
+from xaibench.methods.support import inspect_model, support_by_name
 
 # (registered name, input side, constructor options, expected verdict). The options only make
 # construction cheap (no auxiliary heads, no scipy initialisation); GoogLeNet and Inception v3

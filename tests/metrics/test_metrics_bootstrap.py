@@ -5,9 +5,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from xaibench.errors import ConfigError
-from xaibench.metrics import summarise
-from xaibench.metrics.stats import bootstrap_intervals, summary_wide
+from xaibench.core.errors import ConfigError
+from xaibench.results.stats import bootstrap_intervals, summarise, summary_wide
 
 
 def test_bootstrap_interval_covers_the_true_mean_at_about_the_nominal_rate():

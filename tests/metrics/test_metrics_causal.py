@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.metrics import (
     METRICS,
     MetricContext,

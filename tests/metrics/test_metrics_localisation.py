@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.metrics import METRICS, MetricContext, get_protocol
 
 NAN_BOX = [float("nan")] * 4

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xaibench.errors import ResultsError
-from xaibench.metrics.paired import paired_comparisons, rankings, wilcoxon_p, win_rate
+from xaibench.core.errors import ResultsError
+from xaibench.results.paired import paired_comparisons, rankings, wilcoxon_p, win_rate
 
 
 def long_table(values: dict[str, list[float]], metric: str = "insertion") -> pd.DataFrame:

@@ -4,7 +4,7 @@ import torch
 import torchvision.transforms.functional as TF
 from scipy import ndimage
 
-from xaibench.errors import ConfigError, UnknownNameError
+from xaibench.core.errors import ConfigError, UnknownNameError
 from xaibench.metrics import PROTOCOLS, SUBSTRATES, Protocol, get_protocol
 from xaibench.metrics.protocols import rise_kernel
 

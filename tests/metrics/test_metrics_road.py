@@ -6,7 +6,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.metrics import METRICS, MetricContext, get_protocol, linear_imputation
 from xaibench.metrics.road import gaussian_noise
 

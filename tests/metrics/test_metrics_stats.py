@@ -3,8 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from xaibench.metrics import summarise, summary_markdown
-from xaibench.metrics.stats import summary_wide
+from xaibench.results.stats import summarise, summary_markdown, summary_wide
 
 T_975_4 = 2.7764451051977987  # Student's t, 97.5% quantile, 4 degrees of freedom
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from xaibench.errors import ConfigError, ModelError, UnknownNameError
+from xaibench.core.errors import ConfigError, ModelError, UnknownNameError
 from xaibench.models import load_model, protocol_preprocess
 
 

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from xaibench.methods import METHODS, layers, polycam
+from xaibench.methods.support import skeleton
 from xaibench.models import load_model
 from xaibench.models.factory import model_input_size
-from xaibench.models.support import skeleton
 
 
 def last_feature_map_by_hooks(model, size):

@@ -4,9 +4,9 @@ import torchvision
 from torch import nn
 from torchvision.models import GoogLeNet
 
+from xaibench.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from xaibench.methods.support import inspect_model
 from xaibench.models.input_transform import input_shift, without_input_transform
-from xaibench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from xaibench.models.support import inspect_model
 
 OPTIONS = {"aux_logits": False, "init_weights": False, "num_classes": 10}
 

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from xaibench.models.preprocess import Preprocess, protocol_preprocess
+from xaibench.data.preprocess import Preprocess, protocol_preprocess
 
 
 def test_a_recorded_preprocessing_is_rebuilt_equal():

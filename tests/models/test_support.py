@@ -5,10 +5,10 @@ from click.testing import CliRunner
 from torch import nn
 
 from xaibench.cli import cli
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods import METHODS, GradCAM, PolyCAM
+from xaibench.methods.support import inspect_model, skeleton, support_by_name
 from xaibench.models import MODELS
-from xaibench.models.support import inspect_model, skeleton, support_by_name
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import torch
 from report_run import METHODS, METRICS, MODEL, PROTOCOLS, STEP, Run, make_images
 
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.evaluate import evaluate_store, write_evaluation
-from xaibench.generate import generate
 from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
+from xaibench.pipelines.evaluate import evaluate_store, write_evaluation
+from xaibench.pipelines.generate import generate
 
 
 @pytest.fixture(scope="session")

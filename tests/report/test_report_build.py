@@ -14,10 +14,11 @@ from PIL import Image
 from report_run import METHODS, METRICS, PROTOCOLS, STEP
 
 from xaibench.cli import cli
-from xaibench.errors import ResultsError
+from xaibench.core.errors import ResultsError
 from xaibench.metrics import METRICS as REGISTRY
+from xaibench.pipelines.sanity import write_sanity
 from xaibench.report.build import build_report
-from xaibench.sanity import SANITY_COLUMNS, SanityResult, write_sanity
+from xaibench.results.sanity import SANITY_COLUMNS, SanityResult
 
 LAYERS = ["original", "8", "3", "1", "0"]
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from report_run import METHODS, METRICS, PROTOCOLS, STEP
 
 from xaibench.cli import cli
-from xaibench.errors import ResultsError
+from xaibench.core.errors import ResultsError
 from xaibench.metrics import METRICS as REGISTRY
 
 

@@ -7,12 +7,13 @@ from PIL import Image
 from report_run import make_images
 
 from xaibench.cli import cli
+from xaibench.core.errors import ConfigError
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import load_rgb
-from xaibench.errors import ConfigError
 from xaibench.methods import METHODS
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.report.explain import explain_image, figure_layout
+from xaibench.pipelines.explain import explain_image
+from xaibench.report.explain import figure_layout
 from xaibench.report.plots import DPI, PANEL_INCHES
 
 MODEL = "tiny_models:tiny_cnn"

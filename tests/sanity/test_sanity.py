@@ -15,13 +15,13 @@ from torch import nn
 
 from xaibench.cli import cli
 from xaibench.data.dataset import ImageFolderDataset
+from xaibench.data.preprocess import Preprocess
 from xaibench.models import load_model
-from xaibench.models.preprocess import Preprocess
+from xaibench.pipelines.sanity import sanity_check
+from xaibench.results.sanity import SANITY_COLUMNS
 from xaibench.sanity import (
-    SANITY_COLUMNS,
     randomisation_stages,
     randomise,
-    sanity_check,
     spearman,
     ssim,
 )
@@ -176,7 +176,7 @@ def test_sanity_command_writes_the_table_and_the_plot(image_folder, tmp_path, mo
 def interrupt_randomise(monkeypatch, at: int) -> list:
     """Count the calls of sanity's `randomise` (a list of 1s) and raise KeyboardInterrupt at call
     number `at`; clearing the list starts the count again."""
-    import xaibench.sanity.run as sanity_run
+    import xaibench.pipelines.sanity as sanity_run
 
     calls = []
     real = sanity_run.randomise
@@ -206,7 +206,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, 
 def test_another_runs_rows_are_not_resumed_after_a_save_cut_short(
     small_images, tmp_path, monkeypatch
 ):
-    import xaibench.sanity.run as sanity_run
+    import xaibench.pipelines.sanity as sanity_run
 
     checkpoint = tmp_path / "gradinput.checkpoint.csv"
     interrupt_randomise(monkeypatch, 6)  # seed 0: the rows of the first batch are saved
@@ -230,7 +230,7 @@ def test_another_runs_rows_are_not_resumed_after_a_save_cut_short(
 def test_the_command_resumes_from_its_checkpoint_then_removes_it(
     image_folder, tmp_path, monkeypatch
 ):
-    import xaibench.sanity.run as sanity_run
+    import xaibench.pipelines.sanity as sanity_run
 
     out = tmp_path / "out"
     args = ["sanity", "--model", MODEL, "--saliency", "gradinput", "--data", str(image_folder),
@@ -251,7 +251,7 @@ def test_the_command_resumes_from_its_checkpoint_then_removes_it(
 def test_stage_summary_is_the_t_interval_of_each_stage_and_statistic():
     from scipy import stats
 
-    from xaibench.sanity.run import SANITY_STATISTICS, stage_summary
+    from xaibench.results.sanity import SANITY_STATISTICS, stage_summary
 
     rng = np.random.default_rng(3)
     stages = [(0, ""), (1, "8"), (2, "3"), (3, "1")]

@@ -3,7 +3,7 @@ import json
 import pytest
 from store_helpers import meta
 
-from xaibench.errors import ConfigError, StoreError
+from xaibench.core.errors import ConfigError, StoreError
 from xaibench.store import StoreMeta
 from xaibench.store.meta import RUN_FIELDS
 

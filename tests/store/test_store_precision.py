@@ -4,7 +4,7 @@ import h5py
 import pytest
 from store_helpers import ids, labels, meta
 
-from xaibench.errors import StoreError
+from xaibench.core.errors import StoreError
 from xaibench.store import create_or_resume, open_store
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from store_helpers import H, N, W, ids, labels, maps_of, meta, write_rows
 
-from xaibench.errors import StoreError
+from xaibench.core.errors import StoreError
 from xaibench.store import create_or_resume, find_stores, open_store
 from xaibench.store.npz import META_KEY, partial_path
 

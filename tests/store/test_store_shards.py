@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from store_helpers import N, assert_same, contents, ids, labels, meta, write_rows
 
-from xaibench.errors import StoreError
+from xaibench.core.errors import StoreError
 from xaibench.store import create_or_resume
 from xaibench.store.npz import partial_path
 from xaibench.store.shards import (

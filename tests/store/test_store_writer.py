@@ -8,10 +8,10 @@ import pytest
 import torch
 from store_helpers import N, ids, labels, maps_of, meta, write_rows
 
+from xaibench.core.errors import StoreError
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.errors import StoreError
-from xaibench.generate import generate
 from xaibench.models import load_model, protocol_preprocess
+from xaibench.pipelines.generate import generate
 from xaibench.store import create_or_resume, open_store
 from xaibench.store.h5 import H5Store
 from xaibench.store.writer import BackgroundWriter

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from tiny_models import tiny_cnn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.visualize import activation_grid, choose_channels, labelled_grid, layer_activations
 from xaibench.visualize.grid import LABEL_HEIGHT
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny_models import tiny_cnn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.visualize import RandomTransforms, Unit, visualise_units
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

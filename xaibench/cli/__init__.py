@@ -17,8 +17,8 @@ from xaibench.cli.report import report_command
 from xaibench.cli.sanity import sanity_command
 from xaibench.cli.verify import verify_command
 from xaibench.cli.visualize import activations_command, visualize_command
-from xaibench.errors import XaibenchError
-from xaibench.runtime import tune_allocator
+from xaibench.core.errors import XaibenchError
+from xaibench.core.runtime import tune_allocator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

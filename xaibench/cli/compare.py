@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from xaibench.atomic import write_text_atomic
 from xaibench.cli.options import resamples_option
-from xaibench.metrics.stats import INTERVALS
+from xaibench.core.atomic import write_text_atomic
 from xaibench.report.tables import (
     LATEX_STYLES,
     comparison_markdown,
@@ -17,6 +16,7 @@ from xaibench.report.tables import (
     load_evaluations,
     paired_tables,
 )
+from xaibench.results.stats import INTERVALS
 
 
 @click.command("compare")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
+from xaibench.core.errors import ConfigError
 from xaibench.data.archives import ARCHIVES
 from xaibench.data.imagenet import prepare_imagenet_val
 from xaibench.data.index import DatasetIndex, write_subset
 from xaibench.data.local import index_local
 from xaibench.data.public import PUBLIC, prepare_public
-from xaibench.errors import ConfigError
 
 IMAGENET_URL_ENV = "XAIBENCH_IMAGENET_URL"
 IMAGENET_KEYS = ("imagenet-val", "imagenet-devkit", "imagenet-val-boxes")

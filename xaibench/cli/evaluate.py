@@ -18,12 +18,14 @@ from xaibench.cli.options import (
     speed_options,
     weights_option,
 )
+from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.evaluate import checkpoint_path, evaluate_store, write_evaluation
-from xaibench.metrics import METRICS, get_protocol, summary_markdown
-from xaibench.metrics.stats import summary_wide
+from xaibench.metrics import METRICS, get_protocol
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.runtime import default_batch_size, default_workers, resolve_device
+from xaibench.pipelines import checkpoint as checkpoints
+from xaibench.pipelines.evaluate import checkpoint_path, evaluate_store, write_evaluation
+from xaibench.results.layout import metrics_dir
+from xaibench.results.stats import summary_markdown, summary_wide
 
 DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
 
@@ -146,7 +148,7 @@ def evaluate_command(
             raise click.BadParameter(
                 f"{name} needs bounding boxes: pass --boxes DIR", param_hint="--metrics"
             )
-    destinations = [out_dir or store.parent / "metrics" for store in stores]
+    destinations = [out_dir or metrics_dir(store) for store in stores]
     outputs = [(d.resolve(), s.stem) for d, s in zip(destinations, stores, strict=True)]
     if len(set(outputs)) != len(outputs):
         raise click.BadParameter(
@@ -193,7 +195,7 @@ def evaluate_command(
             if not world.is_main:
                 continue
             paths = write_evaluation(evaluation, destination)
-            for saved in dist.checkpoint_files(checkpoint):
+            for saved in checkpoints.checkpoint_files(checkpoint):
                 saved.unlink(missing_ok=True)
             summaries.append(evaluation.summary)
             click.echo(

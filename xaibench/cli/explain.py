@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from xaibench.atomic import write_bytes_atomic
-from xaibench.cli.generate import method_params
 from xaibench.cli.options import (
     cam_layer_option,
     device_options,
@@ -17,10 +15,13 @@ from xaibench.cli.options import (
     saliency_option,
     weights_option,
 )
+from xaibench.core.atomic import write_bytes_atomic
+from xaibench.core.runtime import resolve_device
+from xaibench.methods.settings import method_params
 from xaibench.models import load_model
-from xaibench.report.explain import explain_image, explanation_figure
+from xaibench.pipelines.explain import explain_image
+from xaibench.report.explain import explanation_figure
 from xaibench.report.plots import figure_png
-from xaibench.runtime import resolve_device
 
 
 @click.command("explain")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-import json
 from pathlib import Path
 
 import click
@@ -21,12 +19,12 @@ from xaibench.cli.options import (
     speed_options,
     weights_option,
 )
+from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.errors import ConfigError
-from xaibench.generate import STORE_FORMATS, TARGETS, GenerateSummary, generate, model_dir
-from xaibench.methods import METHODS
+from xaibench.methods.settings import method_params
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.runtime import default_batch_size, default_workers, resolve_device
+from xaibench.pipelines.generate import TARGETS, GenerateSummary, generate
+from xaibench.results.layout import STORE_FORMATS, logs_dir
 
 
 @click.command("generate")
@@ -99,7 +97,7 @@ def generate_command(
     images and process 0 merges them into the same stores; logs go to OUT/MODEL/logs/.
     """
     settings = method_params(methods, params, layer)  # before the model: a bad --param fails fast
-    log_dir = model_dir(out_dir, model) / "logs"
+    log_dir = logs_dir(out_dir, model)
     with dist.launch(resolve_device(device, cuda), log_dir) as world:
         loaded = load_model(model, weights)
         preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
@@ -150,53 +148,3 @@ def _report(summary: GenerateSummary) -> None:
         f"{summary.images} images in {summary.seconds:.1f} s "
         f"({summary.images_per_second:.2f} img/s) -> {stores}"
     )
-
-
-def method_params(
-    methods: list[str], settings: tuple[str, ...], layer: str | None = None
-) -> dict[str, dict]:
-    """`[METHOD.]KEY=VALUE` settings -> {method: {key: value}}, checked against each constructor.
-
-    VALUE is read as JSON where it parses, else kept as text; a layer is always a module name, kept
-    as text (`features.28`, or `3` in a Sequential). `layer` (--layer) is set for every chosen
-    method that takes a layer and overrides a layer given with --param.
-    """
-    accepted = {m: set(inspect.signature(METHODS.get(m)).parameters) - {"model"} for m in methods}
-    chosen: dict[str, dict] = {m: {} for m in methods}
-    for setting in settings:
-        target, sep, text = setting.partition("=")
-        if not sep:
-            raise ConfigError(f"--param {setting!r}: write [METHOD.]KEY=VALUE")
-        method, _, key = target.rpartition(".")
-        value = text if key == "layer" else _json_or_text(text)
-        if method:
-            if method not in chosen:
-                raise ConfigError(
-                    f"--param {setting!r}: {method} is not among --saliency {','.join(methods)}"
-                )
-            if key not in accepted[method]:
-                known = ", ".join(sorted(accepted[method])) or "none"
-                raise ConfigError(
-                    f"--param {setting!r}: {method} has no setting {key!r} (its settings: {known})"
-                )
-            chosen[method][key] = value
-            continue
-        takers = [m for m in methods if key in accepted[m]]
-        if not takers:
-            raise ConfigError(f"--param {setting!r}: none of {', '.join(methods)} takes {key!r}")
-        for m in takers:
-            chosen[m][key] = value
-    if layer:
-        takers = [m for m in methods if "layer" in accepted[m]]
-        if not takers:
-            raise ConfigError(f"--layer {layer}: none of {', '.join(methods)} takes a layer")
-        for m in takers:
-            chosen[m]["layer"] = layer
-    return {m: p for m, p in chosen.items() if p}
-
-
-def _json_or_text(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text

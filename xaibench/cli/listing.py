@@ -7,9 +7,9 @@ import textwrap
 import click
 
 from xaibench.methods import METHODS
+from xaibench.methods.support import Finding, ModelSupport, support_by_name
 from xaibench.metrics import METRICS
 from xaibench.models import MODELS
-from xaibench.models.support import Finding, ModelSupport, support_by_name
 
 _REGISTRIES = {"models": MODELS, "methods": METHODS, "metrics": METRICS}
 _COLUMNS = (

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
+from xaibench.core.precision import PRECISIONS
+from xaibench.data.preprocess import PROTOCOL_NAMES
 from xaibench.methods import METHODS
-from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES
-from xaibench.models.preprocess import PROTOCOL_NAMES
-from xaibench.precision import PRECISIONS
+from xaibench.results.stats import BOOTSTRAP_RESAMPLES
 
 
 def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:

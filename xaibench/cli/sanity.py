@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from xaibench.cli.generate import method_params
 from xaibench.cli.options import (
     batch_size_option,
     data_options,
@@ -17,12 +16,13 @@ from xaibench.cli.options import (
     saliency_option,
     weights_option,
 )
+from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.generate import model_dir
+from xaibench.methods.settings import method_params
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.runtime import default_batch_size, default_workers, resolve_device
-from xaibench.sanity import sanity_check, write_sanity
-from xaibench.sanity.run import DEFAULT_THRESHOLD, checkpoint_files, checkpoint_path
+from xaibench.pipelines.sanity import checkpoint_files, checkpoint_path, sanity_check, write_sanity
+from xaibench.results.layout import sanity_dir
+from xaibench.results.sanity import DEFAULT_THRESHOLD
 
 
 @click.command(
@@ -95,7 +95,7 @@ def sanity_command(
     dataset = ImageFolderDataset(
         data_dir, preprocess, labels_file=labels_file, subset_file=subset_file, limit=limit
     )
-    destination = out_dir or model_dir(Path("runs"), loaded.name) / "sanity"
+    destination = out_dir or sanity_dir(Path("runs"), loaded.name)
     for name in methods:
         checkpoint = checkpoint_path(destination, name)
         result = sanity_check(

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from xaibench.cli.options import batch_size_option, device_options, weights_option, workers_option
-from xaibench.data.verify import FLAG_LEVEL, open_prepared, sample_accuracy, verify_dataset
+from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.models import load_model
-from xaibench.runtime import default_batch_size, default_workers, resolve_device
+from xaibench.pipelines.verify import FLAG_LEVEL, open_prepared, sample_accuracy, verify_dataset
 
 
 @click.command("verify")

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from xaibench.cli.options import device_options, model_option, weights_option
+from xaibench.core.runtime import prepare_model, resolve_device
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import read_image
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.runtime import prepare_model, resolve_device
 from xaibench.visualize import (
     RandomTransforms,
     activation_grid,

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from xaibench.atomic import write_text_atomic
-from xaibench.errors import ConfigError, DataError
+from xaibench.core.atomic import write_text_atomic
+from xaibench.core.errors import ConfigError, DataError
 
 CHUNK_BYTES = 1 << 20
 HEAD_BYTES = 1 << 20  # fast.ai's check hashes the first MiB of an archive

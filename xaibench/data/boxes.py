@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from xaibench.core.errors import DataError
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import DECODE_ERRORS, ImageFolderDataset
-from xaibench.errors import DataError
-from xaibench.models.preprocess import Preprocess
+from xaibench.data.preprocess import Preprocess
 
 COORDINATES = ("xmin", "ymin", "xmax", "ymax")
 

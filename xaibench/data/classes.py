@@ -12,7 +12,7 @@ import re
 from functools import cache
 from importlib import resources
 
-from xaibench.errors import DataError
+from xaibench.core.errors import DataError
 
 WNID_PATTERN = re.compile(r"n\d{8}")
 NUM_CLASSES = 1000

@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from xaibench.core.errors import DataError
 from xaibench.data.classes import NUM_CLASSES, WNID_PATTERN, imagenet_classes
-from xaibench.errors import DataError
 
 if TYPE_CHECKING:
-    from xaibench.models.preprocess import Preprocess
+    from xaibench.data.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from xaibench.atomic import write_stream_atomic, write_text_atomic
-from xaibench.errors import DataError
+from xaibench.core.atomic import write_stream_atomic, write_text_atomic
+from xaibench.core.errors import DataError
 
 
 class UnsafeArchiveError(DataError):

@@ -29,12 +29,12 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from xaibench.atomic import write_text_atomic
+from xaibench.core.atomic import write_text_atomic
+from xaibench.core.errors import ConfigError, DataError
 from xaibench.data.archives import ARCHIVES, fetch
 from xaibench.data.classes import NUM_CLASSES, imagenet_classes
 from xaibench.data.extract import extract_once
 from xaibench.data.index import DatasetIndex, write_index
-from xaibench.errors import ConfigError, DataError
 
 VAL_PER_CLASS = 50
 VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")

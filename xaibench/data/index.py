@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xaibench.atomic import write_text_atomic
+from xaibench.core.atomic import write_text_atomic
+from xaibench.core.errors import ConfigError, DataError
 from xaibench.data.classes import NUM_CLASSES, imagenet_classes
 from xaibench.data.dataset import read_labels_file
-from xaibench.errors import ConfigError, DataError
 
 INDEX_FILE = "dataset.json"
 

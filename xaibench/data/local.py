@@ -16,6 +16,7 @@ import csv
 from pathlib import Path
 from typing import NamedTuple
 
+from xaibench.core.errors import DataError
 from xaibench.data.classes import WNID_PATTERN, imagenet_classes
 from xaibench.data.dataset import (
     check_images_present,
@@ -24,7 +25,6 @@ from xaibench.data.dataset import (
     read_labels_file,
 )
 from xaibench.data.index import DatasetIndex, write_index
-from xaibench.errors import DataError
 
 KAGGLE_CSV = "LOC_val_solution.csv"
 KAGGLE_IMAGES = Path("ILSVRC/Data/CLS-LOC/val")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from xaibench.core.errors import DataError
 from xaibench.data.archives import ARCHIVES, fetch
 from xaibench.data.classes import NUM_CLASSES
 from xaibench.data.dataset import find_images, folder_labels
 from xaibench.data.extract import extract_once
 from xaibench.data.index import DatasetIndex, write_index
-from xaibench.errors import DataError
 
 
 @dataclass(frozen=True)

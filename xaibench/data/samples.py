@@ -11,8 +11,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from xaibench.atomic import write_stream_atomic
-from xaibench.errors import DataError
+from xaibench.core.atomic import write_stream_atomic
+from xaibench.core.errors import DataError
 
 # (scikit-image file, WNID, class index): the class index is checked against the WNID in the tests.
 SAMPLES = (

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from xaibench.batching import ChunkSize, run_in_chunks
-from xaibench.registry import Registry
+from xaibench.core.batching import ChunkSize, run_in_chunks
+from xaibench.core.registry import Registry
 
 
 @dataclass
@@ -54,7 +54,7 @@ class SaliencyMethod(ABC):
     uses_target: ClassVar[bool] = True
     """False for methods whose map does not depend on the class explained (baselines, Eigen-CAM)."""
     requires: ClassVar[tuple[str, ...]] = ()
-    """What the method needs of a model's structure (xaibench.models.support checks each):
+    """What the method needs of a model's structure (xaibench.methods.support checks each):
     "feature_map" (a (B, C, h, w) map the score is pooled from), "bias_terms" (a network whose
     score splits into input and bias terms), "relu_modules" (nn.ReLU modules to rectify)."""
     compilable: ClassVar[bool] = True

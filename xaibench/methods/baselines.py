@@ -7,7 +7,7 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 
 _MASK32 = 2**32 - 1

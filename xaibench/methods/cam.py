@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
+from xaibench.core.precision import full_precision
 from xaibench.methods.base import (
     METHODS,
     Explanation,
@@ -31,7 +32,6 @@ from xaibench.methods.base import (
 )
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
-from xaibench.precision import full_precision
 
 
 @dataclass

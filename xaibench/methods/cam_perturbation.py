@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.batching import ChunkSize, ChunkSizes, apply_in_chunks
-from xaibench.errors import ConfigError
+from xaibench.core.batching import ChunkSize, ChunkSizes, apply_in_chunks
+from xaibench.core.errors import ConfigError
+from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation
 from xaibench.methods.cam import LayerMethod, layer_forward, weighted_cam
-from xaibench.runtime import default_chunk_size
 
 
 class ChannelPerturbationCAM(LayerMethod):

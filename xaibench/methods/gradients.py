@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from xaibench.batching import ChunkSize, apply_in_chunks
-from xaibench.errors import ConfigError
+from xaibench.core.batching import ChunkSize, apply_in_chunks
+from xaibench.core.errors import ConfigError
+from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.cam import GradCAM
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
-from xaibench.precision import full_precision
 
 Rule = Literal["plain", "guided", "deconvnet"]
 OTHER_ACTIVATIONS = (

@@ -23,8 +23,8 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils.hooks import RemovableHandle
 
-from xaibench.errors import ConfigError
-from xaibench.precision import full_precision
+from xaibench.core.errors import ConfigError
+from xaibench.core.precision import full_precision
 
 GradientReducer = Callable[["LayerCall", torch.Tensor], Any]
 OutputReducer = Callable[["LayerCall", torch.Tensor], Any]

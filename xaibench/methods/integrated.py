@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from xaibench.batching import ChunkSizes
-from xaibench.errors import ConfigError
+from xaibench.core.batching import ChunkSizes
+from xaibench.core.errors import ConfigError
+from xaibench.core.runtime import default_chunk_size
+from xaibench.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from xaibench.methods.base import METHODS, top1_targets
 from xaibench.methods.gradients import (
     Attribution,
@@ -26,8 +28,6 @@ from xaibench.methods.gradients import (
     input_gradients,
     over_image_pairs,
 )
-from xaibench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from xaibench.runtime import default_chunk_size
 
 Quadrature = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import LayerCall, record_layers
 from xaibench.models.factory import model_input_size

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.batching import ChunkSizes, apply_in_chunks
-from xaibench.errors import ConfigError
+from xaibench.core.batching import ChunkSizes, apply_in_chunks
+from xaibench.core.errors import ConfigError
+from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import feature_maps, trace_layers, validate_layer
 from xaibench.models.factory import model_input_size
-from xaibench.runtime import default_chunk_size
 
 LNORM_FLOOR = 1e-12
 """Lower bound of LNorm's local averages (a block whose CAM is all 0 stays 0)."""

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.batching import ChunkSizes, apply_in_chunks
-from xaibench.errors import ConfigError
+from xaibench.core.batching import ChunkSizes, apply_in_chunks
+from xaibench.core.errors import ConfigError
+from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
-from xaibench.runtime import default_chunk_size
 
 
 @METHODS.register(

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaibench.batching import ChunkSizes
-from xaibench.errors import ConfigError
+from xaibench.core.batching import ChunkSizes
+from xaibench.core.errors import ConfigError
+from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.baselines import hash32, image_fingerprints
 from xaibench.methods.gradients import AttributionMethod, over_image_pairs
-from xaibench.runtime import default_chunk_size
 
 _MASK32 = 2**32 - 1
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
+from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
 from xaibench.models.input_transform import input_shift
-from xaibench.precision import full_precision
 
 EPS = 1e-8
 """Added to each resized term map's total before dividing by it (step 5)."""
@@ -149,7 +149,7 @@ class TGrad(SaliencyMethod):
     would drop parts of the decomposition, while without it the terms still add up to the score on
     networks built from linear pieces. What is left out (Linear biases, non-linear activations such
     as SiLU, ReLU6's clipping, constants added inside `forward` other than the input transform)
-    shows as completeness away from 1; `xaibench.models.support` says per model whether the split
+    shows as completeness away from 1; `xaibench.methods.support` says per model whether the split
     is exact.
 
     The weights divide by y_c as published, so a score close to 0 gives large weights.

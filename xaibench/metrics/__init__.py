@@ -4,7 +4,7 @@ the pointing game and the energy-based pointing game.
 Importing this package registers every metric in `METRICS`.
 """
 
-from xaibench.batching import apply_in_chunks
+from xaibench.core.batching import apply_in_chunks
 from xaibench.metrics.base import (
     METRICS,
     Metric,
@@ -20,7 +20,6 @@ from xaibench.metrics.confidence import AverageDrop, IncreaseInConfidence, expla
 from xaibench.metrics.localisation import EnergyPointingGame, PointingGame, near_boxes
 from xaibench.metrics.protocols import PROTOCOLS, SUBSTRATES, Protocol, get_protocol
 from xaibench.metrics.road import RoadMetric, linear_imputation
-from xaibench.metrics.stats import summarise, summary_markdown
 
 __all__ = [
     "METRICS",
@@ -48,6 +47,4 @@ __all__ = [
     "pixel_ranks",
     "saliency_at_input_size",
     "score_function",
-    "summarise",
-    "summary_markdown",
 ]

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.batching import ChunkSize
-from xaibench.errors import ConfigError
+from xaibench.core.batching import ChunkSize
+from xaibench.core.errors import ConfigError
+from xaibench.core.precision import full_precision
+from xaibench.core.registry import Registry
+from xaibench.core.runtime import default_chunk_size
 from xaibench.metrics.protocols import SCORES, Protocol
-from xaibench.precision import full_precision
-from xaibench.registry import Registry
-from xaibench.runtime import default_chunk_size
 
 T = TypeVar("T")
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from xaibench.batching import ChunkSize, apply_in_chunks
+from xaibench.core.batching import ChunkSize, apply_in_chunks
 from xaibench.metrics.base import (
     METRICS,
     Metric,

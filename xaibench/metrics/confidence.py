@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xaibench.batching import apply_in_chunks
+from xaibench.core.batching import apply_in_chunks
 from xaibench.metrics.base import (
     METRICS,
     Metric,

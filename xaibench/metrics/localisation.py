@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.metrics.base import METRICS, Metric, MetricContext, MetricResult, finite_maps
 
 

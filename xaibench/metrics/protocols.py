@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from scipy.ndimage import gaussian_filter
 
-from xaibench.errors import ConfigError, UnknownNameError
+from xaibench.core.errors import ConfigError, UnknownNameError
 
 KERNEL_SIZE = 11
 SIGMA = 5.0

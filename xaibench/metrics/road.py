@@ -41,8 +41,8 @@ import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 
-from xaibench.batching import apply_in_chunks
-from xaibench.errors import ConfigError
+from xaibench.core.batching import apply_in_chunks
+from xaibench.core.errors import ConfigError
 from xaibench.methods.baselines import image_fingerprints, seeded_uniform
 from xaibench.metrics.base import METRICS, Metric, MetricContext, MetricResult, fill_rows
 from xaibench.metrics.causal import ranks_of_finite_maps

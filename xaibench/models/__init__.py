@@ -1,7 +1,7 @@
 """Models by name: torchvision classifiers, EfficientNet-Lite0, or a user's `module:callable`."""
 
+from xaibench.data.preprocess import Preprocess, protocol_preprocess
 from xaibench.models.factory import MODELS, LoadedModel, list_model_names, load_model
-from xaibench.models.preprocess import Preprocess, protocol_preprocess
 
 __all__ = [
     "MODELS",

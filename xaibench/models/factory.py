@@ -21,9 +21,9 @@ import torch
 import torchvision
 from torch import nn
 
-from xaibench.errors import ConfigError, ModelError
-from xaibench.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from xaibench.registry import Registry
+from xaibench.core.errors import ConfigError, ModelError
+from xaibench.core.registry import Registry
+from xaibench.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_INPUT_SIZE = (224, 224)
 """(H, W) of a model that states no input size of its own."""

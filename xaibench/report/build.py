@@ -14,14 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xaibench.atomic import write_bytes_atomic, write_text_atomic
+from xaibench.core.atomic import write_bytes_atomic, write_text_atomic
+from xaibench.core.errors import ResultsError
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import read_image
-from xaibench.errors import ResultsError
-from xaibench.evaluate import CURVES_SUFFIX, PER_IMAGE_SUFFIX
+from xaibench.data.preprocess import Preprocess
 from xaibench.metrics.base import saliency_at_input_size
-from xaibench.metrics.stats import BOOTSTRAP_RESAMPLES
-from xaibench.models.preprocess import Preprocess
 from xaibench.report import html
 from xaibench.report.plots import (
     figure_png,
@@ -37,7 +35,10 @@ from xaibench.report.tables import (
     load_evaluations,
     paired_tables,
 )
-from xaibench.sanity.run import SANITY_COLUMNS, SANITY_TABLE_SUFFIX
+from xaibench.results import layout
+from xaibench.results.layout import SANITY_TABLE_SUFFIX
+from xaibench.results.sanity import SANITY_COLUMNS
+from xaibench.results.stats import BOOTSTRAP_RESAMPLES
 from xaibench.store import find_stores, open_store
 from xaibench.store.base import SaliencyStore
 from xaibench.store.meta import StoreMeta
@@ -174,7 +175,7 @@ def _curve_figures(evaluations: Evaluations) -> list[FigureFile]:
     for (model, protocol), group in sources.groupby(["model", "protocol"], sort=False):
         curves, include_start = {}, False
         for method, source in zip(group["method"], group["source"], strict=True):
-            path = Path(source[: -len(PER_IMAGE_SUFFIX)] + CURVES_SUFFIX)
+            path = layout.curves_of(Path(source))
             if not path.exists():
                 continue
             with np.load(path, allow_pickle=False) as saved:
@@ -206,7 +207,7 @@ def read_sanity(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
                 f"{path} has columns {', '.join(frame.columns)}; a sanity table has exactly "
                 f"{', '.join(SANITY_COLUMNS)} (written by `xaibench sanity`)"
             )
-        results[path.name[: -len(SANITY_TABLE_SUFFIX)]] = frame
+        results[layout.sanity_method(path)] = frame
     return results
 
 

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import pandas as pd
 
-from xaibench.metrics.paired import GROUP_COLUMNS
 from xaibench.report.tables import (
     KEYS,
     comparison_cells,
@@ -21,6 +20,7 @@ from xaibench.report.tables import (
     metric_heading,
     number_text,
 )
+from xaibench.results.paired import GROUP_COLUMNS
 
 if TYPE_CHECKING:
     from xaibench.report.build import ReportContent

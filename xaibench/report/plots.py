@@ -12,7 +12,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from xaibench.sanity.run import SANITY_STATISTICS
+from xaibench.results.sanity import SANITY_STATISTICS
 
 DPI = 100
 PANEL_INCHES = 2.4

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xaibench.errors import ResultsError
-from xaibench.evaluate import PER_IMAGE_SUFFIX
+from xaibench.core.errors import ResultsError
 from xaibench.metrics.base import METRICS
-from xaibench.metrics.paired import GROUP_COLUMNS, higher_is_better, paired_comparisons, rankings
-from xaibench.metrics.stats import (
+from xaibench.results.layout import PER_IMAGE_SUFFIX
+from xaibench.results.paired import GROUP_COLUMNS, higher_is_better, paired_comparisons, rankings
+from xaibench.results.stats import (
     BOOTSTRAP_RESAMPLES,
     interval_columns,
     summarise,

@@ -6,20 +6,15 @@ map with the original one (Spearman rank correlation of the maps and of their ab
 SSIM); `write_sanity` writes the long-form table and the plot of correlation against layer.
 """
 
-from xaibench.sanity.run import SANITY_COLUMNS, SanityResult, sanity_check, write_sanity
 from xaibench.sanity.similarity import average_ranks, map_similarity, spearman, ssim
 from xaibench.sanity.stages import Stage, randomisation_stages, randomise
 
 __all__ = [
-    "SANITY_COLUMNS",
-    "SanityResult",
     "Stage",
     "average_ranks",
     "map_similarity",
     "randomisation_stages",
     "randomise",
-    "sanity_check",
     "spearman",
     "ssim",
-    "write_sanity",
 ]

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from xaibench.errors import StoreError
+from xaibench.core.errors import StoreError
 from xaibench.store.base import SaliencyStore
 from xaibench.store.h5 import COMPRESSIONS, H5_SUFFIXES, H5Store
 from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from xaibench.errors import StoreError
+from xaibench.core.errors import StoreError
 from xaibench.store.meta import StoreMeta
 
 

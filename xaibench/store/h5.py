@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from xaibench.errors import StoreError
+from xaibench.core.errors import StoreError
 from xaibench.store.base import SaliencyStore
 from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta
 

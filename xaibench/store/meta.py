@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import xaibench
-from xaibench.errors import ConfigError, StoreError
+from xaibench.core.errors import ConfigError, StoreError
 
 FORMAT = "xaibench.saliency"
 FORMAT_VERSION = 1

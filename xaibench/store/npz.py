@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 import h5py
 import numpy as np
 
-from xaibench.errors import StoreError
+from xaibench.core.errors import StoreError
 from xaibench.store.base import SaliencyStore
 from xaibench.store.h5 import H5Store
 from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from xaibench.errors import StoreError
+from xaibench.core.errors import StoreError
 from xaibench.store import _checked, _container, create_or_resume, open_store
 from xaibench.store.h5 import H5Store, _selection
 from xaibench.store.meta import StoreMeta

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xaibench.errors import StoreError
+from xaibench.core.errors import StoreError
 from xaibench.store.base import SaliencyStore
 
 DEFAULT_DEPTH = 3

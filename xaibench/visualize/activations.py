@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import validate_layer

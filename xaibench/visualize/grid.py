@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from xaibench.atomic import write_atomic
+from xaibench.core.atomic import write_atomic
 
 LABEL_HEIGHT = 12
 """Pixels of caption strip under each tile."""

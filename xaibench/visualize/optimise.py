@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import LayerCall, autograd_enabled, record_layers
 from xaibench.methods.layers import validate_layer

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import torch
 
-from xaibench.errors import ConfigError, OutOfMemory
+from xaibench.core.errors import ConfigError, OutOfMemory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

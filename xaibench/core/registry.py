@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from xaibench.errors import UnknownNameError
+from xaibench.core.errors import UnknownNameError
 
 T = TypeVar("T")
 

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from xaibench.errors import ResultsError
+from xaibench.core.errors import ResultsError
 from xaibench.metrics.base import METRICS
-from xaibench.metrics.stats import default_scales
+from xaibench.results.stats import default_scales
 
 GROUP_COLUMNS = ("model", "protocol")
 

@@ -81,7 +81,7 @@ def protocol_preprocess(
 ) -> Preprocess:
     """The preprocessing a named protocol prescribes, with the model's normalisation."""
     if protocol not in PROTOCOL_NAMES:
-        from xaibench.errors import UnknownNameError
+        from xaibench.core.errors import UnknownNameError
 
         raise UnknownNameError("protocol", protocol, PROTOCOL_NAMES)
     return Preprocess(protocol, tuple(input_size), None, tuple(mean), tuple(std))

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 
 # Batch and chunk sizes that run fastest per device type: on a 2-core CPU, small chunks beat big
 # ones, under fp32 and bf16 alike (docs/perf-notes); on a GPU, larger batches keep the device busy.

@@ -19,33 +19,29 @@ import pandas as pd
 import torch
 
 from xaibench import dist
-from xaibench.atomic import write_atomic as _atomic
-from xaibench.batching import ChunkSize
+from xaibench.core.atomic import write_atomic as _atomic
+from xaibench.core.batching import ChunkSize
+from xaibench.core.errors import ConfigError, StoreError
+from xaibench.core.precision import check_precision, forward_settings
+from xaibench.core.runtime import default_chunk_size, prepare_model
 from xaibench.data.boxes import BoxFolder
 from xaibench.data.dataset import ImageFolderDataset, make_loader
-from xaibench.errors import ConfigError, StoreError
 from xaibench.metrics import (
     METRICS,
     MetricContext,
     Protocol,
     saliency_at_input_size,
     score_function,
-    summarise,
 )
+from xaibench.metrics.mc_dropout import MC_COLUMNS, MCDropout
 from xaibench.models.factory import LoadedModel
-from xaibench.precision import check_precision, forward_settings
-from xaibench.runtime import default_chunk_size, prepare_model
+from xaibench.pipelines import checkpoint as checkpoints
+from xaibench.results import layout
+from xaibench.results.stats import summarise
 from xaibench.store import open_store
 from xaibench.store.base import SaliencyStore
-from xaibench.uncertainty import MC_COLUMNS, MCDropout
 
 log = logging.getLogger(__name__)
-
-PER_IMAGE_SUFFIX = ".per_image.csv"
-PARQUET_SUFFIX = ".per_image.parquet"
-CURVES_SUFFIX = ".curves.npz"
-SUMMARY_SUFFIX = ".summary.csv"
-"""The files `write_evaluation` writes for an evaluation, each named STEM + suffix."""
 
 
 @dataclass
@@ -59,23 +55,13 @@ class Evaluation:
     stem: str
 
     def paths(self, out_dir: Path) -> dict[str, Path]:
-        suffixes = {
-            "per_image": PER_IMAGE_SUFFIX,
-            "curves": CURVES_SUFFIX,
-            "summary": SUMMARY_SUFFIX,
-        }
-        return {name: Path(out_dir) / f"{self.stem}{suffix}" for name, suffix in suffixes.items()}
-
-
-def evaluation_stem(store_path: Path, protocol: Protocol) -> str:
-    """`tgrad-polycam`: the stem of the files of one store's evaluation under `protocol`."""
-    return f"{Path(store_path).stem}-{protocol.name}"
+        return layout.evaluation_paths(out_dir, self.stem)
 
 
 def checkpoint_path(out_dir: Path, store_path: Path, protocol: Protocol) -> Path:
     """`OUT/.STEM.checkpoint.npz`: the hidden checkpoint of the evaluation whose tables go to
     `out_dir` (the `checkpoint` of `evaluate_store`)."""
-    return Path(out_dir) / f".{evaluation_stem(store_path, protocol)}.checkpoint.npz"
+    return layout.evaluation_checkpoint(out_dir, layout.evaluation_stem(store_path, protocol.name))
 
 
 def check_store_matches(
@@ -144,12 +130,12 @@ def evaluate_store(
     share of the rows (saving them to its own checkpoint beside `checkpoint`), and every process
     returns the evaluation of all rows.
 
-    With `mc_dropout` K > 0, the columns mc_mean and mc_var (xaibench.uncertainty) are added.
+    With `mc_dropout` K > 0, the columns mc_mean and mc_var (xaibench.metrics.mc_dropout) are added.
 
     `boxes`: a folder of bounding-box XML files (`xaibench.data.boxes`), which the localisation
     metrics need. The store's generation time per image goes into the column seconds_per_image.
 
-    The forward runs at `precision`, compiled with `compile` (xaibench/precision.py); perturbed
+    The forward runs at `precision`, compiled with `compile` (xaibench/core/precision.py); perturbed
     images go through it in chunks of `chunk_size`, halved on CUDA out-of-memory. Both are recorded
     in the summary.
     """
@@ -179,9 +165,9 @@ def evaluate_store(
             else None
         )
         key = _run_key(store, protocol, [*metrics, *([mc.key()] if mc else [])], precision, boxes)
-        state = _Results.resume(dist.checkpoint_files(checkpoint), key, len(store))
+        state = _Results.resume(checkpoints.checkpoint_files(checkpoint), key, len(store))
         world.barrier()  # every process has read the checkpoints before any saves its own
-        checkpoint = dist.checkpoint_of(world, checkpoint)
+        checkpoint = checkpoints.checkpoint_of(world, checkpoint)
         remaining = rows[~state.done[rows]]
         todo = world.shard(remaining)
         bar = world.progress(
@@ -231,7 +217,9 @@ def evaluate_store(
                 state.save(checkpoint)
             raise
         bar.close()
-        state = _Results.from_arrays(key, len(store), dist.gather_rows(world, state.arrays(), todo))
+        state = _Results.from_arrays(
+            key, len(store), checkpoints.gather_rows(world, state.arrays(), todo)
+        )
         per_image = state.table(store, rows, protocol)
         curves = {name: values[rows] for name, values in state.curves.items()}
     value_columns = [c for c in state.values if c in METRICS or c in MC_COLUMNS]
@@ -240,7 +228,9 @@ def evaluate_store(
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     summary["precision"] = precision
     summary["chunk_size"] = chunk.value
-    return Evaluation(per_image, curves, summary, protocol, evaluation_stem(store_path, protocol))
+    return Evaluation(
+        per_image, curves, summary, protocol, layout.evaluation_stem(store_path, protocol.name)
+    )
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
@@ -262,7 +252,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
         import pyarrow  # noqa: F401
     except ImportError:
         return paths
-    paths["parquet"] = Path(out_dir) / f"{evaluation.stem}{PARQUET_SUFFIX}"
+    paths["parquet"] = layout.parquet_path(out_dir, evaluation.stem)
     _atomic(paths["parquet"], lambda p: evaluation.per_image.to_parquet(p, index=False))
     return paths
 
@@ -302,7 +292,7 @@ class _Results:
         parts = [saved for path in paths if (saved := cls._read(path, key)) is not None]
         if not parts:
             return cls(key, n)
-        state = cls.from_arrays(key, n, dist.merge_rows(parts))
+        state = cls.from_arrays(key, n, checkpoints.merge_rows(parts))
         log.info("resuming from %s: %d rows already evaluated", paths[0], int(state.done.sum()))
         return state
 

@@ -21,7 +21,6 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,50 +28,24 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from xaibench.atomic import write_atomic, write_text_atomic
+from xaibench.core.atomic import write_atomic, write_text_atomic
+from xaibench.core.runtime import prepare_model
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
 from xaibench.metrics.base import saliency_at_input_size
-from xaibench.metrics.stats import t_half_width
 from xaibench.models.factory import LoadedModel
-from xaibench.runtime import prepare_model
+from xaibench.results import layout
+from xaibench.results.sanity import (
+    DEFAULT_THRESHOLD,
+    SANITY_COLUMNS,
+    SANITY_STATISTICS,
+    SanityResult,
+    stage_summary,
+)
 from xaibench.sanity.similarity import map_similarity
-from xaibench.sanity.stages import Stage, randomisation_stages, randomise
+from xaibench.sanity.stages import randomisation_stages, randomise
 
 log = logging.getLogger(__name__)
-
-SANITY_STATISTICS = ("spearman", "spearman_abs", "ssim")
-"""The similarities of each map to the original one (`map_similarity`)."""
-SANITY_COLUMNS = ("image_id", "stage", "layer", *SANITY_STATISTICS)
-"""The columns of the table `write_sanity` writes, in order."""
-SANITY_TABLE_SUFFIX = ".sanity.csv"
-SANITY_PLOT_SUFFIX = ".sanity.png"
-DEFAULT_THRESHOLD = 0.5
-
-
-@dataclass
-class SanityResult:
-    """table: one row per (image, stage) with `SANITY_COLUMNS`; stages: output first."""
-
-    method: str
-    table: pd.DataFrame
-    stages: list[Stage]
-    threshold: float = DEFAULT_THRESHOLD
-
-    @property
-    def final_spearman(self) -> float:
-        """Mean Spearman correlation with the original maps once every stage is randomised.
-
-        An undefined correlation (NaN: a map that became constant) counts as 0, no association:
-        such a map has changed.
-        """
-        last = self.table["stage"] == self.table["stage"].max()
-        return float(self.table.loc[last, "spearman"].fillna(0.0).mean())
-
-    @property
-    def flagged(self) -> bool:
-        """The maps hardly change when the model is randomised (or never change at all)."""
-        return bool(self.final_spearman > self.threshold)
 
 
 def sanity_check(
@@ -172,7 +145,7 @@ def _batch_rows(explain, randomised, original, stages, images, ids, seed) -> pd.
 def checkpoint_path(out_dir: Path, method: str) -> Path:
     """`OUT/.METHOD.sanity.checkpoint.csv`: the hidden checkpoint of one method's run whose table
     goes to `out_dir` (the `checkpoint` of `sanity_check`)."""
-    return Path(out_dir) / f".{method}.sanity.checkpoint.csv"
+    return layout.sanity_checkpoint(out_dir, method)
 
 
 def checkpoint_files(checkpoint: Path) -> list[Path]:
@@ -209,31 +182,10 @@ def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
 
 def write_sanity(result: SanityResult, out_dir: Path) -> dict[str, Path]:
     """`METHOD.sanity.csv` (the table) and `METHOD.sanity.png` (the plot) in `out_dir`, atomic."""
-    paths = {
-        "table": Path(out_dir) / f"{result.method}{SANITY_TABLE_SUFFIX}",
-        "plot": Path(out_dir) / f"{result.method}{SANITY_PLOT_SUFFIX}",
-    }
+    paths = layout.sanity_paths(out_dir, result.method)
     write_atomic(paths["table"], lambda p: result.table.to_csv(p, index=False, na_rep="NaN"))
     write_atomic(paths["plot"], lambda p: plot_sanity(result).savefig(p, format="png", dpi=120))
     return paths
-
-
-def stage_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per stage and statistic: layer, mean, ci_low, ci_high (Student's t on the mean,
-    `t_half_width`); NaN values are left out."""
-    long = table.melt(
-        id_vars=["stage", "layer"], value_vars=list(SANITY_STATISTICS), var_name="statistic"
-    )
-    summary = (
-        long.groupby(["stage", "layer", "statistic"], sort=False)["value"]
-        .agg(mean="mean", sd="std", count="count")
-        .reset_index()
-        .sort_values(["stage", "layer"], kind="stable", ignore_index=True)
-    )
-    half = t_half_width(summary.pop("sd").to_numpy(), summary.pop("count").to_numpy(), confidence)
-    summary["ci_low"] = summary["mean"] - half
-    summary["ci_high"] = summary["mean"] + half
-    return summary
 
 
 def plot_sanity(result: SanityResult):

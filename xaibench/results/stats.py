@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from xaibench.errors import ConfigError
+from xaibench.core.errors import ConfigError
 from xaibench.metrics.base import METRICS
 
 BOOTSTRAP_METHOD = "percentile"

@@ -31,7 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from xaibench.errors import ConfigError, XaibenchError
+from xaibench.core.errors import ConfigError, XaibenchError
 from xaibench.methods import METHODS
 from xaibench.methods.gradients import OTHER_ACTIVATIONS
 from xaibench.methods.layers import feature_maps, trace_layers

@@ -11,20 +11,20 @@ import numpy as np
 import torch
 
 from xaibench import dist
-from xaibench.batching import ChunkSize, run_in_chunks
+from xaibench.core.batching import ChunkSize, run_in_chunks
+from xaibench.core.errors import ConfigError
+from xaibench.core.precision import check_precision, forward_settings
+from xaibench.core.runtime import prepare_model
+from xaibench.core.timing import timed
 from xaibench.data.dataset import ImageFolderDataset, make_loader
-from xaibench.errors import ConfigError
 from xaibench.methods import METHODS
 from xaibench.methods.base import Explanation, SaliencyMethod
 from xaibench.methods.cam import CAMMethod, explain_together
 from xaibench.models.factory import LoadedModel
-from xaibench.precision import check_precision, forward_settings
-from xaibench.runtime import prepare_model
+from xaibench.pipelines import stores as run_stores
+from xaibench.results.layout import STORE_FORMATS, store_path
 from xaibench.store.meta import TARGETS, StoreMeta
 from xaibench.store.writer import DEFAULT_DEPTH, BackgroundWriter
-from xaibench.timing import timed
-
-STORE_FORMATS = ("h5", "npz")
 
 
 @dataclass
@@ -53,16 +53,6 @@ class GenerateSummary:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
-
-
-def model_dir(out_dir: Path, model_name: str) -> Path:
-    """`runs/vgg16`: the folder of one model's outputs (`module:callable` names made safe)."""
-    return Path(out_dir) / model_name.replace(":", "_").replace("/", "_")
-
-
-def store_path(out_dir: Path, model_name: str, method: str, store_format: str) -> Path:
-    """`runs/vgg16/tgrad.h5`: one folder per model, one store per method."""
-    return model_dir(out_dir, model_name) / f"{method}.{store_format}"
 
 
 def generate(
@@ -95,7 +85,7 @@ def generate(
     With a `world` of several processes (`dist.launch` under torchrun), each process explains its
     share of the images into its own shard store and process 0 merges them into the stores; the
     summary counts the images of all processes.
-    The forward runs at `precision`, compiled with `compile` (xaibench/precision.py); stores are
+    The forward runs at `precision`, compiled with `compile` (xaibench/core/precision.py); stores are
     written by a background thread with up to `write_queue` batches queued (0: in this thread). A
     method that runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
     """
@@ -137,7 +127,7 @@ def generate(
         path.parent.mkdir(parents=True, exist_ok=True)
         planned.append((method, path, meta))
     outputs = [(path, meta) for _, path, meta in planned]
-    opened = dist.open_stores(world, outputs, dataset.ids, dataset.labels)
+    opened = run_stores.open_stores(world, outputs, dataset.ids, dataset.labels)
     runs = [
         MethodRun(
             method, path, BackgroundWriter(store, write_queue) if write_queue else store, pending
@@ -197,7 +187,7 @@ def generate(
                 _record_skipped(run, sorted(run.pending & set(dataset.bad)))
     finally:
         _close_all(runs)
-    dist.finish_stores(world, outputs, dataset.ids, dataset.labels)
+    run_stores.finish_stores(world, outputs, dataset.ids, dataset.labels)
     counts = world.all_gather((explained, dataset.bad_ids))
     return GenerateSummary(
         images=sum(images for images, _ in counts),

@@ -20,12 +20,12 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from xaibench.core.runtime import prepare_model
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset, folder_labels, list_images, make_loader
 from xaibench.data.index import INDEX_FILE, DatasetIndex, read_index, subset_rows
+from xaibench.data.preprocess import Preprocess
 from xaibench.models.factory import LoadedModel
-from xaibench.models.preprocess import Preprocess
-from xaibench.runtime import prepare_model
 
 FLAG_LEVEL = 1e-3
 CHECK_SIDE = 8  # decoded images are shrunk to this before batching: only decoding is checked

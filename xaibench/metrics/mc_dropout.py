@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from xaibench.batching import ChunkSize, apply_in_chunks
-from xaibench.errors import ConfigError
+from xaibench.core.batching import ChunkSize, apply_in_chunks
+from xaibench.core.errors import ConfigError
 from xaibench.methods.hooks import module_stack
 from xaibench.metrics.base import MetricContext, MetricResult
 

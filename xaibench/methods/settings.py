@@ -1,0 +1,59 @@
+"""Methods' settings from text: `[METHOD.]KEY=VALUE` pairs checked against each method's constructor."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+from xaibench.core.errors import ConfigError
+from xaibench.methods.base import METHODS
+
+
+def method_params(
+    methods: list[str], settings: tuple[str, ...], layer: str | None = None
+) -> dict[str, dict]:
+    """`[METHOD.]KEY=VALUE` settings -> {method: {key: value}}, checked against each constructor.
+
+    VALUE is read as JSON where it parses, else kept as text; a layer is always a module name, kept
+    as text (`features.28`, or `3` in a Sequential). `layer` (--layer) is set for every chosen
+    method that takes a layer and overrides a layer given with --param.
+    """
+    accepted = {m: set(inspect.signature(METHODS.get(m)).parameters) - {"model"} for m in methods}
+    chosen: dict[str, dict] = {m: {} for m in methods}
+    for setting in settings:
+        target, sep, text = setting.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {setting!r}: write [METHOD.]KEY=VALUE")
+        method, _, key = target.rpartition(".")
+        value = text if key == "layer" else _json_or_text(text)
+        if method:
+            if method not in chosen:
+                raise ConfigError(
+                    f"--param {setting!r}: {method} is not among --saliency {','.join(methods)}"
+                )
+            if key not in accepted[method]:
+                known = ", ".join(sorted(accepted[method])) or "none"
+                raise ConfigError(
+                    f"--param {setting!r}: {method} has no setting {key!r} (its settings: {known})"
+                )
+            chosen[method][key] = value
+            continue
+        takers = [m for m in methods if key in accepted[m]]
+        if not takers:
+            raise ConfigError(f"--param {setting!r}: none of {', '.join(methods)} takes {key!r}")
+        for m in takers:
+            chosen[m][key] = value
+    if layer:
+        takers = [m for m in methods if "layer" in accepted[m]]
+        if not takers:
+            raise ConfigError(f"--layer {layer}: none of {', '.join(methods)} takes a layer")
+        for m in takers:
+            chosen[m]["layer"] = layer
+    return {m: p for m, p in chosen.items() if p}
+
+
+def _json_or_text(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text

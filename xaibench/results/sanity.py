@@ -1,0 +1,59 @@
+"""Sanity-check results: the table's columns, the result of one method's run, per-stage summaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from xaibench.results.stats import t_half_width
+from xaibench.sanity.stages import Stage
+
+SANITY_STATISTICS = ("spearman", "spearman_abs", "ssim")
+"""The similarities of each map to the original one (`map_similarity`)."""
+SANITY_COLUMNS = ("image_id", "stage", "layer", *SANITY_STATISTICS)
+"""The columns of a sanity table, in order."""
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class SanityResult:
+    """table: one row per (image, stage) with `SANITY_COLUMNS`; stages: output first."""
+
+    method: str
+    table: pd.DataFrame
+    stages: list[Stage]
+    threshold: float = DEFAULT_THRESHOLD
+
+    @property
+    def final_spearman(self) -> float:
+        """Mean Spearman correlation with the original maps once every stage is randomised.
+
+        An undefined correlation (NaN: a map that became constant) counts as 0, no association:
+        such a map has changed.
+        """
+        last = self.table["stage"] == self.table["stage"].max()
+        return float(self.table.loc[last, "spearman"].fillna(0.0).mean())
+
+    @property
+    def flagged(self) -> bool:
+        """The maps hardly change when the model is randomised (or never change at all)."""
+        return bool(self.final_spearman > self.threshold)
+
+
+def stage_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per stage and statistic: layer, mean, ci_low, ci_high (Student's t on the mean,
+    `t_half_width`); NaN values are left out."""
+    long = table.melt(
+        id_vars=["stage", "layer"], value_vars=list(SANITY_STATISTICS), var_name="statistic"
+    )
+    summary = (
+        long.groupby(["stage", "layer", "statistic"], sort=False)["value"]
+        .agg(mean="mean", sd="std", count="count")
+        .reset_index()
+        .sort_values(["stage", "layer"], kind="stable", ignore_index=True)
+    )
+    half = t_half_width(summary.pop("sd").to_numpy(), summary.pop("count").to_numpy(), confidence)
+    summary["ci_low"] = summary["mean"] - half
+    summary["ci_high"] = summary["mean"] + half
+    return summary
