@@ -193,11 +193,12 @@ def interrupt_randomise(monkeypatch, at: int) -> list:
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, monkeypatch):
     full = run("gradinput", small_images).table
-    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+    checkpoint = tmp_path / "gradinput.checkpoint.npz"
     interrupt_randomise(monkeypatch, 6)  # in the second batch (4 stages per batch)
     with pytest.raises(KeyboardInterrupt):
         run("gradinput", small_images, checkpoint=checkpoint)
-    assert pd.read_csv(checkpoint)["image_id"].nunique() == 4
+    with np.load(checkpoint) as saved:
+        assert len(set(saved["image_id"])) == 4
     monkeypatch.undo()
     resumed = run("gradinput", small_images, checkpoint=checkpoint).table
     pd.testing.assert_frame_equal(resumed, full, atol=1e-6, rtol=0)
@@ -206,19 +207,19 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, 
 def test_another_runs_rows_are_not_resumed_after_a_save_cut_short(
     small_images, tmp_path, monkeypatch
 ):
-    import xaibench.pipelines.sanity as sanity_run
+    from xaibench.pipelines.checkpoint import Checkpoint
 
-    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+    checkpoint = tmp_path / "gradinput.checkpoint.npz"
     interrupt_randomise(monkeypatch, 6)  # seed 0: the rows of the first batch are saved
     with pytest.raises(KeyboardInterrupt):
         run("gradinput", small_images, checkpoint=checkpoint)
     monkeypatch.undo()
 
-    def cut(path, write):  # killed while its first save writes the rows, after the key
+    def cut(self, arrays):  # killed while its first save writes
         raise KeyboardInterrupt
 
     interrupt_randomise(monkeypatch, 2)
-    monkeypatch.setattr(sanity_run, "write_atomic", cut)
+    monkeypatch.setattr(Checkpoint, "save", cut)
     with pytest.raises(KeyboardInterrupt):
         run("gradinput", small_images, checkpoint=checkpoint, seed=1)
     monkeypatch.undo()
@@ -237,14 +238,15 @@ def test_the_command_resumes_from_its_checkpoint_then_removes_it(
             "--limit", "4", "--batch-size", "2", "--depth", "1", "--quiet", "--out", str(out)]  # fmt: skip
     calls = interrupt_randomise(monkeypatch, 6)  # in the second batch (4 stages per batch)
     assert CliRunner().invoke(cli, args).exit_code != 0
-    saved = sanity_run.checkpoint_files(sanity_run.checkpoint_path(out, "gradinput"))
-    assert all(path.exists() for path in saved) and saved[0].name.startswith(".")
-    assert pd.read_csv(saved[0])["image_id"].nunique() == 2
+    saved = sanity_run.checkpoint_path(out, "gradinput")
+    assert saved.exists() and saved.name.startswith(".")
+    with np.load(saved) as rows:
+        assert len(set(rows["image_id"])) == 2
     calls.clear()
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert calls == [1] * 4  # only the second batch of two images is explained again
-    assert not any(path.exists() for path in saved)
+    assert not saved.exists()
     assert pd.read_csv(out / "gradinput.sanity.csv")["image_id"].nunique() == 4
 
 

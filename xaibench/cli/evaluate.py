@@ -22,7 +22,6 @@ from xaibench.core.runtime import default_batch_size, default_workers, resolve_d
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.metrics import METRICS, get_protocol
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.pipelines import checkpoint as checkpoints
 from xaibench.pipelines.evaluate import checkpoint_path, evaluate_store, write_evaluation
 from xaibench.results.layout import metrics_dir
 from xaibench.results.stats import summary_markdown, summary_wide
@@ -194,9 +193,7 @@ def evaluate_command(
             )
             if not world.is_main:
                 continue
-            paths = write_evaluation(evaluation, destination)
-            for saved in checkpoints.checkpoint_files(checkpoint):
-                saved.unlink(missing_ok=True)
+            paths = write_evaluation(evaluation, destination, checkpoint)
             summaries.append(evaluation.summary)
             click.echo(
                 f"{store}: {len(evaluation.per_image)} images -> {paths['summary'].parent}/",

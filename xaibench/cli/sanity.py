@@ -20,7 +20,7 @@ from xaibench.core.runtime import default_batch_size, default_workers, resolve_d
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.methods.settings import method_params
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.pipelines.sanity import checkpoint_files, checkpoint_path, sanity_check, write_sanity
+from xaibench.pipelines.sanity import checkpoint_path, sanity_check, write_sanity
 from xaibench.results.layout import sanity_dir
 from xaibench.results.sanity import DEFAULT_THRESHOLD
 
@@ -112,9 +112,7 @@ def sanity_command(
             progress=not quiet,
             checkpoint=checkpoint,
         )
-        paths = write_sanity(result, destination)
-        for saved in checkpoint_files(checkpoint):
-            saved.unlink(missing_ok=True)
+        paths = write_sanity(result, destination, checkpoint)
         verdict = (
             "FLAGGED: its maps do not depend on the model's parameters"
             if result.flagged

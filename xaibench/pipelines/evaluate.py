@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,9 +163,9 @@ def evaluate_store(
             else None
         )
         key = _run_key(store, protocol, [*metrics, *([mc.key()] if mc else [])], precision, boxes)
-        state = _Results.resume(checkpoints.checkpoint_files(checkpoint), key, len(store))
+        saved = checkpoints.Checkpoint(checkpoint, key, world, run="evaluation")
+        state = _Results.resume(saved, len(store))
         world.barrier()  # every process has read the checkpoints before any saves its own
-        checkpoint = checkpoints.checkpoint_of(world, checkpoint)
         remaining = rows[~state.done[rows]]
         todo = world.shard(remaining)
         bar = world.progress(
@@ -177,48 +175,43 @@ def evaluate_store(
             desc=f"{store.meta.method}/{protocol.name}",
             disable=not progress,
         )
-        last_save = time.monotonic()
         loader = make_loader(dataset, batch_size, workers, dataset_rows[todo], device=device)
         store_row_of = {index: row for row, index in enumerate(dataset_rows.tolist()) if index >= 0}
-        try:
-            with forward_settings(model, device, precision, compile):
-                for images, indices in loader:
-                    batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
-                    images = images.to(device, non_blocking=True).contiguous(
-                        memory_format=torch.channels_last
+        with (
+            saved.saving(state.arrays, checkpoint_seconds) as tick,
+            forward_settings(model, device, precision, compile),
+        ):
+            for images, indices in loader:
+                batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
+                images = images.to(device, non_blocking=True).contiguous(
+                    memory_format=torch.channels_last
+                )
+                maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
+                targets = torch.from_numpy(store.targets[batch_rows]).to(device)
+                batch_boxes = None
+                if box_folder is not None:
+                    batch_boxes = box_folder.batch(
+                        indices.numpy(), store.targets[batch_rows], device
                     )
-                    maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
-                    targets = torch.from_numpy(store.targets[batch_rows]).to(device)
-                    batch_boxes = None
-                    if box_folder is not None:
-                        batch_boxes = box_folder.batch(
-                            indices.numpy(), store.targets[batch_rows], device
-                        )
-                    ctx = MetricContext(
-                        images=images,
-                        saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
-                        targets=targets,
-                        clean_scores=score_fn(images, targets),
-                        score_fn=score_fn,
-                        protocol=protocol,
-                        chunk_size=chunk,
-                        boxes=batch_boxes,
-                        pixel_std=dataset.preprocess.std,
-                    )
-                    results = [m.score_batch(ctx) for m in metric_objects]
-                    results += [mc.score_batch(ctx, batch_rows)] if mc else []
-                    state.add(batch_rows, ctx.clean_scores, results)
-                    bar.update(len(batch_rows))
-                    if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
-                        state.save(checkpoint)
-                        last_save = time.monotonic()
-        except BaseException:
-            if checkpoint:
-                state.save(checkpoint)
-            raise
+                ctx = MetricContext(
+                    images=images,
+                    saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
+                    targets=targets,
+                    clean_scores=score_fn(images, targets),
+                    score_fn=score_fn,
+                    protocol=protocol,
+                    chunk_size=chunk,
+                    boxes=batch_boxes,
+                    pixel_std=dataset.preprocess.std,
+                )
+                results = [m.score_batch(ctx) for m in metric_objects]
+                results += [mc.score_batch(ctx, batch_rows)] if mc else []
+                state.add(batch_rows, ctx.clean_scores, results)
+                bar.update(len(batch_rows))
+                tick()
         bar.close()
         state = _Results.from_arrays(
-            key, len(store), checkpoints.gather_rows(world, state.arrays(), todo)
+            len(store), checkpoints.gather_rows(world, state.arrays(), todo)
         )
         per_image = state.table(store, rows, protocol)
         curves = {name: values[rows] for name, values in state.curves.items()}
@@ -233,8 +226,20 @@ def evaluate_store(
     )
 
 
-def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
-    """Per-image CSV (and Parquet when pyarrow is installed), curves npz, summary CSV; atomic."""
+def write_evaluation(
+    evaluation: Evaluation, out_dir: Path, checkpoint: Path | None = None
+) -> dict[str, Path]:
+    """Per-image CSV (and Parquet when pyarrow is installed), curves npz, summary CSV; atomic.
+
+    Then removes `checkpoint` (the `checkpoint` of `evaluate_store`) and every process's file beside
+    it: the results it held are written.
+    """
+    paths = _write_tables(evaluation, out_dir)
+    checkpoints.remove_checkpoint(checkpoint)
+    return paths
+
+
+def _write_tables(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     paths = evaluation.paths(out_dir)
     _atomic(paths["per_image"], lambda p: evaluation.per_image.to_csv(p, index=False))
     _atomic(paths["summary"], lambda p: evaluation.summary.to_csv(p, index=False))
@@ -277,41 +282,31 @@ def _run_key(
 
 
 class _Results:
-    """Per-row results gathered over batches, with a resumable checkpoint file."""
+    """Per-row results gathered over batches, saved in and resumed from a `Checkpoint`."""
 
-    def __init__(self, key: str, n: int):
-        self.key, self.n = key, n
+    def __init__(self, n: int):
+        self.n = n
         self.done = np.zeros(n, dtype=bool)
         self.clean = np.full(n, np.nan, dtype=np.float32)
         self.values: dict[str, np.ndarray] = {}
         self.curves: dict[str, np.ndarray] = {}
 
     @classmethod
-    def resume(cls, paths: Sequence[Path], key: str, n: int) -> _Results:
-        """The results saved in the checkpoints `paths` of this evaluation (one per process), merged."""
-        parts = [saved for path in paths if (saved := cls._read(path, key)) is not None]
+    def resume(cls, checkpoint: checkpoints.Checkpoint, n: int) -> _Results:
+        """The results saved in the files of `checkpoint` (one per process), merged."""
+        parts = checkpoint.load()
         if not parts:
-            return cls(key, n)
-        state = cls.from_arrays(key, n, checkpoints.merge_rows(parts))
-        log.info("resuming from %s: %d rows already evaluated", paths[0], int(state.done.sum()))
+            return cls(n)
+        state = cls.from_arrays(n, checkpoints.merge_rows(parts))
+        log.info(
+            "resuming from %s: %d rows already evaluated", checkpoint.path, int(state.done.sum())
+        )
         return state
 
-    @staticmethod
-    def _read(path: Path, key: str) -> dict[str, np.ndarray] | None:
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                if str(saved["key"]) != key:
-                    log.warning("%s is from another evaluation; leaving it out", path)
-                    return None
-                return {name: saved[name] for name in saved.files}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-            log.warning("cannot read checkpoint %s (%s); leaving it out", path, error)
-            return None
-
     @classmethod
-    def from_arrays(cls, key: str, n: int, arrays: dict[str, np.ndarray]) -> _Results:
+    def from_arrays(cls, n: int, arrays: dict[str, np.ndarray]) -> _Results:
         """The inverse of `arrays`."""
-        state = cls(key, n)
+        state = cls(n)
         state.done, state.clean = arrays["done"], arrays["clean"]
         for name, array in arrays.items():
             kind, _, column = name.partition(":")
@@ -323,8 +318,8 @@ class _Results:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything as named arrays, as the checkpoint holds them: `done`, `clean`, `value:NAME`
-        (N,) and `curve:NAME` (N, points), and the evaluation's `key`."""
-        arrays = {"key": np.array(self.key), "done": self.done, "clean": self.clean}
+        (N,) and `curve:NAME` (N, points)."""
+        arrays = {"done": self.done, "clean": self.clean}
         arrays.update({f"value:{k}": v for k, v in self.values.items()})
         arrays.update({f"curve:{k}": v for k, v in self.curves.items()})
         return arrays
@@ -342,10 +337,6 @@ class _Results:
                     self.curves[name] = np.full((self.n, tensor.shape[1]), np.nan, np.float32)
                 self.curves[name][rows] = tensor.float().cpu().numpy()
         self.done[rows] = True
-
-    def save(self, path: Path) -> None:
-        arrays = self.arrays()
-        _atomic(path, lambda p: np.savez(p, **arrays))
 
     def table(self, store: SaliencyStore, rows: np.ndarray, protocol: Protocol) -> pd.DataFrame:
         frame = pd.DataFrame(
