@@ -18,6 +18,7 @@ from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.preprocess import Preprocess
 from xaibench.models import load_model
 from xaibench.pipelines.sanity import sanity_check
+from xaibench.pipelines.settings import RunSettings
 from xaibench.results.sanity import SANITY_COLUMNS
 from xaibench.sanity import (
     randomisation_stages,
@@ -112,12 +113,9 @@ def small_images(image_folder):
     return ImageFolderDataset(image_folder, Preprocess(resize=(32, 32)))
 
 
-def run(method, dataset, **kwargs):
-    loaded = load_model(MODEL)
-    kwargs.setdefault("batch_size", 4)
-    return sanity_check(
-        loaded, method, dataset, device=torch.device("cpu"), progress=False, **kwargs
-    )
+def run(method, dataset, batch_size=4, **kwargs):
+    settings = RunSettings.resolve(torch.device("cpu"), batch_size=batch_size, progress=False)
+    return sanity_check(load_model(MODEL), method, dataset, settings, **kwargs)
 
 
 @pytest.mark.parametrize("method", ["centre", "constant", "random"])
@@ -141,12 +139,21 @@ def test_runs_are_reproducible_batch_independent_and_leave_the_model_alone(small
     before = copy.deepcopy(loaded.model.state_dict())
     cpu = torch.device("cpu")
     tables = [
-        sanity_check(loaded, "gradinput", small_images, device=cpu, batch_size=b, progress=False)
+        sanity_check(
+            loaded,
+            "gradinput",
+            small_images,
+            settings=RunSettings.resolve(cpu, batch_size=b, progress=False),
+        )
         for b in (4, 6)
     ]
     pd.testing.assert_frame_equal(tables[0].table, tables[1].table, atol=1e-6, rtol=0)
     reseeded = sanity_check(
-        loaded, "gradinput", small_images, device=cpu, batch_size=4, seed=1, progress=False
+        loaded,
+        "gradinput",
+        small_images,
+        settings=RunSettings.resolve(cpu, batch_size=4, progress=False),
+        seed=1,
     )
     assert not np.allclose(reseeded.table["spearman"], tables[0].table["spearman"])
     after = loaded.model.state_dict()

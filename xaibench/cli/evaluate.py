@@ -18,11 +18,12 @@ from xaibench.cli.options import (
     speed_options,
     weights_option,
 )
-from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
+from xaibench.core.runtime import resolve_device
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.metrics import METRICS, get_protocol
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.pipelines.evaluate import checkpoint_path, evaluate_store, write_evaluation
+from xaibench.pipelines.settings import RunSettings
 from xaibench.results.layout import metrics_dir
 from xaibench.results.stats import summary_markdown, summary_wide
 
@@ -161,8 +162,17 @@ def evaluate_command(
             _number(p, "--road-percentages") for p in road_percentages
         )
     settings = get_protocol(protocol, **overrides)
+    run = RunSettings.resolve(
+        resolve_device(device, cuda),
+        batch_size=batch_size,
+        workers=workers,
+        chunk_size=chunk_size,
+        precision=precision,
+        compile=compile_model,
+        progress=not quiet,
+    )
     summaries = []
-    with dist.launch(resolve_device(device, cuda), destinations[0] / "logs") as world:
+    with dist.launch(run.device, destinations[0] / "logs") as world:
         loaded = load_model(model, weights)
         preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
         dataset = ImageFolderDataset(
@@ -176,16 +186,10 @@ def evaluate_command(
                 dataset,
                 settings,
                 metrics,
-                device=world.device,
-                batch_size=batch_size or default_batch_size(world.device),
-                chunk_size=chunk_size,
-                workers=default_workers(world.device) if workers is None else workers,
+                run.on(world.device),
                 limit=limit,
                 allow_incomplete=allow_incomplete,
                 checkpoint=checkpoint,
-                precision=precision,
-                compile=compile_model,
-                progress=not quiet,
                 mc_dropout=mc_dropout or 0,
                 mc_seed=mc_seed,
                 boxes=boxes_dir,

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from xaibench.cli.options import batch_size_option, device_options, weights_option, workers_option
-from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
+from xaibench.core.runtime import resolve_device
 from xaibench.models import load_model
+from xaibench.pipelines.settings import RunSettings
 from xaibench.pipelines.verify import FLAG_LEVEL, open_prepared, sample_accuracy, verify_dataset
 
 
@@ -57,13 +58,13 @@ def verify_command(
     class, images that cannot be decoded, and with --model the top-1 accuracy on a sample, which
     flags a wrong label mapping. Exits with 1 when anything is off.
     """
-    chosen = resolve_device(device, cuda)
-    batch = batch_size or default_batch_size(chosen)
-    workers = default_workers(chosen) if workers is None else workers
+    run = RunSettings.resolve(
+        resolve_device(device, cuda), batch_size=batch_size, workers=workers, progress=not quiet
+    )
     # The model first: a bad name or weights file fails before minutes of decoding.
     loaded = None if model is None else load_model(model, weights)
     prepared = open_prepared(folder)
-    result = verify_dataset(prepared, expect_per_class, batch, workers, progress=not quiet)
+    result = verify_dataset(prepared, run, expect_per_class)
     present = result.counts[result.counts > 0]
     click.echo(
         f"{result.root}: {int(result.counts.sum())} labelled images in {len(present)} classes "
@@ -87,7 +88,7 @@ def verify_command(
     for image_id in result.unreadable:
         click.echo(f"  {image_id}")
     if loaded is not None:
-        check = sample_accuracy(prepared, loaded, sample, seed, chosen, batch, workers, not quiet)
+        check = sample_accuracy(prepared, loaded, sample, run, seed)
         result.accuracy = check
         line = (
             f"top-1 of {model} ({loaded.weights}) on {check.images} images: {check.accuracy:.1f}% "

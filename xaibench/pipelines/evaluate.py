@@ -20,8 +20,8 @@ from xaibench import dist
 from xaibench.core.atomic import write_atomic as _atomic
 from xaibench.core.batching import ChunkSize
 from xaibench.core.errors import ConfigError, StoreError
-from xaibench.core.precision import check_precision, forward_settings
-from xaibench.core.runtime import default_chunk_size, prepare_model
+from xaibench.core.precision import forward_settings
+from xaibench.core.runtime import prepare_model
 from xaibench.data.boxes import BoxFolder
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.metrics import (
@@ -34,6 +34,7 @@ from xaibench.metrics import (
 from xaibench.metrics.mc_dropout import MC_COLUMNS, MCDropout
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines import checkpoint as checkpoints
+from xaibench.pipelines.settings import RunSettings, world_of
 from xaibench.results import layout
 from xaibench.results.stats import summarise
 from xaibench.store import open_store
@@ -101,18 +102,12 @@ def evaluate_store(
     dataset: ImageFolderDataset,
     protocol: Protocol,
     metrics: Sequence[str],
+    settings: RunSettings,
     *,
-    device: torch.device,
-    batch_size: int,
-    chunk_size: int | None = None,
-    workers: int = 0,
     limit: int | None = None,
     allow_incomplete: bool = False,
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
-    precision: str = "fp32",
-    compile: bool = False,
-    progress: bool = True,
     world: dist.World | None = None,
     mc_dropout: int = 0,
     mc_seed: int = 0,
@@ -126,20 +121,21 @@ def evaluate_store(
 
     With a `world` of several processes (`dist.launch` under torchrun), each process evaluates its
     share of the rows (saving them to its own checkpoint beside `checkpoint`), and every process
-    returns the evaluation of all rows.
+    returns the evaluation of all rows; `settings` are on the world's device.
 
     With `mc_dropout` K > 0, the columns mc_mean and mc_var (xaibench.metrics.mc_dropout) are added.
 
     `boxes`: a folder of bounding-box XML files (`xaibench.data.boxes`), which the localisation
     metrics need. The store's generation time per image goes into the column seconds_per_image.
 
-    The forward runs at `precision`, compiled with `compile` (xaibench/core/precision.py); perturbed
-    images go through it in chunks of `chunk_size`, halved on CUDA out-of-memory. Both are recorded
+    The forward runs at `settings.precision`, compiled with `settings.compile`; perturbed images go
+    through it in chunks of `settings.chunk_size`, halved on CUDA out-of-memory. Both are recorded
     in the summary.
     """
-    world = world or dist.World(device=device)
-    check_precision(precision, device)
-    chunk = ChunkSize(chunk_size or default_chunk_size(device), "chunk_size")
+    device, batch_size, workers = settings.device, settings.batch_size, settings.workers
+    precision, compile, progress = settings.precision, settings.compile, settings.progress
+    world = world_of(settings, world)
+    chunk = ChunkSize(settings.chunk_size, "chunk_size")
     metric_objects = [METRICS.get(name) for name in metrics]
     box_folder = BoxFolder(boxes, dataset) if boxes is not None else None
     needing = [m.name for m in metric_objects if m.needs_boxes]

@@ -13,7 +13,7 @@ import torch
 from xaibench import dist
 from xaibench.core.batching import ChunkSize, run_in_chunks
 from xaibench.core.errors import ConfigError
-from xaibench.core.precision import check_precision, forward_settings
+from xaibench.core.precision import forward_settings
 from xaibench.core.runtime import prepare_model
 from xaibench.core.timing import timed
 from xaibench.data.dataset import ImageFolderDataset, make_loader
@@ -22,6 +22,7 @@ from xaibench.methods.base import Explanation, SaliencyMethod
 from xaibench.methods.cam import CAMMethod, explain_together
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines import stores as run_stores
+from xaibench.pipelines.settings import RunSettings, world_of
 from xaibench.results.layout import STORE_FORMATS, store_path
 from xaibench.store.meta import TARGETS, StoreMeta
 from xaibench.store.writer import DEFAULT_DEPTH, BackgroundWriter
@@ -60,17 +61,12 @@ def generate(
     methods: Sequence[str],
     dataset: ImageFolderDataset,
     out_dir: Path,
+    settings: RunSettings,
     *,
-    device: torch.device,
-    batch_size: int,
     target: str = "predicted",
     store_format: str = "h5",
-    workers: int = 0,
     method_params: dict[str, dict] | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
     write_queue: int = DEFAULT_DEPTH,
-    progress: bool = True,
     world: dist.World | None = None,
 ) -> GenerateSummary:
     """Explain every image of `dataset` with each method; resume stores that exist.
@@ -84,11 +80,13 @@ def generate(
 
     With a `world` of several processes (`dist.launch` under torchrun), each process explains its
     share of the images into its own shard store and process 0 merges them into the stores; the
-    summary counts the images of all processes.
-    The forward runs at `precision`, compiled with `compile` (xaibench/core/precision.py); stores are
-    written by a background thread with up to `write_queue` batches queued (0: in this thread). A
-    method that runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
+    summary counts the images of all processes; `settings` are on the world's device.
+    The forward runs at `settings.precision`, compiled with `settings.compile`; stores are written by
+    a background thread with up to `write_queue` batches queued (0: in this thread). A method that
+    runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
     """
+    device, batch_size = settings.device, settings.batch_size
+    precision, compile = settings.precision, settings.compile
     if len(set(methods)) != len(methods):
         raise ConfigError(f"--saliency names a method twice: {', '.join(methods)}")
     refused = [name for name in methods if compile and not METHODS.get(name).compilable]
@@ -107,8 +105,7 @@ def generate(
             f"--target label needs a label for every image, but {first} has none; "
             "give a labels file or use --target predicted"
         )
-    world = world or dist.World(device=device)
-    check_precision(precision, device)
+    world = world_of(settings, world)
     model = prepare_model(loaded.model, device)
     params = method_params or {}
     planned = []
@@ -146,9 +143,9 @@ def generate(
     explained = 0
     try:
         with forward_settings(model, device, precision, compile):
-            loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
+            loader = make_loader(dataset, batch_size, settings.workers, indices=todo, device=device)
             total = sum(world.all_gather(len(todo)))
-            bar = world.progress(total, unit="img", desc=loaded.name, disable=not progress)
+            bar = world.progress(total, unit="img", desc=loaded.name, disable=not settings.progress)
             for images, indices in loader:
                 images = images.to(device, non_blocking=True).contiguous(
                     memory_format=torch.channels_last

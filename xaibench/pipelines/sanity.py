@@ -29,12 +29,14 @@ import torch
 from tqdm.auto import tqdm
 
 from xaibench.core.atomic import write_atomic
+from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import prepare_model
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
 from xaibench.metrics.base import saliency_at_input_size
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines.checkpoint import Checkpoint, remove_checkpoint
+from xaibench.pipelines.settings import RunSettings
 from xaibench.results import layout
 from xaibench.results.sanity import (
     DEFAULT_THRESHOLD,
@@ -53,23 +55,27 @@ def sanity_check(
     loaded: LoadedModel,
     method: str,
     dataset: ImageFolderDataset,
+    settings: RunSettings,
     *,
-    device: torch.device,
-    batch_size: int,
     seed: int = 0,
     depth: int | None = None,
     method_params: Mapping[str, Any] | None = None,
     threshold: float = DEFAULT_THRESHOLD,
-    workers: int = 0,
-    progress: bool = True,
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
 ) -> SanityResult:
-    """Cascading randomisation of `loaded.model` for `method` on every image of `dataset`.
+    """Cascading randomisation of `loaded.model` for `method` on every image of `dataset`, on
+    `settings.device` in batches of `settings.batch_size` (always fp32 and eager).
 
     With `checkpoint`, the rows so far are saved there every `checkpoint_seconds` and when the run
     is interrupted; a later call with the same settings skips the images already done.
     """
+    if settings.precision != "fp32" or settings.compile:
+        raise ConfigError(
+            f"sanity_check runs in fp32 without compile, not precision={settings.precision!r}, "
+            f"compile={settings.compile}"
+        )
+    device = settings.device
     original = prepare_model(loaded.model, device).eval()
     randomised = copy.deepcopy(original)
     input_size = tuple(dataset.preprocess.input_size)
@@ -93,13 +99,13 @@ def sanity_check(
     frames = _resume(saved)
     done = set().union(*(set(f["image_id"]) for f in frames))
     todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
-    loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
+    loader = make_loader(dataset, settings.batch_size, settings.workers, todo, device)
     bar = tqdm(
         total=len(dataset) * len(stage_names),
         initial=(len(dataset) - len(todo)) * len(stage_names),
         unit="map",
         desc=f"{method} sanity",
-        disable=not progress,
+        disable=not settings.progress,
     )
     with saved.saving(lambda: _arrays(frames), checkpoint_seconds) as tick:
         for images, indices in loader:
