@@ -295,27 +295,28 @@ def test_target_label_explains_the_ground_truth_class(image_folder, tmp_path):
 
 
 def test_an_interrupted_evaluation_resumes_from_its_checkpoint(image_folder, tmp_path, monkeypatch):
-    import xaibench.pipelines.evaluate as evaluation
+    from xaibench.metrics import METRICS
 
     assert generate(image_folder, tmp_path / "runs").exit_code == 0
     store = tmp_path / "runs" / "tiny_models_tiny_cnn" / "tgrad.h5"
     assert evaluate(store, image_folder, tmp_path / "full").exit_code == 0
 
-    original, calls = evaluation._Results.add, []
+    deletion, calls = METRICS.get("deletion"), []
+    original = deletion.score_batch
 
-    def add_then_die(self, *args):
+    def die_in_the_second_batch(ctx):
         calls.append(1)
-        original(self, *args)
-        if len(calls) == 1:
+        if len(calls) == 2:
             raise KeyboardInterrupt
+        return original(ctx)
 
-    monkeypatch.setattr(evaluation._Results, "add", add_then_die)
+    monkeypatch.setattr(deletion, "score_batch", die_in_the_second_batch)
     assert evaluate(store, image_folder, tmp_path / "resumed", "--batch-size", 4).exit_code != 0
     checkpoint = tmp_path / "resumed" / ".tgrad-polycam(step=3136).checkpoint.npz"
     assert checkpoint.exists()
     with np.load(checkpoint) as saved:
         assert saved["done"].sum() == 4
-    monkeypatch.setattr(evaluation._Results, "add", original)
+    monkeypatch.undo()
     assert evaluate(store, image_folder, tmp_path / "resumed", "--batch-size", 4).exit_code == 0
     assert not checkpoint.exists()
     name = "tgrad-polycam(step=3136).per_image.csv"

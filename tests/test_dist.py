@@ -209,16 +209,19 @@ def test_a_dead_process_leaves_its_rows_and_a_rerun_on_another_number_completes_
 
 
 def test_interrupted_evaluation_resumes_on_two_processes(data, single, tmp_path, monkeypatch):
-    import xaibench.pipelines.evaluate as evaluation
+    from xaibench.metrics import METRICS
 
     store = stores_of(single / "runs", MODEL)[0]
-    original = evaluation._Results.add
+    deletion, calls = METRICS.get("deletion"), []
+    original = deletion.score_batch
 
-    def add_then_stop(self, *args):
-        original(self, *args)
-        raise KeyboardInterrupt
+    def stop_in_the_second_batch(ctx):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(ctx)
 
-    monkeypatch.setattr(evaluation._Results, "add", add_then_stop)
+    monkeypatch.setattr(deletion, "score_batch", stop_in_the_second_batch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the subprocesses, so that the row computed here is the same
     try:

@@ -9,7 +9,6 @@ import torch
 from xaibench import dist
 from xaibench.core.errors import ConfigError
 from xaibench.pipelines import checkpoint as checkpoints
-from xaibench.pipelines.evaluate import _Results
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 7, 16])
@@ -86,23 +85,22 @@ def test_an_evaluation_resumes_from_the_checkpoints_of_every_process(tmp_path):
         ".tgrad-polycam.checkpoint.rank-00001-of-00002.npz"
     )
     for world, rows in zip(two, ([0, 1], [3]), strict=True):
-        state = _Results("key", 5)
-        state.done[rows] = True
-        state.clean[rows] = np.array(rows, np.float32) / 10
-        state.values["deletion"] = np.full(5, np.nan)
-        state.values["deletion"][rows] = rows
-        state.save(checkpoints.checkpoint_of(world, checkpoint))
-    other = _Results("another evaluation", 5)
-    other.done[:] = True
-    other.save(checkpoints.checkpoint_of(dist.World(rank=0, size=3), checkpoint))
+        done, clean, deletion = np.zeros(5, bool), np.full(5, np.nan, "f4"), np.full(5, np.nan)
+        done[rows], clean[rows], deletion[rows] = True, np.array(rows, "f4") / 10, rows
+        saved = checkpoints.Checkpoint(checkpoint, "key", world)
+        saved.save({"done": done, "clean": clean, "value:deletion": deletion})
+    other = checkpoints.Checkpoint(checkpoint, "another evaluation", dist.World(rank=0, size=3))
+    other.save({"done": np.ones(5, bool), "clean": np.zeros(5, "f4")})
     files = checkpoints.checkpoint_files(checkpoint)
     assert [f.name.split(".")[-2] for f in files] == [
         "rank-00000-of-00002",
         "rank-00000-of-00003",
         "rank-00001-of-00002",
     ]
-    resumed = _Results.resume(files, "key", 5)
-    assert resumed.done.tolist() == [True, True, False, True, False]
-    np.testing.assert_array_equal(resumed.values["deletion"], [0, 1, np.nan, 3, np.nan])
-    np.testing.assert_array_equal(resumed.clean, np.array([0, 0.1, np.nan, 0.3, np.nan], "f4"))
+    resumed = checkpoints.merge_rows(checkpoints.Checkpoint(checkpoint, "key").load())
+    assert resumed["done"].tolist() == [True, True, False, True, False]
+    np.testing.assert_array_equal(resumed["value:deletion"], [0, 1, np.nan, 3, np.nan])
+    np.testing.assert_array_equal(resumed["clean"], np.array([0, 0.1, np.nan, 0.3, np.nan], "f4"))
     assert checkpoints.checkpoint_files(None) == [] and isinstance(files[0], Path)
+    other.remove()
+    assert checkpoints.checkpoint_files(checkpoint) == []

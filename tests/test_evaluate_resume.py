@@ -12,6 +12,7 @@ from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
+from xaibench.pipelines.settings import RunSettings
 from xaibench.store import open_store
 
 CPU = torch.device("cpu")
@@ -33,7 +34,13 @@ def write_boxes(folder, store_path, box):
 def test_a_checkpoint_of_another_boxes_folder_is_not_reused(image_folder, tmp_path, caplog):
     loaded = load_model(MODEL)
     dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
-    generate(loaded, ["centre"], dataset, tmp_path, device=CPU, batch_size=4, progress=False)
+    generate(
+        loaded,
+        ["centre"],
+        dataset,
+        tmp_path,
+        settings=RunSettings.resolve(CPU, batch_size=4, progress=False),
+    )
     store = tmp_path / "tiny_models_tiny_cnn" / "centre.h5"
     middle = write_boxes(tmp_path / "middle", store, (18, 14, 30, 26))  # where the map peaks
     corner = write_boxes(tmp_path / "corner", store, (1, 1, 10, 10))
@@ -46,12 +53,10 @@ def test_a_checkpoint_of_another_boxes_folder_is_not_reused(image_folder, tmp_pa
             dataset,
             get_protocol("polycam"),
             ["pointing_game"],
-            device=CPU,
-            batch_size=4,
-            progress=False,
+            settings=RunSettings.resolve(CPU, batch_size=4, progress=False),
             boxes=boxes,
             checkpoint=checkpoint,
-            checkpoint_seconds=0.0,  # saved after every batch: the checkpoint ends up complete
+            checkpoint_seconds=0.0,
         )
 
     hits = evaluate(middle, checkpoint).per_image["pointing_game"].to_numpy()

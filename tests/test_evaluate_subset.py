@@ -10,6 +10,7 @@ from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
+from xaibench.pipelines.settings import RunSettings
 
 CPU = torch.device("cpu")
 MODEL = "tiny_models:tiny_cnn"
@@ -22,9 +23,7 @@ def evaluate(store, dataset, loaded):
         dataset,
         get_protocol("polycam", step=8000),
         ["insertion", "deletion", "avg_drop"],
-        device=CPU,
-        batch_size=4,
-        progress=False,
+        settings=RunSettings.resolve(CPU, batch_size=4, progress=False),
     )
 
 
@@ -34,7 +33,13 @@ def test_a_subset_evaluates_only_its_images_with_the_values_of_the_whole_run(
     loaded = load_model(MODEL, "default")
     preprocess = protocol_preprocess("polycam", loaded.mean, loaded.std, loaded.input_size)
     whole = ImageFolderDataset(image_folder, preprocess)
-    generate(loaded, ["gradcam"], whole, tmp_path, device=CPU, batch_size=4, progress=False)
+    generate(
+        loaded,
+        ["gradcam"],
+        whole,
+        tmp_path,
+        settings=RunSettings.resolve(CPU, batch_size=4, progress=False),
+    )
     store = tmp_path / "tiny_models_tiny_cnn" / "gradcam.h5"
     chosen = [whole.ids[1], whole.ids[4]]
     subset_file = tmp_path / "subset.txt"
@@ -60,9 +65,7 @@ def test_a_subset_sharing_no_image_with_the_store_is_refused(image_folder, tmp_p
         ["gradcam"],
         ImageFolderDataset(image_folder, preprocess, subset_file=first),
         tmp_path,
-        device=CPU,
-        batch_size=4,
-        progress=False,
+        settings=RunSettings.resolve(CPU, batch_size=4, progress=False),
     )
     other = tmp_path / "other.txt"
     other.write_text(f"{whole.ids[3]}\n")

@@ -6,6 +6,7 @@ import torch
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.pipelines.generate import generate
+from xaibench.pipelines.settings import RunSettings
 from xaibench.store import open_store
 
 CAMS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam")
@@ -17,7 +18,11 @@ def run(image_folder, out, methods):
     loaded.model.register_forward_hook(lambda m, args, out: forwards.append(args[0].shape[0]))
     dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
     generate(
-        loaded, methods, dataset, out, device=torch.device("cpu"), batch_size=4, progress=False
+        loaded,
+        methods,
+        dataset,
+        out,
+        settings=RunSettings.resolve(torch.device("cpu"), batch_size=4, progress=False),
     )
     return [n for n in forwards if n > 1]  # leave out the one-image traces that find the layer
 

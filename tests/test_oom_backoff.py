@@ -15,6 +15,7 @@ from xaibench.models import load_model, protocol_preprocess
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
+from xaibench.pipelines.settings import RunSettings
 from xaibench.store import open_store
 
 CPU = torch.device("cpu")
@@ -79,9 +80,7 @@ def run_generate(image_folder, out, limit, batch_size):
         ["tgrad", "gradcam"],
         dataset,
         out,
-        device=CPU,
-        batch_size=batch_size,
-        progress=False,
+        settings=RunSettings.resolve(CPU, batch_size=batch_size, progress=False),
     )
 
 
@@ -114,11 +113,8 @@ def test_evaluate_halves_the_chunk_and_records_it(image_folder, tmp_path):
                 dataset,
                 get_protocol("polycam", step=8000),
                 ["insertion", "deletion", "avg_drop"],
-                device=CPU,
-                batch_size=3,
-                chunk_size=16,
+                settings=RunSettings.resolve(CPU, batch_size=3, chunk_size=16, progress=False),
                 limit=3,
-                progress=False,
             )
         )
     full, small = results

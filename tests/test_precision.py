@@ -158,4 +158,4 @@ def test_compile_is_refused_for_methods_that_swap_modules(image_folder, tmp_path
         ],
     )
     assert result.exit_code != 0
-    assert "--compile cannot run guidedbackprop: they swap modules" in str(result.exception)
+    assert "compile cannot run guidedbackprop: they swap modules" in str(result.exception)

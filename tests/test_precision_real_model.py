@@ -16,6 +16,7 @@ from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
+from xaibench.pipelines.settings import RunSettings
 from xaibench.store import open_store
 
 pytest.importorskip("efficientnet_lite_pytorch")
@@ -52,10 +53,7 @@ def runs(tmp_path_factory):
             METHODS,
             dataset,
             out,
-            device=CPU,
-            batch_size=3,
-            precision=precision,
-            progress=False,
+            settings=RunSettings.resolve(CPU, batch_size=3, precision=precision, progress=False),
         )
         result = results[precision] = {"maps": {}, "targets": {}, "aucs": {}}
         for method in METHODS:
@@ -69,11 +67,9 @@ def runs(tmp_path_factory):
                 dataset,
                 get_protocol("polycam", step=STEP),
                 ["insertion", "deletion"],
-                device=CPU,
-                batch_size=3,
-                chunk_size=28,
-                precision=precision,
-                progress=False,
+                settings=RunSettings.resolve(
+                    CPU, batch_size=3, chunk_size=28, precision=precision, progress=False
+                ),
             )
             result["aucs"][method] = evaluation.per_image[["insertion", "deletion"]].to_numpy()
     for method in METHODS:

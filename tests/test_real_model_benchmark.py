@@ -15,6 +15,7 @@ from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
+from xaibench.pipelines.settings import RunSettings
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("skimage")
@@ -37,7 +38,11 @@ def mean_aucs(tmp_path_factory):
         dataset = ImageFolderDataset(data, preprocess)
         if protocol == "polycam":
             generate(
-                loaded, METHODS, dataset, root / "runs", device=CPU, batch_size=4, progress=False
+                loaded,
+                METHODS,
+                dataset,
+                root / "runs",
+                settings=RunSettings.resolve(CPU, batch_size=4, progress=False),
             )
         for method in METHODS:
             evaluation = evaluate_store(
@@ -46,9 +51,7 @@ def mean_aucs(tmp_path_factory):
                 dataset,
                 get_protocol(protocol),
                 ["insertion", "deletion"],
-                device=CPU,
-                batch_size=4,
-                progress=False,
+                settings=RunSettings.resolve(CPU, batch_size=4, progress=False),
             )
             table = evaluation.per_image
             assert len(table) == 4 and table[["insertion", "deletion"]].notna().all().all()

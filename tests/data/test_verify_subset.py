@@ -22,6 +22,7 @@ from xaibench.data.preprocess import Preprocess
 from xaibench.data.samples import SAMPLES, build_sample_dataset
 from xaibench.models import load_model
 from xaibench.models.factory import MODELS, LoadedModel
+from xaibench.pipelines.settings import RunSettings
 from xaibench.pipelines.verify import accuracy_rule, open_prepared, sample_accuracy, verify_dataset
 
 
@@ -39,7 +40,8 @@ def class_folders(root, per_class):
 def test_counts_per_class_and_unreadable_images(tmp_path):
     root = class_folders(tmp_path / "val", {0: 3, 5: 3, 9: 2})
     (root / imagenet_classes().wnid(5) / "img1.JPEG").write_bytes(b"truncated")
-    report = verify_dataset(open_prepared(root), expected_per_class=3, batch_size=3, progress=False)
+    settings = RunSettings.resolve(batch_size=3, progress=False)
+    report = verify_dataset(open_prepared(root), settings, expected_per_class=3)
     assert report.counts[[0, 5, 9]].tolist() == [3, 3, 2] and report.counts.sum() == 8
     deviations = report.deviations
     assert deviations[imagenet_classes().wnid(9)] == 2 and len(deviations) == 998
@@ -130,18 +132,15 @@ def test_sample_accuracy_flags_a_shifted_label_mapping(tmp_path):
     root = class_folders(tmp_path / "val", {7: 30})
     loaded = LoadedModel("always7", Always(7), "test", (0.5,) * 3, (0.5,) * 3, (32, 32), 80.0)
     right = index_local(root, tmp_path / "right")[1]
-    check = sample_accuracy(
-        open_prepared(tmp_path / "right"), loaded, sample=20, batch_size=8, progress=False
-    )
+    settings = RunSettings.resolve(batch_size=8, progress=False)
+    check = sample_accuracy(open_prepared(tmp_path / "right"), loaded, 20, settings)
     assert (check.images, check.correct, check.wrong_mapping) == (20, 20, False)
     shifted = tmp_path / "shifted.txt"  # devkit ID - 1 style: every label off by one
     shifted.write_text(
         "".join(f"{i} {label + 1}\n" for i, label in zip(right.ids, right.labels, strict=True))
     )
     index_local(root, tmp_path / "wrong", shifted)
-    check = sample_accuracy(
-        open_prepared(tmp_path / "wrong"), loaded, sample=20, batch_size=8, progress=False
-    )
+    check = sample_accuracy(open_prepared(tmp_path / "wrong"), loaded, 20, settings)
     assert (check.images, check.correct, check.wrong_mapping) == (20, 0, True)
 
 
@@ -228,17 +227,21 @@ def test_published_accuracy_comes_with_the_model():
 
 
 def test_verify_decodes_with_the_devices_default_workers_unless_given(tmp_path, monkeypatch):
+    import dataclasses
+
     from xaibench.cli import verify as verify_cli
+    from xaibench.core import runtime
 
     root = class_folders(tmp_path / "val", {3: 2})
     asked = []
     real = verify_cli.verify_dataset
-    monkeypatch.setattr(verify_cli, "default_workers", lambda device: 3)
+    monkeypatch.setitem(runtime.DEFAULT_WORKERS, "cpu", 3)
     monkeypatch.setattr(
         verify_cli,
         "verify_dataset",
-        lambda prepared, expect, batch, workers, **kw: (
-            asked.append(workers) or real(prepared, expect, batch, 0, **kw)
+        lambda prepared, settings, expect: (
+            asked.append(settings.workers)
+            or real(prepared, dataclasses.replace(settings, workers=0), expect)
         ),
     )
     for extra in ([], ["--workers", "1"]):

@@ -10,6 +10,7 @@ from xaibench.metrics import get_protocol
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.pipelines.evaluate import evaluate_store, write_evaluation
 from xaibench.pipelines.generate import generate
+from xaibench.pipelines.settings import RunSettings
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +23,11 @@ def small_run(tmp_path_factory) -> Run:
     )
     cpu = torch.device("cpu")
     summary = generate(
-        loaded, METHODS, dataset, root / "runs", device=cpu, batch_size=4, progress=False
+        loaded,
+        METHODS,
+        dataset,
+        root / "runs",
+        settings=RunSettings.resolve(cpu, batch_size=4, progress=False),
     )
     for protocol in PROTOCOLS:
         for store in summary.stores:
@@ -32,9 +37,7 @@ def small_run(tmp_path_factory) -> Run:
                 dataset,
                 get_protocol(protocol, step=STEP),
                 METRICS,
-                device=cpu,
-                batch_size=4,
-                progress=False,
+                settings=RunSettings.resolve(cpu, batch_size=4, progress=False),
             )
             write_evaluation(evaluation, store.parent / "metrics")
     return Run(data, summary.stores[0].parent)

@@ -18,6 +18,7 @@ from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.preprocess import Preprocess
 from xaibench.models import load_model
 from xaibench.pipelines.sanity import sanity_check
+from xaibench.pipelines.settings import RunSettings
 from xaibench.results.sanity import SANITY_COLUMNS
 from xaibench.sanity import (
     randomisation_stages,
@@ -112,12 +113,9 @@ def small_images(image_folder):
     return ImageFolderDataset(image_folder, Preprocess(resize=(32, 32)))
 
 
-def run(method, dataset, **kwargs):
-    loaded = load_model(MODEL)
-    kwargs.setdefault("batch_size", 4)
-    return sanity_check(
-        loaded, method, dataset, device=torch.device("cpu"), progress=False, **kwargs
-    )
+def run(method, dataset, batch_size=4, **kwargs):
+    settings = RunSettings.resolve(torch.device("cpu"), batch_size=batch_size, progress=False)
+    return sanity_check(load_model(MODEL), method, dataset, settings, **kwargs)
 
 
 @pytest.mark.parametrize("method", ["centre", "constant", "random"])
@@ -141,12 +139,21 @@ def test_runs_are_reproducible_batch_independent_and_leave_the_model_alone(small
     before = copy.deepcopy(loaded.model.state_dict())
     cpu = torch.device("cpu")
     tables = [
-        sanity_check(loaded, "gradinput", small_images, device=cpu, batch_size=b, progress=False)
+        sanity_check(
+            loaded,
+            "gradinput",
+            small_images,
+            settings=RunSettings.resolve(cpu, batch_size=b, progress=False),
+        )
         for b in (4, 6)
     ]
     pd.testing.assert_frame_equal(tables[0].table, tables[1].table, atol=1e-6, rtol=0)
     reseeded = sanity_check(
-        loaded, "gradinput", small_images, device=cpu, batch_size=4, seed=1, progress=False
+        loaded,
+        "gradinput",
+        small_images,
+        settings=RunSettings.resolve(cpu, batch_size=4, progress=False),
+        seed=1,
     )
     assert not np.allclose(reseeded.table["spearman"], tables[0].table["spearman"])
     after = loaded.model.state_dict()
@@ -193,11 +200,12 @@ def interrupt_randomise(monkeypatch, at: int) -> list:
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, monkeypatch):
     full = run("gradinput", small_images).table
-    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+    checkpoint = tmp_path / "gradinput.checkpoint.npz"
     interrupt_randomise(monkeypatch, 6)  # in the second batch (4 stages per batch)
     with pytest.raises(KeyboardInterrupt):
         run("gradinput", small_images, checkpoint=checkpoint)
-    assert pd.read_csv(checkpoint)["image_id"].nunique() == 4
+    with np.load(checkpoint) as saved:
+        assert len(set(saved["image_id"])) == 4
     monkeypatch.undo()
     resumed = run("gradinput", small_images, checkpoint=checkpoint).table
     pd.testing.assert_frame_equal(resumed, full, atol=1e-6, rtol=0)
@@ -206,19 +214,19 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(small_images, tmp_path, 
 def test_another_runs_rows_are_not_resumed_after_a_save_cut_short(
     small_images, tmp_path, monkeypatch
 ):
-    import xaibench.pipelines.sanity as sanity_run
+    from xaibench.pipelines.checkpoint import Checkpoint
 
-    checkpoint = tmp_path / "gradinput.checkpoint.csv"
+    checkpoint = tmp_path / "gradinput.checkpoint.npz"
     interrupt_randomise(monkeypatch, 6)  # seed 0: the rows of the first batch are saved
     with pytest.raises(KeyboardInterrupt):
         run("gradinput", small_images, checkpoint=checkpoint)
     monkeypatch.undo()
 
-    def cut(path, write):  # killed while its first save writes the rows, after the key
+    def cut(self, arrays):  # killed while its first save writes
         raise KeyboardInterrupt
 
     interrupt_randomise(monkeypatch, 2)
-    monkeypatch.setattr(sanity_run, "write_atomic", cut)
+    monkeypatch.setattr(Checkpoint, "save", cut)
     with pytest.raises(KeyboardInterrupt):
         run("gradinput", small_images, checkpoint=checkpoint, seed=1)
     monkeypatch.undo()
@@ -237,14 +245,15 @@ def test_the_command_resumes_from_its_checkpoint_then_removes_it(
             "--limit", "4", "--batch-size", "2", "--depth", "1", "--quiet", "--out", str(out)]  # fmt: skip
     calls = interrupt_randomise(monkeypatch, 6)  # in the second batch (4 stages per batch)
     assert CliRunner().invoke(cli, args).exit_code != 0
-    saved = sanity_run.checkpoint_files(sanity_run.checkpoint_path(out, "gradinput"))
-    assert all(path.exists() for path in saved) and saved[0].name.startswith(".")
-    assert pd.read_csv(saved[0])["image_id"].nunique() == 2
+    saved = sanity_run.checkpoint_path(out, "gradinput")
+    assert saved.exists() and saved.name.startswith(".")
+    with np.load(saved) as rows:
+        assert len(set(rows["image_id"])) == 2
     calls.clear()
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert calls == [1] * 4  # only the second batch of two images is explained again
-    assert not any(path.exists() for path in saved)
+    assert not saved.exists()
     assert pd.read_csv(out / "gradinput.sanity.csv")["image_id"].nunique() == 4
 
 

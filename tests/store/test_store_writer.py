@@ -12,6 +12,7 @@ from xaibench.core.errors import StoreError
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.pipelines.generate import generate
+from xaibench.pipelines.settings import RunSettings
 from xaibench.store import create_or_resume, open_store
 from xaibench.store.h5 import H5Store
 from xaibench.store.writer import BackgroundWriter
@@ -24,10 +25,8 @@ def run(image_folder, out, write_queue):
         ["tgrad", "gradcam", "random"],
         dataset,
         out,
-        device=torch.device("cpu"),
-        batch_size=2,
+        settings=RunSettings.resolve(torch.device("cpu"), batch_size=2, progress=False),
         write_queue=write_queue,
-        progress=False,
     )
 
 
@@ -132,9 +131,7 @@ def test_generate_surfaces_a_writer_error_and_keeps_the_finished_rows(
             ["tgrad"],
             dataset,
             tmp_path,
-            device=torch.device("cpu"),
-            batch_size=2,
-            progress=False,
+            settings=RunSettings.resolve(torch.device("cpu"), batch_size=2, progress=False),
         )
     with open_store(tmp_path / "tiny_models_tiny_cnn" / "tgrad.h5") as store:
         np.testing.assert_array_equal(np.flatnonzero(store.done), [0, 1])

@@ -7,27 +7,22 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from xaibench import dist
 from xaibench.cli.options import (
     batch_size_option,
     comma_list,
     data_options,
     device_options,
+    metric_list,
     model_option,
     protocol_option,
     speed_options,
     weights_option,
 )
-from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
-from xaibench.data.dataset import ImageFolderDataset
-from xaibench.metrics import METRICS, get_protocol
-from xaibench.models import load_model, protocol_preprocess
-from xaibench.pipelines import checkpoint as checkpoints
-from xaibench.pipelines.evaluate import checkpoint_path, evaluate_store, write_evaluation
-from xaibench.results.layout import metrics_dir
+from xaibench.core.runtime import resolve_device
+from xaibench.metrics import METRICS
+from xaibench.pipelines.evaluate import DEFAULT_METRICS, WrittenEvaluation, evaluate_stores
+from xaibench.pipelines.settings import RunSettings
 from xaibench.results.stats import summary_markdown, summary_wide
-
-DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
 
 
 @click.command("evaluate")
@@ -45,8 +40,8 @@ DEFAULT_METRICS = "insertion,deletion,ins_del,avg_drop,increase"
 @protocol_option
 @click.option(
     "--metrics",
-    callback=comma_list,
-    default=DEFAULT_METRICS,
+    callback=metric_list,
+    default=",".join(DEFAULT_METRICS),
     show_default=True,
     help="Comma-separated metric names (see `xaibench list metrics`).",
 )
@@ -138,83 +133,51 @@ def evaluate_command(
     `torchrun --nproc-per-node N -m xaibench evaluate ...` each process evaluates its share of the
     rows and process 0 writes the same tables; logs go to the (first) output folder's logs/.
     """
-    if not metrics:
-        raise click.BadParameter("give at least one metric", param_hint="--metrics")
-    if boxes_dir is not None:
-        box_metrics = [m for m in METRICS.names() if METRICS.get(m).needs_boxes]
-        metrics = metrics + [m for m in box_metrics if m not in metrics]
-    for name in metrics:  # before the model loads; evaluate_store checks again for its callers
+    for name in metrics:  # flag by flag, before the model loads
         if METRICS.get(name).needs_boxes and boxes_dir is None:
             raise click.BadParameter(
                 f"{name} needs bounding boxes: pass --boxes DIR", param_hint="--metrics"
             )
-    destinations = [out_dir or metrics_dir(store) for store in stores]
-    outputs = [(d.resolve(), s.stem) for d, s in zip(destinations, stores, strict=True)]
-    if len(set(outputs)) != len(outputs):
-        raise click.BadParameter(
-            "two stores would write the same tables (same method name and output folder); "
-            "evaluate them separately with different --out folders",
-            param_hint="--store",
-        )
-    overrides = {"step": step} if step else {}
-    if road_percentages:
-        overrides["road_percentages"] = tuple(
-            _number(p, "--road-percentages") for p in road_percentages
-        )
-    settings = get_protocol(protocol, **overrides)
-    summaries = []
-    with dist.launch(resolve_device(device, cuda), destinations[0] / "logs") as world:
-        loaded = load_model(model, weights)
-        preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
-        dataset = ImageFolderDataset(
-            data_dir, preprocess, labels_file=labels_file, subset_file=subset_file
-        )
-        for store, destination in zip(stores, destinations, strict=True):
-            checkpoint = checkpoint_path(destination, store, settings)
-            evaluation = evaluate_store(
-                store,
-                loaded,
-                dataset,
-                settings,
-                metrics,
-                device=world.device,
-                batch_size=batch_size or default_batch_size(world.device),
-                chunk_size=chunk_size,
-                workers=default_workers(world.device) if workers is None else workers,
-                limit=limit,
-                allow_incomplete=allow_incomplete,
-                checkpoint=checkpoint,
-                precision=precision,
-                compile=compile_model,
-                progress=not quiet,
-                mc_dropout=mc_dropout or 0,
-                mc_seed=mc_seed,
-                boxes=boxes_dir,
-                world=world,
-            )
-            if not world.is_main:
-                continue
-            paths = write_evaluation(evaluation, destination)
-            for saved in checkpoints.checkpoint_files(checkpoint):
-                saved.unlink(missing_ok=True)
-            summaries.append(evaluation.summary)
-            click.echo(
-                f"{store}: {len(evaluation.per_image)} images -> {paths['summary'].parent}/",
-                err=True,
-            )
-    if not world.is_main:
-        return
-    table = pd.concat(summaries, ignore_index=True)
-    settings_text = ", ".join(f"{k}={v}" for k, v in settings.to_dict().items() if k != "name")
-    click.echo(f"\nProtocol {settings.name} ({settings_text}).")
+    run = RunSettings.resolve(
+        resolve_device(device, cuda),
+        batch_size=batch_size,
+        workers=workers,
+        chunk_size=chunk_size,
+        precision=precision,
+        compile=compile_model,
+        progress=not quiet,
+    )
+    written = evaluate_stores(
+        stores,
+        model,
+        data_dir,
+        run,
+        weights=weights,
+        labels_file=labels_file,
+        subset_file=subset_file,
+        protocol=protocol,
+        step=step,
+        road_percentages=road_percentages,
+        metrics=metrics,
+        boxes=boxes_dir,
+        out_dir=out_dir,
+        limit=limit,
+        allow_incomplete=allow_incomplete,
+        mc_dropout=mc_dropout or 0,
+        mc_seed=mc_seed,
+    )
+    if written:  # process 0
+        _report(written)
+
+
+def _report(written: list[WrittenEvaluation]) -> None:
+    for one in written:
+        images = len(one.evaluation.per_image)
+        click.echo(f"{one.store}: {images} images -> {one.paths['summary'].parent}/", err=True)
+    table = pd.concat([one.evaluation.summary for one in written], ignore_index=True)
+    protocol = written[0].evaluation.protocol
+    settings_text = ", ".join(f"{k}={v}" for k, v in protocol.to_dict().items() if k != "name")
+    click.echo(f"\nProtocol {protocol.name} ({settings_text}).")
     click.echo("Mean [95% percentile bootstrap CI] over images (t-interval in the summary CSV);")
     click.echo("avg_drop and increase in %.\n")
     click.echo(summary_markdown(summary_wide(table)))
-
-
-def _number(text: str, option: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a number", param_hint=option) from None
-    return int(value) if value.is_integer() else value

@@ -19,11 +19,12 @@ from xaibench.cli.options import (
     speed_options,
     weights_option,
 )
-from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
+from xaibench.core.runtime import resolve_device
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.methods.settings import method_params
 from xaibench.models import load_model, protocol_preprocess
 from xaibench.pipelines.generate import TARGETS, GenerateSummary, generate
+from xaibench.pipelines.settings import RunSettings
 from xaibench.results.layout import STORE_FORMATS, logs_dir
 
 
@@ -97,8 +98,15 @@ def generate_command(
     images and process 0 merges them into the same stores; logs go to OUT/MODEL/logs/.
     """
     settings = method_params(methods, params, layer)  # before the model: a bad --param fails fast
-    log_dir = logs_dir(out_dir, model)
-    with dist.launch(resolve_device(device, cuda), log_dir) as world:
+    run = RunSettings.resolve(
+        resolve_device(device, cuda),
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+        compile=compile_model,
+        progress=not quiet,
+    )
+    with dist.launch(run.device, logs_dir(out_dir, model)) as world:
         loaded = load_model(model, weights)
         preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
         dataset = ImageFolderDataset(
@@ -114,15 +122,10 @@ def generate_command(
             methods,
             dataset,
             out_dir,
-            device=world.device,
-            batch_size=batch_size or default_batch_size(world.device),
+            run.on(world.device),
             target=target,
             store_format=store_format,
-            workers=default_workers(world.device) if workers is None else workers,
             method_params=settings,
-            precision=precision,
-            compile=compile_model,
-            progress=not quiet,
             world=world,
         )
     if world.is_main:

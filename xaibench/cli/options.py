@@ -10,6 +10,7 @@ import click
 from xaibench.core.precision import PRECISIONS
 from xaibench.data.preprocess import PROTOCOL_NAMES
 from xaibench.methods import METHODS
+from xaibench.metrics import METRICS
 from xaibench.results.stats import BOOTSTRAP_RESAMPLES
 
 
@@ -25,6 +26,16 @@ def method_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     for name in methods:
         METHODS.get(name)  # ConfigError naming close names: one line from `main`, exit code 2
     return methods
+
+
+def metric_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+    """--metrics as a list of registered metric names: at least one, each known."""
+    metrics = comma_list(ctx, param, value)
+    if not metrics:
+        raise click.BadParameter("give at least one metric", ctx, param)
+    for name in metrics:
+        METRICS.get(name)  # ConfigError naming close names: one line from `main`, exit code 2
+    return metrics
 
 
 def _compose(*decorators: Callable) -> Callable:

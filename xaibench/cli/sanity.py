@@ -16,11 +16,12 @@ from xaibench.cli.options import (
     saliency_option,
     weights_option,
 )
-from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
+from xaibench.core.runtime import resolve_device
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.methods.settings import method_params
 from xaibench.models import load_model, protocol_preprocess
-from xaibench.pipelines.sanity import checkpoint_files, checkpoint_path, sanity_check, write_sanity
+from xaibench.pipelines.sanity import checkpoint_path, sanity_check, write_sanity
+from xaibench.pipelines.settings import RunSettings
 from xaibench.results.layout import sanity_dir
 from xaibench.results.sanity import DEFAULT_THRESHOLD
 
@@ -89,7 +90,9 @@ def sanity_command(
     whose maps do not change. Re-running an interrupted command resumes it.
     """
     settings = method_params(methods, params)  # before the model: a bad --param fails fast
-    chosen = resolve_device(device, cuda)
+    run = RunSettings.resolve(
+        resolve_device(device, cuda), batch_size=batch_size, workers=workers, progress=not quiet
+    )
     loaded = load_model(model, weights)
     preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
     dataset = ImageFolderDataset(
@@ -102,19 +105,14 @@ def sanity_command(
             loaded,
             name,
             dataset,
-            device=chosen,
-            batch_size=batch_size or default_batch_size(chosen),
+            run,
             seed=seed,
             depth=depth,
             method_params=settings.get(name),
             threshold=threshold,
-            workers=default_workers(chosen) if workers is None else workers,
-            progress=not quiet,
             checkpoint=checkpoint,
         )
-        paths = write_sanity(result, destination)
-        for saved in checkpoint_files(checkpoint):
-            saved.unlink(missing_ok=True)
+        paths = write_sanity(result, destination, checkpoint)
         verdict = (
             "FLAGGED: its maps do not depend on the model's parameters"
             if result.flagged

@@ -7,9 +7,17 @@ from pathlib import Path
 import click
 
 from xaibench.cli.options import batch_size_option, device_options, weights_option, workers_option
-from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
+from xaibench.core.runtime import resolve_device
 from xaibench.models import load_model
-from xaibench.pipelines.verify import FLAG_LEVEL, open_prepared, sample_accuracy, verify_dataset
+from xaibench.pipelines.settings import RunSettings
+from xaibench.pipelines.verify import (
+    FLAG_LEVEL,
+    AccuracyCheck,
+    VerifyReport,
+    open_prepared,
+    sample_accuracy,
+    verify_dataset,
+)
 
 
 @click.command("verify")
@@ -57,13 +65,22 @@ def verify_command(
     class, images that cannot be decoded, and with --model the top-1 accuracy on a sample, which
     flags a wrong label mapping. Exits with 1 when anything is off.
     """
-    chosen = resolve_device(device, cuda)
-    batch = batch_size or default_batch_size(chosen)
-    workers = default_workers(chosen) if workers is None else workers
+    run = RunSettings.resolve(
+        resolve_device(device, cuda), batch_size=batch_size, workers=workers, progress=not quiet
+    )
     # The model first: a bad name or weights file fails before minutes of decoding.
     loaded = None if model is None else load_model(model, weights)
     prepared = open_prepared(folder)
-    result = verify_dataset(prepared, expect_per_class, batch, workers, progress=not quiet)
+    result = verify_dataset(prepared, run, expect_per_class)
+    _print_report(result)
+    if loaded is not None:
+        result.accuracy = sample_accuracy(prepared, loaded, sample, run, seed)
+        _print_accuracy(result.accuracy, model, loaded.weights)
+    if not result.ok:
+        ctx.exit(1)
+
+
+def _print_report(result: VerifyReport) -> None:
     present = result.counts[result.counts > 0]
     click.echo(
         f"{result.root}: {int(result.counts.sum())} labelled images in {len(present)} classes "
@@ -86,22 +103,20 @@ def verify_command(
     click.echo(f"unreadable images: {len(result.unreadable) or 'none'}")
     for image_id in result.unreadable:
         click.echo(f"  {image_id}")
-    if loaded is not None:
-        check = sample_accuracy(prepared, loaded, sample, seed, chosen, batch, workers, not quiet)
-        result.accuracy = check
-        line = (
-            f"top-1 of {model} ({loaded.weights}) on {check.images} images: {check.accuracy:.1f}% "
-            f"(99% CI {check.low:.1f} to {check.high:.1f})"
+
+
+def _print_accuracy(check: AccuracyCheck, model: str, weights: str) -> None:
+    line = (
+        f"top-1 of {model} ({weights}) on {check.images} images: {check.accuracy:.1f}% "
+        f"(99% CI {check.low:.1f} to {check.high:.1f})"
+    )
+    if check.published is None:
+        line += "; no published accuracy for these weights, so no verdict"
+    elif check.wrong_mapping:
+        line += (
+            f"; published {check.published:.1f}%: far below (P = {check.p_value:.1e} < "
+            f"{FLAG_LEVEL} of reaching half of it): the label mapping is likely wrong"
         )
-        if check.published is None:
-            line += "; no published accuracy for these weights, so no verdict"
-        elif check.wrong_mapping:
-            line += (
-                f"; published {check.published:.1f}%: far below (P = {check.p_value:.1e} < "
-                f"{FLAG_LEVEL} of reaching half of it): the label mapping is likely wrong"
-            )
-        else:
-            line += f"; published {check.published:.1f}%: consistent with the labels"
-        click.echo(line)
-    if not result.ok:
-        ctx.exit(1)
+    else:
+        line += f"; published {check.published:.1f}%: consistent with the labels"
+    click.echo(line)

@@ -1,14 +1,22 @@
-"""Per-process evaluation checkpoints and the merging and gathering of per-row results."""
+"""Checkpoints of a run (one npz of named arrays and the run's key, one file per process) and the
+merging and gathering of per-row results."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from xaibench.core.atomic import write_atomic
 from xaibench.core.errors import StoreError
 from xaibench.dist import World
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_of(world: World, checkpoint: Path | None) -> Path | None:
@@ -26,6 +34,93 @@ def checkpoint_files(checkpoint: Path | None) -> list[Path]:
     stem = checkpoint.name.removesuffix(".npz")
     found = sorted(checkpoint.parent.glob(f"{stem}.rank-*-of-*.npz"))
     return ([checkpoint] if checkpoint.exists() else []) + found
+
+
+def remove_checkpoint(checkpoint: Path | None) -> None:
+    """Remove `checkpoint` and the per-process checkpoints beside it: once the results are written."""
+    for path in checkpoint_files(checkpoint):
+        path.unlink(missing_ok=True)
+
+
+class Checkpoint:
+    """The results so far of one run, to resume it: named arrays and the run's `key` in one npz.
+
+    With `path` None nothing is read or saved. With a `world` of several processes, each saves to its
+    own file beside `path` (`checkpoint_of`) and `load` reads the files of every process
+    (`checkpoint_files`). Every save is atomic and holds the key with the arrays, so a save cut short
+    leaves the previous file whole and never pairs one run's key with another run's arrays. `run`
+    names the kind of run in the log ("evaluation").
+    """
+
+    def __init__(self, path: Path | None, key: str, world: World | None = None, run: str = "run"):
+        self.path, self.key, self.run = path, key, run
+        self.own = checkpoint_of(world or World(), path)
+
+    def load(self, remove_stale: bool = False) -> list[dict[str, np.ndarray]]:
+        """The arrays (without `key`) of every readable file of this run, in `checkpoint_files`
+        order. A file of another run (another key) is left out, or removed with `remove_stale`."""
+        parts = []
+        for path in checkpoint_files(self.path):
+            saved = _read(path)
+            if saved is None:
+                continue
+            if str(saved.pop("key", None)) == self.key:
+                parts.append(saved)
+                continue
+            log.warning(
+                "%s is from another %s; %s",
+                path,
+                self.run,
+                "removing it" if remove_stale else "leaving it out",
+            )
+            if remove_stale:
+                path.unlink(missing_ok=True)
+        return parts
+
+    def save(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """`arrays` and the key into this process's file, atomically."""
+        if self.own is None:
+            return
+        named = {"key": np.array(self.key), **arrays}
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as file:  # a file object: savez adds no suffix to the name
+                np.savez(file, **named)
+
+        write_atomic(self.own, write)
+
+    @contextmanager
+    def saving(
+        self, arrays: Callable[[], Mapping[str, np.ndarray]], every: float
+    ) -> Iterator[Callable[[], None]]:
+        """Within: the function yielded, called after each batch, saves `arrays()` once `every`
+        seconds have passed since the last save; an exception (Ctrl-C, SIGTERM) saves them too."""
+        last = time.monotonic()
+
+        def tick() -> None:
+            nonlocal last
+            if self.own is not None and time.monotonic() - last > every:
+                self.save(arrays())
+                last = time.monotonic()
+
+        try:
+            yield tick
+        except BaseException:
+            self.save(arrays())
+            raise
+
+    def remove(self) -> None:
+        """Remove the files of every process (`remove_checkpoint`)."""
+        remove_checkpoint(self.path)
+
+
+def _read(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {name: saved[name] for name in saved.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        log.warning("cannot read checkpoint %s (%s); leaving it out", path, error)
+        return None
 
 
 def _per_row(array: np.ndarray, n: int) -> bool:

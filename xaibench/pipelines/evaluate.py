@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,20 +21,24 @@ from xaibench import dist
 from xaibench.core.atomic import write_atomic as _atomic
 from xaibench.core.batching import ChunkSize
 from xaibench.core.errors import ConfigError, StoreError
-from xaibench.core.precision import check_precision, forward_settings
-from xaibench.core.runtime import default_chunk_size, prepare_model
+from xaibench.core.precision import forward_settings
+from xaibench.core.runtime import prepare_model
 from xaibench.data.boxes import BoxFolder
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.metrics import (
     METRICS,
     MetricContext,
     Protocol,
+    get_protocol,
     saliency_at_input_size,
     score_function,
 )
+from xaibench.metrics.base import Metric
 from xaibench.metrics.mc_dropout import MC_COLUMNS, MCDropout
+from xaibench.models import load_model, protocol_preprocess
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines import checkpoint as checkpoints
+from xaibench.pipelines.settings import RunSettings, world_of
 from xaibench.results import layout
 from xaibench.results.stats import summarise
 from xaibench.store import open_store
@@ -56,6 +59,130 @@ class Evaluation:
 
     def paths(self, out_dir: Path) -> dict[str, Path]:
         return layout.evaluation_paths(out_dir, self.stem)
+
+
+DEFAULT_METRICS = ("insertion", "deletion", "ins_del", "avg_drop", "increase")
+"""The metrics `evaluate_stores` computes unless told otherwise."""
+
+
+@dataclass
+class WrittenEvaluation:
+    """One store's evaluation and the files it was written to (`write_evaluation`)."""
+
+    store: Path
+    evaluation: Evaluation
+    paths: dict[str, Path]
+
+
+def evaluate_stores(
+    stores: Sequence[Path],
+    model: str,
+    data_dir: Path,
+    settings: RunSettings,
+    *,
+    weights: str = "default",
+    labels_file: Path | None = None,
+    subset_file: Path | None = None,
+    protocol: str = "polycam",
+    step: int | None = None,
+    road_percentages: Sequence[str | float] | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    boxes: Path | None = None,
+    out_dir: Path | None = None,
+    limit: int | None = None,
+    allow_incomplete: bool = False,
+    mc_dropout: int = 0,
+    mc_seed: int = 0,
+) -> list[WrittenEvaluation]:
+    """Evaluate each store of `stores` (`evaluate_store`, with `limit`, `allow_incomplete`,
+    `mc_dropout` and `mc_seed`) on the images of `data_dir` under `protocol` with
+    `step` and `road_percentages` (`evaluation_protocol`), and write its tables into `out_dir`
+    (default: metrics/ beside the store), resuming from and then removing its checkpoint there.
+
+    With `boxes`, the metrics that need boxes are added to `metrics`. Under torchrun the processes
+    are launched here (`dist.launch`, logs in the first output folder's logs/), each evaluates its
+    share of the rows and process 0 writes the tables: the written evaluations come back on
+    process 0, an empty list on the others.
+    """
+    metrics = evaluation_metrics(metrics, boxes)
+    destinations = evaluation_dirs(stores, out_dir)
+    chosen = evaluation_protocol(protocol, step, road_percentages)
+    written = []
+    with dist.launch(settings.device, destinations[0] / "logs") as world:
+        loaded = load_model(model, weights)
+        preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+        dataset = ImageFolderDataset(
+            data_dir, preprocess, labels_file=labels_file, subset_file=subset_file
+        )
+        for store, destination in zip(stores, destinations, strict=True):
+            checkpoint = checkpoint_path(destination, store, chosen)
+            evaluation = evaluate_store(
+                store,
+                loaded,
+                dataset,
+                chosen,
+                metrics,
+                settings.on(world.device),
+                limit=limit,
+                allow_incomplete=allow_incomplete,
+                checkpoint=checkpoint,
+                world=world,
+                mc_dropout=mc_dropout,
+                mc_seed=mc_seed,
+                boxes=boxes,
+            )
+            if world.is_main:
+                paths = write_evaluation(evaluation, destination, checkpoint)
+                written.append(WrittenEvaluation(store, evaluation, paths))
+    return written
+
+
+def evaluation_metrics(metrics: Sequence[str], boxes: Path | None) -> list[str]:
+    """`metrics` (at least one, each registered), with every metric that needs bounding boxes
+    added when `boxes` is given; ConfigError for a metric that needs them without `boxes`."""
+    if not metrics:
+        raise ConfigError("metrics: give at least one metric")
+    chosen = list(metrics)
+    if boxes is not None:
+        chosen += [m for m in METRICS.names() if METRICS.get(m).needs_boxes and m not in chosen]
+    needing = [name for name in chosen if METRICS.get(name).needs_boxes]
+    if needing and boxes is None:
+        raise ConfigError(f"{', '.join(needing)} need bounding boxes; pass boxes, a folder of them")
+    return chosen
+
+
+def evaluation_dirs(stores: Sequence[Path], out_dir: Path | None) -> list[Path]:
+    """Where the tables of each store go: `out_dir`, or the metrics/ folder beside the store.
+    ConfigError when two stores would write the same tables (same name, same folder)."""
+    destinations = [Path(out_dir) if out_dir else layout.metrics_dir(store) for store in stores]
+    outputs = [(d.resolve(), Path(s).stem) for d, s in zip(destinations, stores, strict=True)]
+    if len(set(outputs)) != len(outputs):
+        raise ConfigError(
+            "stores: two of them would write the same tables (same method name and output "
+            "folder); evaluate them separately with different out_dir folders"
+        )
+    return destinations
+
+
+def evaluation_protocol(
+    name: str, step: int | None = None, road_percentages: Sequence[str | float] | None = None
+) -> Protocol:
+    """The protocol `name` with `step` (pixels per insertion/deletion step) and
+    `road_percentages` (numbers, or their text: "10" or "12.5") in place of its own."""
+    overrides: dict[str, Any] = {"step": step} if step else {}
+    if road_percentages:
+        overrides["road_percentages"] = tuple(
+            _number(p, "road_percentages") for p in road_percentages
+        )
+    return get_protocol(name, **overrides)
+
+
+def _number(value: str | float, parameter: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{parameter}: {value!r} is not a number") from None
+    return int(number) if number.is_integer() else number
 
 
 def checkpoint_path(out_dir: Path, store_path: Path, protocol: Protocol) -> Path:
@@ -103,18 +230,12 @@ def evaluate_store(
     dataset: ImageFolderDataset,
     protocol: Protocol,
     metrics: Sequence[str],
+    settings: RunSettings,
     *,
-    device: torch.device,
-    batch_size: int,
-    chunk_size: int | None = None,
-    workers: int = 0,
     limit: int | None = None,
     allow_incomplete: bool = False,
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
-    precision: str = "fp32",
-    compile: bool = False,
-    progress: bool = True,
     world: dist.World | None = None,
     mc_dropout: int = 0,
     mc_seed: int = 0,
@@ -128,113 +249,213 @@ def evaluate_store(
 
     With a `world` of several processes (`dist.launch` under torchrun), each process evaluates its
     share of the rows (saving them to its own checkpoint beside `checkpoint`), and every process
-    returns the evaluation of all rows.
+    returns the evaluation of all rows; `settings` are on the world's device.
 
     With `mc_dropout` K > 0, the columns mc_mean and mc_var (xaibench.metrics.mc_dropout) are added.
-
     `boxes`: a folder of bounding-box XML files (`xaibench.data.boxes`), which the localisation
     metrics need. The store's generation time per image goes into the column seconds_per_image.
 
-    The forward runs at `precision`, compiled with `compile` (xaibench/core/precision.py); perturbed
-    images go through it in chunks of `chunk_size`, halved on CUDA out-of-memory. Both are recorded
+    The forward runs at `settings.precision`, compiled with `settings.compile`; perturbed images go
+    through it in chunks of `settings.chunk_size`, halved on CUDA out-of-memory. Both are recorded
     in the summary.
     """
-    world = world or dist.World(device=device)
-    check_precision(precision, device)
-    chunk = ChunkSize(chunk_size or default_chunk_size(device), "chunk_size")
+    world = world_of(settings, world)
+    metric_objects, box_folder = _metrics_and_boxes(metrics, boxes, dataset)
+    with open_store(store_path) as store:
+        dataset_rows, rows = _rows_to_evaluate(store, loaded, dataset, limit, allow_incomplete)
+        scorer = _Scorer.of(
+            loaded, metric_objects, box_folder, protocol, settings, mc_dropout, mc_seed
+        )
+        key = _run_key(store, protocol, scorer.key(metrics), settings.precision, boxes)
+        saved = checkpoints.Checkpoint(checkpoint, key, world, run="evaluation")
+        state = _Results.resume(saved, len(store))
+        world.barrier()  # every process has read the checkpoints before any saves its own
+        todo = world.shard(rows[~state.done[rows]])
+        with saved.saving(state.arrays, checkpoint_seconds) as tick:
+            _score_rows(
+                scorer, store, dataset, dataset_rows, rows, todo, settings, world, state, tick
+            )
+        state = _Results.from_arrays(
+            len(store), checkpoints.gather_rows(world, state.arrays(), todo)
+        )
+        per_image = state.table(store, rows, protocol)
+        curves = {name: values[rows] for name, values in state.curves.items()}
+    summary = _summary(per_image, state, settings.precision, scorer.chunk)
+    stem = layout.evaluation_stem(store_path, protocol.name)
+    return Evaluation(per_image, curves, summary, protocol, stem)
+
+
+def _metrics_and_boxes(
+    metrics: Sequence[str], boxes: Path | None, dataset: ImageFolderDataset
+) -> tuple[list[Metric], BoxFolder | None]:
+    """The registered metrics of these names, and the box folder, which some of them need."""
     metric_objects = [METRICS.get(name) for name in metrics]
     box_folder = BoxFolder(boxes, dataset) if boxes is not None else None
     needing = [m.name for m in metric_objects if m.needs_boxes]
     if needing and box_folder is None:
-        raise ConfigError(f"{', '.join(needing)} need bounding boxes; pass --boxes DIR")
-    with open_store(store_path) as store:
-        dataset_rows = check_store_matches(store, loaded, dataset)
-        if not store.complete and not allow_incomplete:
-            raise StoreError(
-                f"{store.path}: {int((~store.done).sum())} of {len(store)} rows are not done; "
-                "finish it by re-running generate, or pass --allow-incomplete to evaluate the rest"
-            )
-        rows = np.flatnonzero(store.done & (store.targets >= 0) & (dataset_rows >= 0))[:limit]
-        if len(rows) == 0:
-            raise StoreError(f"{store.path} has no finished row with a map to evaluate")
-        model = prepare_model(loaded.model, device).eval()
+        raise ConfigError(f"{', '.join(needing)} need bounding boxes; pass boxes, a folder of them")
+    return metric_objects, box_folder
+
+
+def _rows_to_evaluate(
+    store: SaliencyStore,
+    loaded: LoadedModel,
+    dataset: ImageFolderDataset,
+    limit: int | None,
+    allow_incomplete: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset index of every store row (`check_store_matches`), and the store rows to
+    evaluate: done, with a map (target >= 0), of an image of the dataset, the first `limit`."""
+    dataset_rows = check_store_matches(store, loaded, dataset)
+    if not store.complete and not allow_incomplete:
+        raise StoreError(
+            f"{store.path}: {int((~store.done).sum())} of {len(store)} rows are not done; "
+            "finish it by re-running generate, or pass allow_incomplete to evaluate the rest"
+        )
+    rows = np.flatnonzero(store.done & (store.targets >= 0) & (dataset_rows >= 0))[:limit]
+    if len(rows) == 0:
+        raise StoreError(f"{store.path} has no finished row with a map to evaluate")
+    return dataset_rows, rows
+
+
+@dataclass
+class _Scorer:
+    """What scores a batch: the model's score function, the metrics (and MC dropout), the boxes,
+    the protocol and the chunk size of the perturbed images."""
+
+    model: torch.nn.Module
+    score_fn: Callable
+    metrics: list[Metric]
+    mc: MCDropout | None
+    boxes: BoxFolder | None
+    protocol: Protocol
+    chunk: ChunkSize
+
+    @classmethod
+    def of(
+        cls,
+        loaded: LoadedModel,
+        metrics: list[Metric],
+        boxes: BoxFolder | None,
+        protocol: Protocol,
+        settings: RunSettings,
+        mc_dropout: int,
+        mc_seed: int,
+    ) -> _Scorer:
+        model = prepare_model(loaded.model, settings.device).eval()
         score_fn = score_function(model, protocol.score)
         mc = (
             MCDropout(model, mc_dropout, seed=mc_seed, input_size=loaded.input_size)
             if mc_dropout
             else None
         )
-        key = _run_key(store, protocol, [*metrics, *([mc.key()] if mc else [])], precision, boxes)
-        state = _Results.resume(checkpoints.checkpoint_files(checkpoint), key, len(store))
-        world.barrier()  # every process has read the checkpoints before any saves its own
-        checkpoint = checkpoints.checkpoint_of(world, checkpoint)
-        remaining = rows[~state.done[rows]]
-        todo = world.shard(remaining)
-        bar = world.progress(
-            len(rows),
-            len(rows) - len(remaining),
-            unit="img",
-            desc=f"{store.meta.method}/{protocol.name}",
-            disable=not progress,
+        chunk = ChunkSize(settings.chunk_size, "chunk_size")
+        return cls(model, score_fn, metrics, mc, boxes, protocol, chunk)
+
+    def key(self, metrics: Sequence[str]) -> list[str]:
+        """The metrics' part of the run's key: their names, and MC dropout's own key."""
+        return [*metrics, *([self.mc.key()] if self.mc else [])]
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        maps: torch.Tensor,
+        targets: np.ndarray,
+        indices: torch.Tensor,
+        batch_rows: np.ndarray,
+        pixel_std: Sequence[float],
+    ) -> tuple[torch.Tensor, list]:
+        """The clean scores (B,) and every metric's result on images (B, 3, H, W), maps (B, h, w)
+        and targets (B,) of dataset rows `indices` and store rows `batch_rows`."""
+        device = images.device
+        target_tensor = torch.from_numpy(targets).to(device)
+        batch_boxes = None
+        if self.boxes is not None:
+            batch_boxes = self.boxes.batch(indices.numpy(), targets, device)
+        ctx = MetricContext(
+            images=images,
+            saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
+            targets=target_tensor,
+            clean_scores=self.score_fn(images, target_tensor),
+            score_fn=self.score_fn,
+            protocol=self.protocol,
+            chunk_size=self.chunk,
+            boxes=batch_boxes,
+            pixel_std=pixel_std,
         )
-        last_save = time.monotonic()
-        loader = make_loader(dataset, batch_size, workers, dataset_rows[todo], device=device)
-        store_row_of = {index: row for row, index in enumerate(dataset_rows.tolist()) if index >= 0}
-        try:
-            with forward_settings(model, device, precision, compile):
-                for images, indices in loader:
-                    batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
-                    images = images.to(device, non_blocking=True).contiguous(
-                        memory_format=torch.channels_last
-                    )
-                    maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
-                    targets = torch.from_numpy(store.targets[batch_rows]).to(device)
-                    batch_boxes = None
-                    if box_folder is not None:
-                        batch_boxes = box_folder.batch(
-                            indices.numpy(), store.targets[batch_rows], device
-                        )
-                    ctx = MetricContext(
-                        images=images,
-                        saliency=saliency_at_input_size(maps, tuple(images.shape[-2:])),
-                        targets=targets,
-                        clean_scores=score_fn(images, targets),
-                        score_fn=score_fn,
-                        protocol=protocol,
-                        chunk_size=chunk,
-                        boxes=batch_boxes,
-                        pixel_std=dataset.preprocess.std,
-                    )
-                    results = [m.score_batch(ctx) for m in metric_objects]
-                    results += [mc.score_batch(ctx, batch_rows)] if mc else []
-                    state.add(batch_rows, ctx.clean_scores, results)
-                    bar.update(len(batch_rows))
-                    if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
-                        state.save(checkpoint)
-                        last_save = time.monotonic()
-        except BaseException:
-            if checkpoint:
-                state.save(checkpoint)
-            raise
-        bar.close()
-        state = _Results.from_arrays(
-            key, len(store), checkpoints.gather_rows(world, state.arrays(), todo)
-        )
-        per_image = state.table(store, rows, protocol)
-        curves = {name: values[rows] for name, values in state.curves.items()}
+        results = [m.score_batch(ctx) for m in self.metrics]
+        results += [self.mc.score_batch(ctx, batch_rows)] if self.mc else []
+        return ctx.clean_scores, results
+
+
+def _score_rows(
+    scorer: _Scorer,
+    store: SaliencyStore,
+    dataset: ImageFolderDataset,
+    dataset_rows: np.ndarray,
+    rows: np.ndarray,
+    todo: np.ndarray,
+    settings: RunSettings,
+    world: dist.World,
+    state: _Results,
+    tick: Callable[[], None],
+) -> None:
+    """Score the store rows `todo` (this process's share of `rows`) batch by batch into `state`,
+    calling `tick` after each batch; the progress bar counts the `rows` of every process."""
+    device = settings.device
+    bar = world.progress(
+        len(rows),
+        int(state.done[rows].sum()),
+        unit="img",
+        desc=f"{store.meta.method}/{scorer.protocol.name}",
+        disable=not settings.progress,
+    )
+    loader = make_loader(dataset, settings.batch_size, settings.workers, dataset_rows[todo], device)
+    store_row_of = {index: row for row, index in enumerate(dataset_rows.tolist()) if index >= 0}
+    with forward_settings(scorer.model, device, settings.precision, settings.compile):
+        for images, indices in loader:
+            batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
+            images = images.to(device, non_blocking=True).contiguous(
+                memory_format=torch.channels_last
+            )
+            maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
+            targets = store.targets[batch_rows]
+            clean, results = scorer(
+                images, maps, targets, indices, batch_rows, dataset.preprocess.std
+            )
+            state.add(batch_rows, clean, results)
+            bar.update(len(batch_rows))
+            tick()
+    bar.close()
+
+
+def _summary(
+    per_image: pd.DataFrame, state: _Results, precision: str, chunk: ChunkSize
+) -> pd.DataFrame:
+    """One row per metric and of the generation time per image, with the run's settings."""
     value_columns = [c for c in state.values if c in METRICS or c in MC_COLUMNS]
     value_columns.append("seconds_per_image")
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     summary["precision"] = precision
     summary["chunk_size"] = chunk.value
-    return Evaluation(
-        per_image, curves, summary, protocol, layout.evaluation_stem(store_path, protocol.name)
-    )
+    return summary
 
 
-def write_evaluation(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
-    """Per-image CSV (and Parquet when pyarrow is installed), curves npz, summary CSV; atomic."""
+def write_evaluation(
+    evaluation: Evaluation, out_dir: Path, checkpoint: Path | None = None
+) -> dict[str, Path]:
+    """Per-image CSV (and Parquet when pyarrow is installed), curves npz, summary CSV; atomic.
+
+    Then removes `checkpoint` (the `checkpoint` of `evaluate_store`) and every process's file beside
+    it: the results it held are written.
+    """
+    paths = _write_tables(evaluation, out_dir)
+    checkpoints.remove_checkpoint(checkpoint)
+    return paths
+
+
+def _write_tables(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     paths = evaluation.paths(out_dir)
     _atomic(paths["per_image"], lambda p: evaluation.per_image.to_csv(p, index=False))
     _atomic(paths["summary"], lambda p: evaluation.summary.to_csv(p, index=False))
@@ -277,41 +498,31 @@ def _run_key(
 
 
 class _Results:
-    """Per-row results gathered over batches, with a resumable checkpoint file."""
+    """Per-row results gathered over batches, saved in and resumed from a `Checkpoint`."""
 
-    def __init__(self, key: str, n: int):
-        self.key, self.n = key, n
+    def __init__(self, n: int):
+        self.n = n
         self.done = np.zeros(n, dtype=bool)
         self.clean = np.full(n, np.nan, dtype=np.float32)
         self.values: dict[str, np.ndarray] = {}
         self.curves: dict[str, np.ndarray] = {}
 
     @classmethod
-    def resume(cls, paths: Sequence[Path], key: str, n: int) -> _Results:
-        """The results saved in the checkpoints `paths` of this evaluation (one per process), merged."""
-        parts = [saved for path in paths if (saved := cls._read(path, key)) is not None]
+    def resume(cls, checkpoint: checkpoints.Checkpoint, n: int) -> _Results:
+        """The results saved in the files of `checkpoint` (one per process), merged."""
+        parts = checkpoint.load()
         if not parts:
-            return cls(key, n)
-        state = cls.from_arrays(key, n, checkpoints.merge_rows(parts))
-        log.info("resuming from %s: %d rows already evaluated", paths[0], int(state.done.sum()))
+            return cls(n)
+        state = cls.from_arrays(n, checkpoints.merge_rows(parts))
+        log.info(
+            "resuming from %s: %d rows already evaluated", checkpoint.path, int(state.done.sum())
+        )
         return state
 
-    @staticmethod
-    def _read(path: Path, key: str) -> dict[str, np.ndarray] | None:
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                if str(saved["key"]) != key:
-                    log.warning("%s is from another evaluation; leaving it out", path)
-                    return None
-                return {name: saved[name] for name in saved.files}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-            log.warning("cannot read checkpoint %s (%s); leaving it out", path, error)
-            return None
-
     @classmethod
-    def from_arrays(cls, key: str, n: int, arrays: dict[str, np.ndarray]) -> _Results:
+    def from_arrays(cls, n: int, arrays: dict[str, np.ndarray]) -> _Results:
         """The inverse of `arrays`."""
-        state = cls(key, n)
+        state = cls(n)
         state.done, state.clean = arrays["done"], arrays["clean"]
         for name, array in arrays.items():
             kind, _, column = name.partition(":")
@@ -323,8 +534,8 @@ class _Results:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything as named arrays, as the checkpoint holds them: `done`, `clean`, `value:NAME`
-        (N,) and `curve:NAME` (N, points), and the evaluation's `key`."""
-        arrays = {"key": np.array(self.key), "done": self.done, "clean": self.clean}
+        (N,) and `curve:NAME` (N, points)."""
+        arrays = {"done": self.done, "clean": self.clean}
         arrays.update({f"value:{k}": v for k, v in self.values.items()})
         arrays.update({f"curve:{k}": v for k, v in self.curves.items()})
         return arrays
@@ -342,10 +553,6 @@ class _Results:
                     self.curves[name] = np.full((self.n, tensor.shape[1]), np.nan, np.float32)
                 self.curves[name][rows] = tensor.float().cpu().numpy()
         self.done[rows] = True
-
-    def save(self, path: Path) -> None:
-        arrays = self.arrays()
-        _atomic(path, lambda p: np.savez(p, **arrays))
 
     def table(self, store: SaliencyStore, rows: np.ndarray, protocol: Protocol) -> pd.DataFrame:
         frame = pd.DataFrame(

@@ -13,7 +13,7 @@ import torch
 from xaibench import dist
 from xaibench.core.batching import ChunkSize, run_in_chunks
 from xaibench.core.errors import ConfigError
-from xaibench.core.precision import check_precision, forward_settings
+from xaibench.core.precision import forward_settings
 from xaibench.core.runtime import prepare_model
 from xaibench.core.timing import timed
 from xaibench.data.dataset import ImageFolderDataset, make_loader
@@ -22,6 +22,7 @@ from xaibench.methods.base import Explanation, SaliencyMethod
 from xaibench.methods.cam import CAMMethod, explain_together
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines import stores as run_stores
+from xaibench.pipelines.settings import RunSettings, world_of
 from xaibench.results.layout import STORE_FORMATS, store_path
 from xaibench.store.meta import TARGETS, StoreMeta
 from xaibench.store.writer import DEFAULT_DEPTH, BackgroundWriter
@@ -60,17 +61,12 @@ def generate(
     methods: Sequence[str],
     dataset: ImageFolderDataset,
     out_dir: Path,
+    settings: RunSettings,
     *,
-    device: torch.device,
-    batch_size: int,
     target: str = "predicted",
     store_format: str = "h5",
-    workers: int = 0,
     method_params: dict[str, dict] | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
     write_queue: int = DEFAULT_DEPTH,
-    progress: bool = True,
     world: dist.World | None = None,
 ) -> GenerateSummary:
     """Explain every image of `dataset` with each method; resume stores that exist.
@@ -84,36 +80,84 @@ def generate(
 
     With a `world` of several processes (`dist.launch` under torchrun), each process explains its
     share of the images into its own shard store and process 0 merges them into the stores; the
-    summary counts the images of all processes.
-    The forward runs at `precision`, compiled with `compile` (xaibench/core/precision.py); stores are
-    written by a background thread with up to `write_queue` batches queued (0: in this thread). A
-    method that runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
+    summary counts the images of all processes; `settings` are on the world's device.
+    The forward runs at `settings.precision`, compiled with `settings.compile`; stores are written by
+    a background thread with up to `write_queue` batches queued (0: in this thread). A method that
+    runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
     """
+    check_generate(methods, dataset, settings, target, store_format)
+    world = world_of(settings, world)
+    model = prepare_model(loaded.model, settings.device)
+    runs, outputs = _open_runs(
+        model, loaded, methods, dataset, out_dir, settings.precision, target, store_format,
+        method_params or {}, write_queue, world,
+    )  # fmt: skip
+    groups = _pass_groups(runs, settings.batch_size)
+    labels = torch.as_tensor(dataset.labels) if target == "label" else None
+    started = time.perf_counter()
+    try:
+        with forward_settings(model, settings.device, settings.precision, settings.compile):
+            explained = _explain_all(model, groups, dataset, labels, settings, world, loaded.name)
+            _record_all_skipped(runs, dataset, world)
+    finally:
+        _close_all(runs)
+    run_stores.finish_stores(world, outputs, dataset.ids, dataset.labels)
+    counts = world.all_gather((explained, dataset.bad_ids))
+    return GenerateSummary(
+        images=sum(images for images, _ in counts),
+        seconds=time.perf_counter() - started,
+        stores=[r.store_path for r in runs],
+        skipped=[image_id for _, bad in counts for image_id in bad],
+        batch_sizes={r.method.name: r.batch_size.value for r in runs if r.batch_size.reduced},
+    )
+
+
+def check_generate(
+    methods: Sequence[str],
+    dataset: ImageFolderDataset,
+    settings: RunSettings,
+    target: str,
+    store_format: str,
+) -> None:
+    """ConfigError, naming the parameter, for a request `generate` cannot run."""
     if len(set(methods)) != len(methods):
-        raise ConfigError(f"--saliency names a method twice: {', '.join(methods)}")
-    refused = [name for name in methods if compile and not METHODS.get(name).compilable]
+        raise ConfigError(f"methods names a method twice: {', '.join(methods)}")
+    refused = [name for name in methods if settings.compile and not METHODS.get(name).compilable]
     if refused:
         raise ConfigError(
-            f"--compile cannot run {', '.join(refused)}: they swap modules of the model during each "
-            "call, so the compiled forward would recompile on every batch; leave out --compile"
+            f"compile cannot run {', '.join(refused)}: they swap modules of the model during each "
+            "call, so the compiled forward would recompile on every batch; leave out compile"
         )
     if target not in TARGETS:
-        raise ConfigError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
+        raise ConfigError(f"target {target!r}: use one of {', '.join(TARGETS)}")
     if store_format not in STORE_FORMATS:
-        raise ConfigError(f"--store {store_format!r}: use one of {', '.join(STORE_FORMATS)}")
+        raise ConfigError(f"store_format {store_format!r}: use one of {', '.join(STORE_FORMATS)}")
     if target == "label" and (dataset.labels < 0).any():
         first = dataset.ids[int(np.argmax(dataset.labels < 0))]
         raise ConfigError(
-            f"--target label needs a label for every image, but {first} has none; "
-            "give a labels file or use --target predicted"
+            f"target 'label' needs a label for every image, but {first} has none; "
+            "give a labels file or use target 'predicted'"
         )
-    world = world or dist.World(device=device)
-    check_precision(precision, device)
-    model = prepare_model(loaded.model, device)
-    params = method_params or {}
+
+
+def _open_runs(
+    model: torch.nn.Module,
+    loaded: LoadedModel,
+    methods: Sequence[str],
+    dataset: ImageFolderDataset,
+    out_dir: Path,
+    precision: str,
+    target: str,
+    store_format: str,
+    method_params: dict[str, dict],
+    write_queue: int,
+    world: dist.World,
+) -> tuple[list[MethodRun], list[tuple[Path, StoreMeta]]]:
+    """Each method on `model`, its store (opened or resumed, `run_stores.open_stores`) and the
+    rows it still needs; and the (final store path, run metadata) of every method."""
     planned = []
     for name in methods:
-        method = METHODS.get(name)(model, **params.get(name, {}))
+        method = METHODS.get(name)(model, **method_params.get(name, {}))
         path = store_path(out_dir, loaded.name, name, store_format)
         meta = StoreMeta(
             model=loaded.name,
@@ -134,68 +178,89 @@ def generate(
         )
         for (method, path, _), (store, pending) in zip(planned, opened, strict=True)
     ]
+    return runs, outputs
 
-    todo = sorted(set().union(*(r.pending for r in runs)))
+
+def _pass_groups(runs: list[MethodRun], batch_size: int) -> list[list[MethodRun]]:
+    """The runs grouped by `shared_pass_groups`; each group shares one batch size, which CUDA
+    out-of-memory lowers for the whole group."""
     groups = [[runs[i] for i in group] for group in shared_pass_groups([r.method for r in runs])]
     for group in groups:
         size = ChunkSize(batch_size, "batch_size")
         for run in group:
             run.batch_size = size
-    labels = torch.as_tensor(dataset.labels)
+    return groups
+
+
+def _explain_all(
+    model: torch.nn.Module,
+    groups: list[list[MethodRun]],
+    dataset: ImageFolderDataset,
+    labels: torch.Tensor | None,
+    settings: RunSettings,
+    world: dist.World,
+    desc: str,
+) -> int:
+    """Explain the images some run still needs, batch by batch, with every group that needs them;
+    `labels` (N,) are the targets, or None for the predicted classes. Returns the images read."""
+    todo = sorted(set().union(*(r.pending for group in groups for r in group)))
+    device = settings.device
     started = time.perf_counter()
-    explained = 0
-    try:
-        with forward_settings(model, device, precision, compile):
-            loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
-            total = sum(world.all_gather(len(todo)))
-            bar = world.progress(total, unit="img", desc=loaded.name, disable=not progress)
-            for images, indices in loader:
-                images = images.to(device, non_blocking=True).contiguous(
-                    memory_format=torch.channels_last
-                )
-                clean_logits = None
-                for group in groups:
-                    wanted = [
-                        i
-                        for i, index in enumerate(indices.tolist())
-                        if any(index in r.pending for r in group)
-                    ]
-                    if not wanted:
-                        continue
-                    selected = torch.as_tensor(wanted)
-                    batch, batch_indices = images[selected.to(device)], indices[selected]
-                    targets = labels[batch_indices].to(device) if target == "label" else None
-                    explanations, seconds = timed(device, _explain, group, batch, targets)
-                    for run, explanation in zip(group, explanations, strict=True):
-                        logits = explanation.logits
-                        if logits is None:
-                            if clean_logits is None:
-                                clean_logits = _clean_logits(model, images, group[0].batch_size)
-                            logits = clean_logits[selected.to(device)]
-                        _write_pending(
-                            run, explanation, logits, batch_indices, seconds / len(wanted)
-                        )
-                explained += len(indices)
-                bar.update(explained + len(dataset.bad) - bar.n)
-                elapsed = time.perf_counter() - started
-                bar.set_postfix_str(f"{explained / max(elapsed, 1e-9):.1f} img/s")
-            bar.close()
-            # A process whose share held only undecodable images takes the map size from another.
-            shapes = world.all_gather([run.map_shape for run in runs])
-            for i, run in enumerate(runs):
-                run.map_shape = run.map_shape or next((s[i] for s in shapes if s[i]), None)
-                _record_skipped(run, sorted(run.pending & set(dataset.bad)))
-    finally:
-        _close_all(runs)
-    run_stores.finish_stores(world, outputs, dataset.ids, dataset.labels)
-    counts = world.all_gather((explained, dataset.bad_ids))
-    return GenerateSummary(
-        images=sum(images for images, _ in counts),
-        seconds=time.perf_counter() - started,
-        stores=[r.store_path for r in runs],
-        skipped=[image_id for _, bad in counts for image_id in bad],
-        batch_sizes={r.method.name: r.batch_size.value for r in runs if r.batch_size.reduced},
+    loader = make_loader(
+        dataset, settings.batch_size, settings.workers, indices=todo, device=device
     )
+    total = sum(world.all_gather(len(todo)))
+    bar = world.progress(total, unit="img", desc=desc, disable=not settings.progress)
+    explained = 0
+    for images, indices in loader:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        _explain_batch(model, groups, images, indices, labels)
+        explained += len(indices)
+        bar.update(explained + len(dataset.bad) - bar.n)
+        elapsed = time.perf_counter() - started
+        bar.set_postfix_str(f"{explained / max(elapsed, 1e-9):.1f} img/s")
+    bar.close()
+    return explained
+
+
+def _explain_batch(
+    model: torch.nn.Module,
+    groups: list[list[MethodRun]],
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    labels: torch.Tensor | None,
+) -> None:
+    """Explain images (B, 3, H, W) of dataset rows `indices` (B,) with each group, each on the
+    images its runs still need, and write them."""
+    clean_logits = None
+    for group in groups:
+        wanted = [
+            i for i, index in enumerate(indices.tolist()) if any(index in r.pending for r in group)
+        ]
+        if not wanted:
+            continue
+        selected = torch.as_tensor(wanted)
+        batch, batch_indices = images[selected.to(images.device)], indices[selected]
+        targets = None if labels is None else labels[batch_indices].to(images.device)
+        explanations, seconds = timed(images.device, _explain, group, batch, targets)
+        for run, explanation in zip(group, explanations, strict=True):
+            logits = explanation.logits
+            if logits is None:
+                if clean_logits is None:
+                    clean_logits = _clean_logits(model, images, group[0].batch_size)
+                logits = clean_logits[selected.to(images.device)]
+            _write_pending(run, explanation, logits, batch_indices, seconds / len(wanted))
+
+
+def _record_all_skipped(
+    runs: list[MethodRun], dataset: ImageFolderDataset, world: dist.World
+) -> None:
+    """Write the undecodable images of every run (`_record_skipped`). A process whose share held
+    only undecodable images takes the map size from another."""
+    shapes = world.all_gather([run.map_shape for run in runs])
+    for i, run in enumerate(runs):
+        run.map_shape = run.map_shape or next((s[i] for s in shapes if s[i]), None)
+        _record_skipped(run, sorted(run.pending & set(dataset.bad)))
 
 
 def _write_pending(

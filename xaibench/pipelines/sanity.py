@@ -19,21 +19,24 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from xaibench.core.atomic import write_atomic, write_text_atomic
+from xaibench.core.atomic import write_atomic
+from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import prepare_model
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
 from xaibench.metrics.base import saliency_at_input_size
 from xaibench.models.factory import LoadedModel
+from xaibench.pipelines.checkpoint import Checkpoint, remove_checkpoint
+from xaibench.pipelines.settings import RunSettings
 from xaibench.results import layout
 from xaibench.results.sanity import (
     DEFAULT_THRESHOLD,
@@ -52,23 +55,27 @@ def sanity_check(
     loaded: LoadedModel,
     method: str,
     dataset: ImageFolderDataset,
+    settings: RunSettings,
     *,
-    device: torch.device,
-    batch_size: int,
     seed: int = 0,
     depth: int | None = None,
     method_params: Mapping[str, Any] | None = None,
     threshold: float = DEFAULT_THRESHOLD,
-    workers: int = 0,
-    progress: bool = True,
     checkpoint: Path | None = None,
     checkpoint_seconds: float = 60.0,
 ) -> SanityResult:
-    """Cascading randomisation of `loaded.model` for `method` on every image of `dataset`.
+    """Cascading randomisation of `loaded.model` for `method` on every image of `dataset`, on
+    `settings.device` in batches of `settings.batch_size` (always fp32 and eager).
 
     With `checkpoint`, the rows so far are saved there every `checkpoint_seconds` and when the run
     is interrupted; a later call with the same settings skips the images already done.
     """
+    if settings.precision != "fp32" or settings.compile:
+        raise ConfigError(
+            f"sanity_check runs in fp32 without compile, not precision={settings.precision!r}, "
+            f"compile={settings.compile}"
+        )
+    device = settings.device
     original = prepare_model(loaded.model, device).eval()
     randomised = copy.deepcopy(original)
     input_size = tuple(dataset.preprocess.input_size)
@@ -88,35 +95,28 @@ def sanity_check(
         },
         sort_keys=True,
     )
-    frames = _resume(checkpoint, key)
+    saved = Checkpoint(checkpoint, key, run="sanity run")
+    frames = _resume(saved)
     done = set().union(*(set(f["image_id"]) for f in frames))
     todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
-    loader = make_loader(dataset, batch_size, workers, indices=todo, device=device)
+    loader = make_loader(dataset, settings.batch_size, settings.workers, todo, device)
     bar = tqdm(
         total=len(dataset) * len(stage_names),
         initial=(len(dataset) - len(todo)) * len(stage_names),
         unit="map",
         desc=f"{method} sanity",
-        disable=not progress,
+        disable=not settings.progress,
     )
-    last_save = time.monotonic()
-    try:
+    with saved.saving(lambda: _arrays(frames), checkpoint_seconds) as tick:
         for images, indices in loader:
             images = images.to(device, non_blocking=True)
             images = images.contiguous(memory_format=torch.channels_last)
             ids = [dataset.ids[i] for i in indices.tolist()]
             frames.append(_batch_rows(explain, randomised, original, stages, images, ids, seed))
             bar.update(len(ids) * len(stage_names))
-            if checkpoint and time.monotonic() - last_save > checkpoint_seconds:
-                _save(checkpoint, key, frames)
-                last_save = time.monotonic()
-    except BaseException:
-        if checkpoint:
-            _save(checkpoint, key, frames)
-        raise
+            tick()
     bar.close()
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
-    table = table.sort_values(["stage", "image_id"], kind="stable", ignore_index=True)
+    table = _table(frames).sort_values(["stage", "image_id"], kind="stable", ignore_index=True)
     return SanityResult(method, table, stages, threshold)
 
 
@@ -143,48 +143,45 @@ def _batch_rows(explain, randomised, original, stages, images, ids, seed) -> pd.
 
 
 def checkpoint_path(out_dir: Path, method: str) -> Path:
-    """`OUT/.METHOD.sanity.checkpoint.csv`: the hidden checkpoint of one method's run whose table
+    """`OUT/.METHOD.sanity.checkpoint.npz`: the hidden checkpoint of one method's run whose table
     goes to `out_dir` (the `checkpoint` of `sanity_check`)."""
     return layout.sanity_checkpoint(out_dir, method)
 
 
-def checkpoint_files(checkpoint: Path) -> list[Path]:
-    """Every file a `checkpoint` is saved as: its rows and the run's key; remove them once the
-    results are written."""
-    return [checkpoint, checkpoint.with_name(checkpoint.name + ".key")]
+def _table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
 
 
-def _save(path: Path, key: str, frames: list[pd.DataFrame]) -> None:
-    """The rows so far and the run's key, each written atomically."""
-    rows_path, key_path = checkpoint_files(path)
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
-    write_text_atomic(key_path, key)
-    write_atomic(rows_path, lambda p: rows.to_csv(p, index=False, na_rep="NaN"))
+def _arrays(frames: list[pd.DataFrame]) -> dict[str, np.ndarray]:
+    """The rows so far as the checkpoint holds them: one array (rows,) per column."""
+    table = _table(frames)
+    arrays = {name: np.asarray(table[name], dtype=str) for name in ("image_id", "layer")}
+    arrays["stage"] = np.asarray(table["stage"], dtype=np.int64)
+    arrays.update({name: np.asarray(table[name], dtype=np.float64) for name in SANITY_STATISTICS})
+    return arrays
 
 
-def _resume(path: Path | None, key: str) -> list[pd.DataFrame]:
-    """The rows of a checkpoint of the same run, or none. Another run's checkpoint is removed: a
-    save of this run cut short between its key and its rows must not pair them."""
-    if path is None:
+def _resume(checkpoint: Checkpoint) -> list[pd.DataFrame]:
+    """The rows saved by the same run, or none. A checkpoint of another run is removed."""
+    parts = checkpoint.load(remove_stale=True)
+    if not parts or not len(parts[0]["image_id"]):
         return []
-    _, key_path = checkpoint_files(path)
-    if not path.exists() or not key_path.exists():
-        return []
-    if key_path.read_text("utf-8") != key:
-        log.warning("%s is from another sanity run; starting afresh", path)
-        for saved in checkpoint_files(path):
-            saved.unlink()
-        return []
-    rows = pd.read_csv(path, keep_default_na=False, na_values=["NaN"], dtype={"layer": str})
-    log.info("resuming from %s: %d images already done", path, rows["image_id"].nunique())
-    return [rows] if len(rows) else []
+    rows = pd.DataFrame({name: parts[0][name] for name in SANITY_COLUMNS})
+    log.info(
+        "resuming from %s: %d images already done", checkpoint.path, rows["image_id"].nunique()
+    )
+    return [rows]
 
 
-def write_sanity(result: SanityResult, out_dir: Path) -> dict[str, Path]:
-    """`METHOD.sanity.csv` (the table) and `METHOD.sanity.png` (the plot) in `out_dir`, atomic."""
+def write_sanity(
+    result: SanityResult, out_dir: Path, checkpoint: Path | None = None
+) -> dict[str, Path]:
+    """`METHOD.sanity.csv` (the table) and `METHOD.sanity.png` (the plot) in `out_dir`, atomic;
+    then removes `checkpoint` (the `checkpoint` of `sanity_check`), whose rows are written."""
     paths = layout.sanity_paths(out_dir, result.method)
     write_atomic(paths["table"], lambda p: result.table.to_csv(p, index=False, na_rep="NaN"))
     write_atomic(paths["plot"], lambda p: plot_sanity(result).savefig(p, format="png", dpi=120))
+    remove_checkpoint(checkpoint)
     return paths
 
 

@@ -26,6 +26,7 @@ from xaibench.data.dataset import ImageFolderDataset, folder_labels, list_images
 from xaibench.data.index import INDEX_FILE, DatasetIndex, read_index, subset_rows
 from xaibench.data.preprocess import Preprocess
 from xaibench.models.factory import LoadedModel
+from xaibench.pipelines.settings import RunSettings
 
 FLAG_LEVEL = 1e-3
 CHECK_SIDE = 8  # decoded images are shrunk to this before batching: only decoding is checked
@@ -126,14 +127,11 @@ def sample_accuracy(
     folder: PreparedFolder,
     loaded: LoadedModel,
     sample: int,
+    settings: RunSettings,
     seed: int = 0,
-    device: torch.device | None = None,
-    batch_size: int = 8,
-    workers: int = 0,
-    progress: bool = True,
 ) -> AccuracyCheck:
     """Top-1 of `loaded` on a reproducible sample of `sample` labelled images, batched."""
-    device = device or torch.device("cpu")
+    device = settings.device
     side = loaded.input_size[0]
     preprocess = Preprocess("eval", round(side / 0.875), side, loaded.mean, loaded.std)
     dataset, _ = _dataset(folder, preprocess, skip_bad=False)
@@ -142,8 +140,10 @@ def sample_accuracy(
     model = prepare_model(loaded.model, device)
     labels = torch.as_tensor(dataset.labels)
     correct = 0
-    with tqdm(total=len(rows), unit="img", desc="accuracy", disable=not progress) as bar:
-        for images, indices in make_loader(dataset, batch_size, workers, rows, device):
+    bar = tqdm(total=len(rows), unit="img", desc="accuracy", disable=not settings.progress)
+    loader = make_loader(dataset, settings.batch_size, settings.workers, rows, device)
+    with bar:
+        for images, indices in loader:
             images = images.to(device).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 predicted = model(images).argmax(1).cpu()
@@ -154,20 +154,19 @@ def sample_accuracy(
 
 def verify_dataset(
     folder: PreparedFolder,
+    settings: RunSettings,
     expected_per_class: int | None = None,
-    batch_size: int = 64,
-    workers: int = 0,
-    progress: bool = True,
 ) -> VerifyReport:
-    """Count images per class and decode every image (batched, `workers` processes)."""
+    """Count images per class and decode every image (batched, `settings.workers` processes)."""
     index = folder.index
     expected = expected_per_class or index.expected_per_class
     dataset, missing = _dataset(folder, Preprocess(resize=(CHECK_SIDE, CHECK_SIDE)), skip_bad=True)
     labels = dataset.labels
     counts = np.bincount(labels[labels >= 0], minlength=len(imagenet_classes()))
     decoded = 0
-    with tqdm(total=len(dataset), unit="img", desc="decoding", disable=not progress) as bar:
-        for _, indices in make_loader(dataset, batch_size, workers):
+    bar = tqdm(total=len(dataset), unit="img", desc="decoding", disable=not settings.progress)
+    with bar:
+        for _, indices in make_loader(dataset, settings.batch_size, settings.workers):
             decoded += len(indices)
             bar.update(decoded + len(dataset.bad) - bar.n)
         bar.update(len(dataset) - bar.n)

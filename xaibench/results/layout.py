@@ -9,7 +9,7 @@ runs/                                 the results root (`generate --out`)
       .tgrad-polycam.checkpoint.npz   `evaluation_checkpoint`
     sanity/                           `sanity_dir`
       tgrad.sanity.csv                `sanity_paths`
-      .tgrad.sanity.checkpoint.csv    `sanity_checkpoint`
+      .tgrad.sanity.checkpoint.npz    `sanity_checkpoint`
 """
 
 from __future__ import annotations
@@ -94,5 +94,5 @@ def sanity_method(table: Path) -> str:
 
 
 def sanity_checkpoint(out_dir: Path, method: str) -> Path:
-    """`OUT/.METHOD.sanity.checkpoint.csv`: the hidden checkpoint of one method's sanity run."""
-    return Path(out_dir) / f".{method}.sanity.checkpoint.csv"
+    """`OUT/.METHOD.sanity.checkpoint.npz`: the hidden checkpoint of one method's sanity run."""
+    return Path(out_dir) / f".{method}.sanity.checkpoint.npz"
