@@ -1,0 +1,192 @@
+"""The processes of a run: `World` and its collectives, `launch` under torchrun, per-process logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from xaibench.core.errors import ConfigError
+from xaibench.dist.progress import Progress
+
+log = logging.getLogger(__name__)
+
+# Processes wait for each other at the end of a run; shards differ in size by one image, but images
+# do not all take the same time, and process 0 merges the stores while the others wait.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+LOG_FORMAT = "%(asctime)s rank %(rank)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass
+class World:
+    """The processes of a run: this one's `rank` of `size`, its `local_rank` on its node, its device.
+
+    `counter` is a key-value store shared by the processes (None for one process).
+    """
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    counter: Any = None
+    _bars: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """This process's part of `rows`: consecutive blocks whose sizes differ by at most one.
+
+        Every row goes to exactly one process (no padding, unlike DistributedSampler's default), and
+        the blocks keep the order of `rows`.
+        """
+        return np.array_split(np.asarray(rows, dtype=np.int64), self.size)[self.rank]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch_dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Process 0's `value` on every process."""
+        if self.size == 1:
+            return value
+        box = [value]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every process's `value`, in rank order, on every process."""
+        if self.size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.size
+        torch_dist.all_gather_object(gathered, value)
+        return gathered
+
+    def progress(self, total: int, initial: int = 0, **tqdm_options: Any) -> Progress:
+        """One progress bar for the whole run; `total` and `initial` count the rows of all processes."""
+        self._bars += 1
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # torchrun --max-restarts
+        key = f"progress/{attempt}/{self._bars}"
+        return Progress(self, total, initial, key, **tqdm_options)
+
+
+def from_env(environ: Mapping[str, str] = os.environ) -> World:
+    """The World that torchrun's RANK, WORLD_SIZE and LOCAL_RANK describe (one process without them)."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    if not all(name in environ for name in names):
+        return World()
+    try:
+        rank, size, local_rank = (int(environ[name]) for name in names)
+    except ValueError:
+        raise ConfigError(
+            f"RANK, WORLD_SIZE and LOCAL_RANK must be integers, got "
+            f"{', '.join(repr(environ[n]) for n in names)}; launch with torchrun"
+        ) from None
+    if not 0 <= rank < size:
+        raise ConfigError(f"RANK={rank} is not in 0..WORLD_SIZE-1={size - 1}; launch with torchrun")
+    return World(rank=rank, size=size, local_rank=local_rank)
+
+
+def place(world: World, device: torch.device) -> torch.device:
+    """`cuda` under torchrun means `cuda:LOCAL_RANK`; any other device is kept as given."""
+    if device.type != "cuda" or device.index is not None or world.size == 1:
+        return device
+    count = torch.cuda.device_count()
+    if world.local_rank >= count:
+        raise ConfigError(
+            f"process {world.rank} has LOCAL_RANK={world.local_rank}, but this node has {count} "
+            "CUDA device(s); start at most that many processes per node (--nproc-per-node)"
+        )
+    return torch.device("cuda", world.local_rank)
+
+
+@contextmanager
+def launch(device: torch.device, log_dir: Path) -> Iterator[World]:
+    """The World of this process, with its process group and logging set up for the block.
+
+    Under torchrun with several processes: the process group is started (its CPU messages through
+    Gloo, CUDA tensors through NCCL), each process logs to `log_dir/rank-K.log`, process 0 alone
+    writes warnings to stderr, and SIGTERM (which torchrun and SLURM send to stop a run) raises
+    SystemExit so that stores are closed and checkpoints saved. With one process: nothing of this.
+    """
+    world = from_env()
+    world.device = place(world, device)
+    if world.size == 1:
+        yield world
+        return
+    if world.device.type == "cuda":
+        torch.cuda.set_device(world.device)
+    backend = "cpu:gloo,cuda:nccl" if world.device.type == "cuda" else "gloo"
+    torch_dist.init_process_group(
+        backend, rank=world.rank, world_size=world.size, timeout=COLLECTIVE_TIMEOUT
+    )
+    handler = _log_to_file(world, Path(log_dir))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        world.counter = torch_dist.PrefixStore("xaibench", _client_store())
+        log.info("process %d of %d on %s", world.rank, world.size, world.device)
+        yield world
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        torch_dist.destroy_process_group()
+        _stop_logging(handler)
+
+
+def _client_store() -> torch_dist.Store:
+    """A connection to the key-value store torchrun's processes meet at (MASTER_ADDR:MASTER_PORT)."""
+    return torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=COLLECTIVE_TIMEOUT,
+    )
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    sys.exit(128 + signum)
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        return True
+
+
+def _log_to_file(world: World, log_dir: Path) -> list[logging.Handler]:
+    """Root logging to `log_dir/rank-K.log` (INFO and up); on process 0 also warnings to stderr."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [logging.FileHandler(log_dir / f"rank-{world.rank}.log")]
+    if world.is_main:
+        handlers.append(logging.StreamHandler(sys.stderr))
+        handlers[-1].setLevel(logging.WARNING)
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(_RankFilter(world.rank))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    return handlers
+
+
+def _stop_logging(handlers: list[logging.Handler]) -> None:
+    logging.captureWarnings(False)
+    for handler in handlers:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
