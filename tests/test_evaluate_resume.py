@@ -9,7 +9,7 @@ from box_helpers import voc
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.metrics import get_protocol
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
 from xaibench.store import open_store
@@ -32,7 +32,7 @@ def write_boxes(folder, store_path, box):
 
 def test_a_checkpoint_of_another_boxes_folder_is_not_reused(image_folder, tmp_path, caplog):
     loaded = load_model(MODEL)
-    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
     generate(loaded, ["centre"], dataset, tmp_path, device=CPU, batch_size=4, progress=False)
     store = tmp_path / "tiny_models_tiny_cnn" / "centre.h5"
     middle = write_boxes(tmp_path / "middle", store, (18, 14, 30, 26))  # where the map peaks

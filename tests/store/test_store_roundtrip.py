@@ -7,6 +7,7 @@ import pytest
 from store_helpers import H, N, W, ids, labels, maps_of, meta, write_rows
 
 from xaibench.core.errors import StoreError
+from xaibench.metrics import PROTOCOLS
 from xaibench.store import create_or_resume, find_stores, open_store
 from xaibench.store.npz import META_KEY, partial_path
 
@@ -205,3 +206,17 @@ def test_find_stores_lists_finished_and_hdf5_stores_but_not_npz_working_files(tm
     for name in ("b.h5", "a.npz", "c.hdf5", "d.npz.partial.h5", "notes.txt", "e.NPZ"):
         (tmp_path / name).touch()
     assert [p.name for p in find_stores(tmp_path)] == ["a.npz", "b.h5", "c.hdf5", "e.NPZ"]
+
+
+def test_a_store_written_under_the_rise_protocol_name_is_resumed_and_matched(path):
+    """Stores record the preprocessing's name; older ones recorded the protocol's, e.g. "rise"."""
+    preprocess = PROTOCOLS["rise"].preprocess().to_dict()
+    with create_or_resume(path, meta(preprocess={**preprocess, "name": "rise"}), ids(), labels()):
+        pass  # a store as a run with --protocol rise wrote it before
+    with create_or_resume(path, meta(preprocess=preprocess), ids(), labels()) as store:
+        write_rows(store, range(N))
+    for protocol in PROTOCOLS.values():
+        with open_store(path) as store:
+            store.check_run({"preprocess": protocol.preprocess().to_dict()})
+            with pytest.raises(StoreError, match="preprocess"):
+                store.check_run({"preprocess": protocol.preprocess(input_size=(8, 8)).to_dict()})

@@ -10,7 +10,8 @@ from store_helpers import N, ids, labels, maps_of, meta, write_rows
 
 from xaibench.core.errors import StoreError
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model
 from xaibench.pipelines.generate import generate
 from xaibench.store import create_or_resume, open_store
 from xaibench.store.h5 import H5Store
@@ -18,7 +19,7 @@ from xaibench.store.writer import BackgroundWriter
 
 
 def run(image_folder, out, write_queue):
-    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
     generate(
         load_model("tiny_models:tiny_cnn"),
         ["tgrad", "gradcam", "random"],
@@ -125,7 +126,7 @@ def test_generate_surfaces_a_writer_error_and_keeps_the_finished_rows(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(H5Store, "write", fail_on_second_write)
-    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
     with pytest.raises(StoreError, match=r"tgrad\.h5: background write failed.*disk quota"):
         generate(
             load_model("tiny_models:tiny_cnn"),

@@ -21,7 +21,7 @@ from xaibench.cli.options import (
 from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.metrics import METRICS, get_protocol
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 from xaibench.pipelines import checkpoint as checkpoints
 from xaibench.pipelines.evaluate import checkpoint_path, evaluate_store, write_evaluation
 from xaibench.results.layout import metrics_dir
@@ -165,7 +165,7 @@ def evaluate_command(
     summaries = []
     with dist.launch(resolve_device(device, cuda), destinations[0] / "logs") as world:
         loaded = load_model(model, weights)
-        preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+        preprocess = settings.preprocess(loaded.mean, loaded.std, loaded.input_size)
         dataset = ImageFolderDataset(
             data_dir, preprocess, labels_file=labels_file, subset_file=subset_file
         )

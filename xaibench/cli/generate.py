@@ -22,7 +22,8 @@ from xaibench.cli.options import (
 from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.methods.settings import method_params
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model
 from xaibench.pipelines.generate import TARGETS, GenerateSummary, generate
 from xaibench.results.layout import STORE_FORMATS, logs_dir
 
@@ -100,7 +101,7 @@ def generate_command(
     log_dir = logs_dir(out_dir, model)
     with dist.launch(resolve_device(device, cuda), log_dir) as world:
         loaded = load_model(model, weights)
-        preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+        preprocess = get_protocol(protocol).preprocess(loaded.mean, loaded.std, loaded.input_size)
         dataset = ImageFolderDataset(
             data_dir,
             preprocess,

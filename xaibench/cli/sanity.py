@@ -19,7 +19,8 @@ from xaibench.cli.options import (
 from xaibench.core.runtime import default_batch_size, default_workers, resolve_device
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.methods.settings import method_params
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model
 from xaibench.pipelines.sanity import checkpoint_files, checkpoint_path, sanity_check, write_sanity
 from xaibench.results.layout import sanity_dir
 from xaibench.results.sanity import DEFAULT_THRESHOLD
@@ -91,7 +92,7 @@ def sanity_command(
     settings = method_params(methods, params)  # before the model: a bad --param fails fast
     chosen = resolve_device(device, cuda)
     loaded = load_model(model, weights)
-    preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+    preprocess = get_protocol(protocol).preprocess(loaded.mean, loaded.std, loaded.input_size)
     dataset = ImageFolderDataset(
         data_dir, preprocess, labels_file=labels_file, subset_file=subset_file, limit=limit
     )

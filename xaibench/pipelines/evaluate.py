@@ -72,7 +72,7 @@ def check_store_matches(
     Returns (N,) the dataset index of every store row; with a subset of the images
     (`dataset.subset_file`), -1 for the store's rows outside it, which are not evaluated.
     """
-    preprocess = dict(dataset.preprocess.to_dict(), name=store.meta.preprocess.get("name"))
+    preprocess = dataset.preprocess.to_dict()
     store.check_run({"model": loaded.name, "weights": loaded.weights, "preprocess": preprocess})
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
     missing = [image_id for image_id in store.ids if image_id not in position]
