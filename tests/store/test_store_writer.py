@@ -54,14 +54,14 @@ class SlowStore:
         self.store, self.path, self.fail_at, self.delay = store, store.path, fail_at, delay
         self.writes, self.threads, self.failed = 0, set(), threading.Event()
 
-    def write(self, *args):
+    def write(self, rows):
         self.writes += 1
         self.threads.add(threading.current_thread().name)
         time.sleep(self.delay)
         if self.writes == self.fail_at:
             self.failed.set()
             raise OSError("No space left on device")
-        self.store.write(*args)
+        self.store.write(rows)
 
     def pending_indices(self):
         return self.store.pending_indices()
@@ -119,11 +119,11 @@ def test_generate_surfaces_a_writer_error_and_keeps_the_finished_rows(
 ):
     original, calls = H5Store.write, []
 
-    def fail_on_second_write(self, *args, **kwargs):
+    def fail_on_second_write(self, rows):
         calls.append(1)
         if len(calls) == 2:
             raise OSError("disk quota exceeded")
-        return original(self, *args, **kwargs)
+        return original(self, rows)
 
     monkeypatch.setattr(H5Store, "write", fail_on_second_write)
     dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
