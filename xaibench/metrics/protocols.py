@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from scipy.ndimage import gaussian_filter
 
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError, UnknownNameError
 from xaibench.data.preprocess import (
     IMAGENET_MEAN,
@@ -120,8 +121,7 @@ class Protocol:
     preprocessing: Preprocessing = POLYCAM_PREPROCESSING
 
     def __post_init__(self) -> None:
-        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
-            raise ConfigError(f"protocol field 'step' must be a positive integer: {self.step!r}")
+        positive_int(self.step, "protocol field 'step'")
         for field in ("insertion_substrate", "deletion_substrate"):
             value = getattr(self, field)
             if value not in SUBSTRATES:

@@ -16,6 +16,7 @@ import queue
 import threading
 from pathlib import Path
 
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import StoreError
 from xaibench.store.base import Rows, StoreWriter
 
@@ -28,8 +29,7 @@ class BackgroundWriter:
     `StoreWriter` itself."""
 
     def __init__(self, store: StoreWriter, depth: int = DEFAULT_DEPTH):
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+        positive_int(depth, "depth")
         self.store = store
         self.path: Path = store.path
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
