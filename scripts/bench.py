@@ -57,7 +57,7 @@ from xaibench.methods import METHODS, find_target_layer
 from xaibench.methods.base import saliency_mode
 from xaibench.metrics import METRICS, MetricContext, get_protocol, score_function
 from xaibench.models import load_model
-from xaibench.store import StoreMeta, create_or_resume
+from xaibench.store import Rows, StoreMeta, create_or_resume
 from xaibench.store.writer import BackgroundWriter
 
 Step = Callable[[], object]
@@ -400,10 +400,12 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
                 maps = explanation.maps.detach().float()
                 scores = explanation.logits.softmax(1).amax(1)
                 writer.write(
-                    rows,
-                    maps.cpu().numpy(),
-                    explanation.targets.cpu().numpy(),
-                    scores.cpu().numpy(),
+                    Rows(
+                        rows,
+                        maps.cpu().numpy(),
+                        explanation.targets.cpu().numpy(),
+                        scores.cpu().numpy(),
+                    )
                 )
                 ctx = MetricContext(
                     images, maps, explanation.targets, scores, score_fn, protocol, args.chunk_size

@@ -1,5 +1,6 @@
 """The parts of xaibench.dist that need no second process: environment, shards, merging rows."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 from xaibench import dist
 from xaibench.core.errors import ConfigError
+from xaibench.dist import world as world_module
 from xaibench.pipelines import checkpoint as checkpoints
 
 
@@ -47,6 +49,26 @@ def test_one_process_launches_nothing(tmp_path, monkeypatch):
         assert world.broadcast("x") == "x" and world.all_gather(3) == [3]
         world.barrier()
     assert not torch.distributed.is_initialized() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_logging_to_a_file_is_undone_with_the_root_level_restored(tmp_path, rank):
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    root.setLevel(logging.ERROR)
+    try:
+        logs = world_module._log_to_file(dist.World(rank=rank, size=2), tmp_path)
+        try:
+            assert root.level == logging.INFO
+            assert len(root.handlers) == len(handlers) + (2 if rank == 0 else 1)
+            logging.getLogger("xaibench.test").info("written")
+        finally:
+            world_module._stop_logging(logs)
+        assert root.level == logging.ERROR and root.handlers == handlers
+    finally:
+        root.setLevel(level)
+    text = (tmp_path / f"rank-{rank}.log").read_text()
+    assert f"rank {rank} INFO xaibench.test: written" in text
 
 
 def test_merge_rows_takes_each_row_from_the_first_part_that_has_it():

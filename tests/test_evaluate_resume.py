@@ -9,7 +9,7 @@ from box_helpers import voc
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.metrics import get_protocol
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
 from xaibench.pipelines.settings import RunSettings
@@ -33,7 +33,7 @@ def write_boxes(folder, store_path, box):
 
 def test_a_checkpoint_of_another_boxes_folder_is_not_reused(image_folder, tmp_path, caplog):
     loaded = load_model(MODEL)
-    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
     generate(
         loaded,
         ["centre"],

@@ -7,7 +7,7 @@ import torch
 from xaibench.core.errors import StoreError
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.metrics import get_protocol
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
 from xaibench.pipelines.settings import RunSettings
@@ -31,7 +31,7 @@ def test_a_subset_evaluates_only_its_images_with_the_values_of_the_whole_run(
     image_folder, tmp_path
 ):
     loaded = load_model(MODEL, "default")
-    preprocess = protocol_preprocess("polycam", loaded.mean, loaded.std, loaded.input_size)
+    preprocess = get_protocol("polycam").preprocess(loaded.mean, loaded.std, loaded.input_size)
     whole = ImageFolderDataset(image_folder, preprocess)
     generate(
         loaded,
@@ -56,7 +56,7 @@ def test_a_subset_evaluates_only_its_images_with_the_values_of_the_whole_run(
 
 def test_a_subset_sharing_no_image_with_the_store_is_refused(image_folder, tmp_path):
     loaded = load_model(MODEL, "default")
-    preprocess = protocol_preprocess("polycam", loaded.mean, loaded.std, loaded.input_size)
+    preprocess = get_protocol("polycam").preprocess(loaded.mean, loaded.std, loaded.input_size)
     whole = ImageFolderDataset(image_folder, preprocess)
     first = tmp_path / "first.txt"
     first.write_text(f"{whole.ids[0]}\n")

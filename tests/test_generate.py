@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model
 from xaibench.pipelines.generate import generate
 from xaibench.pipelines.settings import RunSettings
 from xaibench.store import open_store
@@ -16,7 +17,7 @@ def run(image_folder, out, methods):
     loaded = load_model("tiny_models:tiny_cnn")
     forwards = []
     loaded.model.register_forward_hook(lambda m, args, out: forwards.append(args[0].shape[0]))
-    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
     generate(
         loaded,
         methods,

@@ -11,7 +11,7 @@ from xaibench.core.batching import ChunkSize, apply_in_chunks, run_in_chunks
 from xaibench.core.errors import OutOfMemory
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.metrics import get_protocol
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
@@ -74,7 +74,7 @@ def loaded_fitting(limit):
 
 
 def run_generate(image_folder, out, limit, batch_size):
-    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
     return generate(
         loaded_fitting(limit),
         ["tgrad", "gradcam"],
@@ -103,7 +103,7 @@ def test_generate_halves_the_batch_of_a_method_that_runs_out_of_memory(image_fol
 
 def test_evaluate_halves_the_chunk_and_records_it(image_folder, tmp_path):
     run_generate(image_folder, tmp_path, limit=None, batch_size=6)
-    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
     results = []
     for limit in (None, 5):
         results.append(

@@ -8,6 +8,7 @@ from tiny_models import tiny_cnn
 from xaibench.cli import cli
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import check_precision, forward_settings, has_hooks
+from xaibench.core.runtime import prepare_model
 from xaibench.methods import METHODS
 from xaibench.metrics import score_function
 from xaibench.store import open_store
@@ -59,6 +60,34 @@ def test_the_forward_is_restored_after_an_error():
     with pytest.raises(RuntimeError), forward_settings(model, CPU, "bf16"):
         model(torch.ones(1, 5, 8, 8))
     assert "forward" not in model.__dict__
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_cuda_settings_hold_for_the_block_only_even_after_an_error(precision):
+    """The flags are plain settings, so a CPU build shows them set and restored."""
+    cuda, before = torch.device("cuda"), (torch.backends.cudnn.benchmark, _tf32())
+    model = tiny_cnn()
+    with forward_settings(model, cuda, precision):
+        assert torch.backends.cudnn.benchmark
+        assert _tf32() == (precision == "tf32",) * 2
+    assert (torch.backends.cudnn.benchmark, _tf32()) == before
+    with pytest.raises(RuntimeError, match="inside"), forward_settings(model, cuda, precision):
+        raise RuntimeError("inside")
+    assert (torch.backends.cudnn.benchmark, _tf32()) == before
+
+
+def test_preparing_a_model_for_cuda_changes_no_process_wide_setting():
+    class Anywhere(torch.nn.Module):
+        def to(self, *args, **kwargs):  # stands for a move to a GPU this machine may lack
+            return self
+
+    before = torch.backends.cudnn.benchmark
+    prepare_model(Anywhere(), torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark == before
+
+
+def _tf32():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
 
 @pytest.mark.parametrize("name", ["tgrad", "gradcam", "gradcampp", "fullgrad", "gradinput"])

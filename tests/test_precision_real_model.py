@@ -13,7 +13,7 @@ import torch
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.samples import build_sample_dataset
 from xaibench.metrics import get_protocol
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
 from xaibench.pipelines.settings import RunSettings
@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
         shutil.rmtree(data / wnid)
     loaded = load_model("efficientnet_lite0")
     dataset = ImageFolderDataset(
-        data, protocol_preprocess("polycam", loaded.mean, loaded.std, loaded.input_size)
+        data, get_protocol("polycam").preprocess(loaded.mean, loaded.std, loaded.input_size)
     )
     results = {}
     for precision in ("fp32", "bf16"):

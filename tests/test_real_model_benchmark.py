@@ -12,7 +12,7 @@ import torch
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.data.samples import build_sample_dataset
 from xaibench.metrics import get_protocol
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 from xaibench.pipelines.evaluate import evaluate_store
 from xaibench.pipelines.generate import generate
 from xaibench.pipelines.settings import RunSettings
@@ -34,7 +34,7 @@ def mean_aucs(tmp_path_factory):
     loaded = load_model("efficientnet_lite0")
     results = {}
     for protocol in ("polycam", "rise"):
-        preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+        preprocess = get_protocol(protocol).preprocess(loaded.mean, loaded.std, loaded.input_size)
         dataset = ImageFolderDataset(data, preprocess)
         if protocol == "polycam":
             generate(

@@ -5,6 +5,7 @@ import torchvision.transforms.functional as TF
 from scipy import ndimage
 
 from xaibench.core.errors import ConfigError, UnknownNameError
+from xaibench.data.preprocess import Preprocess
 from xaibench.metrics import PROTOCOLS, SUBSTRATES, Protocol, get_protocol
 from xaibench.metrics.protocols import rise_kernel
 
@@ -76,6 +77,25 @@ def test_get_protocol_overrides_rename_and_record_every_setting():
         "pointing_tolerance": 15.0,
     }
     assert get_protocol("rise", step=224) is PROTOCOLS["rise"]
+
+
+def test_a_protocol_preprocesses_with_the_model_normalisation_and_both_share_one_preprocessing():
+    pre = get_protocol("rise").preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (64, 64))
+    assert pre == Preprocess("polycam", (64, 64), None, (0.5,) * 3, (0.25,) * 3)
+    assert get_protocol("polycam", step=16).preprocess() == PROTOCOLS["rise"].preprocess()
+    assert PROTOCOLS["rise"].preprocess().to_dict() == {
+        "name": "polycam",
+        "resize": [224, 224],
+        "crop": None,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "input_size": [224, 224],
+    }
+    assert "preprocessing" not in PROTOCOLS["rise"].to_dict()
+    with pytest.raises(ConfigError, match="preprocessing"):
+        get_protocol("rise", preprocessing=PROTOCOLS["polycam"].preprocessing)
+    with pytest.raises(UnknownNameError, match="torchcam"):
+        get_protocol("torchcam")
 
 
 def test_bad_names_and_settings_raise_typed_errors():

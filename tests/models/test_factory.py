@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from xaibench.core.errors import ConfigError, ModelError, UnknownNameError
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 
 
 def test_torchvision_model_with_random_weights():
@@ -97,10 +97,3 @@ def test_efficientnet_lite0_loads_its_packaged_weights_offline():
     loaded = load_model("efficientnet_lite0")
     assert loaded.weights == "efficientnet-lite0-57934424"
     assert loaded.mean == pytest.approx((127 / 255,) * 3)
-
-
-def test_protocol_preprocess_uses_the_model_normalisation():
-    pre = protocol_preprocess("rise", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (64, 64))
-    assert pre.name == "rise" and pre.input_size == (64, 64)
-    with pytest.raises(UnknownNameError):
-        protocol_preprocess("torchcam")

@@ -3,18 +3,26 @@
 import json
 
 import torch
+from PIL import Image
 
-from xaibench.data.preprocess import Preprocess, protocol_preprocess
+from xaibench.data.preprocess import POLYCAM_PREPROCESSING, Preprocess
 
 
 def test_a_recorded_preprocessing_is_rebuilt_equal():
-    for preprocess in (protocol_preprocess("polycam"), Preprocess("rise", 256, 224)):
+    for preprocess in (POLYCAM_PREPROCESSING.for_model(), Preprocess("rise", 256, 224)):
         recorded = json.loads(json.dumps(preprocess.to_dict()))  # as a store reads it back
         assert Preprocess.from_dict(recorded) == preprocess
     recorded = {"resize": [8, 8], "mean": [0.0] * 3, "std": [1.0] * 3}  # written before `name`
     assert Preprocess.from_dict(recorded) == Preprocess(
         resize=(8, 8), mean=(0.0,) * 3, std=(1.0,) * 3
     )
+
+
+def test_a_preprocessing_resizes_to_the_model_input_and_uses_its_normalisation():
+    pre = POLYCAM_PREPROCESSING.for_model((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (64, 48))
+    assert pre == Preprocess("polycam", (64, 48), None, (0.5,) * 3, (0.25,) * 3)
+    assert pre(Image.new("RGB", (100, 30), (255, 0, 128))).shape == (3, 64, 48)
+    assert POLYCAM_PREPROCESSING.for_model() == Preprocess()
 
 
 def test_unnormalise_undoes_the_normalisation_into_height_width_channels():

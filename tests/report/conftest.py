@@ -7,7 +7,7 @@ from report_run import METHODS, METRICS, MODEL, PROTOCOLS, STEP, Run, make_image
 
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.metrics import get_protocol
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 from xaibench.pipelines.evaluate import evaluate_store, write_evaluation
 from xaibench.pipelines.generate import generate
 from xaibench.pipelines.settings import RunSettings
@@ -19,7 +19,7 @@ def small_run(tmp_path_factory) -> Run:
     data = make_images(root / "val")
     loaded = load_model(MODEL, "default")
     dataset = ImageFolderDataset(
-        data, protocol_preprocess("polycam", loaded.mean, loaded.std, loaded.input_size)
+        data, get_protocol("polycam").preprocess(loaded.mean, loaded.std, loaded.input_size)
     )
     cpu = torch.device("cpu")
     summary = generate(

@@ -11,7 +11,8 @@ from xaibench.core.errors import ConfigError
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import load_rgb
 from xaibench.methods import METHODS
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model
 from xaibench.pipelines.explain import explain_image
 from xaibench.report.explain import figure_layout
 from xaibench.report.plots import DPI, PANEL_INCHES
@@ -44,7 +45,7 @@ def test_png_size_follows_the_layout_with_tgrad_terms(photo, tmp_path):
     )
     assert result.exit_code == 0, result.output
     loaded = load_model(MODEL)
-    image = protocol_preprocess("polycam", loaded.mean, loaded.std)(load_rgb(photo))[None]
+    image = get_protocol("polycam").preprocess(loaded.mean, loaded.std)(load_rgb(photo))[None]
     tgrad = METHODS.get("tgrad")(loaded.model)
     tgrad(image)
     terms = len(tgrad.last_terms.names)  # input + conv biases + batch norm
@@ -57,7 +58,7 @@ def test_png_size_follows_the_layout_with_tgrad_terms(photo, tmp_path):
 def test_top_classes_and_maps_are_the_models(photo):
     loaded = load_model(MODEL)
     result = explain_image(photo, loaded, ["gradcam", "random"], device=torch.device("cpu"))
-    image = protocol_preprocess("polycam", loaded.mean, loaded.std)(load_rgb(photo))[None]
+    image = get_protocol("polycam").preprocess(loaded.mean, loaded.std)(load_rgb(photo))[None]
     with torch.no_grad():
         probabilities = loaded.model(image).softmax(1)[0]
     best = probabilities.topk(5)
@@ -103,7 +104,7 @@ def test_efficientnet_lite0_recognises_the_cat(tmp_path):
 
 def test_cam_methods_on_one_layer_share_one_pass(photo, tmp_path):
     loaded = load_model(MODEL)
-    image = protocol_preprocess("polycam", loaded.mean, loaded.std)(load_rgb(photo))[None]
+    image = get_protocol("polycam").preprocess(loaded.mean, loaded.std)(load_rgb(photo))[None]
     forwards = []
     handle = loaded.model.register_forward_hook(lambda m, args, out: forwards.append(1))
     cams = ["gradcam", "gradcampp", "layercam"]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from xaibench.store import StoreMeta, open_store
+from xaibench.store import Rows, StoreMeta, open_store
 
 N, H, W = 12, 8, 6
 
@@ -38,7 +38,7 @@ def maps_of(rows) -> np.ndarray:
 
 def write_rows(store, rows) -> None:
     rows = np.asarray(rows, dtype=np.int64)
-    store.write(rows, maps_of(rows), rows * 7, (rows / 100).astype(np.float32), labels()[rows])
+    store.write(Rows(rows, maps_of(rows), rows * 7, (rows / 100).astype(np.float32)))
 
 
 def contents(path):

@@ -9,12 +9,25 @@ from xaibench.store.meta import RUN_FIELDS
 
 
 def test_json_and_attribute_round_trips():
-    m = meta(preprocess={"name": "rise", "mean": (0.5, 0.5, 0.5)})
+    m = meta(preprocess={"name": "eval", "mean": (0.5, 0.5, 0.5)})
     assert StoreMeta.from_json(m.to_json()) == StoreMeta.from_dict(m.to_dict())
     back = StoreMeta.from_attrs(m.to_attrs())
-    assert back.preprocess == {"name": "rise", "mean": [0.5, 0.5, 0.5]}
+    assert back.preprocess == {"name": "eval", "mean": [0.5, 0.5, 0.5]}
     assert back.to_dict() == json.loads(m.to_json())
     assert isinstance(m.to_attrs()["method_params"], str)
+
+
+def test_a_preprocessing_recorded_under_the_rise_protocol_name_reads_as_polycam():
+    recorded = meta(preprocess={"name": "rise", "resize": [224, 224], "crop": None})
+    polycam = {"name": "polycam", "resize": [224, 224], "crop": None}
+    for read in (
+        StoreMeta.from_attrs(recorded.to_attrs()),
+        StoreMeta.from_dict(recorded.to_dict()),
+    ):
+        assert read.preprocess == polycam
+        read.check_compatible({"preprocess": polycam})
+        with pytest.raises(StoreError, match="preprocess"):
+            read.check_compatible({"preprocess": {**polycam, "name": "eval"}})
 
 
 def test_versions_and_creation_time_are_filled_in():

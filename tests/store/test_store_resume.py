@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from store_helpers import N, assert_same, contents, ids, labels, maps_of, meta, write_rows
 
-from xaibench.store import create_or_resume, open_store
+from xaibench.store import Rows, create_or_resume, open_store
 from xaibench.store.npz import partial_path
 
 HERE = Path(__file__).parent
@@ -47,14 +47,14 @@ WRITER = textwrap.dedent(
     import sys
     import numpy as np
     from store_helpers import ids, labels, maps_of, meta
-    from xaibench.store import create_or_resume
+    from xaibench.store import Rows, create_or_resume
 
     n = int(sys.argv[2])
     store = create_or_resume(sys.argv[1], meta(), ids(n), labels(n))
     for start in range(0, n, 2):
         rows = np.arange(start, start + 2)
         big = np.repeat(np.repeat(maps_of(rows), 8, axis=1), 8, axis=2)
-        store.write(rows, big, rows * 7, (rows / 100).astype(np.float32), labels(n)[rows])
+        store.write(Rows(rows, big, rows * 7, (rows / 100).astype(np.float32)))
         print(start, flush=True)
     """
 )
@@ -89,7 +89,7 @@ def test_sigkill_mid_run_leaves_a_store_whose_done_rows_are_complete(tmp_path, s
         assert store.targets[done].tolist() == (done * 7).tolist()
         pending = store.pending_indices()
         assert pending.tolist() == list(range(len(done), n))
-        store.write(pending, expected(pending), pending * 7, (pending / 100).astype(np.float32))
+        store.write(Rows(pending, expected(pending), pending * 7, pending / 100))
     with open_store(path) as store:
         assert store.complete
         np.testing.assert_array_equal(store.read_maps(range(n)), expected(np.arange(n)))

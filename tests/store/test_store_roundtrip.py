@@ -7,8 +7,10 @@ import pytest
 from store_helpers import H, N, W, ids, labels, maps_of, meta, write_rows
 
 from xaibench.core.errors import StoreError
-from xaibench.store import create_or_resume, find_stores, open_store
+from xaibench.metrics import PROTOCOLS
+from xaibench.store import Rows, StoreWriter, create_or_resume, find_stores, open_store
 from xaibench.store.npz import META_KEY, partial_path
+from xaibench.store.writer import BackgroundWriter
 
 
 @pytest.fixture(params=["h5", "npz"])
@@ -146,13 +148,37 @@ def test_mismatched_ids_or_labels_are_refused(path):
 def test_write_checks_its_arguments(tmp_path):
     with create_or_resume(tmp_path / "s.h5", meta(), ids(), labels()) as store:
         with pytest.raises(ValueError, match="distinct"):
-            store.write(np.array([1, 1]), maps_of([1, 1]), [0, 0], [0.0, 0.0])
+            store.write(Rows(np.array([1, 1]), maps_of([1, 1]), [0, 0], [0.0, 0.0]))
         with pytest.raises(ValueError, match="distinct"):
-            store.write(np.array([N]), maps_of([N]), [0], [0.0])
+            store.write(Rows(np.array([N]), maps_of([N]), [0], [0.0]))
         write_rows(store, [0])
         with pytest.raises(ValueError, match=r"\(8, 6\)"):
-            store.write(np.array([1]), np.zeros((1, 4, 4)), [0], [0.0])
+            store.write(Rows(np.array([1]), np.zeros((1, 4, 4)), [0], [0.0]))
         assert store.done.tolist() == [True] + [False] * (N - 1)
+
+
+def test_rows_take_the_store_dtypes_and_check_their_shapes():
+    rows = Rows([2, 0], maps_of([2, 0]).astype(np.float64), [1, 5], [0.5, 0.25])
+    assert rows.indices.dtype == rows.targets.dtype == np.int64 and len(rows) == 2
+    assert rows.maps.dtype == rows.scores.dtype == rows.seconds.dtype == np.float32
+    assert np.isnan(rows.seconds).all()  # not recorded
+    with pytest.raises(ValueError, match=r"maps must be \(2, h, w\)"):
+        Rows([2, 0], maps_of([2]), [1, 5], [0.5, 0.25])
+    with pytest.raises(ValueError, match=r"scores must be \(2,\)"):
+        Rows([2, 0], maps_of([2, 0]), [1, 5], [0.5])
+    with pytest.raises(ValueError, match=r"seconds must be \(2,\)"):
+        Rows([2, 0], maps_of([2, 0]), [1, 5], [0.5, 0.25], seconds=np.zeros(3))
+
+
+def test_writable_stores_and_the_background_writer_are_store_writers(path):
+    store = create_or_resume(path, meta(), ids(), labels())
+    writer = BackgroundWriter(store)
+    assert isinstance(store, StoreWriter) and isinstance(writer, StoreWriter)
+    write_rows(writer, range(N))
+    writer.close()
+    with open_store(path) as store:
+        assert store.complete
+        np.testing.assert_array_equal(store.read_maps(range(N)), maps_of(range(N)))
 
 
 @pytest.mark.parametrize("suffix", ["h5", "npz"])
@@ -193,7 +219,7 @@ def test_corrupt_map_chunks_are_store_errors(tmp_path):
     path = tmp_path / "s.h5"
     with create_or_resume(path, meta(), ids(), labels()) as store:
         rows = np.arange(N)
-        store.write(rows, np.random.default_rng(0).random((N, 64, 64)), rows, rows / N)
+        store.write(Rows(rows, np.random.default_rng(0).random((N, 64, 64)), rows, rows / N))
     data = bytearray(path.read_bytes())
     data[-len(data) // 4 :] = bytes(len(data) // 4)
     path.write_bytes(bytes(data))
@@ -205,3 +231,17 @@ def test_find_stores_lists_finished_and_hdf5_stores_but_not_npz_working_files(tm
     for name in ("b.h5", "a.npz", "c.hdf5", "d.npz.partial.h5", "notes.txt", "e.NPZ"):
         (tmp_path / name).touch()
     assert [p.name for p in find_stores(tmp_path)] == ["a.npz", "b.h5", "c.hdf5", "e.NPZ"]
+
+
+def test_a_store_written_under_the_rise_protocol_name_is_resumed_and_matched(path):
+    """Stores record the preprocessing's name; older ones recorded the protocol's, e.g. "rise"."""
+    preprocess = PROTOCOLS["rise"].preprocess().to_dict()
+    with create_or_resume(path, meta(preprocess={**preprocess, "name": "rise"}), ids(), labels()):
+        pass  # a store as a run with --protocol rise wrote it before
+    with create_or_resume(path, meta(preprocess=preprocess), ids(), labels()) as store:
+        write_rows(store, range(N))
+    for protocol in PROTOCOLS.values():
+        with open_store(path) as store:
+            store.check_run({"preprocess": protocol.preprocess().to_dict()})
+            with pytest.raises(StoreError, match="preprocess"):
+                store.check_run({"preprocess": protocol.preprocess(input_size=(8, 8)).to_dict()})

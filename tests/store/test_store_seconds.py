@@ -6,13 +6,13 @@ import h5py
 import numpy as np
 from store_helpers import N, ids, labels, maps_of, meta
 
-from xaibench.store import create_or_resume, open_store
+from xaibench.store import Rows, create_or_resume, open_store
 from xaibench.store.npz import META_KEY
 
 
 def write(store, rows, seconds=None):
     rows = np.asarray(rows)
-    store.write(rows, maps_of(rows), rows, rows / 100, seconds=seconds)
+    store.write(Rows(rows, maps_of(rows), rows, rows / 100, seconds=seconds))
 
 
 def test_seconds_round_trip_and_npz_header(tmp_path):

@@ -10,7 +10,8 @@ from store_helpers import N, ids, labels, maps_of, meta, write_rows
 
 from xaibench.core.errors import StoreError
 from xaibench.data.dataset import ImageFolderDataset
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model
 from xaibench.pipelines.generate import generate
 from xaibench.pipelines.settings import RunSettings
 from xaibench.store import create_or_resume, open_store
@@ -19,7 +20,7 @@ from xaibench.store.writer import BackgroundWriter
 
 
 def run(image_folder, out, write_queue):
-    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
     generate(
         load_model("tiny_models:tiny_cnn"),
         ["tgrad", "gradcam", "random"],
@@ -52,14 +53,14 @@ class SlowStore:
         self.store, self.path, self.fail_at, self.delay = store, store.path, fail_at, delay
         self.writes, self.threads, self.failed = 0, set(), threading.Event()
 
-    def write(self, *args):
+    def write(self, rows):
         self.writes += 1
         self.threads.add(threading.current_thread().name)
         time.sleep(self.delay)
         if self.writes == self.fail_at:
             self.failed.set()
             raise OSError("No space left on device")
-        self.store.write(*args)
+        self.store.write(rows)
 
     def pending_indices(self):
         return self.store.pending_indices()
@@ -117,14 +118,14 @@ def test_generate_surfaces_a_writer_error_and_keeps_the_finished_rows(
 ):
     original, calls = H5Store.write, []
 
-    def fail_on_second_write(self, *args, **kwargs):
+    def fail_on_second_write(self, rows):
         calls.append(1)
         if len(calls) == 2:
             raise OSError("disk quota exceeded")
-        return original(self, *args, **kwargs)
+        return original(self, rows)
 
     monkeypatch.setattr(H5Store, "write", fail_on_second_write)
-    dataset = ImageFolderDataset(image_folder, protocol_preprocess("polycam"))
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
     with pytest.raises(StoreError, match=r"tgrad\.h5: background write failed.*disk quota"):
         generate(
             load_model("tiny_models:tiny_cnn"),

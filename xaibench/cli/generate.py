@@ -22,7 +22,8 @@ from xaibench.cli.options import (
 from xaibench.core.runtime import resolve_device
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.methods.settings import method_params
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model
 from xaibench.pipelines.generate import TARGETS, GenerateSummary, generate
 from xaibench.pipelines.settings import RunSettings
 from xaibench.results.layout import STORE_FORMATS, logs_dir
@@ -108,7 +109,7 @@ def generate_command(
     )
     with dist.launch(run.device, logs_dir(out_dir, model)) as world:
         loaded = load_model(model, weights)
-        preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+        preprocess = get_protocol(protocol).preprocess(loaded.mean, loaded.std, loaded.input_size)
         dataset = ImageFolderDataset(
             data_dir,
             preprocess,

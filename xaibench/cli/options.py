@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from xaibench.core.precision import PRECISIONS
-from xaibench.data.preprocess import PROTOCOL_NAMES
 from xaibench.methods import METHODS
 from xaibench.metrics import METRICS
+from xaibench.metrics.protocols import PROTOCOLS
 from xaibench.results.stats import BOOTSTRAP_RESAMPLES
 
 
@@ -108,7 +108,7 @@ batch_size_option = click.option(
 )
 protocol_option = click.option(
     "--protocol",
-    type=click.Choice(PROTOCOL_NAMES),
+    type=click.Choice(list(PROTOCOLS)),
     default="polycam",
     show_default=True,
     help="Preprocessing and metric protocol (see docs: substrates, steps, AUC rule).",

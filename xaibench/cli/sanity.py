@@ -19,7 +19,8 @@ from xaibench.cli.options import (
 from xaibench.core.runtime import resolve_device
 from xaibench.data.dataset import ImageFolderDataset
 from xaibench.methods.settings import method_params
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model
 from xaibench.pipelines.sanity import checkpoint_path, sanity_check, write_sanity
 from xaibench.pipelines.settings import RunSettings
 from xaibench.results.layout import sanity_dir
@@ -94,7 +95,7 @@ def sanity_command(
         resolve_device(device, cuda), batch_size=batch_size, workers=workers, progress=not quiet
     )
     loaded = load_model(model, weights)
-    preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+    preprocess = get_protocol(protocol).preprocess(loaded.mean, loaded.std, loaded.input_size)
     dataset = ImageFolderDataset(
         data_dir, preprocess, labels_file=labels_file, subset_file=subset_file, limit=limit
     )

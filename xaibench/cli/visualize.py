@@ -10,7 +10,8 @@ from xaibench.cli.options import device_options, model_option, weights_option
 from xaibench.core.runtime import prepare_model, resolve_device
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import read_image
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.metrics import get_protocol
+from xaibench.models import load_model
 from xaibench.visualize import (
     RandomTransforms,
     activation_grid,
@@ -179,7 +180,7 @@ def activations_command(
     chosen = resolve_device(device, cuda)
     loaded = load_model(model, weights)
     network = prepare_model(loaded.model, chosen)
-    preprocess = protocol_preprocess("polycam", loaded.mean, loaded.std, loaded.input_size)
+    preprocess = get_protocol("polycam").preprocess(loaded.mean, loaded.std, loaded.input_size)
     batch = preprocess(read_image(Path(image), "give a JPEG or PNG file"))[None].to(chosen)
     maps = layer_activations(network, batch, layers)
     for name, value in maps.items():

@@ -14,7 +14,8 @@ from typing import TypeVar
 
 import torch
 
-from xaibench.core.errors import ConfigError, OutOfMemory
+from xaibench.core.checks import positive_int
+from xaibench.core.errors import OutOfMemory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,8 +29,7 @@ class ChunkSize:
     """
 
     def __init__(self, value: int, name: str = "chunk_size"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        positive_int(value, name)
         self.value, self.requested, self.name = value, value, name
 
     @property

@@ -56,19 +56,21 @@ def forward_settings(
 ) -> Iterator[nn.Module]:
     """For the duration of the block, `model(x)` runs at `precision` (and compiled with `compile`).
 
-    The model's floating outputs are returned as float32. TF32 flags (CUDA) and the model's own
-    `forward` are restored afterwards.
+    On CUDA, cuDNN's autotuner (`torch.backends.cudnn.benchmark`) picks the fastest convolution
+    for each input shape. The model's floating outputs are returned as float32. The TF32 and
+    autotuner flags and the model's own `forward` are restored afterwards.
     """
     check_precision(precision, device)
     eager = model.forward
     forward = _autocast(eager, device, AUTOCAST_DTYPES.get(precision))
     if compile:
         forward = _compiled_unless_hooked(model, forward)
-    flags = _tf32_flags()
+    flags, benchmark = _tf32_flags(), torch.backends.cudnn.benchmark
     previous = model.__dict__.get("forward")
     try:
         if device.type == "cuda":
             _set_tf32(precision == "tf32", precision == "tf32")
+            torch.backends.cudnn.benchmark = True
         model.forward = forward
         yield model
     finally:
@@ -77,6 +79,7 @@ def forward_settings(
         else:
             model.forward = previous
         _set_tf32(*flags)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def _autocast(

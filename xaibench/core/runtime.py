@@ -67,8 +67,9 @@ def tune_allocator() -> None:
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to the device in channels_last layout (+24% to +89% on CPU convnets, perf-notes)."""
-    model = model.to(device=device, memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return model
+    """Move to the device in channels_last layout (+24% to +89% on CPU convnets, perf-notes).
+
+    Changes no process-wide setting: `core.precision.forward_settings` turns on cuDNN's autotuner
+    for the duration of a run.
+    """
+    return model.to(device=device, memory_format=torch.channels_last)

@@ -1,7 +1,9 @@
-"""Image preprocessing of a protocol, recorded in every store and metrics table.
+"""Image preprocessing: `Preprocess` turns a PIL image into a model's input and is recorded in every
+store; a `Preprocessing` builds it for a model's mean, std and input size.
 
-Both named protocols (`polycam`, `rise`, see docs/metrics) resize the image directly to the input
-size (no crop), convert to [0, 1] and normalise with the model's mean and std.
+Both named protocols (`polycam`, `rise`, xaibench.metrics.protocols, docs/metrics) use
+`POLYCAM_PREPROCESSING`: resize the image directly to the input size (no crop), convert to [0, 1]
+and normalise with the model's mean and std.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PROTOCOL_NAMES = ("polycam", "rise")
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """Resize (and optionally centre-crop) a PIL image, then normalise it.
 
-    `resize` is (h, w) for a direct resize or an int for "shorter side to this length";
-    `crop` is the side of a centre crop, or None. The result is (3, *input_size) float32.
+    `name` names the preprocessing (a `Preprocessing`'s name); `resize` is (h, w) for a direct
+    resize or an int for "shorter side to this length"; `crop` is the side of a centre crop, or
+    None. The result is (3, *input_size) float32.
     """
 
     name: str = "polycam"
@@ -73,15 +75,22 @@ class Preprocess:
         return d
 
 
-def protocol_preprocess(
-    protocol: str,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    input_size: tuple[int, int] = (224, 224),
-) -> Preprocess:
-    """The preprocessing a named protocol prescribes, with the model's normalisation."""
-    if protocol not in PROTOCOL_NAMES:
-        from xaibench.core.errors import UnknownNameError
+@dataclass(frozen=True)
+class Preprocessing:
+    """A named preprocessing: resize directly to the model's input size (no crop), ToTensor, the
+    model's normalisation. `name` is the name the `Preprocess` it builds records."""
 
-        raise UnknownNameError("protocol", protocol, PROTOCOL_NAMES)
-    return Preprocess(protocol, tuple(input_size), None, tuple(mean), tuple(std))
+    name: str
+
+    def for_model(
+        self,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        input_size: tuple[int, int] = (224, 224),
+    ) -> Preprocess:
+        """The preprocessing of images into a (3, *input_size) input normalised by `mean`, `std`."""
+        return Preprocess(self.name, tuple(input_size), None, tuple(mean), tuple(std))
+
+
+POLYCAM_PREPROCESSING = Preprocessing("polycam")
+"""The T-Grad authors' evaluation preprocessing (docs/metrics), which both named protocols use."""

@@ -132,7 +132,7 @@ def launch(device: torch.device, log_dir: Path) -> Iterator[World]:
     torch_dist.init_process_group(
         backend, rank=world.rank, world_size=world.size, timeout=COLLECTIVE_TIMEOUT
     )
-    handler = _log_to_file(world, Path(log_dir))
+    logs = _log_to_file(world, Path(log_dir))
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         world.counter = torch_dist.PrefixStore("xaibench", _client_store())
@@ -141,7 +141,7 @@ def launch(device: torch.device, log_dir: Path) -> Iterator[World]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         torch_dist.destroy_process_group()
-        _stop_logging(handler)
+        _stop_logging(logs)
 
 
 def _client_store() -> torch_dist.Store:
@@ -168,25 +168,39 @@ class _RankFilter(logging.Filter):
         return True
 
 
-def _log_to_file(world: World, log_dir: Path) -> list[logging.Handler]:
-    """Root logging to `log_dir/rank-K.log` (INFO and up); on process 0 also warnings to stderr."""
+@dataclass
+class _FileLogging:
+    """The handlers `_log_to_file` added to the root logger, and the level it had before."""
+
+    handlers: list[logging.Handler]
+    level: int
+
+
+def _log_to_file(world: World, log_dir: Path) -> _FileLogging:
+    """Root logging to `log_dir/rank-K.log` (INFO and up); on process 0 also warnings to stderr.
+
+    `_stop_logging` undoes it."""
     log_dir.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [logging.FileHandler(log_dir / f"rank-{world.rank}.log")]
     if world.is_main:
         handlers.append(logging.StreamHandler(sys.stderr))
         handlers[-1].setLevel(logging.WARNING)
     root = logging.getLogger()
+    started = _FileLogging(handlers, root.level)
     for handler in handlers:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler.addFilter(_RankFilter(world.rank))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
-    return handlers
+    return started
 
 
-def _stop_logging(handlers: list[logging.Handler]) -> None:
+def _stop_logging(started: _FileLogging) -> None:
+    """Remove and close the handlers `_log_to_file` added and give the root logger its level back."""
     logging.captureWarnings(False)
-    for handler in handlers:
-        logging.getLogger().removeHandler(handler)
+    root = logging.getLogger()
+    for handler in started.handlers:
+        root.removeHandler(handler)
         handler.close()
+    root.setLevel(started.level)

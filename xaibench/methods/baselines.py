@@ -7,6 +7,7 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 
@@ -103,8 +104,8 @@ class RandomBaseline(ModelFreeBaseline):
     def __init__(
         self, model: nn.Module | None = None, resolution: int | None = None, seed: int = 0
     ):
-        if resolution is not None and resolution < 1:
-            raise ConfigError(f"random: resolution must be a positive integer, got {resolution}")
+        if resolution is not None:
+            positive_int(resolution, "random: resolution")
         super().__init__(model, resolution=resolution, seed=seed)
         self.resolution, self.seed = resolution, seed
 

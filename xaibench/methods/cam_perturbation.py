@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaibench.core.batching import ChunkSize, ChunkSizes, apply_in_chunks
-from xaibench.core.errors import ConfigError
+from xaibench.core.checks import positive_int
 from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation
 from xaibench.methods.cam import LayerMethod, layer_forward, weighted_cam
@@ -34,14 +34,8 @@ class ChannelPerturbationCAM(LayerMethod):
     def __init__(
         self, model: nn.Module, layer: str | None = None, channel_batch: int | None = None
     ):
-        if channel_batch is not None and (
-            isinstance(channel_batch, bool)
-            or not isinstance(channel_batch, int)
-            or channel_batch < 1
-        ):
-            raise ConfigError(
-                f"{self.name}: channel_batch must be a positive integer, got {channel_batch!r}"
-            )
+        if channel_batch is not None:
+            positive_int(channel_batch, f"{self.name}: channel_batch")
         super().__init__(model, layer, channel_batch=channel_batch)
         self.channel_batch = channel_batch
         self.chunk_sizes = ChunkSizes("channel_batch")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from xaibench.core.batching import ChunkSizes
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
 from xaibench.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -107,16 +108,15 @@ class IntegratedGradients(AttributionMethod):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
     ):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"intgrad: steps must be a positive integer, got {steps!r}")
+        positive_int(steps, "intgrad: steps")
         if baseline not in get_args(BaselineName):
             raise ConfigError(f"intgrad: baseline must be 'zeros' or 'black', got {baseline!r}")
         if method not in get_args(Quadrature):
             raise ConfigError(
                 f"intgrad: method must be one of {', '.join(get_args(Quadrature))}, got {method!r}"
             )
-        if step_batch is not None and (not isinstance(step_batch, int) or step_batch < 1):
-            raise ConfigError(f"intgrad: step_batch must be a positive integer, got {step_batch!r}")
+        if step_batch is not None:
+            positive_int(step_batch, "intgrad: step_batch")
         self.nodes, self.weights = path_points(method, steps)
         super().__init__(
             model,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaibench.core.batching import ChunkSizes, apply_in_chunks
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
@@ -98,14 +99,8 @@ class PolyCAM(SaliencyMethod):
             raise ConfigError(f"{self.name}: give at least one layer")
         for layer in layers:
             validate_layer(model, layer)
-        if channel_batch is not None and (
-            isinstance(channel_batch, bool)
-            or not isinstance(channel_batch, int)
-            or channel_batch < 1
-        ):
-            raise ConfigError(
-                f"{self.name}: channel_batch must be a positive integer, got {channel_batch!r}"
-            )
+        if channel_batch is not None:
+            positive_int(channel_batch, f"{self.name}: channel_batch")
         super().__init__(model, layers=layers, channel_batch=channel_batch)
         self.layers, self.channel_batch = layers, channel_batch
         self.chunk_sizes = ChunkSizes("channel_batch")

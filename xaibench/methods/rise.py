@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaibench.core.batching import ChunkSizes, apply_in_chunks
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
@@ -65,8 +66,7 @@ class RISE(SaliencyMethod):
         for label, value in counts.items():
             if value is None and label == "mask_batch":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"rise: {label} must be a positive integer, got {value!r}")
+            positive_int(value, f"rise: {label}")
         if not 0 < keep <= 1:
             raise ConfigError(f"rise: keep must be a probability in (0, 1], got {keep!r}")
         super().__init__(model, masks=masks, cell=cell, keep=keep, mask_batch=mask_batch, seed=seed)

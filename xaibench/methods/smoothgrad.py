@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from xaibench.core.batching import ChunkSizes
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
@@ -86,14 +87,11 @@ class NoiseAggregate(SaliencyMethod):
                 f"{self.name}: base {base!r} is not a gradient-type method; "
                 f"use one of {', '.join(gradient_type)}"
             )
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ConfigError(f"{self.name}: samples must be a positive integer, got {samples!r}")
+        positive_int(samples, f"{self.name}: samples")
         if not noise >= 0:
             raise ConfigError(f"{self.name}: noise must be >= 0, got {noise!r}")
-        if sample_batch is not None and (not isinstance(sample_batch, int) or sample_batch < 1):
-            raise ConfigError(
-                f"{self.name}: sample_batch must be a positive integer, got {sample_batch!r}"
-            )
+        if sample_batch is not None:
+            positive_int(sample_batch, f"{self.name}: sample_batch")
         self.base = base_class(model, **(base_params or {}))
         super().__init__(
             model,

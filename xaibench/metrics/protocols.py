@@ -1,15 +1,18 @@
-"""Named evaluation protocols: substrate, step, curve end points, AUC rule and score space.
+"""Named evaluation protocols: preprocessing, substrate, step, curve end points, AUC rule and score
+space.
 
 Published insertion/deletion numbers are only comparable under the same protocol (docs/metrics), so
-every setting lives here, is recorded with `Protocol.to_dict()` in each output, and can be
-overridden by name with `get_protocol(name, **overrides)`.
+every setting lives here. `PROTOCOLS` is the one registry of protocol names. The metric settings are
+recorded with `Protocol.to_dict()` in each output and can be overridden by name with
+`get_protocol(name, **overrides)`; the preprocessing (`Protocol.preprocess`) is recorded by every
+store.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Any
 
@@ -19,7 +22,15 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from scipy.ndimage import gaussian_filter
 
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError, UnknownNameError
+from xaibench.data.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    POLYCAM_PREPROCESSING,
+    Preprocess,
+    Preprocessing,
+)
 
 KERNEL_SIZE = 11
 SIGMA = 5.0
@@ -74,8 +85,10 @@ SUBSTRATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class Protocol:
-    """Every setting of the causal and confidence metrics.
+    """A protocol: its name, the preprocessing of its images and every setting of the metrics.
 
+    - `preprocessing`: how images become the model's input (`preprocess`); not a metric setting,
+      so neither recorded by `to_dict` nor overridden by `get_protocol`.
     - `step`: pixels changed per step; a curve over H x W pixels has n = ceil(HW / step) steps and
       image k changes the first min(k * step, HW) pixels of the order.
     - `insertion_substrate`, `deletion_substrate`: names in `SUBSTRATES`.
@@ -105,10 +118,10 @@ class Protocol:
     road_noise: float = 0.01
     road_seed: int = 0
     pointing_tolerance: float = 15.0
+    preprocessing: Preprocessing = POLYCAM_PREPROCESSING
 
     def __post_init__(self) -> None:
-        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
-            raise ConfigError(f"protocol field 'step' must be a positive integer: {self.step!r}")
+        positive_int(self.step, "protocol field 'step'")
         for field in ("insertion_substrate", "deletion_substrate"):
             value = getattr(self, field)
             if value not in SUBSTRATES:
@@ -131,6 +144,16 @@ class Protocol:
         for field in ("road_noise", "pointing_tolerance"):
             if not getattr(self, field) >= 0:
                 raise ConfigError(f"protocol field {field!r} must be >= 0: {getattr(self, field)}")
+
+    def preprocess(
+        self,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        input_size: tuple[int, int] = (224, 224),
+    ) -> Preprocess:
+        """The protocol's preprocessing for a model normalising by `mean`, `std` (3,) and taking
+        (3, *input_size) inputs."""
+        return self.preprocessing.for_model(mean, std, input_size)
 
     def n_steps(self, n_pixels: int) -> int:
         """n = ceil(HW / step)."""
@@ -158,9 +181,12 @@ class Protocol:
         return (curves.sum(dim=1) - ends) / (points - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting, JSON-serialisable, for recording next to the results."""
-        return asdict(self)
+        """The name and every metric setting, JSON-serialisable, for recording next to the results."""
+        return {name: getattr(self, name) for name in ("name", *SETTINGS)}
 
+
+SETTINGS = tuple(f.name for f in fields(Protocol) if f.name not in ("name", "preprocessing"))
+"""The metric settings of a protocol: what `to_dict` records and `get_protocol` overrides."""
 
 PROTOCOLS: dict[str, Protocol] = {
     "polycam": Protocol(
@@ -170,6 +196,7 @@ PROTOCOLS: dict[str, Protocol] = {
         deletion_substrate="blur",
         include_start=False,
         auc="mean",
+        preprocessing=POLYCAM_PREPROCESSING,
     ),
     "rise": Protocol(
         "rise",
@@ -178,6 +205,7 @@ PROTOCOLS: dict[str, Protocol] = {
         deletion_substrate="zeros",
         include_start=True,
         auc="trapezoid",
+        preprocessing=POLYCAM_PREPROCESSING,
     ),
 }
 
@@ -191,12 +219,11 @@ def get_protocol(name: str, **overrides: Any) -> Protocol:
     if name not in PROTOCOLS:
         raise UnknownNameError("protocol", name, PROTOCOLS)
     base = PROTOCOLS[name]
-    settings = {f.name for f in fields(Protocol)} - {"name"}
-    unknown = sorted(set(overrides) - settings)
+    unknown = sorted(set(overrides) - set(SETTINGS))
     if unknown:
         raise ConfigError(
             f"unknown protocol setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(settings))}"
+            f"known: {', '.join(sorted(SETTINGS))}"
         )
     changed = {k: v for k, v in overrides.items() if getattr(base, k) != v}
     if not changed:

@@ -1,6 +1,6 @@
 """Models by name: torchvision classifiers, EfficientNet-Lite0, or a user's `module:callable`."""
 
-from xaibench.data.preprocess import Preprocess, protocol_preprocess
+from xaibench.data.preprocess import Preprocess
 from xaibench.models.factory import MODELS, LoadedModel, list_model_names, load_model
 
 __all__ = [
@@ -9,5 +9,4 @@ __all__ = [
     "Preprocess",
     "list_model_names",
     "load_model",
-    "protocol_preprocess",
 ]

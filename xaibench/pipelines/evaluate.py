@@ -35,7 +35,7 @@ from xaibench.metrics import (
 )
 from xaibench.metrics.base import Metric
 from xaibench.metrics.mc_dropout import MC_COLUMNS, MCDropout
-from xaibench.models import load_model, protocol_preprocess
+from xaibench.models import load_model
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines import checkpoint as checkpoints
 from xaibench.pipelines.settings import RunSettings, world_of
@@ -110,7 +110,7 @@ def evaluate_stores(
     written = []
     with dist.launch(settings.device, destinations[0] / "logs") as world:
         loaded = load_model(model, weights)
-        preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+        preprocess = chosen.preprocess(loaded.mean, loaded.std, loaded.input_size)
         dataset = ImageFolderDataset(
             data_dir, preprocess, labels_file=labels_file, subset_file=subset_file
         )
@@ -199,7 +199,7 @@ def check_store_matches(
     Returns (N,) the dataset index of every store row; with a subset of the images
     (`dataset.subset_file`), -1 for the store's rows outside it, which are not evaluated.
     """
-    preprocess = dict(dataset.preprocess.to_dict(), name=store.meta.preprocess.get("name"))
+    preprocess = dataset.preprocess.to_dict()
     store.check_run({"model": loaded.name, "weights": loaded.weights, "preprocess": preprocess})
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
     missing = [image_id for image_id in store.ids if image_id not in position]

@@ -17,10 +17,10 @@ from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import prepare_model
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import read_image
-from xaibench.data.preprocess import protocol_preprocess
 from xaibench.methods import METHODS
 from xaibench.methods.base import Explanation
 from xaibench.metrics.base import saliency_at_input_size
+from xaibench.metrics.protocols import get_protocol
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines.generate import explain_group, shared_pass_groups
 from xaibench.results.explanation import ImageExplanation
@@ -43,7 +43,7 @@ def explain_image(
         raise ConfigError("give at least one method with --saliency")
     if tgrad_layers and "tgrad" not in methods:
         raise ConfigError("--tgrad-layers shows T-Grad's terms: add tgrad to --saliency")
-    preprocess = protocol_preprocess(protocol, loaded.mean, loaded.std, loaded.input_size)
+    preprocess = get_protocol(protocol).preprocess(loaded.mean, loaded.std, loaded.input_size)
     batch = preprocess(read_image(Path(path), "give a JPEG or PNG file"))[None].to(device)
     model = prepare_model(loaded.model, device).eval()
     with torch.inference_mode():

@@ -24,6 +24,7 @@ from xaibench.models.factory import LoadedModel
 from xaibench.pipelines import stores as run_stores
 from xaibench.pipelines.settings import RunSettings, world_of
 from xaibench.results.layout import STORE_FORMATS, store_path
+from xaibench.store.base import Rows
 from xaibench.store.meta import TARGETS, StoreMeta
 from xaibench.store.writer import DEFAULT_DEPTH, BackgroundWriter
 
@@ -275,11 +276,13 @@ def _write_pending(
     scores = logits.float().softmax(1).gather(1, explanation.targets[:, None])[:, 0]
     mine = np.array([int(i) in run.pending for i in indices])
     run.store.write(
-        indices.numpy()[mine],
-        explanation.maps.detach().float().cpu().numpy()[mine],
-        explanation.targets.cpu().numpy()[mine],
-        scores.detach().cpu().numpy()[mine],
-        seconds=np.full(int(mine.sum()), seconds_per_image, np.float32),
+        Rows(
+            indices.numpy()[mine],
+            explanation.maps.detach().float().cpu().numpy()[mine],
+            explanation.targets.cpu().numpy()[mine],
+            scores.detach().cpu().numpy()[mine],
+            seconds=np.full(int(mine.sum()), seconds_per_image, np.float32),
+        )
     )
     run.map_shape = tuple(explanation.maps.shape[1:])
     run.pending.difference_update(indices[mine].tolist())
@@ -296,10 +299,12 @@ def _record_skipped(run: MethodRun, rows: list[int]) -> None:
         )
     indices = np.asarray(rows, dtype=np.int64)
     run.store.write(
-        indices,
-        np.full((len(rows), *run.map_shape), np.nan, dtype=np.float32),
-        np.full(len(rows), -1, dtype=np.int64),
-        np.full(len(rows), np.nan, dtype=np.float32),
+        Rows(
+            indices,
+            np.full((len(rows), *run.map_shape), np.nan, dtype=np.float32),
+            np.full(len(rows), -1, dtype=np.int64),
+            np.full(len(rows), np.nan, dtype=np.float32),
+        )
     )
     run.pending.difference_update(rows)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.methods.layers import trace_layers
 
@@ -36,8 +37,8 @@ def randomisation_stages(
 ) -> list[Stage]:
     """The stages, output first. Modules that do not run in a forward pass at `input_size` (None:
     the model's own, `model_input_size`) are left out."""
-    if depth is not None and depth < 1:
-        raise ConfigError(f"depth must be a positive integer or None, got {depth}")
+    if depth is not None:
+        positive_int(depth, "depth")
     names = {n for n, m in model.named_modules() if n and _own_parameters(m)}
     if not names:
         raise ConfigError(f"{type(model).__name__} has no submodule with parameters to randomise")

@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 
 from xaibench.core.errors import StoreError
-from xaibench.store.base import SaliencyStore
+from xaibench.store.base import Rows, SaliencyStore, StoreWriter
 from xaibench.store.h5 import COMPRESSIONS, H5_SUFFIXES, H5Store
 from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta
 from xaibench.store.npz import PARTIAL_SUFFIX, NpzStore, NpzWriter, npz_keys, partial_path
@@ -26,8 +26,10 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "SUFFIXES",
+    "Rows",
     "SaliencyStore",
     "StoreMeta",
+    "StoreWriter",
     "create_or_resume",
     "find_stores",
     "open_store",

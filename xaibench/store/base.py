@@ -1,16 +1,67 @@
-"""The interface both store containers share."""
+"""The interface both store containers share, the rows written to them and what writes them."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from xaibench.core.errors import StoreError
 from xaibench.store.meta import StoreMeta
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows of a store to write: `indices` (n,) int64 row numbers, `maps` (n, h, w) float32,
+    `targets` (n,) int64 classes explained, `scores` (n,) float32 their probabilities on the clean
+    images, `seconds` (n,) float32 generation time per image (NaN, or None, for not recorded).
+
+    The arrays are converted to those dtypes (without a copy when they have them already).
+    """
+
+    indices: np.ndarray
+    maps: np.ndarray
+    targets: np.ndarray
+    scores: np.ndarray
+    seconds: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.indices)
+        seconds = np.full(n, np.nan, np.float32) if self.seconds is None else self.seconds
+        arrays = {
+            "indices": np.asarray(self.indices, dtype=np.int64),
+            "maps": np.asarray(self.maps, dtype=np.float32),
+            "targets": np.asarray(self.targets, dtype=np.int64),
+            "scores": np.asarray(self.scores, dtype=np.float32),
+            "seconds": np.asarray(seconds, dtype=np.float32),
+        }
+        if arrays["maps"].ndim != 3 or len(arrays["maps"]) != n:
+            raise ValueError(f"maps must be ({n}, h, w), got {arrays['maps'].shape}")
+        for name in ("indices", "targets", "scores", "seconds"):
+            if arrays[name].shape != (n,):
+                raise ValueError(f"{name} must be ({n},), got {arrays[name].shape}")
+        for name, array in arrays.items():
+            object.__setattr__(self, name, array)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@runtime_checkable
+class StoreWriter(Protocol):
+    """What a run writes its rows through: a store open for writing, or a `BackgroundWriter`."""
+
+    path: Path
+
+    def write(self, rows: Rows) -> None:
+        """Write `rows`; each is done once its map and fields are in the store."""
+
+    def close(self) -> None:
+        """Finish writing and release the store."""
 
 
 class SaliencyStore(ABC):
@@ -46,17 +97,8 @@ class SaliencyStore(ABC):
     def read_maps(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """(b,) row indices in any order -> (b, h, w) float32 maps."""
 
-    def write(
-        self,
-        indices: np.ndarray,
-        maps: np.ndarray,
-        targets: np.ndarray,
-        scores: np.ndarray,
-        labels: np.ndarray | None = None,
-        seconds: np.ndarray | None = None,
-    ) -> None:
-        """Write rows: indices (b,), maps (b, h, w), targets (b,), scores (b,), labels (b,),
-        seconds (b,) generation time per image."""
+    def write(self, rows: Rows) -> None:
+        """Write `rows` (a store open for writing is a `StoreWriter`)."""
         raise StoreError(f"{self.path} is open for reading only; use create_or_resume to write")
 
     @abstractmethod

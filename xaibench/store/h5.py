@@ -3,7 +3,7 @@
 Each map chunk carries a Fletcher-32 checksum, so a damaged chunk is reported, not read as garbage.
 
 Crash safety: the file is created under a temporary name and renamed into place, so it always has
-its attributes and fixed-size datasets. Each `write` puts the maps, targets, scores and labels in
+its attributes and fixed-size datasets. Each `write` puts the maps, targets, scores and times in
 the file and flushes it, and only then sets and flushes `done`; a process killed at any moment
 leaves a file whose `done` rows are complete. The fixed-size datasets are written in place, so
 after creation only the chunked `maps` dataset changes the file's structure.
@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from xaibench.core.errors import StoreError
-from xaibench.store.base import SaliencyStore
+from xaibench.store.base import Rows, SaliencyStore
 from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta
 
 COMPRESSIONS = ("lzf", "gzip", None)
@@ -157,43 +157,31 @@ class H5Store(SaliencyStore):
                 "`xaibench generate` again"
             ) from None
 
-    def write(
-        self,
-        indices: np.ndarray,
-        maps: np.ndarray,
-        targets: np.ndarray,
-        scores: np.ndarray,
-        labels: np.ndarray | None = None,
-        seconds: np.ndarray | None = None,
-    ) -> None:
+    def write(self, rows: Rows) -> None:
         if self._file.mode != "r+":
             raise StoreError(f"{self.path} is open for reading only; use create_or_resume to write")
-        indices = np.asarray(indices, dtype=np.int64)
-        maps = np.asarray(maps, dtype=np.float32)
-        b = len(indices)
-        if maps.ndim != 3 or len(maps) != b:
-            raise ValueError(f"maps must be ({b}, h, w), got {maps.shape}")
+        indices, b = rows.indices, len(rows)
         if b == 0:
             return
         if len(np.unique(indices)) != b or indices.min() < 0 or indices.max() >= len(self):
             raise ValueError(f"indices must be distinct rows in [0, {len(self)}), got {indices}")
         order = np.argsort(indices)
-        rows, where = indices[order], _selection(indices[order])
-        columns = [("target", self.targets, targets), ("score", self.scores, scores)]
-        if labels is not None:
-            columns.append(("label", self.labels, labels))
-        if seconds is not None:
-            self._seconds_dataset()
-            columns.append(("seconds", self.seconds, seconds))
-        self._maps_dataset(maps.shape[1:])[where] = maps[order]
+        written, where = indices[order], _selection(indices[order])
+        self._seconds_dataset()
+        columns = [
+            ("target", self.targets, rows.targets),
+            ("score", self.scores, rows.scores),
+            ("seconds", self.seconds, rows.seconds),
+        ]
+        self._maps_dataset(rows.maps.shape[1:])[where] = rows.maps[order]
         for name, held, values in columns:
-            values = np.asarray(values, dtype=held.dtype)[order]
+            values = values[order]
             self._file[name][where] = values
-            held[rows] = values
+            held[written] = values
         self._file.flush()
         self._file["done"][where] = True
         self._file.flush()
-        self.done[rows] = True
+        self.done[written] = True
 
     def _seconds_dataset(self) -> h5py.Dataset:
         """The (N,) float32 `seconds` dataset; a store written before it existed gets it here."""

@@ -18,6 +18,9 @@ JSON_FIELDS = ("method_params", "preprocess")
 RUN_FIELDS = ("model", "weights", "method", "method_params", "target", "preprocess", "precision")
 # Fields added after format version 1 was first written, with the value older stores imply.
 LATER_FIELDS = {"precision": "fp32"}
+# Preprocessing names that stores written before preprocessings had names of their own record: the
+# name of the protocol they were generated under, whose preprocessing is the one named here.
+FORMER_PREPROCESS_NAMES = {"rise": "polycam"}
 
 
 def _now() -> str:
@@ -63,6 +66,9 @@ class StoreMeta:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoreMeta:
         d = {**LATER_FIELDS, **d}
+        preprocess = d.get("preprocess")
+        if isinstance(preprocess, dict) and preprocess.get("name") in FORMER_PREPROCESS_NAMES:
+            d["preprocess"] = {**preprocess, "name": FORMER_PREPROCESS_NAMES[preprocess["name"]]}
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in d]
         if missing:

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from xaibench.core.errors import StoreError
-from xaibench.store.base import SaliencyStore
+from xaibench.store.base import Rows, SaliencyStore
 from xaibench.store.h5 import H5Store
 from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta
 
@@ -170,16 +170,8 @@ class NpzWriter(SaliencyStore):
     def read_maps(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         return self._working.read_maps(indices)
 
-    def write(
-        self,
-        indices: np.ndarray,
-        maps: np.ndarray,
-        targets: np.ndarray,
-        scores: np.ndarray,
-        labels: np.ndarray | None = None,
-        seconds: np.ndarray | None = None,
-    ) -> None:
-        self._working.write(indices, maps, targets, scores, labels, seconds)
+    def write(self, rows: Rows) -> None:
+        self._working.write(rows)
 
     def close(self) -> None:
         """Export the archive if every row is done, then close (and remove) the working file."""

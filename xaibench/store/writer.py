@@ -16,21 +16,20 @@ import queue
 import threading
 from pathlib import Path
 
-import numpy as np
-
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import StoreError
-from xaibench.store.base import SaliencyStore
+from xaibench.store.base import Rows, StoreWriter
 
 DEFAULT_DEPTH = 3
 _DONE = object()
 
 
 class BackgroundWriter:
-    """`write` and `close` of `store`, with the writes done by a background thread."""
+    """`write` and `close` of `store`, with the writes done by a background thread; a
+    `StoreWriter` itself."""
 
-    def __init__(self, store: SaliencyStore, depth: int = DEFAULT_DEPTH):
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+    def __init__(self, store: StoreWriter, depth: int = DEFAULT_DEPTH):
+        positive_int(depth, "depth")
         self.store = store
         self.path: Path = store.path
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -41,20 +40,12 @@ class BackgroundWriter:
         )
         self._thread.start()
 
-    def write(
-        self,
-        indices: np.ndarray,
-        maps: np.ndarray,
-        targets: np.ndarray,
-        scores: np.ndarray,
-        labels: np.ndarray | None = None,
-        seconds: np.ndarray | None = None,
-    ) -> None:
-        """Queue rows for `store.write` (waits while `depth` batches are queued)."""
+    def write(self, rows: Rows) -> None:
+        """Queue `rows` for `store.write` (waits while `depth` batches are queued)."""
         if self._closed:
             raise StoreError(f"{self.path}: the background writer is closed")
         self._raise_failure()
-        self._queue.put((indices, maps, targets, scores, labels, seconds))
+        self._queue.put(rows)
 
     def close(self) -> None:
         """Write what is queued, stop the thread and close the store; re-raise a write failure."""
@@ -72,7 +63,7 @@ class BackgroundWriter:
         while (item := self._queue.get()) is not _DONE:
             if self._error is None:
                 try:
-                    self.store.write(*item)
+                    self.store.write(item)
                 except BaseException as error:
                     self._error = error
 

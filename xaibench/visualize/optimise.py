@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import LayerCall, autograd_enabled, record_layers
@@ -159,8 +160,9 @@ def visualise_units(
         raise ConfigError(
             f"parameterisation must be one of {sorted(PARAMETERISATIONS)}, got {parameterisation!r}"
         )
-    if steps < 1 or blur_every < 0:
-        raise ConfigError("steps must be >= 1 and blur_every >= 0")
+    positive_int(steps, "steps")
+    if blur_every < 0:
+        raise ConfigError(f"blur_every must be >= 0, got {blur_every!r}")
     device = torch.device(device)
     transforms = RandomTransforms() if transforms is None else transforms
     objective = _Objective(model, units)
