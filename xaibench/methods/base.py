@@ -19,6 +19,7 @@ from torch import nn
 
 from xaibench.core.batching import ChunkSize, run_in_chunks
 from xaibench.core.registry import Registry
+from xaibench.methods.targets import ScoreKind
 
 
 @dataclass
@@ -53,6 +54,9 @@ class SaliencyMethod(ABC):
     needs_model: ClassVar[bool] = True
     uses_target: ClassVar[bool] = True
     """False for methods whose map does not depend on the class explained (baselines, Eigen-CAM)."""
+    explains: ClassVar[ScoreKind] = "logit"
+    """The score of the class the method explains (`explained_score`): the logit y_c, or the
+    softmax probability p_c for the methods whose paper weights by it (RISE, Score-CAM, Poly-CAM)."""
     requires: ClassVar[tuple[str, ...]] = ()
     """What the method needs of a model's structure (xaibench.methods.support checks each):
     "feature_map" (a (B, C, h, w) map the score is pooled from), "bias_terms" (a network whose

@@ -17,6 +17,7 @@ from torch import nn
 
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
+from xaibench.methods.targets import explained_score
 from xaibench.methods.tgrad import (
     InputShiftTerm,
     channel_bias,
@@ -66,7 +67,7 @@ class FullGrad(SaliencyMethod):
 
     Terms: x * dy_c/dx, and b_l * dy_c/dz_l for every Conv2d with a bias, every eval-mode
     batch-norm (b_l its effective bias, `effective_biases`) and every Linear; y_c is the explained
-    logit. Each term T (B, C, h, w) is post-processed as in the reference code: |T|, minus its
+    logit, as published. Each term T (B, C, h, w) is post-processed as in the reference code: |T|, minus its
     minimum and divided by its maximum (+ EPS), both taken per image over all of the term's
     channels and positions; then summed over channels and resized bilinearly to (H, W) with
     align_corners=True (the reference code's resize). The map is the sum over the input term and
@@ -115,7 +116,7 @@ class FullGrad(SaliencyMethod):
             x = gradient_input(images)
             logits = self.model(x)
             targets = top1_targets(logits, targets)
-            score = logits.gather(1, targets[:, None])[:, 0]
+            score = explained_score(logits, targets, self.explains)
             (grad,) = torch.autograd.grad(score.sum(), x)
         inputs = input_terms(x.detach(), grad, self.shift.ratio)
         maps = [postprocess(term) for term in inputs.values()]

@@ -36,6 +36,7 @@ from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_tar
 from xaibench.methods.cam import GradCAM
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
+from xaibench.methods.targets import ScoreKind, explained_score
 
 Rule = Literal["plain", "guided", "deconvnet"]
 OTHER_ACTIVATIONS = (
@@ -85,17 +86,22 @@ class AttributionMethod(SaliencyMethod):
 
 
 def input_gradients(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    kind: ScoreKind = "logit",
 ) -> Attribution:
-    """One forward and one backward: values = d(logit of the target)/d(images), (B, C, H, W).
+    """One forward and one backward: values = d(explained score)/d(images), (B, C, H, W).
 
-    targets (B,) or None (= top-1 of this forward); the returned logits are this forward's.
+    targets (B,) or None (= top-1 of this forward); kind: the score (`explained_score`), the logit
+    by default; the returned logits are this forward's.
     """
     with autograd_enabled():
         leaf = gradient_input(images)
         logits = model(leaf)
         targets = top1_targets(logits, targets)
-        (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), leaf)
+        score = explained_score(logits, targets, kind).sum()
+        (grads,) = torch.autograd.grad(score, leaf)
     return Attribution(grads, targets, logits.detach())
 
 
@@ -131,8 +137,9 @@ def over_image_pairs(
 class Gradient(AttributionMethod):
     """Vanilla gradient (Simonyan, Vedaldi, Zisserman, 2014): map = max_c |dy_c/dx|, (B, H, W).
 
-    `attribute` keeps the signed gradient, so that SmoothGrad averages signed gradients and takes
-    the absolute value afterwards, as in the SmoothGrad paper.
+    y_c is the explained logit, as published. `attribute` keeps the signed gradient, so that
+    SmoothGrad averages signed gradients and takes the absolute value afterwards, as in the
+    SmoothGrad paper.
     """
 
     name = "gradient"
@@ -141,14 +148,14 @@ class Gradient(AttributionMethod):
         super().__init__(model)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
-        return input_gradients(self.model, images, targets)
+        return input_gradients(self.model, images, targets, self.explains)
 
 
 @METHODS.register("gradinput", help="gradient x input, summed over channels")
 class GradientInput(AttributionMethod):
     """Gradient x input (Shrikumar et al., 2016): x * dy_c/dx, map = sum over channels (B, H, W).
 
-    The sum keeps the sign and the first-order link to the score (the attributions of a
+    y_c is the explained logit, as published. The sum keeps the sign and the first-order link to the score (the attributions of a
     piecewise-linear network without biases sum to the score).
     """
 
@@ -158,7 +165,7 @@ class GradientInput(AttributionMethod):
         super().__init__(model)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
-        result = input_gradients(self.model, images, targets)
+        result = input_gradients(self.model, images, targets, self.explains)
         result.values = result.values * images
         return result
 
@@ -269,7 +276,8 @@ def rectified_relus(model: nn.Module, rule: Rule) -> Iterator[ReLUSwitch]:
 
 
 class RectifiedGradient(AttributionMethod):
-    """The input gradient with every `nn.ReLU` backward replaced by `rule` (see rectified_relus).
+    """The input gradient of the explained logit with every `nn.ReLU` backward replaced by `rule`
+    (see rectified_relus).
 
     Map: max over channels of |attribution| (B, H, W), the reduction of the vanilla gradient.
     """
@@ -285,7 +293,7 @@ class RectifiedGradient(AttributionMethod):
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
         with rectified_relus(self.model, self.rule):
-            return input_gradients(self.model, images, targets)
+            return input_gradients(self.model, images, targets, self.explains)
 
 
 @METHODS.register(
@@ -320,7 +328,8 @@ class GuidedGradCAM(AttributionMethod):
     """Guided Grad-CAM (Selvaraju et al., 2017): guided backprop x Grad-CAM upsampled to (H, W).
 
     One forward and two backward passes: a plain one to `layer` for Grad-CAM, then a guided one
-    to the input. Grad-CAM is upsampled bilinearly (align_corners=False), as in the paper. Map:
+    to the input, both of the explained logit y_c. Grad-CAM is upsampled bilinearly
+    (align_corners=False), as in the paper. Map:
     max over channels of |attribution| (B, H, W). `layer` as for Grad-CAM (None: the traced
     default).
     """
@@ -353,7 +362,7 @@ class GuidedGradCAM(AttributionMethod):
                     f"layer {self.layer!r} outputs shape {tuple(call.shape)}, not (B, C, h, w); "
                     "pick a convolutional layer"
                 )
-            score = logits.gather(1, targets[:, None]).sum()
+            score = explained_score(logits, targets, self.explains).sum()
             (layer_grads,) = torch.autograd.grad(score, inputs=[call.edge], retain_graph=True)
             switch.rule = "guided"
             (guided,) = torch.autograd.grad(score, leaf)

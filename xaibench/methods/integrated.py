@@ -28,6 +28,7 @@ from xaibench.methods.gradients import (
     input_gradients,
     over_image_pairs,
 )
+from xaibench.methods.targets import explained_score
 
 Quadrature = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
@@ -90,7 +91,8 @@ class IntegratedGradients(AttributionMethod):
     in the normalised space the model sees, i.e. the dataset mean colour) or "black" (pixel value
     0, i.e. -mean / std per channel after normalisation with `mean` and `std`, which only this
     baseline uses); step_batch: (image x step) pairs per forward (None: the device's default chunk
-    size; lowered on out-of-memory and kept lower for later calls). One extra forward of the clean
+    size; lowered on out-of-memory and kept lower for later calls). y_c is the explained logit, as
+    published. One extra forward of the clean
     images and one of the baseline give the targets, the logits and `last_completeness`.
     """
 
@@ -157,7 +159,7 @@ class IntegratedGradients(AttributionMethod):
 
         def weighted_gradients(image_index: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
             points = baseline + nodes[step].view(-1, 1, 1, 1) * delta[image_index]
-            grads = input_gradients(self.model, points, targets[image_index]).values
+            grads = input_gradients(self.model, points, targets[image_index], self.explains).values
             return grads * weights[step].view(-1, 1, 1, 1)
 
         chunk = self.chunk_sizes.get(self.step_batch or default_chunk_size(images.device))
@@ -170,10 +172,9 @@ class IntegratedGradients(AttributionMethod):
             images.device,
         )
         values = delta * summed
-        score = logits.gather(1, targets[:, None])[:, 0]
-        self.last_completeness = Completeness(
-            values.flatten(1).sum(dim=1), score - baseline_logits[0, targets]
-        )
+        score = explained_score(logits, targets, self.explains)
+        baseline_score = explained_score(baseline_logits.expand_as(logits), targets, self.explains)
+        self.last_completeness = Completeness(values.flatten(1).sum(dim=1), score - baseline_score)
         return Attribution(values, targets, logits)
 
     def reduce(self, values: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from xaibench.core.batching import ChunkSizes, apply_in_chunks
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
+from xaibench.methods.targets import explained_score
 
 
 @METHODS.register(
@@ -30,7 +31,8 @@ class RISE(SaliencyMethod):
     else 0, is upsampled bilinearly to (cell + 1) x (cell + 1) cells of ceil(H / cell) x
     ceil(W / cell) pixels, and an H x W window is cut from it at a random shift of 0 to one cell
     along each axis; `cell` = 7 gives the paper's 7 x 7 grid (32-pixel cells at 224). The scores
-    are softmax probabilities of the explained class. A masked pixel is 0 in the model's input,
+    are softmax probabilities of the explained class, as in the paper (the explained score,
+    `explains`). A masked pixel is 0 in the model's input,
     which for normalised images is the dataset's mean colour (as in the authors' code, which masks
     the normalised tensor).
 
@@ -50,6 +52,7 @@ class RISE(SaliencyMethod):
     """
 
     name = "rise"
+    explains = "probability"
     records = ("last_scores",)
 
     def __init__(
@@ -85,8 +88,8 @@ class RISE(SaliencyMethod):
             nonlocal saliency
             masks = self.upsample(grid, shift, (height, width)).to(images.dtype)
             masked = (images[:, None] * masks[None, :, None]).flatten(0, 1)
-            probs = self.model(masked).softmax(dim=1).view(batch, len(masks), -1)
-            scores = probs.gather(2, targets[:, None, None].expand(-1, len(masks), 1))[..., 0]
+            each = targets.repeat_interleave(len(masks))
+            scores = explained_score(self.model(masked), each, self.explains).view(batch, -1)
             saliency = saliency + torch.einsum("bm,mhw->bhw", scores, masks)
             return scores.T
 

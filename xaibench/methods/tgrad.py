@@ -18,6 +18,7 @@ from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
+from xaibench.methods.targets import explained_score
 from xaibench.models.input_transform import input_shift
 
 EPS = 1e-8
@@ -130,7 +131,7 @@ def channel_bias(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class TGrad(SaliencyMethod):
     """T-Grad saliency (B, H, W) at the input resolution, one forward + one backward per batch.
 
-    Terms: T_0 = x * dy_c/dx, and T_l = b_l * dy_c/dz_l for each Conv2d with a bias (z_l its output)
+    The score y_c is the explained logit, as published. Terms: T_0 = x * dy_c/dx, and T_l = b_l * dy_c/dz_l for each Conv2d with a bias (z_l its output)
     and each eval-mode batch-norm whose output z_l is a (B, C, h, w) map (b_l its effective bias).
     A model that maps its input as x' = s * x + t inside `forward` (torchvision's pretrained
     GoogLeNet and Inception v3, `input_shift`) gets one more term, "input_shift", t * dy_c/dx':
@@ -179,7 +180,7 @@ class TGrad(SaliencyMethod):
             x = gradient_input(images)
             logits = self.model(x)
             targets = top1_targets(logits, targets)
-            score = logits.gather(1, targets[:, None]).squeeze(1)
+            score = explained_score(logits, targets, self.explains)
             (grad,) = torch.autograd.grad(score.sum(), x)
         score = full_precision(score.detach())
         inputs = input_terms(x.detach(), grad, self.shift.ratio)
