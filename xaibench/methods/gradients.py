@@ -21,7 +21,7 @@ import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -55,11 +55,13 @@ OTHER_ACTIVATIONS = (
 
 @dataclass
 class Attribution:
-    """values: (B, C, H, W) per-channel attribution; targets: (B,) int64; logits: (B, K) or None."""
+    """values: (B, C, H, W) per-channel attribution; targets: (B,) int64; logits: (B, K) or None;
+    extras: the explanation's (`Explanation.extras`)."""
 
     values: torch.Tensor
     targets: torch.Tensor
     logits: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class AttributionMethod(SaliencyMethod):
@@ -71,7 +73,8 @@ class AttributionMethod(SaliencyMethod):
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         result = self.attribute(images, targets)
-        return Explanation(self.reduce(result.values).float(), result.targets, result.logits)
+        maps = self.reduce(result.values).float()
+        return Explanation(maps, result.targets, result.logits, result.extras)
 
     @abstractmethod
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:

@@ -4,8 +4,8 @@
 
 with baseline b and quadrature nodes a_k and weights w_k from `path_points`. The attribution is
 (B, C, H, W); the map is its sum over channels (B, H, W), so that the map sums to the attributions'
-total, which completeness says is y_c(x) - y_c(b). Each call records that check in
-`last_completeness`.
+total, which completeness says is y_c(x) - y_c(b). Each explanation carries that check in its
+extras["completeness"] (`Completeness`).
 """
 
 from __future__ import annotations
@@ -74,14 +74,6 @@ class Completeness:
         """(B,) attribution_sums - score_differences."""
         return self.attribution_sums - self.score_differences
 
-    @classmethod
-    def concat(cls, parts: list[Completeness]) -> Completeness:
-        """The checks of consecutive sub-batches as that of one batch."""
-        return cls(
-            torch.cat([p.attribution_sums for p in parts]),
-            torch.cat([p.score_differences for p in parts]),
-        )
-
 
 @METHODS.register("intgrad", help="Integrated Gradients from a baseline, summed over channels")
 class IntegratedGradients(AttributionMethod):
@@ -93,11 +85,10 @@ class IntegratedGradients(AttributionMethod):
     baseline uses); step_batch: (image x step) pairs per forward (None: the device's default chunk
     size; lowered on out-of-memory and kept lower for later calls). y_c is the explained logit, as
     published. One extra forward of the clean
-    images and one of the baseline give the targets, the logits and `last_completeness`.
+    images and one of the baseline give the targets, the logits and extras["completeness"].
     """
 
     name = "intgrad"
-    records = ("last_completeness",)
 
     def __init__(
         self,
@@ -132,7 +123,6 @@ class IntegratedGradients(AttributionMethod):
         self.steps, self.baseline, self.step_batch = steps, baseline, step_batch
         self.chunk_sizes = ChunkSizes("step_batch")
         self.mean, self.std = mean, std
-        self.last_completeness: Completeness | None = None
 
     def baseline_image(self, images: torch.Tensor) -> torch.Tensor:
         """The baseline (1, C, H, W) for images (B, C, H, W), on their device and dtype."""
@@ -174,8 +164,8 @@ class IntegratedGradients(AttributionMethod):
         values = delta * summed
         score = explained_score(logits, targets, self.explains)
         baseline_score = explained_score(baseline_logits.expand_as(logits), targets, self.explains)
-        self.last_completeness = Completeness(values.flatten(1).sum(dim=1), score - baseline_score)
-        return Attribution(values, targets, logits)
+        completeness = Completeness(values.flatten(1).sum(dim=1), score - baseline_score)
+        return Attribution(values, targets, logits, {"completeness": completeness})
 
     def reduce(self, values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H, W): sum over channels."""

@@ -48,12 +48,11 @@ class RISE(SaliencyMethod):
     repeats the edge values beyond the grid's outer cell centres where scikit-image's `resize`
     reflects them; the two differ only in the outer half cell of the upsampled grid.
 
-    After each call `last_scores` (B, N) holds p_c(M_i * x) for each image and mask.
+    The explanation's extras["scores"] (B, N) hold p_c(M_i * x) for each image and mask.
     """
 
     name = "rise"
     explains = "probability"
-    records = ("last_scores",)
 
     def __init__(
         self,
@@ -76,7 +75,6 @@ class RISE(SaliencyMethod):
         self.num_masks, self.cell, self.keep = masks, cell, keep
         self.mask_batch, self.seed = mask_batch, seed
         self.chunk_sizes = ChunkSizes("mask_batch")
-        self.last_scores: torch.Tensor | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         batch, _, height, width = images.shape
@@ -100,9 +98,8 @@ class RISE(SaliencyMethod):
                 self.mask_batch or max(1, default_chunk_size(images.device) // batch)
             )
             scores = apply_in_chunks(score_masks, grids, shifts, chunk_size=chunk)
-        self.last_scores = scores.T
         maps = saliency / (self.num_masks * self.keep)
-        return Explanation(maps.float(), targets, logits)
+        return Explanation(maps.float(), targets, logits, {"scores": scores.T})
 
     def draw(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The seeded draws: grids (N, cell, cell) bool (True = kept) and shifts (N, 2) in [0, 1).
