@@ -66,7 +66,7 @@ def layer_pass(
     with autograd_enabled(), record_layers(model, [layer], activations=True, edges=True) as rec:
         logits = model(gradient_input(images))
         targets = top1_targets(logits, targets)
-        call = _spatial_call(rec.last(layer), layer)
+        call = spatial_call(rec.last(layer), layer)
         score = explained_score(logits, targets, kind).sum()
         (gradients,) = torch.autograd.grad(score, inputs=[call.edge])
     runs = sum(c.name == layer for c in rec.calls)
@@ -82,12 +82,12 @@ def layer_forward(
     """
     with torch.no_grad(), record_layers(model, [layer], activations=True) as rec:
         logits = model(images)
-    call = _spatial_call(rec.last(layer), layer)
+    call = spatial_call(rec.last(layer), layer)
     runs = sum(c.name == layer for c in rec.calls)
     return LayerPass(call.activation, None, logits, top1_targets(logits, targets), runs)
 
 
-def _spatial_call(call: LayerCall, layer: str) -> LayerCall:
+def spatial_call(call: LayerCall, layer: str) -> LayerCall:
     """The call itself when its output is (B, C, h, w); ConfigError otherwise."""
     if call.activation.ndim != 4:
         raise ConfigError(

@@ -33,9 +33,8 @@ from xaibench.core.batching import ChunkSize, apply_in_chunks
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
-from xaibench.methods.cam import GradCAM
+from xaibench.methods.cam import GradCAM, LayerMethod, spatial_call
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
-from xaibench.methods.layers import find_target_layer, validate_layer
 from xaibench.methods.targets import ScoreKind, explained_score
 
 Rule = Literal["plain", "guided", "deconvnet"]
@@ -327,14 +326,14 @@ class DeconvNet(RectifiedGradient):
 
 
 @METHODS.register("guidedgradcam", help="Guided Grad-CAM: guided backprop x upsampled Grad-CAM")
-class GuidedGradCAM(AttributionMethod):
+class GuidedGradCAM(LayerMethod, AttributionMethod):
     """Guided Grad-CAM (Selvaraju et al., 2017): guided backprop x Grad-CAM upsampled to (H, W).
 
     One forward and two backward passes: a plain one to `layer` for Grad-CAM, then a guided one
     to the input, both of the explained logit y_c. Grad-CAM is upsampled bilinearly
     (align_corners=False), as in the paper. Map:
-    max over channels of |attribution| (B, H, W). `layer` as for Grad-CAM (None: the traced
-    default).
+    max over channels of |attribution| (B, H, W). `layer` as for Grad-CAM (`LayerMethod`; None:
+    the traced default).
     """
 
     compilable = False
@@ -344,11 +343,8 @@ class GuidedGradCAM(AttributionMethod):
 
     def __init__(self, model: nn.Module, layer: str | None = None):
         check_relu_modules(model, self.name)
-        layer = find_target_layer(model) if layer is None else layer
-        validate_layer(model, layer)
-        super().__init__(model, layer=layer)
-        self.layer = layer
-        self.gradcam = GradCAM(model, layer)
+        super().__init__(model, layer)
+        self.gradcam = GradCAM(model, self.layer)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
         with (
@@ -359,12 +355,7 @@ class GuidedGradCAM(AttributionMethod):
             leaf = gradient_input(images)
             logits = self.model(leaf)
             targets = top1_targets(logits, targets)
-            call = rec.last(self.layer)
-            if call.activation.ndim != 4:
-                raise ConfigError(
-                    f"layer {self.layer!r} outputs shape {tuple(call.shape)}, not (B, C, h, w); "
-                    "pick a convolutional layer"
-                )
+            call = spatial_call(rec.last(self.layer), self.layer)
             score = explained_score(logits, targets, self.explains).sum()
             (layer_grads,) = torch.autograd.grad(score, inputs=[call.edge], retain_graph=True)
             switch.rule = "guided"
