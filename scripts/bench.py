@@ -55,6 +55,7 @@ from xaibench.core.runtime import default_chunk_size, prepare_model, resolve_dev
 from xaibench.core.timing import seconds, synchronise
 from xaibench.methods import METHODS, find_target_layer
 from xaibench.methods.base import saliency_mode
+from xaibench.methods.targets import explained_score
 from xaibench.metrics import METRICS, MetricContext, get_protocol, score_function
 from xaibench.models import load_model
 from xaibench.store import Rows, StoreMeta, create_or_resume
@@ -144,7 +145,7 @@ def raw_forward_backward(
         with saliency_mode(model):
             x = images.detach().requires_grad_(True)
             logits = model(x)
-            score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+            score = explained_score(logits, logits.argmax(1)).sum()
             if backward:
                 score.backward()
             else:

@@ -68,7 +68,8 @@ def test_equals_the_paper_one_image_at_a_time(network, size, request, set_inplac
     for i in range(len(images)):
         expected, totals, _ = reference_fullgrad(plain, images[i : i + 1], result.targets[i])
         torch.testing.assert_close(result.maps[i].double(), expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(method.last_terms.totals[i], totals, rtol=1e-6, atol=1e-10)
+        terms = result.extras["terms"]
+        torch.testing.assert_close(terms.totals[i], totals, rtol=1e-6, atol=1e-10)
 
 
 @pytest.mark.parametrize("network", ["small_vgg", "tiny_resnet"])
@@ -78,12 +79,13 @@ def test_terms_add_up_to_the_score(network, request, images):
     method = FullGrad(model)
     result = method(images.double(), torch.tensor([0, 1, 2, 3]))
     score = result.logits.gather(1, result.targets[:, None])[:, 0]
-    torch.testing.assert_close(method.last_terms.totals.sum(dim=1), score, rtol=0, atol=1e-10)
+    terms = result.extras["terms"]
+    torch.testing.assert_close(terms.totals.sum(dim=1), score, rtol=0, atol=1e-10)
     torch.testing.assert_close(
-        method.last_terms.completeness, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-9
+        terms.completeness, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-9
     )
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    assert method.last_terms.names[0] == "input" and set(linear) <= set(method.last_terms.names)
+    assert terms.names[0] == "input" and set(linear) <= set(terms.names)
 
 
 def test_batch_invariance(small_vgg, images):

@@ -67,7 +67,7 @@ def run_both(pair: Pair, method_class: type) -> Runs:
     method, untransformed = method_class(pair.model), method_class(pair.plain)
     result = method(pair.images)
     expected = untransformed(pair.fed, result.targets)
-    terms, plain_terms = method.last_terms, untransformed.last_terms
+    terms, plain_terms = result.extras["terms"], expected.extras["terms"]
     assert terms.names == ["input", "input_shift", *plain_terms.names[1:]]
     fed = pair.fed.clone().requires_grad_(True)
     score = pair.plain(fed).gather(1, result.targets[:, None]).sum()
@@ -120,11 +120,9 @@ def test_fullgrad_gives_the_shift_a_term_like_a_bias(pair):
 @pytest.mark.parametrize("method", [TGrad, FullGrad])
 def test_shift_term_false_leaves_the_term_out_and_is_recorded_only_where_it_matters(method, pair):
     with_shift, published = method(pair.model), method(pair.model, shift_term=False)
-    with_shift(pair.images)
-    published(pair.images)
-    names = with_shift.last_terms.names
+    names = with_shift(pair.images).extras["terms"].names
     assert names[:2] == ["input", "input_shift"]
-    assert published.last_terms.names == [n for n in names if n != "input_shift"]
+    assert published(pair.images).extras["terms"].names == [n for n in names if n != "input_shift"]
     assert with_shift.params == {"shift_term": True}  # a store of each refuses the other's resume
     assert published.params == {"shift_term": False}
     assert method(pair.plain).params == method(pair.plain, shift_term=False).params == {}

@@ -30,12 +30,11 @@ def cat():
 
 
 def test_tgrad_on_a_relu6_network(lite0, cat):
-    method = TGrad(lite0)
-    result = method(cat)
+    result = TGrad(lite0)(cat)
     assert int(result.targets[0]) in CAT_CLASSES
     assert result.maps.shape == (1, 224, 224) and (result.maps >= 0).all()
     assert torch.isfinite(result.maps).all() and result.maps.sum() > 0
-    terms = method.last_terms
+    terms = result.extras["terms"]
     assert len(terms.names) == 1 + sum(
         isinstance(m, torch.nn.BatchNorm2d) for m in lite0.modules()
     ) + sum(isinstance(m, torch.nn.Conv2d) and m.bias is not None for m in lite0.modules())

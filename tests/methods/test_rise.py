@@ -46,7 +46,7 @@ def test_equals_the_paper_one_image_and_one_mask_at_a_time(small_vgg, size):
     for i in range(len(images)):
         expected, scores = reference_rise(model, images[i : i + 1], result.targets[i], masks, 0.4)
         torch.testing.assert_close(result.maps[i].double(), expected, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(method.last_scores[i], scores, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(result.extras["scores"][i], scores, rtol=1e-5, atol=1e-8)
 
 
 def test_masks_follow_the_recipe():

@@ -218,7 +218,7 @@ def test_integrated_gradients_match_captum(quadrature, baseline, make_vgg, image
         expected = expected * 8 / 7
     assert all(r >= 0.99 for r in pearson(result.maps, expected))
     torch.testing.assert_close(result.maps, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
-    completeness = method.last_completeness
+    completeness = result.extras["completeness"]
     torch.testing.assert_close(completeness.attribution_sums, result.maps.flatten(1).sum(dim=1))
     torch.testing.assert_close(completeness.score_differences, score_differences)
 
@@ -226,9 +226,7 @@ def test_integrated_gradients_match_captum(quadrature, baseline, make_vgg, image
 def test_completeness_improves_with_steps(tiny_resnet, images):
     gaps = []
     for steps in (4, 64):
-        method = IntegratedGradients(tiny_resnet, steps=steps)
-        method(images)
-        done = method.last_completeness
+        done = IntegratedGradients(tiny_resnet, steps=steps)(images).extras["completeness"]
         gaps.append((done.gap.abs() / done.score_differences.abs()).max().item())
     assert gaps[1] < 0.01 and gaps[1] < gaps[0]
 

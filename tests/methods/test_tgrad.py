@@ -44,13 +44,14 @@ def test_equals_the_published_steps_one_image_at_a_time(make_vgg, images, set_in
     plain = set_inplace(copy.deepcopy(model), False)
     method = TGrad(model)
     result = method(images)
-    assert len(method.last_terms.names) == 1 + 6
+    terms = result.extras["terms"]
+    assert len(terms.names) == 1 + 6
     for i in range(len(images)):
         expected, weights = reference_tgrad(plain, images[i : i + 1], int(result.targets[i]))
         error = (result.maps[i] - expected).abs().max() / expected.abs().max()
         assert error <= 1e-4
-        torch.testing.assert_close(method.last_terms.weights[i], weights, rtol=1e-4, atol=1e-5)
-    assert (method.last_terms.weights > 0).any() and (method.last_terms.weights[:, 1:] != 0).all()
+        torch.testing.assert_close(terms.weights[i], weights, rtol=1e-4, atol=1e-5)
+    assert (terms.weights > 0).any() and (terms.weights[:, 1:] != 0).all()
 
 
 def test_complete_without_linear_biases(small_vgg, images):
@@ -58,10 +59,9 @@ def test_complete_without_linear_biases(small_vgg, images):
     for module in model.classifier:
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
-    method = TGrad(model)
-    method(images.double())
+    terms = TGrad(model)(images.double()).extras["terms"]
     torch.testing.assert_close(
-        method.last_terms.completeness, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-10
+        terms.completeness, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-10
     )
 
 
@@ -80,12 +80,13 @@ def test_batchnorm_network_explains_all_but_the_linear_bias(
     result = method(images.double())
     score = result.logits.gather(1, result.targets[:, None])[:, 0]
     expected = 1 - model.fc.bias[result.targets].detach() / score
-    torch.testing.assert_close(method.last_terms.completeness, expected, rtol=0, atol=1e-10)
+    terms = result.extras["terms"]
+    torch.testing.assert_close(terms.completeness, expected, rtol=0, atol=1e-10)
     batch_norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     biased_convs = [
         n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.bias is not None
     ]
-    assert sorted(method.last_terms.names[1:]) == sorted(batch_norms + biased_convs)
+    assert sorted(terms.names[1:]) == sorted(batch_norms + biased_convs)
 
 
 def test_inplace_relu_gives_the_same_result(make_vgg, images, set_inplace):
@@ -95,10 +96,10 @@ def test_inplace_relu_gives_the_same_result(make_vgg, images, set_inplace):
     assert all(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
 
 
-def test_last_terms_shapes_and_output(small_vgg, images):
+def test_terms_shapes_and_output(small_vgg, images):
     method = METHODS.get("tgrad")(small_vgg)
     result = method(images)
-    terms = method.last_terms
+    terms = result.extras["terms"]
     assert result.maps.shape == (4, 64, 64)
     convs = ["features.0", "features.3", "features.6", "features.8", "features.11", "features.13"]
     assert terms.names == ["input", *convs]
@@ -146,12 +147,10 @@ def test_batchnorm1d_in_the_head_is_a_fullgrad_term_but_no_tgrad_map(images, ran
         model[6].bias.uniform_(-0.2, 0.2)
     model = model.double().eval()
     assert inspect_model(model, (64, 64)).findings["bias_terms"].status == "yes"
-    fullgrad = FullGrad(model)
-    fullgrad(images.double())
-    assert fullgrad.last_terms.names == ["input", "0", "1", "5", "6", "8"]
+    fullgrad = FullGrad(model)(images.double()).extras["terms"]
+    assert fullgrad.names == ["input", "0", "1", "5", "6", "8"]
     torch.testing.assert_close(
-        fullgrad.last_terms.completeness, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-10
+        fullgrad.completeness, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-10
     )
-    tgrad = TGrad(model)
-    tgrad(images.double())
-    assert tgrad.last_terms.names == ["input", "0", "1"]
+    tgrad = TGrad(model)(images.double()).extras["terms"]
+    assert tgrad.names == ["input", "0", "1"]

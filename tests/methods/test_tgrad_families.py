@@ -56,7 +56,6 @@ class FamilyRun:
     model: nn.Module
     images: torch.Tensor
     verdict: str
-    method: TGrad
     result: Explanation
 
 
@@ -67,8 +66,7 @@ def family(request) -> FamilyRun:
     model = torchvision.models.get_model(name, weights=None, num_classes=10, **options)
     model = calibrated(model, side, seed=1)
     images = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(2))
-    method = TGrad(model)
-    return FamilyRun(name, model, images, verdict, method, method(images))
+    return FamilyRun(name, model, images, verdict, TGrad(model)(images))
 
 
 def score_and_linear_terms(model: nn.Module, images: torch.Tensor, targets: torch.Tensor):
@@ -94,15 +92,16 @@ def score_and_linear_terms(model: nn.Module, images: torch.Tensor, targets: torc
 
 
 def test_runs_on_the_family(family):
-    model, images, method, result = family.model, family.images, family.method, family.result
+    model, images, result = family.model, family.images, family.result
+    names = result.extras["terms"].names
     assert result.maps.shape == (2, *images.shape[2:])
     assert result.maps.dtype == torch.float32 and torch.isfinite(result.maps).all()
     assert (result.maps > 0).any()
     norms = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    assert norms and norms <= set(method.last_terms.names)
+    assert norms and norms <= set(names)
     shifted = getattr(model, "transform_input", False)
-    assert method.last_terms.names[: 1 + shifted] == ["input", "input_shift"][: 1 + shifted]
-    assert ("input_shift" in method.last_terms.names) == shifted
+    assert names[: 1 + shifted] == ["input", "input_shift"][: 1 + shifted]
+    assert ("input_shift" in names) == shifted
     assert hooks_left(model) == [] and not model.training
 
 
@@ -112,7 +111,7 @@ def test_completeness_agrees_with_the_support_verdict(family):
     verdict = inspect_model(model, (side, side)).findings["bias_terms"].status
     assert verdict == family.verdict
     score, linear_terms = score_and_linear_terms(model, images, result.targets)
-    terms = family.method.last_terms.weights * result.logits.gather(1, result.targets[:, None])
+    terms = result.extras["terms"].weights * result.logits.gather(1, result.targets[:, None])
     error = (terms.sum(dim=1) + linear_terms - score).abs() / score.abs()
     if verdict == "yes":
         assert error.max() < 1e-4, f"{family.name}: {error.tolist()}"

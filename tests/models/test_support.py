@@ -110,6 +110,8 @@ def test_skeleton_needs_no_weights_and_restores_module_registration():
     assert all(p.is_meta for p in model.parameters())
     assert all(b.is_meta for b in model.buffers())
     assert nn.Module.register_parameter is register
+    after = nn.BatchNorm2d(2)  # built after the fallback: on the default device again
+    assert not any(t.is_meta for t in [*after.parameters(), *after.buffers()])
     assert all(p.is_meta for p in skeleton("resnet18").parameters())
 
 

@@ -46,9 +46,8 @@ def test_png_size_follows_the_layout_with_tgrad_terms(photo, tmp_path):
     assert result.exit_code == 0, result.output
     loaded = load_model(MODEL)
     image = get_protocol("polycam").preprocess(loaded.mean, loaded.std)(load_rgb(photo))[None]
-    tgrad = METHODS.get("tgrad")(loaded.model)
-    tgrad(image)
-    terms = len(tgrad.last_terms.names)  # input + conv biases + batch norm
+    tgrad = METHODS.get("tgrad")(loaded.model)(image)
+    terms = len(tgrad.extras["terms"].names)  # input + conv biases + batch norm
     rows, columns = figure_layout(2, terms)
     assert (rows, columns) == (1 + -(-terms // 4) + 1, 4)
     assert Image.open(out).size == (columns * PANEL, rows * PANEL)

@@ -2,8 +2,9 @@
 
 A method takes a batch of normalised images (B, 3, H, W) and optional per-image targets (B,) and
 returns an `Explanation`: maps (B, h, w) float32 at the method's native resolution on the images'
-device, the classes explained, and the clean-image logits when the method ran a forward pass (so the
-caller need not run another one to score the image).
+device, the classes explained, the clean-image logits when the method ran a forward pass (so the
+caller need not run another one to score the image), and the method's extras: what else it computed
+of each image (T-Grad's terms, Integrated Gradients' completeness check, ...).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -19,27 +20,62 @@ from torch import nn
 
 from xaibench.core.batching import ChunkSize, run_in_chunks
 from xaibench.core.registry import Registry
+from xaibench.methods.targets import ScoreKind
 
 
 @dataclass
 class Explanation:
-    """maps: (B, h, w) float32; targets: (B,) int64; logits: (B, K) or None."""
+    """maps: (B, h, w) float32; targets: (B,) int64; logits: (B, K) or None.
+
+    extras: name -> what else the method computed of the batch, image-major (`join_batches` joins
+    sub-batches'): T-Grad's and FullGrad's "terms", Integrated Gradients' "completeness", RISE's
+    "scores"; empty for the other methods.
+    """
 
     maps: torch.Tensor
     targets: torch.Tensor
     logits: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def concat(cls, parts: list[Explanation]) -> Explanation:
-        """The explanations of consecutive sub-batches as one; logits only if every part has them."""
+        """The explanations of consecutive sub-batches as one; logits only if every part has them,
+        extras joined name by name (`join_batches`)."""
         if len(parts) == 1:
             return parts[0]
         logits = [p.logits for p in parts]
+        names = list(parts[0].extras)
+        if any(list(p.extras) != names for p in parts):
+            raise ValueError("the sub-batches' explanations have different extras")
         return cls(
             torch.cat([p.maps for p in parts]),
             torch.cat([p.targets for p in parts]),
             None if any(x is None for x in logits) else torch.cat(logits),
+            {name: join_batches([p.extras[name] for p in parts]) for name in names},
         )
+
+
+def join_batches(parts: list[Any]) -> Any:
+    """The values of consecutive sub-batches as the value of one batch.
+
+    Tensors (b, ...) are concatenated along dim 0, lists element by element, dataclasses field by
+    field; any other value (a layer's name) must be equal in every part (ValueError otherwise).
+    """
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, list):
+        if any(len(part) != len(first) for part in parts):
+            raise ValueError("the sub-batches' lists differ in length")
+        return [join_batches(list(items)) for items in zip(*parts, strict=True)]
+    if is_dataclass(first) and not isinstance(first, type):
+        joined = {
+            f.name: join_batches([getattr(part, f.name) for part in parts]) for f in fields(first)
+        }
+        return type(first)(**joined)
+    if any(part != first for part in parts):
+        raise ValueError(f"the sub-batches differ: {first!r} and another value")
+    return first
 
 
 class SaliencyMethod(ABC):
@@ -53,6 +89,9 @@ class SaliencyMethod(ABC):
     needs_model: ClassVar[bool] = True
     uses_target: ClassVar[bool] = True
     """False for methods whose map does not depend on the class explained (baselines, Eigen-CAM)."""
+    explains: ClassVar[ScoreKind] = "logit"
+    """The score of the class the method explains (`explained_score`): the logit y_c, or the
+    softmax probability p_c for the methods whose paper weights by it (RISE, Score-CAM, Poly-CAM)."""
     requires: ClassVar[tuple[str, ...]] = ()
     """What the method needs of a model's structure (xaibench.methods.support checks each):
     "feature_map" (a (B, C, h, w) map the score is pooled from), "bias_terms" (a network whose
@@ -60,9 +99,6 @@ class SaliencyMethod(ABC):
     compilable: ClassVar[bool] = True
     """False for methods that swap the model's modules or forwards during a call, which would make a
     compiled forward (`--compile`) recompile on every batch."""
-    records: ClassVar[tuple[str, ...]] = ()
-    """Attributes each call sets to describe its batch, image-major (T-Grad's `last_terms`): a
-    tensor (B, ...) or an object whose class joins consecutive sub-batches' with `concat(parts)`."""
 
     def __init__(self, model: nn.Module, **params: Any):
         self.model = model
@@ -82,16 +118,12 @@ class SaliencyMethod(ABC):
         self, images: torch.Tensor, targets: torch.Tensor | None, size: ChunkSize
     ) -> Explanation:
         """`self(images, targets)` in sub-batches of `size` images, halved on out-of-memory
-        (`run_in_chunks`). The explanation and the `records` cover the whole batch, in order."""
+        (`run_in_chunks`). The explanation, extras included, covers the whole batch, in order."""
 
-        def call(part: slice) -> tuple[Explanation, list[Any]]:
-            explanation = self(images[part], None if targets is None else targets[part])
-            return explanation, [getattr(self, name) for name in self.records]
+        def call(part: slice) -> Explanation:
+            return self(images[part], None if targets is None else targets[part])
 
-        parts = run_in_chunks(call, len(images), size)
-        for i, name in enumerate(self.records):
-            setattr(self, name, concat_records([record[i] for _, record in parts]))
-        return Explanation.concat([explanation for explanation, _ in parts])
+        return Explanation.concat(run_in_chunks(call, len(images), size))
 
 
 @contextmanager
@@ -112,16 +144,6 @@ def saliency_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
         for p, flag in flags.items():
             p.requires_grad_(flag)
-
-
-def concat_records(parts: list[Any]) -> Any:
-    """The record of consecutive sub-batches as one: tensors concatenated along dim 0, other
-    values joined by their class's `concat`."""
-    if len(parts) == 1:
-        return parts[0]
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts)
-    return type(parts[0]).concat(parts)
 
 
 def top1_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

@@ -32,6 +32,7 @@ from xaibench.methods.base import (
 )
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
+from xaibench.methods.targets import ScoreKind, explained_score
 
 
 @dataclass
@@ -49,19 +50,24 @@ class LayerPass:
 
 
 def layer_pass(
-    model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | None
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    kind: ScoreKind = "logit",
 ) -> LayerPass:
-    """One forward of images (B, 3, H, W) and one backward of the summed selected logits to `layer`.
+    """One forward of images (B, 3, H, W) and one backward of the summed explained scores (`kind`,
+    `explained_score`) to `layer`.
 
-    targets (B,) or None (= top-1 of this forward). The backward runs only from the logits down to
+    targets (B,) or None (= top-1 of this forward). The backward runs only from the scores down to
     the layer's output (through its gradient edge), which costs a fraction of a backward to the
     input. Call it inside `saliency_mode(model)` so that no weight gradient is computed.
     """
     with autograd_enabled(), record_layers(model, [layer], activations=True, edges=True) as rec:
         logits = model(gradient_input(images))
         targets = top1_targets(logits, targets)
-        call = _spatial_call(rec.last(layer), layer)
-        score = logits.gather(1, targets[:, None]).sum()
+        call = spatial_call(rec.last(layer), layer)
+        score = explained_score(logits, targets, kind).sum()
         (gradients,) = torch.autograd.grad(score, inputs=[call.edge])
     runs = sum(c.name == layer for c in rec.calls)
     return LayerPass(call.activation, full_precision(gradients), logits.detach(), targets, runs)
@@ -76,12 +82,12 @@ def layer_forward(
     """
     with torch.no_grad(), record_layers(model, [layer], activations=True) as rec:
         logits = model(images)
-    call = _spatial_call(rec.last(layer), layer)
+    call = spatial_call(rec.last(layer), layer)
     runs = sum(c.name == layer for c in rec.calls)
     return LayerPass(call.activation, None, logits, top1_targets(logits, targets), runs)
 
 
-def _spatial_call(call: LayerCall, layer: str) -> LayerCall:
+def spatial_call(call: LayerCall, layer: str) -> LayerCall:
     """The call itself when its output is (B, C, h, w); ConfigError otherwise."""
     if call.activation.ndim != 4:
         raise ConfigError(
@@ -118,11 +124,11 @@ class CAMMethod(LayerMethod):
     """A map from one layer's activations and gradients, at the layer's resolution (B, h, w).
 
     Subclasses override `channel_weights` or `cam`; `explain_together` calls `cam` on a shared
-    `layer_pass`.
+    `layer_pass`. The gradients are those of the explained logit y_c, as published.
     """
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
-        result = layer_pass(self.model, self.layer, images, targets)
+        result = layer_pass(self.model, self.layer, images, targets, self.explains)
         maps = self.cam(result.activations, result.gradients)
         return Explanation(maps, result.targets, result.logits)
 
@@ -262,11 +268,13 @@ def explain_together(
     """
     if not methods:
         return []
-    model, layer = methods[0].model, methods[0].layer
-    if any(m.model is not model or m.layer != layer for m in methods):
-        raise ConfigError("explain_together needs CAM methods on the same model and layer")
+    model, layer, kind = methods[0].model, methods[0].layer, methods[0].explains
+    if any(m.model is not model or m.layer != layer or m.explains != kind for m in methods):
+        raise ConfigError(
+            "explain_together needs CAM methods on the same model and layer, explaining one score"
+        )
     with saliency_mode(model):
-        result = layer_pass(model, layer, images, targets)
+        result = layer_pass(model, layer, images, targets, kind)
     return [
         Explanation(m.cam(result.activations, result.gradients), result.targets, result.logits)
         for m in methods

@@ -22,6 +22,7 @@ from xaibench.core.checks import positive_int
 from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation
 from xaibench.methods.cam import LayerMethod, layer_forward, weighted_cam
+from xaibench.methods.targets import explained_score
 
 
 class ChannelPerturbationCAM(LayerMethod):
@@ -65,6 +66,7 @@ class ScoreCAM(ChannelPerturbationCAM):
     """
 
     name = "scorecam"
+    explains = "probability"
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         result = layer_forward(self.model, self.layer, images, targets)
@@ -100,8 +102,8 @@ class ScoreCAM(ChannelPerturbationCAM):
         return (masks - low) / (high - low)
 
     def score(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(L, K), (L,) -> (L,): the softmax probability of each target class."""
-        return logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
+        """(L, K), (L,) -> (L,): the explained score, the softmax probability of each target."""
+        return explained_score(logits, targets, self.explains)
 
 
 @METHODS.register(
@@ -150,12 +152,12 @@ class AblationCAM(ChannelPerturbationCAM):
                 logits = self.model(images[image])
             if skip is None:
                 skip = all(pure)
-            return logits.gather(1, targets[image][:, None])[:, 0]
+            return explained_score(logits, targets[image], self.explains)
 
         ablated = apply_in_chunks(
             ablated_scores, pair_image, pair_channel, chunk_size=self.chunk_size(images)
         )
-        score = result.logits.gather(1, targets[:, None])[:, 0]
+        score = explained_score(result.logits, targets, self.explains)
         drops = score.new_zeros(active.shape)
         drops[pair_image, pair_channel] = score[pair_image] - ablated
         weights = drops / score[:, None]

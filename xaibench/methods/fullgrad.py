@@ -17,6 +17,7 @@ from torch import nn
 
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
+from xaibench.methods.targets import explained_score
 from xaibench.methods.tgrad import (
     InputShiftTerm,
     channel_bias,
@@ -30,7 +31,7 @@ EPS = 1e-6
 
 @dataclass
 class FullGradTerms:
-    """The decomposition of the last FullGrad call.
+    """The decomposition of a FullGrad call (its explanation's extras["terms"]).
 
     names: "input", "input_shift" where the model shifts its input (`input_terms`), then the
     bias-carrying layers in forward order (K entries);
@@ -47,16 +48,6 @@ class FullGradTerms:
         """(B,) sum of the terms over the score: 1.0 where the decomposition is complete."""
         return self.totals.sum(dim=1) / self.scores
 
-    @classmethod
-    def concat(cls, parts: list[FullGradTerms]) -> FullGradTerms:
-        """The decomposition of consecutive sub-batches as that of one batch."""
-        names = parts[0].names
-        if any(part.names != names for part in parts):
-            raise ValueError("the sub-batches' FullGrad terms name different layers")
-        return cls(
-            names, torch.cat([p.totals for p in parts]), torch.cat([p.scores for p in parts])
-        )
-
 
 @METHODS.register(
     "fullgrad", help="FullGrad: normalised |input x gradient| and |bias x gradient| maps"
@@ -66,7 +57,7 @@ class FullGrad(SaliencyMethod):
 
     Terms: x * dy_c/dx, and b_l * dy_c/dz_l for every Conv2d with a bias, every eval-mode
     batch-norm (b_l its effective bias, `effective_biases`) and every Linear; y_c is the explained
-    logit. Each term T (B, C, h, w) is post-processed as in the reference code: |T|, minus its
+    logit, as published. Each term T (B, C, h, w) is post-processed as in the reference code: |T|, minus its
     minimum and divided by its maximum (+ EPS), both taken per image over all of the term's
     channels and positions; then summed over channels and resized bilinearly to (H, W) with
     align_corners=True (the reference code's resize). The map is the sum over the input term and
@@ -78,11 +69,10 @@ class FullGrad(SaliencyMethod):
     of no layer (the reference code's models have no such transform, so it has no such term;
     `shift_term=False` leaves it out as the reference code would).
 
-    Linear layers' biases enter the decomposition (`last_terms`) but not the map, as in the
-    reference code (their terms have no spatial extent). After each call `last_terms` holds the
-    terms' totals (of the whole batch after `call_in_chunks`) and `last_terms.completeness` the
-    share of each score they explain: 1 on a network of ReLUs, max-pooling, convolutions, eval
-    batch-norm and linear layers.
+    Linear layers' biases enter the decomposition but not the map, as in the reference code (their
+    terms have no spatial extent). The explanation's extras["terms"] (`FullGradTerms`) hold the
+    terms' totals, and their `completeness` the share of each score they explain: 1 on a network
+    of ReLUs, max-pooling, convolutions, eval batch-norm and linear layers.
 
     pytorch-grad-cam's FullGrad min-max normalises each channel of a term on its own rather than
     the whole term, which gives different maps (tests show it); this follows the paper's code.
@@ -90,12 +80,10 @@ class FullGrad(SaliencyMethod):
 
     name = "fullgrad"
     requires = ("bias_terms",)
-    records = ("last_terms",)
 
     def __init__(self, model: nn.Module, shift_term: bool = True):
         self.shift = InputShiftTerm(self.name, model, shift_term)
         super().__init__(model, **self.shift.params)
-        self.last_terms: FullGradTerms | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         biases = effective_biases(self.model)
@@ -115,7 +103,7 @@ class FullGrad(SaliencyMethod):
             x = gradient_input(images)
             logits = self.model(x)
             targets = top1_targets(logits, targets)
-            score = logits.gather(1, targets[:, None])[:, 0]
+            score = explained_score(logits, targets, self.explains)
             (grad,) = torch.autograd.grad(score.sum(), x)
         inputs = input_terms(x.detach(), grad, self.shift.ratio)
         maps = [postprocess(term) for term in inputs.values()]
@@ -129,9 +117,9 @@ class FullGrad(SaliencyMethod):
             if layer_map is not None:
                 maps.append(layer_map)
         names = [*inputs, *(call.name for call in rec.calls)]
-        self.last_terms = FullGradTerms(names, torch.stack(totals, dim=1), score.detach())
+        terms = FullGradTerms(names, torch.stack(totals, dim=1), score.detach())
         saliency = sum_resized(maps, tuple(images.shape[2:]))
-        return Explanation(saliency.float(), targets, logits.detach())
+        return Explanation(saliency.float(), targets, logits.detach(), {"terms": terms})
 
 
 def postprocess(term: torch.Tensor) -> torch.Tensor:

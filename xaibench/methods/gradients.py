@@ -21,7 +21,7 @@ import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -33,9 +33,9 @@ from xaibench.core.batching import ChunkSize, apply_in_chunks
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
-from xaibench.methods.cam import GradCAM
+from xaibench.methods.cam import GradCAM, LayerMethod, spatial_call
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
-from xaibench.methods.layers import find_target_layer, validate_layer
+from xaibench.methods.targets import ScoreKind, explained_score
 
 Rule = Literal["plain", "guided", "deconvnet"]
 OTHER_ACTIVATIONS = (
@@ -54,11 +54,13 @@ OTHER_ACTIVATIONS = (
 
 @dataclass
 class Attribution:
-    """values: (B, C, H, W) per-channel attribution; targets: (B,) int64; logits: (B, K) or None."""
+    """values: (B, C, H, W) per-channel attribution; targets: (B,) int64; logits: (B, K) or None;
+    extras: the explanation's (`Explanation.extras`)."""
 
     values: torch.Tensor
     targets: torch.Tensor
     logits: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class AttributionMethod(SaliencyMethod):
@@ -70,7 +72,8 @@ class AttributionMethod(SaliencyMethod):
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         result = self.attribute(images, targets)
-        return Explanation(self.reduce(result.values).float(), result.targets, result.logits)
+        maps = self.reduce(result.values).float()
+        return Explanation(maps, result.targets, result.logits, result.extras)
 
     @abstractmethod
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
@@ -85,17 +88,22 @@ class AttributionMethod(SaliencyMethod):
 
 
 def input_gradients(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    kind: ScoreKind = "logit",
 ) -> Attribution:
-    """One forward and one backward: values = d(logit of the target)/d(images), (B, C, H, W).
+    """One forward and one backward: values = d(explained score)/d(images), (B, C, H, W).
 
-    targets (B,) or None (= top-1 of this forward); the returned logits are this forward's.
+    targets (B,) or None (= top-1 of this forward); kind: the score (`explained_score`), the logit
+    by default; the returned logits are this forward's.
     """
     with autograd_enabled():
         leaf = gradient_input(images)
         logits = model(leaf)
         targets = top1_targets(logits, targets)
-        (grads,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), leaf)
+        score = explained_score(logits, targets, kind).sum()
+        (grads,) = torch.autograd.grad(score, leaf)
     return Attribution(grads, targets, logits.detach())
 
 
@@ -131,8 +139,9 @@ def over_image_pairs(
 class Gradient(AttributionMethod):
     """Vanilla gradient (Simonyan, Vedaldi, Zisserman, 2014): map = max_c |dy_c/dx|, (B, H, W).
 
-    `attribute` keeps the signed gradient, so that SmoothGrad averages signed gradients and takes
-    the absolute value afterwards, as in the SmoothGrad paper.
+    y_c is the explained logit, as published. `attribute` keeps the signed gradient, so that
+    SmoothGrad averages signed gradients and takes the absolute value afterwards, as in the
+    SmoothGrad paper.
     """
 
     name = "gradient"
@@ -141,14 +150,14 @@ class Gradient(AttributionMethod):
         super().__init__(model)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
-        return input_gradients(self.model, images, targets)
+        return input_gradients(self.model, images, targets, self.explains)
 
 
 @METHODS.register("gradinput", help="gradient x input, summed over channels")
 class GradientInput(AttributionMethod):
     """Gradient x input (Shrikumar et al., 2016): x * dy_c/dx, map = sum over channels (B, H, W).
 
-    The sum keeps the sign and the first-order link to the score (the attributions of a
+    y_c is the explained logit, as published. The sum keeps the sign and the first-order link to the score (the attributions of a
     piecewise-linear network without biases sum to the score).
     """
 
@@ -158,7 +167,7 @@ class GradientInput(AttributionMethod):
         super().__init__(model)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
-        result = input_gradients(self.model, images, targets)
+        result = input_gradients(self.model, images, targets, self.explains)
         result.values = result.values * images
         return result
 
@@ -269,7 +278,8 @@ def rectified_relus(model: nn.Module, rule: Rule) -> Iterator[ReLUSwitch]:
 
 
 class RectifiedGradient(AttributionMethod):
-    """The input gradient with every `nn.ReLU` backward replaced by `rule` (see rectified_relus).
+    """The input gradient of the explained logit with every `nn.ReLU` backward replaced by `rule`
+    (see rectified_relus).
 
     Map: max over channels of |attribution| (B, H, W), the reduction of the vanilla gradient.
     """
@@ -285,7 +295,7 @@ class RectifiedGradient(AttributionMethod):
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
         with rectified_relus(self.model, self.rule):
-            return input_gradients(self.model, images, targets)
+            return input_gradients(self.model, images, targets, self.explains)
 
 
 @METHODS.register(
@@ -316,13 +326,14 @@ class DeconvNet(RectifiedGradient):
 
 
 @METHODS.register("guidedgradcam", help="Guided Grad-CAM: guided backprop x upsampled Grad-CAM")
-class GuidedGradCAM(AttributionMethod):
+class GuidedGradCAM(LayerMethod, AttributionMethod):
     """Guided Grad-CAM (Selvaraju et al., 2017): guided backprop x Grad-CAM upsampled to (H, W).
 
     One forward and two backward passes: a plain one to `layer` for Grad-CAM, then a guided one
-    to the input. Grad-CAM is upsampled bilinearly (align_corners=False), as in the paper. Map:
-    max over channels of |attribution| (B, H, W). `layer` as for Grad-CAM (None: the traced
-    default).
+    to the input, both of the explained logit y_c. Grad-CAM is upsampled bilinearly
+    (align_corners=False), as in the paper. Map:
+    max over channels of |attribution| (B, H, W). `layer` as for Grad-CAM (`LayerMethod`; None:
+    the traced default).
     """
 
     compilable = False
@@ -332,11 +343,8 @@ class GuidedGradCAM(AttributionMethod):
 
     def __init__(self, model: nn.Module, layer: str | None = None):
         check_relu_modules(model, self.name)
-        layer = find_target_layer(model) if layer is None else layer
-        validate_layer(model, layer)
-        super().__init__(model, layer=layer)
-        self.layer = layer
-        self.gradcam = GradCAM(model, layer)
+        super().__init__(model, layer)
+        self.gradcam = GradCAM(model, self.layer)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
         with (
@@ -347,13 +355,8 @@ class GuidedGradCAM(AttributionMethod):
             leaf = gradient_input(images)
             logits = self.model(leaf)
             targets = top1_targets(logits, targets)
-            call = rec.last(self.layer)
-            if call.activation.ndim != 4:
-                raise ConfigError(
-                    f"layer {self.layer!r} outputs shape {tuple(call.shape)}, not (B, C, h, w); "
-                    "pick a convolutional layer"
-                )
-            score = logits.gather(1, targets[:, None]).sum()
+            call = spatial_call(rec.last(self.layer), self.layer)
+            score = explained_score(logits, targets, self.explains).sum()
             (layer_grads,) = torch.autograd.grad(score, inputs=[call.edge], retain_graph=True)
             switch.rule = "guided"
             (guided,) = torch.autograd.grad(score, leaf)

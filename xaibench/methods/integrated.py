@@ -4,8 +4,8 @@
 
 with baseline b and quadrature nodes a_k and weights w_k from `path_points`. The attribution is
 (B, C, H, W); the map is its sum over channels (B, H, W), so that the map sums to the attributions'
-total, which completeness says is y_c(x) - y_c(b). Each call records that check in
-`last_completeness`.
+total, which completeness says is y_c(x) - y_c(b). Each explanation carries that check in its
+extras["completeness"] (`Completeness`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from xaibench.methods.gradients import (
     input_gradients,
     over_image_pairs,
 )
+from xaibench.methods.targets import explained_score
 
 Quadrature = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
@@ -74,14 +75,6 @@ class Completeness:
         """(B,) attribution_sums - score_differences."""
         return self.attribution_sums - self.score_differences
 
-    @classmethod
-    def concat(cls, parts: list[Completeness]) -> Completeness:
-        """The checks of consecutive sub-batches as that of one batch."""
-        return cls(
-            torch.cat([p.attribution_sums for p in parts]),
-            torch.cat([p.score_differences for p in parts]),
-        )
-
 
 @METHODS.register("intgrad", help="Integrated Gradients from a baseline, summed over channels")
 class IntegratedGradients(AttributionMethod):
@@ -91,12 +84,12 @@ class IntegratedGradients(AttributionMethod):
     in the normalised space the model sees, i.e. the dataset mean colour) or "black" (pixel value
     0, i.e. -mean / std per channel after normalisation with `mean` and `std`, which only this
     baseline uses); step_batch: (image x step) pairs per forward (None: the device's default chunk
-    size; lowered on out-of-memory and kept lower for later calls). One extra forward of the clean
-    images and one of the baseline give the targets, the logits and `last_completeness`.
+    size; lowered on out-of-memory and kept lower for later calls). y_c is the explained logit, as
+    published. One extra forward of the clean
+    images and one of the baseline give the targets, the logits and extras["completeness"].
     """
 
     name = "intgrad"
-    records = ("last_completeness",)
 
     def __init__(
         self,
@@ -130,7 +123,6 @@ class IntegratedGradients(AttributionMethod):
         self.steps, self.baseline, self.step_batch = steps, baseline, step_batch
         self.chunk_sizes = ChunkSizes("step_batch")
         self.mean, self.std = mean, std
-        self.last_completeness: Completeness | None = None
 
     def baseline_image(self, images: torch.Tensor) -> torch.Tensor:
         """The baseline (1, C, H, W) for images (B, C, H, W), on their device and dtype."""
@@ -157,7 +149,7 @@ class IntegratedGradients(AttributionMethod):
 
         def weighted_gradients(image_index: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
             points = baseline + nodes[step].view(-1, 1, 1, 1) * delta[image_index]
-            grads = input_gradients(self.model, points, targets[image_index]).values
+            grads = input_gradients(self.model, points, targets[image_index], self.explains).values
             return grads * weights[step].view(-1, 1, 1, 1)
 
         chunk = self.chunk_sizes.get(self.step_batch or default_chunk_size(images.device))
@@ -170,11 +162,10 @@ class IntegratedGradients(AttributionMethod):
             images.device,
         )
         values = delta * summed
-        score = logits.gather(1, targets[:, None])[:, 0]
-        self.last_completeness = Completeness(
-            values.flatten(1).sum(dim=1), score - baseline_logits[0, targets]
-        )
-        return Attribution(values, targets, logits)
+        score = explained_score(logits, targets, self.explains)
+        baseline_score = explained_score(baseline_logits.expand_as(logits), targets, self.explains)
+        completeness = Completeness(values.flatten(1).sum(dim=1), score - baseline_score)
+        return Attribution(values, targets, logits, {"completeness": completeness})
 
     def reduce(self, values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H, W): sum over channels."""

@@ -28,6 +28,7 @@ from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import feature_maps, trace_layers, validate_layer
+from xaibench.methods.targets import explained_score
 from xaibench.models.factory import model_input_size
 
 LNORM_FLOOR = 1e-12
@@ -75,7 +76,8 @@ class PolyCAM(SaliencyMethod):
 
     Channel weights: each activation map A_k (B, h, w) is min-max normalised to [0, 1] per image
     and channel (a constant map becomes 0), resized bilinearly to the image and multiplied into it
-    (mask m_k); p(.) is the softmax probability of the explained class. PCAM+: w_k = p(x * m_k).
+    (mask m_k); p(.) is the softmax probability of the explained class, as in the paper (the
+    explained score, `explains`). PCAM+: w_k = p(x * m_k).
 
     Departures from the authors' code: masks are min-max normalised, as the paper states; the
     code instead clips at the 0.1 and 99.9 percentiles and divides by the upper one (not by their
@@ -86,6 +88,7 @@ class PolyCAM(SaliencyMethod):
     """
 
     name = "polycam"
+    explains = "probability"
     requires = ("feature_map",)
 
     def __init__(
@@ -110,7 +113,7 @@ class PolyCAM(SaliencyMethod):
             with record_layers(self.model, self.layers, activations=True) as rec:
                 logits = self.model(images)
             targets = top1_targets(logits, targets)
-            baseline = class_probability(logits, targets)
+            baseline = explained_score(logits, targets, self.explains)
             saliency = None
             for layer in reversed(self.layers):
                 activations = rec.last(layer).activation
@@ -146,7 +149,8 @@ class PolyCAM(SaliencyMethod):
 
         def score_pairs(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
             resized = F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)
-            return class_probability(self.model(images[image] * resized), targets[image])
+            logits = self.model(images[image] * resized)
+            return explained_score(logits, targets[image], self.explains)
 
         chunk = self.chunk_sizes.get(self.channel_batch or default_chunk_size(images.device))
         scores = apply_in_chunks(score_pairs, masks.flatten(0, 1), image_index, chunk_size=chunk)
@@ -189,11 +193,6 @@ class PolyCAMPlusMinus(PolyCAM):
         kept = self.masked_scores(images, targets, masks)
         removed = self.masked_scores(images, targets, 1 - masks)
         return torch.relu(kept + baseline[:, None] - removed)
-
-
-def class_probability(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(L, K), (L,) -> (L,): the softmax probability of each target class."""
-    return logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
 
 
 def normalise_maps(activations: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
+from xaibench.methods.targets import explained_score
 
 
 @METHODS.register(
@@ -31,7 +32,8 @@ class RISE(SaliencyMethod):
     else 0, is upsampled bilinearly to (cell + 1) x (cell + 1) cells of ceil(H / cell) x
     ceil(W / cell) pixels, and an H x W window is cut from it at a random shift of 0 to one cell
     along each axis; `cell` = 7 gives the paper's 7 x 7 grid (32-pixel cells at 224). The scores
-    are softmax probabilities of the explained class. A masked pixel is 0 in the model's input,
+    are softmax probabilities of the explained class, as in the paper (the explained score,
+    `explains`). A masked pixel is 0 in the model's input,
     which for normalised images is the dataset's mean colour (as in the authors' code, which masks
     the normalised tensor).
 
@@ -47,11 +49,11 @@ class RISE(SaliencyMethod):
     repeats the edge values beyond the grid's outer cell centres where scikit-image's `resize`
     reflects them; the two differ only in the outer half cell of the upsampled grid.
 
-    After each call `last_scores` (B, N) holds p_c(M_i * x) for each image and mask.
+    The explanation's extras["scores"] (B, N) hold p_c(M_i * x) for each image and mask.
     """
 
     name = "rise"
-    records = ("last_scores",)
+    explains = "probability"
 
     def __init__(
         self,
@@ -73,7 +75,6 @@ class RISE(SaliencyMethod):
         self.num_masks, self.cell, self.keep = masks, cell, keep
         self.mask_batch, self.seed = mask_batch, seed
         self.chunk_sizes = ChunkSizes("mask_batch")
-        self.last_scores: torch.Tensor | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         batch, _, height, width = images.shape
@@ -85,8 +86,8 @@ class RISE(SaliencyMethod):
             nonlocal saliency
             masks = self.upsample(grid, shift, (height, width)).to(images.dtype)
             masked = (images[:, None] * masks[None, :, None]).flatten(0, 1)
-            probs = self.model(masked).softmax(dim=1).view(batch, len(masks), -1)
-            scores = probs.gather(2, targets[:, None, None].expand(-1, len(masks), 1))[..., 0]
+            each = targets.repeat_interleave(len(masks))
+            scores = explained_score(self.model(masked), each, self.explains).view(batch, -1)
             saliency = saliency + torch.einsum("bm,mhw->bhw", scores, masks)
             return scores.T
 
@@ -97,9 +98,8 @@ class RISE(SaliencyMethod):
                 self.mask_batch or max(1, default_chunk_size(images.device) // batch)
             )
             scores = apply_in_chunks(score_masks, grids, shifts, chunk_size=chunk)
-        self.last_scores = scores.T
         maps = saliency / (self.num_masks * self.keep)
-        return Explanation(maps.float(), targets, logits)
+        return Explanation(maps.float(), targets, logits, {"scores": scores.T})
 
     def draw(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The seeded draws: grids (N, cell, cell) bool (True = kept) and shifts (N, 2) in [0, 1).

@@ -67,7 +67,7 @@ class NoiseAggregate(SaliencyMethod):
     model, base (name of a gradient-type method), base_params (its keyword arguments), samples
     (noisy copies per image), noise (std as a fraction of each image's value range), sample_batch
     (pairs per base call; None: the device's default chunk size; lowered on out-of-memory and
-    kept lower for later calls), seed.
+    kept lower for later calls), seed. The score explained is the base method's (`explains`).
     """
 
     def __init__(

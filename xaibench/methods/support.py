@@ -28,6 +28,10 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
@@ -272,23 +276,25 @@ def skeleton(name: str) -> nn.Module:
 
 @contextmanager
 def _meta_parameters() -> Iterator[None]:
-    """Every parameter and buffer registered in the block is moved to the meta device."""
-    register_parameter = nn.Module.register_parameter
-    register_buffer = nn.Module.register_buffer
+    """Every parameter and buffer registered in the block is moved to the meta device, by torch's
+    global registration hooks (`register_module_parameter_registration_hook`)."""
 
-    def parameter_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None:
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register_parameter(module, name, param)
+    def parameter_on_meta(
+        module: nn.Module, name: str, param: nn.Parameter | None
+    ) -> nn.Parameter | None:
+        if param is None:
+            return None
+        return nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
-    def buffer_on_meta(module: nn.Module, name: str, tensor: Any, persistent: bool = True) -> None:
-        tensor = tensor.to("meta") if isinstance(tensor, torch.Tensor) else tensor
-        register_buffer(module, name, tensor, persistent)
+    def buffer_on_meta(module: nn.Module, name: str, tensor: Any) -> Any:
+        return tensor.to("meta") if isinstance(tensor, torch.Tensor) else None
 
-    nn.Module.register_parameter = parameter_on_meta
-    nn.Module.register_buffer = buffer_on_meta
+    handles = [
+        register_module_parameter_registration_hook(parameter_on_meta),
+        register_module_buffer_registration_hook(buffer_on_meta),
+    ]
     try:
         yield
     finally:
-        nn.Module.register_parameter = register_parameter
-        nn.Module.register_buffer = register_buffer
+        for handle in handles:
+            handle.remove()

@@ -18,6 +18,7 @@ from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
+from xaibench.methods.targets import explained_score
 from xaibench.models.input_transform import input_shift
 
 EPS = 1e-8
@@ -26,7 +27,8 @@ EPS = 1e-8
 
 @dataclass
 class TGradTerms:
-    """The terms of the last T-Grad call, for inspecting what each layer contributes.
+    """The terms of a T-Grad call (its explanation's extras["terms"]), for inspecting what each
+    layer contributes.
 
     names: "input", "input_shift" where the model shifts its input (`input_terms`), then the
     bias-carrying layers in forward order (K entries);
@@ -42,15 +44,6 @@ class TGradTerms:
     def completeness(self) -> torch.Tensor:
         """(B,) the share of each score the terms explain: sum of the weights; 1.0 = complete."""
         return self.weights.sum(dim=1)
-
-    @classmethod
-    def concat(cls, parts: list[TGradTerms]) -> TGradTerms:
-        """The terms of consecutive sub-batches as the terms of one batch."""
-        names = parts[0].names
-        if any(part.names != names for part in parts):
-            raise ValueError("the sub-batches' T-Grad terms name different layers")
-        maps = [torch.cat(term_maps) for term_maps in zip(*(p.maps for p in parts), strict=True)]
-        return cls(names, maps, torch.cat([p.weights for p in parts]))
 
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -130,7 +123,7 @@ def channel_bias(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class TGrad(SaliencyMethod):
     """T-Grad saliency (B, H, W) at the input resolution, one forward + one backward per batch.
 
-    Terms: T_0 = x * dy_c/dx, and T_l = b_l * dy_c/dz_l for each Conv2d with a bias (z_l its output)
+    The score y_c is the explained logit, as published. Terms: T_0 = x * dy_c/dx, and T_l = b_l * dy_c/dz_l for each Conv2d with a bias (z_l its output)
     and each eval-mode batch-norm whose output z_l is a (B, C, h, w) map (b_l its effective bias).
     A model that maps its input as x' = s * x + t inside `forward` (torchvision's pretrained
     GoogLeNet and Inception v3, `input_shift`) gets one more term, "input_shift", t * dy_c/dx':
@@ -139,9 +132,8 @@ class TGrad(SaliencyMethod):
     Linear biases are left out, as published, and so are batch-norms on (B, C) features
     (BatchNorm1d in a head): their terms have no spatial extent to map. Each term becomes a map M_l = sum_c max(T_l, 0) and a weight
     w_l = sum(T_l) / y_c; maps are resized to (H, W) bilinearly, divided by their total (+ EPS) and
-    summed with weights max(w_l, 0). After each call `last_terms` holds the names, maps and weights
-    (of the whole batch after `call_in_chunks`), and `last_terms.completeness` the per-image sum of
-    the weights.
+    summed with weights max(w_l, 0). The explanation's extras["terms"] (`TGradTerms`) hold the
+    names, maps and weights, and their `completeness` the per-image sum of the weights.
 
     Departure from the published steps: the gate 1[z_l > 0] is not applied. Where a ReLU follows
     z_l directly (every conv of VGG) dy_c/dz_l is already 0 wherever z_l <= 0, so the result is the
@@ -157,12 +149,10 @@ class TGrad(SaliencyMethod):
 
     name = "tgrad"
     requires = ("bias_terms",)
-    records = ("last_terms",)
 
     def __init__(self, model: nn.Module, shift_term: bool = True):
         self.shift = InputShiftTerm(self.name, model, shift_term)
         super().__init__(model, **self.shift.params)
-        self.last_terms: TGradTerms | None = None
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         biases = effective_biases(self.model)
@@ -179,7 +169,7 @@ class TGrad(SaliencyMethod):
             x = gradient_input(images)
             logits = self.model(x)
             targets = top1_targets(logits, targets)
-            score = logits.gather(1, targets[:, None]).squeeze(1)
+            score = explained_score(logits, targets, self.explains)
             (grad,) = torch.autograd.grad(score.sum(), x)
         score = full_precision(score.detach())
         inputs = input_terms(x.detach(), grad, self.shift.ratio)
@@ -191,9 +181,9 @@ class TGrad(SaliencyMethod):
             maps.append(layer_map)
             totals.append(total)
         weights = torch.stack(totals, dim=1) / score[:, None]
-        self.last_terms = TGradTerms([*inputs, *(c.name for c in spatial)], maps, weights)
+        terms = TGradTerms([*inputs, *(c.name for c in spatial)], maps, weights)
         saliency = combine_terms(maps, weights, tuple(images.shape[2:]))
-        return Explanation(saliency.float(), targets, logits.detach())
+        return Explanation(saliency.float(), targets, logits.detach(), {"terms": terms})
 
 
 def combine_terms(

@@ -23,6 +23,7 @@ from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.core.registry import Registry
 from xaibench.core.runtime import default_chunk_size
+from xaibench.methods.targets import explained_score
 from xaibench.metrics.protocols import SCORES, Protocol
 
 T = TypeVar("T")
@@ -51,12 +52,12 @@ def score_function(model: nn.Module, score: str = "probability") -> ScoreFn:
     """
     if score not in SCORES:
         raise ConfigError(f"score must be one of {SCORES}, got {score!r}")
+    kind = "probability" if score == "probability" else "logit"
 
     @torch.inference_mode()
     def score_fn(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = full_precision(model(images))
-        scores = logits.softmax(dim=1) if score == "probability" else logits
-        return scores.gather(1, targets[:, None].long()).squeeze(1)
+        return explained_score(logits, targets, kind)
 
     return score_fn
 

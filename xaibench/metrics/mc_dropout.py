@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 from xaibench.core.batching import ChunkSize, apply_in_chunks
 from xaibench.core.errors import ConfigError
 from xaibench.methods.hooks import module_stack
+from xaibench.methods.targets import explained_score
 from xaibench.metrics.base import MetricContext, MetricResult
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def mc_dropout_probabilities(
 
     def probabilities(rows: torch.Tensor) -> torch.Tensor:
         logits = model(images[rows % b])
-        return logits.float().softmax(dim=1).gather(1, targets[rows % b, None].long()).squeeze(1)
+        return explained_score(logits.float(), targets[rows % b], "probability")
 
     devices = [images.device] if images.device.type == "cuda" else []
     with torch.no_grad(), dropout_active(model, sites), torch.random.fork_rng(devices=devices):

@@ -3,7 +3,7 @@
 The image goes through the protocol's preprocessing, the model gives the top classes, and each
 method explains the batch of that one image for the top-1 class; CAM methods on the same layer
 share one forward and backward, as in `generate` (`shared_pass_groups`). With `tgrad_layers`,
-T-Grad's per-term maps and weights (`TGrad.last_terms`) are kept too.
+T-Grad's per-term maps and weights (its explanation's extras["terms"]) are kept too.
 """
 
 from __future__ import annotations
@@ -67,6 +67,6 @@ def explain_image(
         name: saliency_at_input_size(explanation.maps.detach(), size)[0].cpu().numpy()
         for name, explanation in zip(methods, explanations, strict=True)
     }
-    terms = built[list(methods).index("tgrad")].last_terms if tgrad_layers else None
+    terms = explanations[list(methods).index("tgrad")].extras["terms"] if tgrad_layers else None
     image = preprocess.unnormalise(batch[0]).cpu().numpy()
     return ImageExplanation(image, top_classes, maps, terms)

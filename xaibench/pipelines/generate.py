@@ -20,6 +20,7 @@ from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
 from xaibench.methods.base import Explanation, SaliencyMethod
 from xaibench.methods.cam import CAMMethod, explain_together
+from xaibench.methods.targets import explained_score
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines import stores as run_stores
 from xaibench.pipelines.settings import RunSettings, world_of
@@ -273,7 +274,7 @@ def _write_pending(
 ) -> None:
     """Write the rows of a batch (dataset `indices` (B,), `logits` (B, K)) still pending in the
     run's store: maps, targets, the targets' probabilities and the generation time per image."""
-    scores = logits.float().softmax(1).gather(1, explanation.targets[:, None])[:, 0]
+    scores = explained_score(logits.float(), explanation.targets, "probability")
     mine = np.array([int(i) in run.pending for i in indices])
     run.store.write(
         Rows(

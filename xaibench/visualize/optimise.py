@@ -30,6 +30,7 @@ from xaibench.core.errors import ConfigError
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import LayerCall, autograd_enabled, record_layers
 from xaibench.methods.layers import validate_layer
+from xaibench.methods.targets import explained_score
 from xaibench.visualize.parameterisation import PARAMETERISATIONS
 from xaibench.visualize.transforms import RandomTransforms
 
@@ -189,8 +190,8 @@ def visualise_units(
             images = param().detach()
             values, logits, is_class = objective((images - mean_t) / std_t)
     probabilities = logits.float().softmax(dim=1).cpu()
-    channels = objective.channels.clamp(max=probabilities.shape[1] - 1)
-    of_unit = probabilities.gather(1, channels[:, None]).squeeze(1)
+    channels = objective.channels.clamp(max=probabilities.shape[1] - 1).to(logits.device)
+    of_unit = explained_score(logits.float(), channels, "probability").cpu()
     top1_probability, top1 = probabilities.max(dim=1)
     return Visualisation(
         units=units,
