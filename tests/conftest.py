@@ -1,8 +1,12 @@
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner, Result
 from PIL import Image
 
+from xaibench.cli import cli
 from xaibench.data.classes import imagenet_classes
 
 
@@ -26,3 +30,15 @@ def image_folder(tmp_path):
         image = Image.fromarray(pixels).convert(mode)
         image.save(folder / f"img{i}.{'jpg' if mode in ('L', 'CMYK') else 'png'}")
     return root
+
+
+@pytest.fixture(scope="session")
+def invoke() -> Callable[..., Result]:
+    """`xaibench ARGS` through click's CliRunner, each argument as str; an exception is raised
+    unless `catch_exceptions=True`; other keywords (`env`, `input`) go to `CliRunner.invoke`."""
+
+    def run(*args, catch_exceptions: bool = False, **kwargs) -> Result:
+        arguments = [str(a) for a in args]
+        return CliRunner().invoke(cli, arguments, catch_exceptions=catch_exceptions, **kwargs)
+
+    return run

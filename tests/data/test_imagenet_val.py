@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from synthetic_imagenet import (
     KIT_FOX,
     ArchiveServer,
@@ -16,7 +15,7 @@ from synthetic_imagenet import (
     val_tar,
 )
 
-from xaibench.cli import cli, main
+from xaibench.cli import main
 from xaibench.core.errors import ConfigError, DataError
 from xaibench.data import archives, extract, imagenet
 from xaibench.data.archives import ARCHIVES, Archive
@@ -190,16 +189,19 @@ def test_a_killed_box_extraction_is_completed_by_the_next_run(sources, tmp_path,
     assert (dest / "devkit" / ".extracted").is_file()
 
 
-def test_downloads_from_the_url_base_of_the_environment(sources, tmp_path, monkeypatch):
+def test_downloads_from_the_url_base_of_the_environment(sources, tmp_path, monkeypatch, invoke):
     monkeypatch.setattr(archives.time, "sleep", lambda seconds: None)  # the retry's backoff
     files = {p.name: p.read_bytes() for p in sources.values()}
     with ArchiveServer(files) as server:
         server.cut["ILSVRC2012_img_val.tar"] = 5000
-        result = CliRunner().invoke(
-            cli,
-            ["download", "imagenet-val", "--dest", str(tmp_path / "d"), "--boxes", "--quiet"],
+        result = invoke(
+            "download",
+            "imagenet-val",
+            "--dest",
+            tmp_path / "d",
+            "--boxes",
+            "--quiet",
             env={"XAIBENCH_IMAGENET_URL": server.url},
-            catch_exceptions=False,
         )
     assert result.exit_code == 0, result.output
     assert ("ILSVRC2012_img_val.tar", "bytes=5000-") in server.requests  # cut, then resumed
@@ -226,65 +228,70 @@ def test_without_a_source_the_command_says_so_plainly(tmp_path, monkeypatch, cap
     assert "ILSVRC2012_img_val.tar" in err and "XAIBENCH_IMAGENET_URL" in err
 
 
-def test_without_a_source_cli_runner_gets_the_same_error(tmp_path):
-    result = CliRunner().invoke(
-        cli,
-        ["download", "imagenet-val", "--dest", str(tmp_path)],
+def test_without_a_source_cli_runner_gets_the_same_error(tmp_path, invoke):
+    result = invoke(
+        "download",
+        "imagenet-val",
+        "--dest",
+        tmp_path,
         env={"XAIBENCH_IMAGENET_URL": ""},
+        catch_exceptions=True,
     )
     assert isinstance(result.exception, ConfigError)
     assert "ImageNet needs an account at image-net.org" in str(result.exception)
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_options_that_do_not_apply_are_refused(tmp_path):
-    result = CliRunner().invoke(
-        cli, ["download", "imagenette-160", "--dest", str(tmp_path), "--boxes"]
+def test_options_that_do_not_apply_are_refused(tmp_path, invoke):
+    result = invoke(
+        "download", "imagenette-160", "--dest", tmp_path, "--boxes", catch_exceptions=True
     )
     assert (
         result.exit_code == 2 and "--boxes" in result.output and "imagenette-160" in result.output
     )
 
 
-def test_an_archive_with_another_name_is_refused(sources, tmp_path):
+def test_an_archive_with_another_name_is_refused(sources, tmp_path, invoke):
     other = tmp_path / "val.tar"
     other.write_bytes(sources["imagenet-val"].read_bytes())
-    result = CliRunner().invoke(
-        cli, ["download", "imagenet-val", "--dest", str(tmp_path / "d"), "--archive", str(other)]
+    result = invoke(
+        "download",
+        "imagenet-val",
+        "--dest",
+        tmp_path / "d",
+        "--archive",
+        other,
+        catch_exceptions=True,
     )
     assert result.exit_code != 0 and "expected one of ILSVRC2012_img_val.tar" in str(
         result.exception
     )
 
 
-def test_subset_file_feeds_generate(sources, tmp_path):
+def test_subset_file_feeds_generate(sources, tmp_path, invoke):
     dest = tmp_path / "d"
     args = ["download", "imagenet-val", "--dest", str(dest), "--quiet", "--subset", "4"]
     for key in ("imagenet-val", "imagenet-devkit"):
         args += ["--archive", str(sources[key])]
-    result = CliRunner().invoke(cli, [*args, "--seed", "3"], catch_exceptions=False)
+    result = invoke(*args, "--seed", "3")
     assert result.exit_code == 0, result.output
     subset = dest / "subset-4-seed3.txt"
     assert f"use --subset {subset}" in result.output
     chosen = [line.split()[0] for line in subset.read_text().splitlines()]
     assert len(chosen) == 4
-    result = CliRunner().invoke(
-        cli,
-        [
-            "generate",
-            "--model",
-            "tiny_models:tiny_cnn",
-            "--saliency",
-            "random",
-            "--data",
-            str(dest / "val"),
-            "--subset",
-            str(subset),
-            "--out",
-            str(tmp_path / "runs"),
-            "--quiet",
-        ],
-        catch_exceptions=False,
+    result = invoke(
+        "generate",
+        "--model",
+        "tiny_models:tiny_cnn",
+        "--saliency",
+        "random",
+        "--data",
+        dest / "val",
+        "--subset",
+        subset,
+        "--out",
+        tmp_path / "runs",
+        "--quiet",
     )
     assert result.exit_code == 0, result.output
     from xaibench.store import open_store
@@ -295,14 +302,14 @@ def test_subset_file_feeds_generate(sources, tmp_path):
         assert store.labels.tolist() == labels.tolist()
 
 
-def test_verify_reads_the_arranged_folder_through_its_index(sources, tmp_path):
+def test_verify_reads_the_arranged_folder_through_its_index(sources, tmp_path, invoke):
     given = {k: sources[k] for k in ("imagenet-val", "imagenet-devkit")}
     dest = tmp_path / "imagenet"
     prepare_imagenet_val(dest, given=given, progress=False)
-    result = CliRunner().invoke(cli, ["verify", str(dest), "--quiet"], catch_exceptions=False)
+    result = invoke("verify", dest, "--quiet")
     assert result.exit_code == 0, result.output
     assert f"{dest / 'val'}: 12 labelled images in 8 classes (1 to 3 per class)" in result.output
     (dest / "val" / KIT_FOX / "ILSVRC2012_val_00000004.JPEG").unlink()
-    result = CliRunner().invoke(cli, ["verify", str(dest), "--quiet"], catch_exceptions=False)
+    result = invoke("verify", dest, "--quiet")
     assert result.exit_code == 1 and "missing images (listed in the index): 1" in result.output
     assert f"  {KIT_FOX}/ILSVRC2012_val_00000004.JPEG" in result.output

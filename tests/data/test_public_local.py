@@ -4,10 +4,8 @@ import hashlib
 import tarfile
 
 import pytest
-from click.testing import CliRunner
 from synthetic_imagenet import ArchiveServer, add_bytes, jpeg_bytes
 
-from xaibench.cli import cli
 from xaibench.core.errors import DataError
 from xaibench.data.archives import ARCHIVES, Archive, ChecksumError
 from xaibench.data.classes import imagenet_classes
@@ -75,7 +73,7 @@ def test_imagenette_val_is_indexed_by_its_wnid_folders(tmp_path, monkeypatch):
 
 
 def test_imagewoof_is_checked_by_size_and_first_mib_md5_and_takes_a_users_sha256(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, invoke
 ):
     pins = ARCHIVES["imagewoof2-160"]
     assert pins.size and pins.head_md5 and pins.sha256 is None
@@ -85,12 +83,12 @@ def test_imagewoof_is_checked_by_size_and_first_mib_md5_and_takes_a_users_sha256
         head = {"size": len(data), "head_md5": hashlib.md5(data[: 1 << 20]).hexdigest()}
         serve_as(monkeypatch, "imagewoof2-160", f"{server.url}/imagewoof2-160.tgz", **head)
         args = ["download", "imagewoof-160", "--dest", str(tmp_path / "w"), "--quiet"]
-        wrong = CliRunner().invoke(cli, [*args, "--sha256", "0" * 64])
+        wrong = invoke(*args, "--sha256", "0" * 64, catch_exceptions=True)
         assert isinstance(wrong.exception, ChecksumError)
         assert f"expected sha256 {'0' * 64}, got {sha256}" in str(wrong.exception)
-        done = CliRunner().invoke(cli, [*args, "--sha256", sha256], catch_exceptions=False)
+        done = invoke(*args, "--sha256", sha256)
         assert done.exit_code == 0, done.output
-        again = CliRunner().invoke(cli, args, catch_exceptions=False)  # verified before
+        again = invoke(*args)  # verified before
     assert "imagewoof-160: 1 images in 1 classes" in done.output
     assert again.exit_code == 0, again.output
     assert len(server.requests) == 2  # the bad download was removed and fetched afresh, once
@@ -125,16 +123,12 @@ def test_torchvision_val_folders_are_indexed_in_place(tmp_path):
     assert_indexed_in_place(tmp_path / "dest", tmp_path / "imagenet" / "val", expected)
 
 
-def test_kaggle_solution_csv_is_indexed_in_place(tmp_path):
+def test_kaggle_solution_csv_is_indexed_in_place(tmp_path, invoke):
     source = tmp_path / "kaggle"
     files = photo_folder(source / "ILSVRC/Data/CLS-LOC/val", "flat")
     rows = [f"{n.removesuffix('.JPEG')},{w} 1 2 30 40 {w} 5 6 70 80" for w, n in files]
     (source / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows))
-    result = CliRunner().invoke(
-        cli,
-        ["download", "local", "--source", str(source), "--dest", str(tmp_path / "dest")],
-        catch_exceptions=False,
-    )
+    result = invoke("download", "local", "--source", source, "--dest", tmp_path / "dest")
     assert result.exit_code == 0, result.output
     assert "recognised Kaggle LOC_val_solution.csv" in result.output
     classes = imagenet_classes()

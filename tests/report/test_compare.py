@@ -5,16 +5,10 @@ import shutil
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from report_run import METHODS, METRICS, PROTOCOLS, STEP
 
-from xaibench.cli import cli
 from xaibench.core.errors import ResultsError
 from xaibench.metrics import METRICS as REGISTRY
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def markdown_rows(text: str) -> dict[tuple[str, str], list[str]]:
@@ -33,7 +27,7 @@ def expected_means(run, protocol: str) -> pd.DataFrame:
     return means * [REGISTRY.get(m).summary_scale for m in METRICS]
 
 
-def test_markdown_table_bolds_the_best_mean_of_each_group_and_metric(small_run, tmp_path):
+def test_markdown_table_bolds_the_best_mean_of_each_group_and_metric(small_run, tmp_path, invoke):
     result = invoke("compare", small_run.metrics_dir, "--resamples", 500, "--digits", 5)
     assert result.exit_code == 0, result.output
     rows = markdown_rows(result.output)
@@ -54,7 +48,7 @@ def test_markdown_table_bolds_the_best_mean_of_each_group_and_metric(small_run, 
     assert "## Paired comparisons" in result.output and "wilcoxon_p" in result.output
 
 
-def test_latex_table_is_booktabs_with_the_best_in_bold(small_run, tmp_path):
+def test_latex_table_is_booktabs_with_the_best_in_bold(small_run, tmp_path, invoke):
     latex = tmp_path / "table.tex"
     result = invoke(
         "compare", small_run.metrics_dir, "--latex", latex, "--resamples", 500, "--no-paired"
@@ -76,7 +70,7 @@ def test_latex_table_is_booktabs_with_the_best_in_bold(small_run, tmp_path):
     assert r"$\pm$" in pm.read_text() and "[" not in pm.read_text().split(r"\midrule")[1]
 
 
-def test_paired_tests_refuse_different_image_sets_naming_the_files(small_run, tmp_path):
+def test_paired_tests_refuse_different_image_sets_naming_the_files(small_run, tmp_path, invoke):
     other = tmp_path / "other"
     other.mkdir()
     subset = small_run.per_image("tgrad", "polycam").iloc[:2].assign(method="tgrad_subset")
@@ -90,7 +84,7 @@ def test_paired_tests_refuse_different_image_sets_naming_the_files(small_run, tm
     assert result.exit_code == 0 and "tgrad_subset" in result.output
 
 
-def test_the_same_evaluation_twice_and_foreign_csvs_are_refused(small_run, tmp_path):
+def test_the_same_evaluation_twice_and_foreign_csvs_are_refused(small_run, tmp_path, invoke):
     source = small_run.metrics_dir / f"gradcam-rise(step={STEP}).per_image.csv"
     copy = tmp_path / source.name
     shutil.copy(source, copy)

@@ -230,7 +230,7 @@ def test_library_errors_become_one_line_and_exit_code_2(image_folder, monkeypatc
 def test_readme_documents_every_command():
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert readme.lstrip().startswith("# xaibench")
     assert "make demo" in readme and "make test" in readme
     for command in cli.commands:

@@ -9,11 +9,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 from report_run import METHODS, METRICS, PROTOCOLS, STEP
 
-from xaibench.cli import cli
 from xaibench.core.errors import ResultsError
 from xaibench.metrics import METRICS as REGISTRY
 from xaibench.pipelines.sanity import write_sanity
@@ -21,10 +19,6 @@ from xaibench.report.build import build_report
 from xaibench.results.sanity import SANITY_COLUMNS, SanityResult
 
 LAYERS = ["original", "8", "3", "1", "0"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def synthetic_sanity(run_dir, methods=("tgrad", "random")):
@@ -50,7 +44,7 @@ def copy_run(small_run, dest):
 
 
 @pytest.fixture(scope="module")
-def report(small_run, tmp_path_factory):
+def report(small_run, tmp_path_factory, invoke):
     run_dir = copy_run(small_run, tmp_path_factory.mktemp("copy") / small_run.run_dir.name)
     synthetic_sanity(run_dir)
     out = tmp_path_factory.mktemp("report")

@@ -1,7 +1,6 @@
 """The background store writer: same stores as writing in place, errors surface, nothing is lost."""
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -46,21 +45,27 @@ def test_background_writes_give_the_same_stores(image_folder, tmp_path):
             np.testing.assert_array_equal(b.scores, a.scores)
 
 
-class SlowStore:
-    """A store whose writes take a while and whose `fail_at`-th write raises OSError."""
+class GatedStore:
+    """A store whose writes from the `hold_from`-th on wait for `release` (set by the test), and
+    whose `fail_at`-th write raises OSError; `holding` is set once a write waits. Only writes off
+    the main thread wait: one on it fails the test's assertions instead of hanging it."""
 
-    def __init__(self, store, fail_at=None, delay=0.02):
-        self.store, self.path, self.fail_at, self.delay = store, store.path, fail_at, delay
-        self.writes, self.threads, self.failed = 0, set(), threading.Event()
+    def __init__(self, store, fail_at=None, hold_from=None):
+        self.store, self.path, self.fail_at, self.hold_from = store, store.path, fail_at, hold_from
+        self.calls, self.written, self.threads = 0, 0, set()
+        self.holding, self.release = threading.Event(), threading.Event()
 
     def write(self, rows):
-        self.writes += 1
+        self.calls += 1
         self.threads.add(threading.current_thread().name)
-        time.sleep(self.delay)
-        if self.writes == self.fail_at:
-            self.failed.set()
+        background = threading.current_thread() is not threading.main_thread()
+        if background and self.hold_from is not None and self.calls >= self.hold_from:
+            self.holding.set()
+            self.release.wait()
+        if self.calls == self.fail_at:
             raise OSError("No space left on device")
         self.store.write(rows)
+        self.written += 1
 
     def pending_indices(self):
         return self.store.pending_indices()
@@ -74,29 +79,36 @@ def new_store(tmp_path):
 
 
 def test_close_writes_everything_queued_off_the_main_thread(tmp_path):
-    slow = SlowStore(new_store(tmp_path))
-    writer = BackgroundWriter(slow, depth=2)
-    started = time.perf_counter()
-    for rows in np.arange(N).reshape(-1, 2):
+    held = GatedStore(new_store(tmp_path), hold_from=1)
+    writer = BackgroundWriter(held, depth=2)
+    batches = np.arange(N).reshape(-1, 2)
+    for rows in batches[:3]:  # one in the held write, `depth` in the queue
         write_rows(writer, rows)
-    assert slow.writes < N // 2  # the main thread went on before the writes were done
+    assert held.written == 0  # the main thread went on before any write was done
+    held.release.set()
+    for rows in batches[3:]:
+        write_rows(writer, rows)
     writer.close()
-    assert time.perf_counter() - started >= N // 2 * slow.delay
-    assert threading.current_thread().name not in slow.threads
+    assert held.written == len(batches)  # close returned only once every queued write was done
+    assert threading.current_thread().name not in held.threads
     with open_store(tmp_path / "s.h5") as store:
         assert store.complete
         np.testing.assert_array_equal(store.read_maps(np.arange(N)), maps_of(np.arange(N)))
 
 
 def test_a_failed_write_is_raised_with_the_store_path_and_earlier_rows_are_kept(tmp_path):
-    slow = SlowStore(new_store(tmp_path), fail_at=3)
-    writer = BackgroundWriter(slow, depth=2)
+    failing = GatedStore(new_store(tmp_path), fail_at=3, hold_from=3)
+    writer = BackgroundWriter(failing, depth=1)
     for rows in np.arange(6).reshape(-1, 2):
         write_rows(writer, rows)
-    assert slow.failed.wait(timeout=10)
-    time.sleep(0.2)  # the writer thread records the error just after the store raised it
+    assert failing.holding.wait(timeout=60)  # the writer thread is in the write that fails
+    write_rows(writer, np.arange(6, 8))  # queued behind it: no failure to report yet
+    failing.release.set()
     with pytest.raises(StoreError, match=r"s\.h5: background write failed \(OSError: No space"):
-        write_rows(writer, np.arange(6, 8))
+        # The first raises, or its put waits for the writer thread to take rows 6-7, which it does
+        # only after recording the failure: then the second raises.
+        write_rows(writer, np.arange(8, 10))
+        write_rows(writer, np.arange(10, 12))
     with pytest.raises(StoreError, match="No space left"):
         writer.close()
     with open_store(tmp_path / "s.h5") as store:
@@ -105,7 +117,7 @@ def test_a_failed_write_is_raised_with_the_store_path_and_earlier_rows_are_kept(
 
 
 def test_a_failure_at_the_last_write_is_raised_by_close(tmp_path):
-    writer = BackgroundWriter(SlowStore(new_store(tmp_path), fail_at=1), depth=2)
+    writer = BackgroundWriter(GatedStore(new_store(tmp_path), fail_at=1), depth=2)
     write_rows(writer, np.arange(2))
     with pytest.raises(StoreError, match=r"s\.h5"):
         writer.close()
