@@ -25,3 +25,13 @@ def test_settings_across_packages_use_it():
         Protocol("x", step=True)
     with pytest.raises(ConfigError, match="depth must be a positive integer, got 0"):
         BackgroundWriter(None, depth=0)
+
+
+def test_integer_at_least_takes_numpy_integers_and_names_its_bound():
+    import numpy as np
+
+    from xaibench.core.checks import integer_at_least
+
+    assert integer_at_least(np.int64(0), "workers", 0) == 0
+    with pytest.raises(ConfigError, match=r"^workers must be an integer >= 0, got -1$"):
+        integer_at_least(-1, "workers", 0)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from dataclasses import dataclass
 
 import torch
 
 from xaibench import dist
+from xaibench.core.checks import integer_at_least, positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import check_precision
 from xaibench.core.runtime import (
@@ -39,9 +39,9 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.device, torch.device):
             raise ConfigError(f"device must be a torch.device, got {self.device!r}")
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("workers", self.workers, 0)
-        _check_int("chunk_size", self.chunk_size, 1)
+        positive_int(self.batch_size, "batch_size")
+        integer_at_least(self.workers, "workers", 0)
+        positive_int(self.chunk_size, "chunk_size")
         for name in ("compile", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -94,9 +94,3 @@ def world_of(settings: RunSettings, world: dist.World | None) -> dist.World:
             "pass settings.on(world.device)"
         )
     return world
-
-
-def _check_int(name: str, value: object, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        kind = "a positive integer" if least == 1 else f"an integer >= {least}"
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
