@@ -66,8 +66,6 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
       xaibench list models 'mobilenet*'
       xaibench list models vit_b_16 --why
     """
-    from xaibench.methods.support import support_by_name
-
     registry = load(_REGISTRIES[what])
     names = registry.names(pattern)
     width = max((len(n) for n in names), default=0)
@@ -75,6 +73,8 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
         for name in names:
             click.echo(f"{name:<{width}}  {registry.entry(name).help}".rstrip())
         return
+    from xaibench.methods.support import support_by_name
+
     if not why:
         header = [f"{'model':<{width}}", "input", *(f"{title:<16}" for title, _ in _COLUMNS)]
         click.echo("  ".join(header).rstrip())
