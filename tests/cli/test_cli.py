@@ -2,6 +2,7 @@
 
 import re
 
+import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -195,7 +196,7 @@ def test_list(what, expected):
 
 
 def test_every_command_has_help():
-    for command in cli.commands:
+    for command in cli.list_commands(click.Context(cli)):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
 
@@ -233,7 +234,7 @@ def test_readme_documents_every_command():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert readme.lstrip().startswith("# xaibench")
     assert "make demo" in readme and "make test" in readme
-    for command in cli.commands:
+    for command in cli.list_commands(click.Context(cli)):
         assert f"xaibench {command}" in readme, command
 
 
@@ -405,12 +406,11 @@ def test_layer_is_a_module_name_for_every_method_that_takes_one():
 
 @pytest.mark.parametrize("command", ["generate", "sanity", "explain"])
 def test_a_bad_param_fails_before_the_model_loads(command, image_folder, tmp_path, monkeypatch):
-    import importlib
-
     from xaibench.core.errors import ConfigError
 
-    module = importlib.import_module(f"xaibench.cli.{command}")
-    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(
+        "xaibench.models.load_model", lambda *a, **k: pytest.fail("loaded the model")
+    )
     image = next(p for p in image_folder.rglob("*") if p.is_file())
     where = [str(image)] if command == "explain" else ["--data", str(image_folder)]
     args = [command, *where, "--model", MODEL, "--saliency", "gradcam", "--param", "gradcam.x=1"]

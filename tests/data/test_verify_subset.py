@@ -229,15 +229,15 @@ def test_published_accuracy_comes_with_the_model():
 def test_verify_decodes_with_the_devices_default_workers_unless_given(tmp_path, monkeypatch):
     import dataclasses
 
-    from xaibench.cli import verify as verify_cli
     from xaibench.core import runtime
+    from xaibench.pipelines import verify as verify_pipeline
 
     root = class_folders(tmp_path / "val", {3: 2})
     asked = []
-    real = verify_cli.verify_dataset
+    real = verify_pipeline.verify_dataset
     monkeypatch.setitem(runtime.DEFAULT_WORKERS, "cpu", 3)
     monkeypatch.setattr(
-        verify_cli,
+        verify_pipeline,
         "verify_dataset",
         lambda prepared, settings, expect: (
             asked.append(settings.workers)

@@ -3,25 +3,54 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import click
 
 import xaibench
-from xaibench.cli.compare import compare_command
-from xaibench.cli.download import download_command
-from xaibench.cli.evaluate import evaluate_command
-from xaibench.cli.explain import explain_command
-from xaibench.cli.generate import generate_command
-from xaibench.cli.listing import list_command
-from xaibench.cli.report import report_command
-from xaibench.cli.sanity import sanity_command
-from xaibench.cli.verify import verify_command
-from xaibench.cli.visualize import activations_command, visualize_command
 from xaibench.core.errors import XaibenchError
+from xaibench.core.lazy import load
 from xaibench.core.runtime import tune_allocator
 
+COMMANDS = {
+    "download": "xaibench.cli.download:download_command",
+    "verify": "xaibench.cli.verify:verify_command",
+    "generate": "xaibench.cli.generate:generate_command",
+    "evaluate": "xaibench.cli.evaluate:evaluate_command",
+    "list": "xaibench.cli.listing:list_command",
+    "visualize": "xaibench.cli.visualize:visualize_command",
+    "activations": "xaibench.cli.visualize:activations_command",
+    "sanity": "xaibench.cli.sanity:sanity_command",
+    "compare": "xaibench.cli.compare:compare_command",
+    "report": "xaibench.cli.report:report_command",
+    "explain": "xaibench.cli.explain:explain_command",
+}
+"""Command name -> "module:attribute" of its click command."""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when first looked up, from a table of
+    name -> "module:attribute"; listed (in --help) sorted by name, as click lists its own."""
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            self.add_command(load(self.lazy_commands[cmd_name]), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(xaibench.__version__, prog_name="xaibench")
 def cli() -> None:
     """Benchmark saliency methods for ImageNet classifiers.
@@ -33,19 +62,6 @@ def cli() -> None:
       xaibench evaluate --model vgg16 --store runs/vgg16/tgrad.h5 --data val/ --cuda
       xaibench report runs/vgg16 --out report/ --data val/
     """
-
-
-cli.add_command(download_command)
-cli.add_command(verify_command)
-cli.add_command(generate_command)
-cli.add_command(evaluate_command)
-cli.add_command(list_command)
-cli.add_command(visualize_command)
-cli.add_command(activations_command)
-cli.add_command(sanity_command)
-cli.add_command(compare_command)
-cli.add_command(report_command)
-cli.add_command(explain_command)
 
 
 def main() -> None:

@@ -8,15 +8,7 @@ import click
 
 from xaibench.cli.options import resamples_option
 from xaibench.core.atomic import write_text_atomic
-from xaibench.report.tables import (
-    LATEX_STYLES,
-    comparison_markdown,
-    comparison_summary,
-    latex_comparison,
-    load_evaluations,
-    paired_tables,
-)
-from xaibench.results.stats import INTERVALS
+from xaibench.core.choices import INTERVALS, LATEX_STYLES
 
 
 @click.command("compare")
@@ -84,6 +76,14 @@ def compare_command(
     Example:
       xaibench compare runs/*/metrics --latex table.tex
     """
+    from xaibench.report.tables import (
+        comparison_markdown,
+        comparison_summary,
+        latex_comparison,
+        load_evaluations,
+        paired_tables,
+    )
+
     evaluations = load_evaluations(paths)
     summary = comparison_summary(evaluations, resamples)
     tables = None if no_paired else paired_tables(evaluations)

@@ -12,7 +12,6 @@ from xaibench.core.errors import ConfigError
 from xaibench.data.archives import ARCHIVES
 from xaibench.data.imagenet import prepare_imagenet_val
 from xaibench.data.index import DatasetIndex, write_subset
-from xaibench.data.local import index_local
 from xaibench.data.public import PUBLIC, prepare_public
 
 IMAGENET_URL_ENV = "XAIBENCH_IMAGENET_URL"
@@ -127,6 +126,8 @@ def download_command(
     }
     check_applicable(dataset, used)
     if dataset == "local":
+        from xaibench.data.local import index_local  # imports torch, unlike the other datasets
+
         layout, index = index_local(source, dest, labels_file)
         click.echo(f"recognised {layout} at {source}")
     elif dataset == "imagenet-val":

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import pandas as pd
 
 from xaibench.cli.options import (
     batch_size_option,
@@ -18,11 +18,11 @@ from xaibench.cli.options import (
     speed_options,
     weights_option,
 )
+from xaibench.core.choices import DEFAULT_METRICS
 from xaibench.core.runtime import resolve_device
-from xaibench.metrics import METRICS
-from xaibench.pipelines.evaluate import DEFAULT_METRICS, WrittenEvaluation, evaluate_stores
-from xaibench.pipelines.settings import RunSettings
-from xaibench.results.stats import summary_markdown, summary_wide
+
+if TYPE_CHECKING:
+    from xaibench.pipelines.evaluate import WrittenEvaluation
 
 
 @click.command("evaluate")
@@ -133,6 +133,10 @@ def evaluate_command(
     `torchrun --nproc-per-node N -m xaibench evaluate ...` each process evaluates its share of the
     rows and process 0 writes the same tables; logs go to the (first) output folder's logs/.
     """
+    from xaibench.metrics import METRICS
+    from xaibench.pipelines.evaluate import evaluate_stores
+    from xaibench.pipelines.settings import RunSettings
+
     for name in metrics:  # flag by flag, before the model loads
         if METRICS.get(name).needs_boxes and boxes_dir is None:
             raise click.BadParameter(
@@ -171,6 +175,10 @@ def evaluate_command(
 
 
 def _report(written: list[WrittenEvaluation]) -> None:
+    import pandas as pd
+
+    from xaibench.results.stats import summary_markdown, summary_wide
+
     for one in written:
         images = len(one.evaluation.per_image)
         click.echo(f"{one.store}: {images} images -> {one.paths['summary'].parent}/", err=True)

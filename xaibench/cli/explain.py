@@ -17,11 +17,6 @@ from xaibench.cli.options import (
 )
 from xaibench.core.atomic import write_bytes_atomic
 from xaibench.core.runtime import resolve_device
-from xaibench.methods.settings import method_params
-from xaibench.models import load_model
-from xaibench.pipelines.explain import explain_image
-from xaibench.report.explain import explanation_figure
-from xaibench.report.plots import figure_png
 
 
 @click.command("explain")
@@ -66,6 +61,12 @@ def explain_command(
     Example:
       xaibench explain cat.jpg --model efficientnet_lite0 --saliency tgrad,gradcam --tgrad-layers
     """
+    from xaibench.methods.settings import method_params
+    from xaibench.models import load_model
+    from xaibench.pipelines.explain import explain_image
+    from xaibench.report.explain import explanation_figure
+    from xaibench.report.plots import figure_png
+
     settings = method_params(methods, params, layer)  # before the model: a bad --param fails fast
     loaded = load_model(model, weights)
     result = explain_image(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from xaibench import dist
 from xaibench.cli.options import (
     batch_size_option,
     cam_layer_option,
@@ -20,13 +20,11 @@ from xaibench.cli.options import (
     weights_option,
 )
 from xaibench.core.runtime import resolve_device
-from xaibench.data.dataset import ImageFolderDataset
-from xaibench.methods.settings import method_params
-from xaibench.metrics import get_protocol
-from xaibench.models import load_model
-from xaibench.pipelines.generate import TARGETS, GenerateSummary, generate
-from xaibench.pipelines.settings import RunSettings
 from xaibench.results.layout import STORE_FORMATS, logs_dir
+from xaibench.store.meta import TARGETS
+
+if TYPE_CHECKING:
+    from xaibench.pipelines.generate import GenerateSummary
 
 
 @click.command("generate")
@@ -98,6 +96,14 @@ def generate_command(
     `torchrun --nproc-per-node N -m xaibench generate ...` each process explains its share of the
     images and process 0 merges them into the same stores; logs go to OUT/MODEL/logs/.
     """
+    from xaibench import dist
+    from xaibench.data.dataset import ImageFolderDataset
+    from xaibench.methods.settings import method_params
+    from xaibench.metrics import get_protocol
+    from xaibench.models import load_model
+    from xaibench.pipelines.generate import generate
+    from xaibench.pipelines.settings import RunSettings
+
     settings = method_params(methods, params, layer)  # before the model: a bad --param fails fast
     run = RunSettings.resolve(
         resolve_device(device, cuda),

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import textwrap
+from typing import TYPE_CHECKING
 
 import click
 
-from xaibench.methods import METHODS
-from xaibench.methods.support import Finding, ModelSupport, support_by_name
-from xaibench.metrics import METRICS
-from xaibench.models import MODELS
+from xaibench.core.lazy import load
 
-_REGISTRIES = {"models": MODELS, "methods": METHODS, "metrics": METRICS}
+if TYPE_CHECKING:
+    from xaibench.methods.support import Finding, ModelSupport
+
+_REGISTRIES = {
+    "models": "xaibench.models:MODELS",
+    "methods": "xaibench.methods:METHODS",
+    "metrics": "xaibench.metrics:METRICS",
+}
+"""What `list` prints -> where its registry lives, imported when it is listed."""
 _COLUMNS = (
     ("CAM layer", "feature_map"),
     ("T-Grad/FullGrad", "bias_terms"),
@@ -60,13 +66,15 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
       xaibench list models 'mobilenet*'
       xaibench list models vit_b_16 --why
     """
-    registry = _REGISTRIES[what]
+    registry = load(_REGISTRIES[what])
     names = registry.names(pattern)
     width = max((len(n) for n in names), default=0)
     if what != "models" or not support:
         for name in names:
             click.echo(f"{name:<{width}}  {registry.entry(name).help}".rstrip())
         return
+    from xaibench.methods.support import support_by_name
+
     if not why:
         header = [f"{'model':<{width}}", "input", *(f"{title:<16}" for title, _ in _COLUMNS)]
         click.echo("  ".join(header).rstrip())

@@ -7,11 +7,7 @@ from pathlib import Path
 
 import click
 
-from xaibench.core.precision import PRECISIONS
-from xaibench.methods import METHODS
-from xaibench.metrics import METRICS
-from xaibench.metrics.protocols import PROTOCOLS
-from xaibench.results.stats import BOOTSTRAP_RESAMPLES
+from xaibench.core.choices import BOOTSTRAP_RESAMPLES, PRECISIONS, PROTOCOL_SETTINGS
 
 
 def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
@@ -20,6 +16,8 @@ def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 
 def method_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
     """--saliency as a list of registered method names: at least one, each known."""
+    from xaibench.methods import METHODS
+
     methods = comma_list(ctx, param, value)
     if not methods:
         raise click.BadParameter("give at least one method", ctx, param)
@@ -30,6 +28,8 @@ def method_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def metric_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
     """--metrics as a list of registered metric names: at least one, each known."""
+    from xaibench.metrics import METRICS
+
     metrics = comma_list(ctx, param, value)
     if not metrics:
         raise click.BadParameter("give at least one metric", ctx, param)
@@ -108,7 +108,7 @@ batch_size_option = click.option(
 )
 protocol_option = click.option(
     "--protocol",
-    type=click.Choice(list(PROTOCOLS)),
+    type=click.Choice(list(PROTOCOL_SETTINGS)),
     default="polycam",
     show_default=True,
     help="Preprocessing and metric protocol (see docs: substrates, steps, AUC rule).",

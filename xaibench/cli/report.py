@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from xaibench.cli.options import resamples_option
-from xaibench.report.build import DEFAULT_GRID_IMAGES, build_report
+from xaibench.core.choices import DEFAULT_GRID_IMAGES
 
 
 @click.command("report")
@@ -50,6 +50,8 @@ def report_command(
     Example:
       xaibench report runs/vgg16 --out report/ --data val/
     """
+    from xaibench.report.build import build_report
+
     written = build_report(run_dir, out_dir, data_dir, grid_images=grid_images, resamples=resamples)
     for path in written.values():
         click.echo(str(path))

@@ -16,15 +16,9 @@ from xaibench.cli.options import (
     saliency_option,
     weights_option,
 )
+from xaibench.core.choices import DEFAULT_THRESHOLD
 from xaibench.core.runtime import resolve_device
-from xaibench.data.dataset import ImageFolderDataset
-from xaibench.methods.settings import method_params
-from xaibench.metrics import get_protocol
-from xaibench.models import load_model
-from xaibench.pipelines.sanity import checkpoint_path, sanity_check, write_sanity
-from xaibench.pipelines.settings import RunSettings
 from xaibench.results.layout import sanity_dir
-from xaibench.results.sanity import DEFAULT_THRESHOLD
 
 
 @click.command(
@@ -90,6 +84,13 @@ def sanity_command(
     METHOD.sanity.png (mean similarity vs layer with 95% intervals) per method, and flags methods
     whose maps do not change. Re-running an interrupted command resumes it.
     """
+    from xaibench.data.dataset import ImageFolderDataset
+    from xaibench.methods.settings import method_params
+    from xaibench.metrics import get_protocol
+    from xaibench.models import load_model
+    from xaibench.pipelines.sanity import checkpoint_path, sanity_check, write_sanity
+    from xaibench.pipelines.settings import RunSettings
+
     settings = method_params(methods, params)  # before the model: a bad --param fails fast
     run = RunSettings.resolve(
         resolve_device(device, cuda), batch_size=batch_size, workers=workers, progress=not quiet

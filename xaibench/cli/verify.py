@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from xaibench.cli.options import batch_size_option, device_options, weights_option, workers_option
 from xaibench.core.runtime import resolve_device
-from xaibench.models import load_model
-from xaibench.pipelines.settings import RunSettings
-from xaibench.pipelines.verify import (
-    FLAG_LEVEL,
-    AccuracyCheck,
-    VerifyReport,
-    open_prepared,
-    sample_accuracy,
-    verify_dataset,
-)
+
+if TYPE_CHECKING:
+    from xaibench.pipelines.verify import AccuracyCheck, VerifyReport
 
 
 @click.command("verify")
@@ -65,6 +59,10 @@ def verify_command(
     class, images that cannot be decoded, and with --model the top-1 accuracy on a sample, which
     flags a wrong label mapping. Exits with 1 when anything is off.
     """
+    from xaibench.models import load_model
+    from xaibench.pipelines.settings import RunSettings
+    from xaibench.pipelines.verify import open_prepared, sample_accuracy, verify_dataset
+
     run = RunSettings.resolve(
         resolve_device(device, cuda), batch_size=batch_size, workers=workers, progress=not quiet
     )
@@ -106,6 +104,8 @@ def _print_report(result: VerifyReport) -> None:
 
 
 def _print_accuracy(check: AccuracyCheck, model: str, weights: str) -> None:
+    from xaibench.pipelines.verify import FLAG_LEVEL
+
     line = (
         f"top-1 of {model} ({weights}) on {check.images} images: {check.accuracy:.1f}% "
         f"(99% CI {check.low:.1f} to {check.high:.1f})"

@@ -7,22 +7,9 @@ from pathlib import Path
 import click
 
 from xaibench.cli.options import device_options, model_option, weights_option
+from xaibench.core.choices import CHANNEL_ORDERS, PARAMETERISATION_NAMES
 from xaibench.core.runtime import prepare_model, resolve_device
 from xaibench.data.classes import imagenet_classes
-from xaibench.data.dataset import read_image
-from xaibench.metrics import get_protocol
-from xaibench.models import load_model
-from xaibench.visualize import (
-    RandomTransforms,
-    activation_grid,
-    choose_channels,
-    labelled_grid,
-    layer_activations,
-    save_png,
-    visualise_units,
-)
-from xaibench.visualize.activations import CHANNEL_ORDERS
-from xaibench.visualize.parameterisation import PARAMETERISATIONS
 
 out_option = click.option(
     "--out",
@@ -55,7 +42,7 @@ def _setting(name: str, kind: click.ParamType, default: float, help: str):
 @click.option(
     "--param",
     "parameterisation",
-    type=click.Choice(sorted(PARAMETERISATIONS)),
+    type=click.Choice(sorted(PARAMETERISATION_NAMES)),
     default="fourier",
     show_default=True,
     help="pixel: optimise the pixels; fourier: decorrelated colours in a 1/f Fourier basis.",
@@ -102,6 +89,9 @@ def visualize_command(
     Writes OUT/UNIT.png per unit and OUT/grid.png, and prints each unit's final activation; for a
     class logit also the model's probability of that class on the final image.
     """
+    from xaibench.models import load_model
+    from xaibench.visualize import RandomTransforms, labelled_grid, save_png, visualise_units
+
     chosen = resolve_device(device, cuda)
     loaded = load_model(model, weights)
     network = prepare_model(loaded.model, chosen)
@@ -177,6 +167,11 @@ def activations_command(
 ) -> None:
     """Feature maps of chosen layers for one IMAGE, one grid per layer (OUT/LAYER.png), from one
     forward pass; each tile is captioned with its channel index."""
+    from xaibench.data.dataset import read_image
+    from xaibench.metrics import get_protocol
+    from xaibench.models import load_model
+    from xaibench.visualize import activation_grid, choose_channels, layer_activations, save_png
+
     chosen = resolve_device(device, cuda)
     loaded = load_model(model, weights)
     network = prepare_model(loaded.model, chosen)

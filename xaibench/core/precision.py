@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from xaibench.core.choices import PRECISIONS
 from xaibench.core.errors import ConfigError
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

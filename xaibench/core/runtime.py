@@ -1,13 +1,19 @@
-"""Device choice, per-device defaults and process tuning, decided once at the top of a run."""
+"""Device choice, per-device defaults and process tuning, decided once at the top of a run.
+
+Imports torch only inside the functions that need it: the CLI calls `tune_allocator` before every
+command, `--help` included.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import sys
-
-import torch
+from typing import TYPE_CHECKING
 
 from xaibench.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 # Batch and chunk sizes that run fastest per device type: on a 2-core CPU, small chunks beat big
 # ones, under fp32 and bf16 alike (docs/perf-notes); on a GPU, larger batches keep the device busy.
@@ -19,6 +25,8 @@ DEFAULT_WORKERS = {"cpu": 0, "cuda": 4}
 
 def resolve_device(device: str | None = None, cuda: bool = False) -> torch.device:
     """`--device` wins over `--cuda`; CUDA asked for but absent is an error, not a silent fallback."""
+    import torch
+
     name = device or ("cuda" if cuda else "cpu")
     try:
         chosen = torch.device(name)
@@ -72,4 +80,6 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     Changes no process-wide setting: `core.precision.forward_settings` turns on cuDNN's autotuner
     for the duration of a run.
     """
+    import torch
+
     return model.to(device=device, memory_format=torch.channels_last)

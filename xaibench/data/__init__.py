@@ -1,13 +1,30 @@
-"""Datasets: the ImageNet class table, image folders, and a small sample of real photographs."""
+"""Datasets: the ImageNet class table, image folders, and a small sample of real photographs.
 
-from xaibench.data.classes import ImageNetClasses, imagenet_classes
-from xaibench.data.dataset import ImageFolderDataset, make_loader
-from xaibench.data.samples import build_sample_dataset
+The names below are imported from their modules when first read (PEP 562), so the modules that need
+no torch (the archive table, the public datasets, the index files) load without it.
+"""
 
-__all__ = [
-    "ImageFolderDataset",
-    "ImageNetClasses",
-    "build_sample_dataset",
-    "imagenet_classes",
-    "make_loader",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ImageFolderDataset": "xaibench.data.dataset",
+    "ImageNetClasses": "xaibench.data.classes",
+    "build_sample_dataset": "xaibench.data.samples",
+    "imagenet_classes": "xaibench.data.classes",
+    "make_loader": "xaibench.data.dataset",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

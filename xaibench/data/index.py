@@ -21,7 +21,6 @@ import numpy as np
 from xaibench.core.atomic import write_text_atomic
 from xaibench.core.errors import ConfigError, DataError
 from xaibench.data.classes import NUM_CLASSES, imagenet_classes
-from xaibench.data.dataset import read_labels_file
 
 INDEX_FILE = "dataset.json"
 
@@ -87,6 +86,8 @@ def write_index(
 
 def read_index(dest: Path) -> DatasetIndex:
     """The index written by `write_index` into `dest`; DataError naming the file if it is broken."""
+    from xaibench.data.dataset import read_labels_file  # imports torch, which this module does not
+
     dest = Path(dest)
     path = dest / INDEX_FILE
     try:

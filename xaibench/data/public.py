@@ -16,7 +16,6 @@ import numpy as np
 from xaibench.core.errors import DataError
 from xaibench.data.archives import ARCHIVES, fetch
 from xaibench.data.classes import NUM_CLASSES
-from xaibench.data.dataset import find_images, folder_labels
 from xaibench.data.extract import extract_once
 from xaibench.data.index import DatasetIndex, write_index
 
@@ -63,6 +62,8 @@ def index_folder_labels(ids: list[str], root: Path) -> np.ndarray:
 
 def label_images(root: Path, folders: str) -> tuple[list[str], np.ndarray]:
     """Ids under `root` and their class indices, from WNID folders or integer folders."""
+    from xaibench.data.dataset import find_images, folder_labels  # imports torch, unlike the rest
+
     ids = find_images(root)
     if not ids:
         raise DataError(f"no images under {root}; the archive did not extract as expected")

@@ -2,8 +2,10 @@
 space.
 
 Published insertion/deletion numbers are only comparable under the same protocol (docs/metrics), so
-every setting lives here. `PROTOCOLS` is the one registry of protocol names. The metric settings are
-recorded with `Protocol.to_dict()` in each output and can be overridden by name with
+each setting is defined once: `Protocol` holds the settings and their defaults, and `PROTOCOLS`, the
+one registry of protocol names, is built from the plain table of what each named protocol sets,
+`xaibench.core.choices.PROTOCOL_SETTINGS` (which the CLI lists without importing torch). The metric
+settings are recorded with `Protocol.to_dict()` in each output and can be overridden by name with
 `get_protocol(name, **overrides)`; the preprocessing (`Protocol.preprocess`) is recorded by every
 store.
 """
@@ -23,6 +25,7 @@ import torchvision.transforms.functional as TF
 from scipy.ndimage import gaussian_filter
 
 from xaibench.core.checks import positive_int
+from xaibench.core.choices import PROTOCOL_SETTINGS
 from xaibench.core.errors import ConfigError, UnknownNameError
 from xaibench.data.preprocess import (
     IMAGENET_MEAN,
@@ -189,25 +192,10 @@ SETTINGS = tuple(f.name for f in fields(Protocol) if f.name not in ("name", "pre
 """The metric settings of a protocol: what `to_dict` records and `get_protocol` overrides."""
 
 PROTOCOLS: dict[str, Protocol] = {
-    "polycam": Protocol(
-        "polycam",
-        step=224,
-        insertion_substrate="blur",
-        deletion_substrate="blur",
-        include_start=False,
-        auc="mean",
-        preprocessing=POLYCAM_PREPROCESSING,
-    ),
-    "rise": Protocol(
-        "rise",
-        step=224,
-        insertion_substrate="rise_blur",
-        deletion_substrate="zeros",
-        include_start=True,
-        auc="trapezoid",
-        preprocessing=POLYCAM_PREPROCESSING,
-    ),
+    name: Protocol(name, preprocessing=POLYCAM_PREPROCESSING, **settings)
+    for name, settings in PROTOCOL_SETTINGS.items()
 }
+"""The named protocols, with their settings from `xaibench.core.choices.PROTOCOL_SETTINGS`."""
 
 
 def get_protocol(name: str, **overrides: Any) -> Protocol:

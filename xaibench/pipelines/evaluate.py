@@ -20,6 +20,7 @@ import torch
 from xaibench import dist
 from xaibench.core.atomic import write_atomic as _atomic
 from xaibench.core.batching import ChunkSize
+from xaibench.core.choices import DEFAULT_METRICS
 from xaibench.core.errors import ConfigError, StoreError
 from xaibench.core.precision import forward_settings
 from xaibench.core.runtime import prepare_model
@@ -59,10 +60,6 @@ class Evaluation:
 
     def paths(self, out_dir: Path) -> dict[str, Path]:
         return layout.evaluation_paths(out_dir, self.stem)
-
-
-DEFAULT_METRICS = ("insertion", "deletion", "ins_del", "avg_drop", "increase")
-"""The metrics `evaluate_stores` computes unless told otherwise."""
 
 
 @dataclass

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from xaibench.core.atomic import write_bytes_atomic, write_text_atomic
+from xaibench.core.choices import DEFAULT_GRID_IMAGES
 from xaibench.core.errors import ResultsError
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import read_image
@@ -42,8 +43,6 @@ from xaibench.results.stats import BOOTSTRAP_RESAMPLES
 from xaibench.store import find_stores, open_store
 from xaibench.store.base import SaliencyStore
 from xaibench.store.meta import StoreMeta
-
-DEFAULT_GRID_IMAGES = 4
 
 
 @dataclass

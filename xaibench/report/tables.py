@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xaibench.core.choices import LATEX_STYLES
 from xaibench.core.errors import ResultsError
 from xaibench.metrics.base import METRICS
 from xaibench.results.layout import PER_IMAGE_SUFFIX
@@ -27,7 +28,6 @@ from xaibench.results.stats import (
 
 REQUIRED_COLUMNS = ("image_id", "model", "method", "protocol", "protocol_settings")
 KEYS = (*GROUP_COLUMNS, "method")
-LATEX_STYLES = ("brackets", "pm")
 
 
 @dataclass

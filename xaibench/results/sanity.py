@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from xaibench.core.choices import DEFAULT_THRESHOLD
 from xaibench.results.stats import t_half_width
 from xaibench.sanity.stages import Stage
 
@@ -13,7 +14,6 @@ SANITY_STATISTICS = ("spearman", "spearman_abs", "ssim")
 """The similarities of each map to the original one (`map_similarity`)."""
 SANITY_COLUMNS = ("image_id", "stage", "layer", *SANITY_STATISTICS)
 """The columns of a sanity table, in order."""
-DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass

@@ -16,16 +16,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from xaibench.core.choices import BOOTSTRAP_RESAMPLES, INTERVALS
 from xaibench.core.errors import ConfigError
 from xaibench.metrics.base import METRICS
 
 BOOTSTRAP_METHOD = "percentile"
 """Percentile rather than BCa: BCa's jackknife costs O(n^2) per metric (minutes at 50,000 images),
 and for the mean of thousands of images the two agree; on a few images neither is accurate."""
-BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_BATCH_ELEMENTS = 20_000_000
 """Resampled values held at once (160 MB of float64): bounds the bootstrap's memory for any N."""
-INTERVALS = ("bootstrap", "t")
 INTERVAL_COLUMNS = {"bootstrap": ("boot_low", "boot_high"), "t": ("ci_low", "ci_high")}
 
 

@@ -7,12 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from xaibench.core.choices import CHANNEL_ORDERS
 from xaibench.core.errors import ConfigError
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import validate_layer
-
-CHANNEL_ORDERS = ("top", "first")
 
 
 def layer_activations(

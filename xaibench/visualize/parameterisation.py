@@ -21,6 +21,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from xaibench.core.choices import PARAMETERISATION_NAMES
+
 # The square root (from an SVD) of the RGB colour covariance of ImageNet images, as published with
 # Lucid (tensorflow/lucid, lucid/optvis/param/color.py), the library behind Olah et al. 2017.
 # rgb = M @ decorrelated per pixel; its columns are scaled so the largest has norm 1, as Lucid does.
@@ -144,4 +146,4 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return TF.gaussian_blur(images, [taps, taps], [sigma, sigma])
 
 
-PARAMETERISATIONS = {"pixel": PixelImage, "fourier": FourierImage}
+PARAMETERISATIONS = dict(zip(PARAMETERISATION_NAMES, (PixelImage, FourierImage), strict=True))
