@@ -24,8 +24,8 @@ from xaibench.data.classes import imagenet_classes
 from xaibench.store import open_store
 from xaibench.store.shards import shard_dir, shard_paths
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent
+TESTS = Path(__file__).parents[1]
+ROOT = TESTS.parent
 MODEL, SLOW = "tiny_models:tiny_cnn", "tiny_models:slow_tiny_cnn"
 METHODS = ("tgrad", "gradcam")
 IMAGES = 7  # odd, so the two processes get different numbers of images
@@ -33,7 +33,7 @@ TABLES = ("per_image.csv", "summary.csv")
 
 
 def environment() -> dict[str, str]:
-    path = os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 

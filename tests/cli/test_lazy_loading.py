@@ -20,7 +20,7 @@ from xaibench.methods import METHODS
 from xaibench.metrics import METRICS
 from xaibench.models import MODELS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision")
 
 # Runs in a fresh interpreter: each command's --help, then the group's, through the console entry
