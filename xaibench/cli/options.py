@@ -8,34 +8,33 @@ from pathlib import Path
 import click
 
 from xaibench.core.choices import BOOTSTRAP_RESAMPLES, PRECISIONS, PROTOCOL_SETTINGS
+from xaibench.core.lazy import load
 
 
 def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()] if value else []
 
 
-def method_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
-    """--saliency as a list of registered method names: at least one, each known."""
-    from xaibench.methods import METHODS
+def registered_names(registry: str, what: str) -> Callable:
+    """A callback reading the option as comma-separated names, at least one, each registered in
+    `registry` ("module:attribute", imported when the option is used, not for --help)."""
 
-    methods = comma_list(ctx, param, value)
-    if not methods:
-        raise click.BadParameter("give at least one method", ctx, param)
-    for name in methods:
-        METHODS.get(name)  # ConfigError naming close names: one line from `main`, exit code 2
-    return methods
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+        names = comma_list(ctx, param, value)
+        if not names:
+            raise click.BadParameter(f"give at least one {what}", ctx, param)
+        known = load(registry)
+        for name in names:
+            known.get(name)  # ConfigError naming close names: one line from `main`, exit code 2
+        return names
+
+    return check
 
 
-def metric_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
-    """--metrics as a list of registered metric names: at least one, each known."""
-    from xaibench.metrics import METRICS
-
-    metrics = comma_list(ctx, param, value)
-    if not metrics:
-        raise click.BadParameter("give at least one metric", ctx, param)
-    for name in metrics:
-        METRICS.get(name)  # ConfigError naming close names: one line from `main`, exit code 2
-    return metrics
+method_list = registered_names("xaibench.methods:METHODS", "method")
+"""--saliency: registered method names."""
+metric_list = registered_names("xaibench.metrics:METRICS", "metric")
+"""--metrics: registered metric names."""
 
 
 def _compose(*decorators: Callable) -> Callable:
