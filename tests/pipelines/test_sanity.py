@@ -19,6 +19,7 @@ from xaibench.data.preprocess import Preprocess
 from xaibench.models import load_model
 from xaibench.pipelines.sanity import sanity_check
 from xaibench.pipelines.settings import RunSettings
+from xaibench.results.layout import sanity_checkpoint
 from xaibench.results.sanity import SANITY_COLUMNS
 from xaibench.sanity import (
     randomisation_stages,
@@ -238,14 +239,13 @@ def test_another_runs_rows_are_not_resumed_after_a_save_cut_short(
 def test_the_command_resumes_from_its_checkpoint_then_removes_it(
     image_folder, tmp_path, monkeypatch
 ):
-    import xaibench.pipelines.sanity as sanity_run
 
     out = tmp_path / "out"
     args = ["sanity", "--model", MODEL, "--saliency", "gradinput", "--data", str(image_folder),
             "--limit", "4", "--batch-size", "2", "--depth", "1", "--quiet", "--out", str(out)]  # fmt: skip
     calls = interrupt_randomise(monkeypatch, 6)  # in the second batch (4 stages per batch)
     assert CliRunner().invoke(cli, args).exit_code != 0
-    saved = sanity_run.checkpoint_path(out, "gradinput")
+    saved = sanity_checkpoint(out, "gradinput")
     assert saved.exists() and saved.name.startswith(".")
     with np.load(saved) as rows:
         assert len(set(rows["image_id"])) == 2

@@ -18,7 +18,7 @@ from xaibench.cli.options import (
 )
 from xaibench.core.choices import DEFAULT_THRESHOLD
 from xaibench.core.runtime import resolve_device
-from xaibench.results.layout import sanity_dir
+from xaibench.results.layout import sanity_checkpoint, sanity_dir
 
 
 @click.command(
@@ -88,7 +88,7 @@ def sanity_command(
     from xaibench.methods.settings import method_params
     from xaibench.metrics import get_protocol
     from xaibench.models import load_model
-    from xaibench.pipelines.sanity import checkpoint_path, sanity_check, write_sanity
+    from xaibench.pipelines.sanity import sanity_check, write_sanity
     from xaibench.pipelines.settings import RunSettings
 
     settings = method_params(methods, params)  # before the model: a bad --param fails fast
@@ -102,7 +102,7 @@ def sanity_command(
     )
     destination = out_dir or sanity_dir(Path("runs"), loaded.name)
     for name in methods:
-        checkpoint = checkpoint_path(destination, name)
+        checkpoint = sanity_checkpoint(destination, name)
         result = sanity_check(
             loaded,
             name,

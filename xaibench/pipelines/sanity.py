@@ -142,12 +142,6 @@ def _batch_rows(explain, randomised, original, stages, images, ids, seed) -> pd.
     return pd.DataFrame(columns, columns=list(SANITY_COLUMNS))
 
 
-def checkpoint_path(out_dir: Path, method: str) -> Path:
-    """`OUT/.METHOD.sanity.checkpoint.npz`: the hidden checkpoint of one method's run whose table
-    goes to `out_dir` (the `checkpoint` of `sanity_check`)."""
-    return layout.sanity_checkpoint(out_dir, method)
-
-
 def _table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SANITY_COLUMNS)
 
