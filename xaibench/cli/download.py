@@ -3,34 +3,12 @@ layout already on disk."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from xaibench.core.errors import ConfigError
-from xaibench.data.archives import ARCHIVES
-from xaibench.data.imagenet import prepare_imagenet_val
 from xaibench.data.index import DatasetIndex, write_subset
-from xaibench.data.public import PUBLIC, prepare_public
-
-IMAGENET_URL_ENV = "XAIBENCH_IMAGENET_URL"
-IMAGENET_KEYS = ("imagenet-val", "imagenet-devkit", "imagenet-val-boxes")
-DATASETS = ("imagenet-val", *PUBLIC, "local")
-
-
-def imagenet_archives(paths: tuple[Path, ...]) -> dict[str, Path]:
-    """--archive files -> archive keys, matched by file name."""
-    by_name = {ARCHIVES[k].filename: k for k in IMAGENET_KEYS}
-    given = {}
-    for path in paths:
-        if path.name not in by_name:
-            raise ConfigError(
-                f"--archive {path}: expected one of {', '.join(by_name)} (keep the original "
-                "file name, or link it under that name)"
-            )
-        given[by_name[path.name]] = path
-    return given
+from xaibench.data.prepare import DATASETS, IMAGENET_URL_ENV, prepare_dataset
 
 
 @click.command("download")
@@ -125,32 +103,20 @@ def download_command(
         "--labels": labels_file is not None,
     }
     check_applicable(dataset, used)
-    if dataset == "local":
-        from xaibench.data.local import index_local  # imports torch, unlike the other datasets
-
-        layout, index = index_local(source, dest, labels_file)
+    index, layout = prepare_dataset(
+        dataset,
+        dest,
+        url_base=url_base,
+        archives=archives,
+        boxes=boxes,
+        sha256=sha256,
+        source=source,
+        labels_file=labels_file,
+        retries=retries,
+        progress=progress,
+    )
+    if layout is not None:
         click.echo(f"recognised {layout} at {source}")
-    elif dataset == "imagenet-val":
-        index = prepare_imagenet_val(
-            dest,
-            url_base or os.environ.get(IMAGENET_URL_ENV) or None,
-            imagenet_archives(archives),
-            boxes,
-            retries=retries,
-            progress=progress,
-        )
-    else:
-        if len(archives) > 1:
-            raise click.BadParameter(f"{dataset} has one archive", param_hint="--archive")
-        index = prepare_public(
-            dataset,
-            dest,
-            url_base,
-            archives[0] if archives else None,
-            sha256,
-            retries=retries,
-            progress=progress,
-        )
     report(index, dest)
     if subset is not None:
         path = write_subset(dest, subset, seed)
