@@ -10,7 +10,7 @@ them costs no more than asking for the underlying ones.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -151,6 +151,21 @@ class Metric(ABC):
     @abstractmethod
     def score_batch(self, ctx: MetricContext) -> MetricResult:
         """Evaluate the batch described by `ctx`."""
+
+    def forwards(self, protocol: Protocol, n_pixels: int) -> dict[str, int]:
+        """The model forwards this metric runs per image under `protocol` on images of
+        `n_pixels` pixels, by the name of the work metrics share through `MetricContext.shared`
+        (computed once however many metrics read it); the clean forward is not counted."""
+        return {}
+
+
+def evaluation_forwards(metrics: Sequence[Metric], protocol: Protocol, n_pixels: int) -> int:
+    """Model forwards per image of an evaluation with `metrics`: the clean forward and each
+    shared piece of work once (`Metric.forwards`)."""
+    shared: dict[str, int] = {}
+    for metric in metrics:
+        shared.update(metric.forwards(protocol, n_pixels))
+    return 1 + sum(shared.values())
 
 
 def finite_maps(saliency: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from xaibench.metrics.base import (
     fill_rows,
     finite_maps,
 )
+from xaibench.metrics.protocols import Protocol
 
 Mode = Literal["insertion", "deletion"]
 
@@ -93,6 +94,11 @@ class CausalMetric(Metric):
     def score_batch(self, ctx: MetricContext) -> MetricResult:
         return ctx.shared(("causal", self.mode), lambda: self._evaluate(ctx))
 
+    def forwards(self, protocol: Protocol, n_pixels: int) -> dict[str, int]:
+        """One forward per point of the curve."""
+        points = protocol.n_steps(n_pixels) + (1 if protocol.include_start else 0)
+        return {f"causal_{self.mode}": points}
+
     @torch.no_grad()
     def _evaluate(self, ctx: MetricContext) -> MetricResult:
         keep, ranks, ties = ctx.shared("pixel_ranks", lambda: ranks_of_finite_maps(ctx))
@@ -135,6 +141,13 @@ class InsDel(Metric):
     def __init__(self) -> None:
         self.insertion = CausalMetric("insertion")
         self.deletion = CausalMetric("deletion")
+
+    def forwards(self, protocol: Protocol, n_pixels: int) -> dict[str, int]:
+        """The insertion and deletion curves' (shared with those metrics)."""
+        return {
+            **self.insertion.forwards(protocol, n_pixels),
+            **self.deletion.forwards(protocol, n_pixels),
+        }
 
     def score_batch(self, ctx: MetricContext) -> MetricResult:
         insertion = self.insertion.score_batch(ctx)

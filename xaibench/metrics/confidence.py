@@ -27,6 +27,7 @@ from xaibench.metrics.base import (
     fill_rows,
     finite_maps,
 )
+from xaibench.metrics.protocols import Protocol
 
 
 @dataclass
@@ -63,7 +64,15 @@ def _shared_scores(ctx: MetricContext) -> ExplanationScores:
     return ctx.shared("explanation_scores", lambda: explanation_scores(ctx))
 
 
-class AverageDrop(Metric):
+class ConfidenceMetric(Metric):
+    """A metric of the score of the explanation-masked image, shared by Average Drop and
+    Increase in Confidence: one forward per image."""
+
+    def forwards(self, protocol: Protocol, n_pixels: int) -> dict[str, int]:
+        return {"explanation_scores": 1}
+
+
+class AverageDrop(ConfidenceMetric):
     """Average Drop %: per image drop = max(0, Y - O) / Y in [0, 1]; summary 100 * mean (lower is
     better). NaN with a flag for a non-finite or constant map, and for a clean score Y <= 0 (only
     possible with logits), where the relative drop is undefined."""
@@ -84,7 +93,7 @@ class AverageDrop(Metric):
         )
 
 
-class IncreaseInConfidence(Metric):
+class IncreaseInConfidence(ConfidenceMetric):
     """% Increase in Confidence: per image increase = 1 if O > Y else 0; summary 100 * mean (higher
     is better). NaN with a flag for a non-finite or constant map."""
 

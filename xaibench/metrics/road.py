@@ -46,6 +46,7 @@ from xaibench.core.errors import ConfigError
 from xaibench.methods.baselines import image_fingerprints, seeded_uniform
 from xaibench.metrics.base import METRICS, Metric, MetricContext, MetricResult, fill_rows
 from xaibench.metrics.causal import ranks_of_finite_maps
+from xaibench.metrics.protocols import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,10 @@ class RoadMetric(Metric):
         self.order = order
         self.name = f"road_{order}"
         self.higher_is_better = order == "lerf"
+
+    def forwards(self, protocol: Protocol, n_pixels: int) -> dict[str, int]:
+        """One forward per percentage and order: both orders are computed together."""
+        return {"road": 2 * len(protocol.road_percentages)}
 
     def score_batch(self, ctx: MetricContext) -> MetricResult:
         both = ctx.shared("road", lambda: road_result(ctx))
