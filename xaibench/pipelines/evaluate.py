@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,22 +91,26 @@ def evaluate_stores(
     allow_incomplete: bool = False,
     mc_dropout: int = 0,
     mc_seed: int = 0,
+    columns: Mapping[str, str] | None = None,
+    world: dist.World | None = None,
 ) -> list[WrittenEvaluation]:
     """Evaluate each store of `stores` (`evaluate_store`, with `limit`, `allow_incomplete`,
     `mc_dropout` and `mc_seed`) on the images of `data_dir` under `protocol` with
     `step` and `road_percentages` (`evaluation_protocol`), and write its tables into `out_dir`
     (default: metrics/ beside the store), resuming from and then removing its checkpoint there.
 
-    With `boxes`, the metrics that need boxes are added to `metrics`. Under torchrun the processes
-    are launched here (`dist.launch`, logs in the first output folder's logs/), each evaluates its
-    share of the rows and process 0 writes the tables: the written evaluations come back on
-    process 0, an empty list on the others.
+    With `boxes`, the metrics that need boxes are added to `metrics`. `columns` (name -> value)
+    are added to the per-image and summary tables, e.g. the digest of the config that asked for
+    them. Under torchrun the processes are launched here (`dist.launch`, logs in the first output
+    folder's logs/) unless `world` is given; each evaluates its share of the rows and process 0
+    writes the tables: the written evaluations come back on process 0, an empty list on the others.
     """
     metrics = evaluation_metrics(metrics, boxes)
     destinations = evaluation_dirs(stores, out_dir)
     chosen = evaluation_protocol(protocol, step, road_percentages)
     written = []
-    with dist.launch(settings.device, destinations[0] / "logs") as world:
+    launched = dist.launch(settings.device, destinations[0] / "logs") if world is None else None
+    with launched or nullcontext(world) as world:
         loaded = load_model(model, weights)
         preprocess = chosen.preprocess(loaded.mean, loaded.std, loaded.input_size)
         dataset = ImageFolderDataset(
@@ -129,7 +134,7 @@ def evaluate_stores(
                 boxes=boxes,
             )
             if world.is_main:
-                paths = write_evaluation(evaluation, destination, checkpoint)
+                paths = write_evaluation(evaluation, destination, checkpoint, columns)
                 written.append(WrittenEvaluation(store, evaluation, paths))
     return written
 
@@ -440,13 +445,20 @@ def _summary(
 
 
 def write_evaluation(
-    evaluation: Evaluation, out_dir: Path, checkpoint: Path | None = None
+    evaluation: Evaluation,
+    out_dir: Path,
+    checkpoint: Path | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Per-image CSV (and Parquet when pyarrow is installed), curves npz, summary CSV; atomic.
+    `columns` (name -> value) are added, last, to the per-image and summary tables.
 
     Then removes `checkpoint` (the `checkpoint` of `evaluate_store`) and every process's file beside
     it: the results it held are written.
     """
+    if columns:
+        evaluation.per_image = evaluation.per_image.assign(**columns)
+        evaluation.summary = evaluation.summary.assign(**columns)
     paths = _write_tables(evaluation, out_dir)
     checkpoints.remove_checkpoint(checkpoint)
     return paths

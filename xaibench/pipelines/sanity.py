@@ -168,12 +168,17 @@ def _resume(checkpoint: Checkpoint) -> list[pd.DataFrame]:
 
 
 def write_sanity(
-    result: SanityResult, out_dir: Path, checkpoint: Path | None = None
+    result: SanityResult,
+    out_dir: Path,
+    checkpoint: Path | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """`METHOD.sanity.csv` (the table) and `METHOD.sanity.png` (the plot) in `out_dir`, atomic;
-    then removes `checkpoint` (the `checkpoint` of `sanity_check`), whose rows are written."""
+    """`METHOD.sanity.csv` (the table, with `columns` (name -> value) added last) and
+    `METHOD.sanity.png` (the plot) in `out_dir`, atomic; then removes `checkpoint` (the
+    `checkpoint` of `sanity_check`), whose rows are written."""
     paths = layout.sanity_paths(out_dir, result.method)
-    write_atomic(paths["table"], lambda p: result.table.to_csv(p, index=False, na_rep="NaN"))
+    table = result.table.assign(**columns) if columns else result.table
+    write_atomic(paths["table"], lambda p: table.to_csv(p, index=False, na_rep="NaN"))
     write_atomic(paths["plot"], lambda p: plot_sanity(result).savefig(p, format="png", dpi=120))
     remove_checkpoint(checkpoint)
     return paths

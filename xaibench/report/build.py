@@ -37,7 +37,7 @@ from xaibench.report.tables import (
     paired_tables,
 )
 from xaibench.results import layout
-from xaibench.results.layout import SANITY_TABLE_SUFFIX
+from xaibench.results.layout import CONFIG_COLUMN, SANITY_TABLE_SUFFIX
 from xaibench.results.sanity import SANITY_COLUMNS
 from xaibench.results.stats import BOOTSTRAP_RESAMPLES
 from xaibench.store import find_stores, open_store
@@ -201,10 +201,12 @@ def read_sanity(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
             frame = pd.read_csv(path, dtype={"image_id": str, "layer": str})
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
             raise ResultsError(f"cannot read sanity results {path} ({error})") from None
-        if tuple(frame.columns) != SANITY_COLUMNS:
+        columns, extra = tuple(frame.columns), frame.columns[len(SANITY_COLUMNS) :]
+        if columns[: len(SANITY_COLUMNS)] != SANITY_COLUMNS or set(extra) - {CONFIG_COLUMN}:
             raise ResultsError(
                 f"{path} has columns {', '.join(frame.columns)}; a sanity table has exactly "
-                f"{', '.join(SANITY_COLUMNS)} (written by `xaibench sanity`)"
+                f"{', '.join(SANITY_COLUMNS)}, and {CONFIG_COLUMN} when a config asked for it "
+                "(written by `xaibench sanity` or `xaibench run`)"
             )
         results[layout.sanity_method(path)] = frame
     return results

@@ -24,6 +24,9 @@ CURVES_SUFFIX = ".curves.npz"
 SUMMARY_SUFFIX = ".summary.csv"
 """The files of one evaluation, each named STEM + suffix."""
 
+CONFIG_COLUMN = "config_sha256"
+"""The last column of every table `xaibench run` writes: the sha256 of the experiment's config."""
+
 SANITY_TABLE_SUFFIX = ".sanity.csv"
 SANITY_PLOT_SUFFIX = ".sanity.png"
 
