@@ -22,6 +22,7 @@ LAYERS = (
     "dist",
     "pipelines",
     "report",
+    "experiments",
     "cli",
 )
 """Bottom first. `visualize` and `sanity` sit beside methods and metrics: feature visualisation

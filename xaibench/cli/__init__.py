@@ -25,6 +25,7 @@ COMMANDS = {
     "compare": "xaibench.cli.compare:compare_command",
     "report": "xaibench.cli.report:report_command",
     "explain": "xaibench.cli.explain:explain_command",
+    "run": "xaibench.cli.run:run_command",
 }
 """Command name -> "module:attribute" of its click command."""
 

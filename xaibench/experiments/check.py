@@ -43,8 +43,12 @@ def check_experiment(experiment: Experiment) -> None:
     config, source = experiment.config, experiment.source
     _check_run(config["run"], _Where(source, "[run]"))
     _check_data(config["data"], _Where(source, "[data]"))
+    names = [model["name"] for model in config["models"]]
     for number, model in enumerate(config["models"], 1):
-        _check_model(model, _Where(source, f"[[models]] #{number}"))
+        where = _Where(source, f"[[models]] #{number}")
+        if names.count(model["name"]) > 1:
+            raise where.error("name", f"{model['name']} is listed twice; its outputs would collide")
+        _check_model(model, where)
     _check_generate(config["generate"], config["models"], _Where(source, "[generate]"))
     _check_evaluate(
         config["evaluate"], config["generate"], config["data"], _Where(source, "[evaluate]")
