@@ -137,7 +137,6 @@ def _check_generate(generate: dict[str, Any], models: list[dict[str, Any]], wher
         raise where.error("target", f"{generate['target']!r}: use one of {', '.join(TARGETS)}")
     if generate["store"] not in STORE_FORMATS:
         raise where.error("store", f"{generate['store']!r}: use one of {', '.join(STORE_FORMATS)}")
-    where.check("protocol", get_protocol, generate["protocol"])
     for method, settings in generate["params"].items():
         key = f"params.{method}"
         if method not in methods:
@@ -167,11 +166,15 @@ def _check_evaluate(
         raise where.error("protocols", "give at least one protocol")
     if not evaluate["metrics"]:
         raise where.error("metrics", "give at least one metric")
-    preprocessing = get_protocol(generate["protocol"]).preprocessing
-    for name in evaluate["protocols"]:
-        protocol = where.check(
-            "protocols", evaluation_protocol, name, evaluate["step"], evaluate["road_percentages"]
+    protocols = [
+        where.check(
+            "protocols", evaluation_protocol, n, evaluate["step"], evaluate["road_percentages"]
         )
+        for n in evaluate["protocols"]
+    ]
+    generating = _Where(where.source, "[generate]")
+    preprocessing = generating.check("protocol", get_protocol, generate["protocol"]).preprocessing
+    for name, protocol in zip(evaluate["protocols"], protocols, strict=True):
         if protocol.preprocessing != preprocessing:
             raise where.error(
                 "protocols",

@@ -51,7 +51,7 @@ class DatasetInfo:
     index_sha256: str
 
     def to_dict(self) -> dict[str, object]:
-        return {k: None if v is None else str(v) for k, v in self.__dict__.items()}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -170,12 +170,14 @@ class _Stages:
         if recorded is None:  # written by another process: read it again
             self.manifest = Manifest(self.plan.out)
             recorded = self.manifest.unit(self.plan.stage("dataset")[0])["dataset"]
-        optional = {k: None if recorded[k] is None else Path(recorded[k]) for k in recorded}
+        def path(key: str) -> Path | None:
+            return None if recorded[key] is None else Path(recorded[key])
+
         return DatasetInfo(
             Path(recorded["root"]),
-            optional["labels_file"],
-            optional["subset_file"],
-            optional["boxes"],
+            path("labels_file"),
+            path("subset_file"),
+            path("boxes"),
             int(recorded["images"]),
             recorded["index_sha256"],
         )

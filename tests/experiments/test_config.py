@@ -1,0 +1,172 @@
+"""Reading, overriding and checking experiment configs: every problem named before any work."""
+
+from pathlib import Path
+
+import pytest
+
+from xaibench.core.errors import ConfigError
+from xaibench.experiments.check import check_experiment
+from xaibench.experiments.config import config_sha256, load_config
+
+MINIMAL = """
+[run]
+name = "tiny"
+
+[data]
+dataset = "folder"
+root = "{root}"
+
+[[models]]
+name = "vgg16"
+weights = "none"
+
+[generate]
+methods = ["gradcam", "random"]
+"""
+
+
+def write(tmp_path: Path, text: str, root: Path | None = None) -> Path:
+    path = tmp_path / "experiment.toml"
+    path.write_text(text.replace("{root}", str(root or tmp_path)), "utf-8")
+    return path
+
+
+def test_every_default_is_filled_in(tmp_path):
+    experiment = load_config(write(tmp_path, MINIMAL))
+    config = experiment.config
+    assert config["run"]["out"] == "runs" and config["run"]["device"] == "auto"
+    assert config["evaluate"]["protocols"] == ["polycam"]
+    assert config["evaluate"]["metrics"] == [
+        "insertion",
+        "deletion",
+        "ins_del",
+        "avg_drop",
+        "increase",
+    ]
+    assert config["generate"]["protocol"] == "polycam"  # the first evaluate protocol
+    assert config["models"][0] == {"name": "vgg16", "weights": "none", "layer": None}
+    assert "sanity" not in config  # an optional stage only when the file has it
+    assert len(experiment.sha256) == 64
+
+
+def test_sanity_methods_default_to_generated_ones(tmp_path):
+    experiment = load_config(write(tmp_path, MINIMAL + "\n[sanity]\nimages = 3\n"))
+    assert experiment.config["sanity"]["methods"] == ["gradcam", "random"]
+    assert experiment.config["sanity"]["images"] == 3
+
+
+def test_unknown_key_names_file_section_key_and_close_matches(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('dataset = "folder"', 'dataset = "folder"\nsubest = 5'))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message and "[data]" in message and "'subest'" in message
+    assert "did you mean subset" in message
+
+
+def test_unknown_section_and_missing_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"no section 'evaluation'; did you mean evaluate\?"):
+        load_config(write(tmp_path, MINIMAL + "\n[evaluation]\n"))
+    with pytest.raises(ConfigError, match=r"the section \[generate\] is missing"):
+        load_config(write(tmp_path, MINIMAL.split("[generate]")[0]))
+
+
+def test_wrong_type_names_the_type_expected(tmp_path):
+    path = write(tmp_path, MINIMAL + '\n[report]\nimages = "four"\n')
+    with pytest.raises(ConfigError, match=r"\[report\] images = 'four': expected an integer"):
+        load_config(path)
+    path = write(tmp_path, MINIMAL.replace('["gradcam", "random"]', '"gradcam"'))
+    with pytest.raises(ConfigError, match=r"methods = 'gradcam': expected a list of strings"):
+        load_config(path)
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = write(tmp_path, "[run\nname=")
+    with pytest.raises(ConfigError, match=f"{path} is not valid TOML"):
+        load_config(path)
+
+
+def test_overrides_reach_sections_models_and_method_settings(tmp_path):
+    experiment = load_config(
+        write(tmp_path, MINIMAL),
+        [
+            "run.device=cpu",
+            "data.subset=4",
+            "models.0.weights=default",
+            "generate.params.gradcam.layer=features",
+            'evaluate.protocols=["rise", "polycam"]',
+        ],
+        out=tmp_path / "elsewhere",
+    )
+    config = experiment.config
+    assert config["run"]["device"] == "cpu" and config["data"]["subset"] == 4
+    assert config["models"][0]["weights"] == "default"
+    assert config["generate"]["params"] == {"gradcam": {"layer": "features"}}
+    assert config["evaluate"]["protocols"] == ["rise", "polycam"]
+    assert config["run"]["out"] == str(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run.device", "write SECTION.KEY=VALUE"),
+        ("models.3.weights=none", r"models has 1 entries .*give an index 0..0"),
+        ("models.weights=none", "give the entry.s index"),
+    ],
+)
+def test_bad_overrides(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, MINIMAL), [override])
+
+
+def test_the_digest_ignores_where_the_run_goes_but_not_what_it_computes(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    base = load_config(path).sha256
+    assert load_config(path, out=tmp_path / "other").sha256 == base
+    assert load_config(path, ["data.seed=1"]).sha256 != base
+    assert config_sha256(load_config(path).config) == base
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "data.dataset=imagenet-vall",
+            r"\[data\] dataset: unknown dataset 'imagenet-vall'. Did you mean imagenet-val",
+        ),
+        ("models.0.name=vgg61", r"\[\[models\]\] #1 name: unknown model 'vgg61'"),
+        (
+            "models.0.layer=features.99",
+            r"\[\[models\]\] #1 layer: vgg16 has no module 'features.99'",
+        ),
+        ('generate.methods=["gradcm"]', r"\[generate\] methods: unknown method 'gradcm'"),
+        ("generate.params.gradcam.masks=5", r"params.gradcam.masks: gradcam has no such setting"),
+        ("generate.params.rise.masks=5", r"params.rise: rise is not among methods"),
+        (
+            'evaluate.metrics=["pointing_game"]',
+            r"pointing_game needs bounding boxes: set boxes = true",
+        ),
+        ('evaluate.protocols=["polycm"]', r"\[evaluate\] protocols: unknown protocol 'polycm'"),
+        ("evaluate.mc_dropout=1", r"mc_dropout: 0 \(none\) or at least 2"),
+        ("run.precision=fp8", r"\[run\] precision: 'fp8'"),
+        ("run.device=gpu", r"\[run\] device: 'gpu' is not a device"),
+        ("data.subset=0", r"\[data\] subset: 0"),
+        ("data.boxes=true", r"only imagenet-val comes with bounding boxes"),
+        ("report.images=0", r"\[report\] images: 0 is too small"),
+    ],
+)
+def test_check_names_the_key_at_fault(tmp_path, override, message):
+    experiment = load_config(write(tmp_path, MINIMAL), [override])
+    with pytest.raises(ConfigError, match=message) as error:
+        check_experiment(experiment)
+    assert str(experiment.source) in str(error.value)
+
+
+def test_a_model_listed_twice_is_refused(tmp_path):
+    text = MINIMAL + '\n[[models]]\nname = "vgg16"\n'
+    with pytest.raises(ConfigError, match="vgg16 is listed twice"):
+        check_experiment(load_config(write(tmp_path, text)))
+
+
+def test_a_valid_config_passes_the_checks(tmp_path):
+    check_experiment(load_config(write(tmp_path, MINIMAL), ["models.0.layer=features.28"]))
