@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py --out demo-runs
+	$(BIN)/xaibench run configs/demo.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

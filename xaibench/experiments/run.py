@@ -170,6 +170,7 @@ class _Stages:
         if recorded is None:  # written by another process: read it again
             self.manifest = Manifest(self.plan.out)
             recorded = self.manifest.unit(self.plan.stage("dataset")[0])["dataset"]
+
         def path(key: str) -> Path | None:
             return None if recorded[key] is None else Path(recorded[key])
 
