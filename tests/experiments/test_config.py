@@ -170,3 +170,13 @@ def test_a_model_listed_twice_is_refused(tmp_path):
 
 def test_a_valid_config_passes_the_checks(tmp_path):
     check_experiment(load_config(write(tmp_path, MINIMAL), ["models.0.layer=features.28"]))
+
+
+def test_the_docs_list_every_key_of_the_schema():
+    from xaibench.experiments.config import MODEL_KEYS, SCHEMA
+
+    docs = (Path(__file__).parents[2] / "docs" / "experiments.md").read_text("utf-8")
+    for section, keys in [*SCHEMA.items(), ("[models]", MODEL_KEYS)]:
+        assert f"### `[{section}]`" in docs
+        for key in keys:
+            assert f"| `{key}` |" in docs, f"{section}.{key}"
