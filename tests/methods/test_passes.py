@@ -47,7 +47,8 @@ NON_DEFAULT = [
     ("gradcam", {"layer": "layer1"}),
     ("guidedgradcam", {"layer": "layer1"}),
 ]
-"""Settings that change the count (samples, steps, masks, layers), or the batching (which must not)."""
+"""Settings that change the count (samples, steps, masks, layers) or the batching (which must
+not)."""
 CASES = [(name, {}) for name in METHODS.names()] + NON_DEFAULT
 SKIPPED_CHANNELS = {
     "scorecam": lambda flat: flat.amax(dim=2) == flat.amin(dim=2),

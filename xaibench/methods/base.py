@@ -89,7 +89,8 @@ class Passes:
     copies of an image counts one forward per copy); a backward is one image's gradient propagated
     from its score. These count passes, not FLOPs: a forward that skips part of the network
     (Ablation-CAM's masked forwards skip the layer's own forward) and a backward that stops at a
-    layer (the CAM methods' stop at theirs) count as one each. `p + q` adds two counts, `n * p` scales one.
+    layer (the CAM methods' stop at theirs) count as one each. `p + q` adds two counts, `n * p`
+    scales one.
     """
 
     forwards: int

@@ -92,8 +92,8 @@ class ModelFreeBaseline(SaliencyMethod):
     def passes(
         cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
     ) -> Passes:
-        """None: the map ignores the model. Called without targets, the method runs one more
-        forward per image to pick the top-1 classes; that forward is not counted here."""
+        """No pass: the map ignores the model. Called without targets, the method runs one
+        forward per image to pick the top-1 classes, which is not counted here."""
         cls.full_settings(params)
         return Passes(0, 0)
 

@@ -23,7 +23,7 @@ from xaibench.models.factory import model_input_size
 
 
 def layer_channels(model_name: str, layer: str | None = None) -> int | None:
-    """C of the output (B, C, h, w) of `layer` of the registered model `model_name`, at its last run.
+    """C of the output (B, C, h, w) of `layer` of the registered model `model_name` (its last run).
 
     layer None: the default CAM layer (`find_target_layer`). None when the layer's output is not
     a (B, C, h, w) map. ConfigError when the model has no such layer, or no default one (a vision
