@@ -4,7 +4,14 @@ method = METHODS.get("tgrad")(model, **params)
 explanation = method(images, targets=None)  # maps (B, h, w), targets (B,), logits (B, K)
 """
 
-from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, saliency_mode, top1_targets
+from xaibench.methods.base import (
+    METHODS,
+    Explanation,
+    Passes,
+    SaliencyMethod,
+    saliency_mode,
+    top1_targets,
+)
 from xaibench.methods.baselines import CentreBaseline, ConstantBaseline, RandomBaseline
 from xaibench.methods.cam import CAMMethod, GradCAM, explain_together, layer_pass
 from xaibench.methods.cam_perturbation import AblationCAM, ScoreCAM
@@ -39,6 +46,7 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "IntegratedGradients",
+    "Passes",
     "PolyCAM",
     "PolyCAMMinus",
     "PolyCAMPlusMinus",

@@ -4,13 +4,15 @@ A method takes a batch of normalised images (B, 3, H, W) and optional per-image 
 returns an `Explanation`: maps (B, h, w) float32 at the method's native resolution on the images'
 device, the classes explained, the clean-image logits when the method ran a forward pass (so the
 caller need not run another one to score the image), and the method's extras: what else it computed
-of each image (T-Grad's terms, Integrated Gradients' completeness check, ...).
+of each image (T-Grad's terms, Integrated Gradients' completeness check, ...). Each method also
+declares the model passes it runs per image (`SaliencyMethod.passes`), without a model.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from xaibench.core.batching import ChunkSize, run_in_chunks
+from xaibench.core.errors import ConfigError
 from xaibench.core.registry import Registry
 from xaibench.methods.targets import ScoreKind
 
@@ -78,6 +81,30 @@ def join_batches(parts: list[Any]) -> Any:
     return first
 
 
+@dataclass(frozen=True)
+class Passes:
+    """The passes of the model a method runs per image explained: forwards and backwards, counts.
+
+    A forward is one image through the model, with or without autograd (a batch of masked or noisy
+    copies of an image counts one forward per copy); a backward is one image's gradient propagated
+    from its score. These count passes, not FLOPs: a forward that skips part of the network
+    (Ablation-CAM's masked forwards skip the layer's own forward) and a backward that stops at a
+    layer (the CAM methods' stop at theirs) count as one each. `p + q` adds two counts, `n * p`
+    scales one.
+    """
+
+    forwards: int
+    backwards: int
+
+    def __add__(self, other: Passes) -> Passes:
+        return Passes(self.forwards + other.forwards, self.backwards + other.backwards)
+
+    def __mul__(self, factor: int) -> Passes:
+        return Passes(self.forwards * factor, self.backwards * factor)
+
+    __rmul__ = __mul__
+
+
 class SaliencyMethod(ABC):
     """Base class: subclasses implement `explain`; `__call__` restores the model afterwards.
 
@@ -103,6 +130,40 @@ class SaliencyMethod(ABC):
     def __init__(self, model: nn.Module, **params: Any):
         self.model = model
         self.params = params
+
+    @classmethod
+    def passes(
+        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+    ) -> Passes:
+        """The `Passes` per image of the method with settings `params` (`full_settings`).
+
+        channels: C of the output (B, C, h, w) of the method's layer, for the methods whose count
+        depends on it (Score-CAM, Ablation-CAM; Poly-CAM takes one per layer); the others ignore
+        it. Default: one forward and one backward; subclasses override it where they run others.
+        """
+        cls.full_settings(params)
+        return Passes(1, 1)
+
+    @classmethod
+    def full_settings(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`params` with the settings they leave out at `__init__`'s defaults (its signature's).
+
+        ConfigError naming a setting that `__init__` does not take.
+        """
+        parameters = dict(inspect.signature(cls).parameters)
+        parameters.pop("model", None)
+        named = {
+            name: p
+            for name, p in parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        unknown = [] if takes_any else [key for key in params if key not in named]
+        if unknown:
+            known = ", ".join(named) or "none"
+            raise ConfigError(f"{cls.name} has no setting {unknown[0]!r} (its settings: {known})")
+        defaults = {name: p.default for name, p in named.items() if p.default is not p.empty}
+        return {**defaults, **params}
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> Explanation:
         if images.ndim != 4:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
-from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
+from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, top1_targets
 
 _MASK32 = 2**32 - 1
 _PRIME = 2**31 - 1
@@ -85,6 +87,15 @@ class ModelFreeBaseline(SaliencyMethod):
         else:
             targets = targets.to(device=images.device, dtype=torch.long)
         return Explanation(self.baseline_maps(images), targets, logits)
+
+    @classmethod
+    def passes(
+        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+    ) -> Passes:
+        """No pass: the map ignores the model. Called without targets, the method runs one
+        forward per image to pick the top-1 classes, which is not counted here."""
+        cls.full_settings(params)
+        return Passes(0, 0)
 
     @abstractmethod
     def baseline_maps(self, images: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ resize it to the image when they need to.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from xaibench.core.precision import full_precision
 from xaibench.methods.base import (
     METHODS,
     Explanation,
+    Passes,
     SaliencyMethod,
     saliency_mode,
     top1_targets,
@@ -124,7 +125,9 @@ class CAMMethod(LayerMethod):
     """A map from one layer's activations and gradients, at the layer's resolution (B, h, w).
 
     Subclasses override `channel_weights` or `cam`; `explain_together` calls `cam` on a shared
-    `layer_pass`. The gradients are those of the explained logit y_c, as published.
+    `layer_pass`. The gradients are those of the explained logit y_c, as published. Passes per
+    image: one forward and one backward that stops at the layer (the default `passes`); the CAM
+    methods explained together on one layer share them.
     """
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
@@ -245,6 +248,14 @@ class EigenCAM(CAMMethod):
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         result = layer_forward(self.model, self.layer, images, targets)
         return Explanation(self.cam(result.activations, None), result.targets, result.logits)
+
+    @classmethod
+    def passes(
+        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+    ) -> Passes:
+        """One forward per image (`layer_forward`), no backward."""
+        cls.full_settings(params)
+        return Passes(1, 0)
 
     def cam(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
         """(B, C, h, w), ignored -> (B, h, w) float32."""

@@ -9,7 +9,7 @@ skipped (a constant activation map for Score-CAM, an all-zero one for Ablation-C
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,8 +19,9 @@ from torch import nn
 
 from xaibench.core.batching import ChunkSize, ChunkSizes, apply_in_chunks
 from xaibench.core.checks import positive_int
+from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
-from xaibench.methods.base import METHODS, Explanation
+from xaibench.methods.base import METHODS, Explanation, Passes
 from xaibench.methods.cam import LayerMethod, layer_forward, weighted_cam
 from xaibench.methods.targets import explained_score
 
@@ -40,6 +41,24 @@ class ChannelPerturbationCAM(LayerMethod):
         super().__init__(model, layer, channel_batch=channel_batch)
         self.channel_batch = channel_batch
         self.chunk_sizes = ChunkSizes("channel_batch")
+
+    @classmethod
+    def passes(
+        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+    ) -> Passes:
+        """1 + C forwards per image, no backward: the clean forward and one per channel of the
+        layer's output (B, C, h, w); channels: that C, required.
+
+        An upper bound: the channels whose weight is known without a forward (a constant map for
+        Score-CAM, an all-zero one for Ablation-CAM) are skipped, and how many depends on the image.
+        """
+        cls.full_settings(params)
+        if channels is None:
+            raise ConfigError(
+                f"{cls.name}: its passes depend on the layer's channels; give channels, the C "
+                "of the layer's (B, C, h, w) output"
+            )
+        return Passes(1 + positive_int(channels, f"{cls.name}: channels"), 0)
 
     def chunk_size(self, images: torch.Tensor) -> ChunkSize:
         """Pairs per forward: `channel_batch`, or the default of the images' device; kept across
@@ -118,7 +137,8 @@ class AblationCAM(ChannelPerturbationCAM):
     only by the ablation, not by rounding in the layers below). The layer's own forward is skipped
     at that run (`precomputed_output`) once the first chunk has shown it pure: leaving its inputs
     unchanged and returning no tensor that shares their memory. An all-zero channel is not run:
-    ablating it changes nothing, w_k = 0.
+    ablating it changes nothing, w_k = 0. `passes` counts each ablated forward as a whole one,
+    skipped layer and all.
 
     As published, the weights divide by y_c: a negative y_c flips every weight's sign, and a y_c
     near 0 makes them large. pytorch-grad-cam ablates with a large negative value instead of 0

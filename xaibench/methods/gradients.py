@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 from xaibench.core.batching import ChunkSize, apply_in_chunks
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
-from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
+from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, top1_targets
 from xaibench.methods.cam import GradCAM, LayerMethod, spatial_call
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
 from xaibench.methods.targets import ScoreKind, explained_score
@@ -345,6 +345,14 @@ class GuidedGradCAM(LayerMethod, AttributionMethod):
         check_relu_modules(model, self.name)
         super().__init__(model, layer)
         self.gradcam = GradCAM(model, self.layer)
+
+    @classmethod
+    def passes(
+        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+    ) -> Passes:
+        """One forward and two backwards per image: the plain one stops at `layer`."""
+        cls.full_settings(params)
+        return Passes(1, 2)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
         with (

@@ -10,8 +10,9 @@ extras["completeness"] (`Completeness`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
 from xaibench.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from xaibench.methods.base import METHODS, top1_targets
+from xaibench.methods.base import METHODS, Passes, top1_targets
 from xaibench.methods.gradients import (
     Attribution,
     AttributionMethod,
@@ -123,6 +124,19 @@ class IntegratedGradients(AttributionMethod):
         self.steps, self.baseline, self.step_batch = steps, baseline, step_batch
         self.chunk_sizes = ChunkSizes("step_batch")
         self.mean, self.std = mean, std
+
+    @classmethod
+    def passes(
+        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+    ) -> Passes:
+        """steps + 2 forwards and `steps` backwards per image, whatever `step_batch` is: one
+        forward and one backward per path point, the clean forward and the baseline's.
+
+        An upper bound by less than one forward: the baseline is one image, run once per call
+        (per batch), and counted here as if once per image; exact for a batch of one image.
+        """
+        steps = positive_int(cls.full_settings(params)["steps"], "intgrad: steps")
+        return Passes(steps + 2, steps)
 
     def baseline_image(self, images: torch.Tensor) -> torch.Tensor:
         """The baseline (1, C, H, W) for images (B, C, H, W), on their device and dtype."""

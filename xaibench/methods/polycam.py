@@ -15,7 +15,8 @@ result M_1 has the resolution of the earliest layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from xaibench.core.batching import ChunkSizes, apply_in_chunks
 from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
-from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
+from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, top1_targets
 from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import feature_maps, trace_layers, validate_layer
 from xaibench.methods.targets import explained_score
@@ -90,6 +91,9 @@ class PolyCAM(SaliencyMethod):
     name = "polycam"
     explains = "probability"
     requires = ("feature_map",)
+    masks_per_channel: ClassVar[int] = 1
+    """Masked forwards per image and channel of each layer: the kept region (PCAM+) or the
+    removed one (PCAM-); both for PCAM+/-."""
 
     def __init__(
         self,
@@ -107,6 +111,30 @@ class PolyCAM(SaliencyMethod):
         super().__init__(model, layers=layers, channel_batch=channel_batch)
         self.layers, self.channel_batch = layers, channel_batch
         self.chunk_sizes = ChunkSizes("channel_batch")
+
+    @classmethod
+    def passes(
+        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+    ) -> Passes:
+        """1 + masks_per_channel * sum_l C_l forwards per image, no backward: the clean forward,
+        then one per masked copy (`masked_scores`), constant maps included.
+
+        channels: C_l of each layer's output (B, C_l, h_l, w_l), in the order of `layers` (with
+        layers None, of `find_stage_layers`'), required.
+        """
+        layers = cls.full_settings(params)["layers"]
+        if channels is None or isinstance(channels, int):
+            raise ConfigError(
+                f"{cls.name}: its passes depend on its layers' channels; give channels, the C of "
+                "each layer's (B, C, h, w) output, in the order of its layers"
+            )
+        counts = [positive_int(c, f"{cls.name}: channels") for c in channels]
+        if not counts or (layers is not None and len(counts) != len(layers)):
+            expected = "at least one" if layers is None else str(len(layers))
+            raise ConfigError(
+                f"{cls.name}: give channels for each of its layers ({expected}), got {len(counts)}"
+            )
+        return Passes(1 + cls.masks_per_channel * sum(counts), 0)
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         with torch.no_grad():
@@ -182,6 +210,7 @@ class PolyCAMPlusMinus(PolyCAM):
     """PCAM+/-: w_k = ReLU(p(x * m_k) + p(x) - p(x * (1 - m_k))), two forwards per channel."""
 
     name = "polycam_pm"
+    masks_per_channel = 2
 
     def channel_weights(
         self,

@@ -9,6 +9,8 @@ with p the probability that a grid cell is kept (p = E[M], the paper's normalisa
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from xaibench.core.batching import ChunkSizes, apply_in_chunks
 from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
-from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
+from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, top1_targets
 from xaibench.methods.targets import explained_score
 
 
@@ -75,6 +77,13 @@ class RISE(SaliencyMethod):
         self.num_masks, self.cell, self.keep = masks, cell, keep
         self.mask_batch, self.seed = mask_batch, seed
         self.chunk_sizes = ChunkSizes("mask_batch")
+
+    @classmethod
+    def passes(
+        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+    ) -> Passes:
+        """1 + masks forwards per image (the clean one and one per masked copy), no backward."""
+        return Passes(1 + positive_int(cls.full_settings(params)["masks"], "rise: masks"), 0)
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         batch, _, height, width = images.shape

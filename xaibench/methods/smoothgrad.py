@@ -21,6 +21,7 @@ counter-based hash instead costs as much as the forward and backward of a ResNet
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from xaibench.core.batching import ChunkSizes
 from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
-from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
+from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, top1_targets
 from xaibench.methods.baselines import hash32, image_fingerprints
 from xaibench.methods.gradients import AttributionMethod, over_image_pairs
 
@@ -80,13 +81,7 @@ class NoiseAggregate(SaliencyMethod):
         seed: int = 0,
         base_params: dict[str, Any] | None = None,
     ):
-        base_class = METHODS.get(base)
-        if not issubclass(base_class, AttributionMethod):
-            gradient_type = [e.name for e in METHODS if issubclass(e.obj, AttributionMethod)]
-            raise ConfigError(
-                f"{self.name}: base {base!r} is not a gradient-type method; "
-                f"use one of {', '.join(gradient_type)}"
-            )
+        base_class = self.base_method(base)
         positive_int(samples, f"{self.name}: samples")
         if not noise >= 0:
             raise ConfigError(f"{self.name}: noise must be >= 0, got {noise!r}")
@@ -105,6 +100,32 @@ class NoiseAggregate(SaliencyMethod):
         self.samples, self.noise, self.seed = samples, noise, seed
         self.sample_batch = sample_batch
         self.chunk_sizes = ChunkSizes("sample_batch")
+
+    @classmethod
+    def base_method(cls, base: str) -> type[AttributionMethod]:
+        """The registered method `base`; ConfigError unless it is gradient-type."""
+        base_class = METHODS.get(base)
+        if not issubclass(base_class, AttributionMethod):
+            gradient_type = [e.name for e in METHODS if issubclass(e.obj, AttributionMethod)]
+            raise ConfigError(
+                f"{cls.name}: base {base!r} is not a gradient-type method; "
+                f"use one of {', '.join(gradient_type)}"
+            )
+        return base_class
+
+    @classmethod
+    def passes(
+        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+    ) -> Passes:
+        """One clean forward per image, then `samples` times the base method's passes (one
+        forward and one backward for the default gradient), whatever `sample_batch` is.
+
+        channels go to the base's `passes`; an upper bound where the base's is (intgrad's).
+        """
+        settings = cls.full_settings(params)
+        samples = positive_int(settings["samples"], f"{cls.name}: samples")
+        base = cls.base_method(settings["base"]).passes(settings["base_params"] or {}, channels)
+        return Passes(1, 0) + samples * base
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         with torch.no_grad():
