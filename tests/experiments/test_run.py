@@ -151,7 +151,10 @@ def test_dry_run_prints_the_plan_and_what_is_done(invoke, config, tmp_path):
     out = tmp_path / "run"
     plan = invoke("run", config, "--out", out, "--dry-run").output
     assert "[2] generate: 0 of 2 done" in plan
-    assert "6 images x (1 forwards + 1 backwards)" not in plan  # a user model: structure unknown
+    assert "gradient  " in plan and "6 images x (1 forwards + 1 backwards) = 6 forwards" in plan
+    assert "random    " in plan and "6 images x (0 forwards) = 0 forwards" in plan
+    # a model of the user's own has no input size on record, so its evaluation's work is unknown
+    assert "gradient/polycam    to do      6 images, passes per image unknown" in plan
     assert "forwards to do" in plan and not out.exists()
     invoke("run", config, "--out", out, "--quiet")
     plan = invoke("run", config, "--out", out, "--dry-run").output

@@ -31,7 +31,7 @@ class Work:
         return self.images * self.forwards
 
     def describe(self) -> str:
-        images = "? images" if self.images is None else f"{self.images} images"
+        images = "? images" if self.images is None else f"{self.images:,} images"
         if self.forwards is None:
             return f"{images}, passes per image unknown"
         per_image = f"{self.forwards} forwards"
