@@ -26,8 +26,9 @@ def imagenet_archives(paths: tuple[Path, ...]) -> dict[str, Path]:
     for path in paths:
         if path.name not in by_name:
             raise ConfigError(
-                f"--archive {path}: expected one of {', '.join(by_name)} (keep the original "
-                "file name, or link it under that name)"
+                f"{path}: expected one of {', '.join(by_name)} (keep the original file name, or "
+                "link it under that name)",
+                param="given",
             )
         given[by_name[path.name]] = path
     return given
@@ -167,7 +168,7 @@ def check_applicable(dataset: str, used: dict[str, bool]) -> None:
         if given and option not in applicable:
             raise click.BadParameter(f"does not apply to {dataset}", param_hint=option)
     if dataset == "local" and not used["--source"]:
-        raise click.BadParameter("local needs --source PATH", param_hint="--source")
+        raise click.BadParameter("local needs the folder to index", param_hint="--source")
 
 
 def report(index: DatasetIndex, dest: Path) -> None:
