@@ -223,7 +223,7 @@ def test_library_errors_become_one_line_and_exit_code_2(image_folder, monkeypatc
     err = capsys.readouterr().err.strip()
     assert (
         err.count("\n") == 0
-        and err.startswith("error: unknown method 'gradcm'")
+        and err.startswith("error: --saliency: unknown method 'gradcm'")
         and "gradcam" in err
     )
 
@@ -379,7 +379,7 @@ def test_method_settings_reach_the_methods_and_the_store(image_folder, tmp_path)
     ("setting", "message"),
     [
         ("random.masks=3", "random has no setting 'masks'"),
-        ("tgrad.layer=x", "tgrad is not among --saliency"),
+        ("tgrad.layer=x", "tgrad is not among `methods`"),
         ("colour=red", "none of random takes 'colour'"),
         ("resolution", "write [METHOD.]KEY=VALUE"),
     ],
@@ -388,7 +388,7 @@ def test_bad_method_settings_are_named(setting, message):
     from xaibench.core.errors import ConfigError
     from xaibench.methods.settings import method_params
 
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(f"params: {setting!r}: {message}")):
         method_params(["random"], (setting,))
 
 
@@ -400,7 +400,7 @@ def test_layer_is_a_module_name_for_every_method_that_takes_one():
     assert chosen == {"gradcam": {"layer": "3"}, "layercam": {"layer": "3"}}
     chosen = method_params(["gradcam", "scorecam"], ("gradcam.layer=2", "scorecam.channel_batch=4"))
     assert chosen == {"gradcam": {"layer": "2"}, "scorecam": {"channel_batch": 4}}
-    with pytest.raises(ConfigError, match=re.escape("--layer 3: none of random takes a layer")):
+    with pytest.raises(ConfigError, match=re.escape("layer: 3: none of random takes a layer")):
         method_params(["random"], (), "3")
 
 

@@ -8,6 +8,7 @@ from box_helpers import voc
 from click.testing import CliRunner
 
 from xaibench.cli import cli
+from xaibench.core.errors import ConfigError
 from xaibench.data.classes import imagenet_classes
 from xaibench.store import open_store
 
@@ -89,8 +90,10 @@ def test_boxes_enable_the_localisation_metrics(image_folder, tmp_path):
         cli, ["evaluate", "--model", MODEL, "--store", str(runs / "centre.h5"), "--data",
               str(image_folder), "--metrics", "pointing_game"],
     )  # fmt: skip
-    assert refused.exit_code != 0 and "--boxes" in refused.output
-    assert "Invalid value for --metrics: pointing_game needs bounding boxes" in refused.output
+    assert refused.exit_code != 0 and isinstance(refused.exception, ConfigError)
+    assert str(refused.exception) == (
+        "metrics: pointing_game needs bounding boxes; pass `boxes`, a folder of them"
+    )
     result = evaluate(
         image_folder, runs / "centre.h5", tmp_path / "m", "--metrics", "increase", "--boxes", boxes
     )

@@ -29,7 +29,7 @@ def conv_dtypes(model):
 def test_unknown_precision_and_fp16_on_cpu_are_refused():
     with pytest.raises(ConfigError, match="use one of fp32, tf32, bf16, fp16"):
         check_precision("int8", CPU)
-    with pytest.raises(ConfigError, match=r"fp16 needs a CUDA device.*use --precision bf16"):
+    with pytest.raises(ConfigError, match=r"^precision: fp16 needs a CUDA device.*use bf16"):
         check_precision("fp16", CPU)
 
 
@@ -187,4 +187,4 @@ def test_compile_is_refused_for_methods_that_swap_modules(image_folder, tmp_path
         ],
     )
     assert result.exit_code != 0
-    assert "compile cannot run guidedbackprop: they swap modules" in str(result.exception)
+    assert "compile: cannot run guidedbackprop: they swap modules" in str(result.exception)

@@ -110,7 +110,7 @@ def test_wrong_size_is_refused_before_hashing(tmp_path):
 
 def test_an_archive_without_checksum_needs_the_users_sha256(server, tmp_path):
     unpinned = Archive("a.tar", url=f"{server.url}/a.tar")
-    with pytest.raises(ChecksumError, match=f"--sha256 {SHA256}"):
+    with pytest.raises(ChecksumError, match=f"run again with `expected_sha256` {SHA256}"):
         fetch(unpinned, tmp_path, unpinned.url, progress=False)
     assert (tmp_path / "a.tar.partial").stat().st_size == len(PAYLOAD)
     with pytest.raises(ChecksumError, match="checksum mismatch"):

@@ -165,7 +165,7 @@ def test_corrupt_image_names_the_file_and_the_fix(flat):
     corrupt(flat)
     ds = ImageFolderDataset(flat, RAW)
     for i in (3, 4):
-        with pytest.raises(DataError, match=rf"{ds.ids[i]}.*--skip-bad"):
+        with pytest.raises(DataError, match=rf"{ds.ids[i]}.*pass `skip_bad` to leave it out"):
             ds[i]
 
 

@@ -224,7 +224,9 @@ def test_without_a_source_the_command_says_so_plainly(tmp_path, monkeypatch, cap
         main()
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err.count("\n") == 0
-    assert "ImageNet needs an account" in err and "--archive PATH" in err and "--url-base" in err
+    assert (
+        "ImageNet needs an account" in err and "pass each with --archive, or give --url-base" in err
+    )
     assert "ILSVRC2012_img_val.tar" in err and "XAIBENCH_IMAGENET_URL" in err
 
 

@@ -158,7 +158,7 @@ def test_a_flat_folder_with_a_labels_file_is_indexed_in_place(tmp_path):
 
 def test_an_unknown_layout_says_which_ones_are_recognised(tmp_path):
     photo_folder(tmp_path / "flat", "flat")
-    with pytest.raises(DataError, match=r"WNID .* Kaggle's LOC_val_solution\.csv .* --labels"):
+    with pytest.raises(DataError, match=r"WNID .* Kaggle's LOC_val_solution\.csv .* \(`labels`\)"):
         index_local(tmp_path / "flat", tmp_path / "dest")
 
 

@@ -180,7 +180,7 @@ def test_subsets_are_stratified_and_reproducible():
     assert uneven.sum() == 2500 and set(uneven.tolist()) == {2, 3}
     small = subset_rows(labels, 10, seed=0)
     assert len(small) == 10 and np.array_equal(small, np.sort(small))
-    with pytest.raises(ConfigError, match="--subset 5001"):
+    with pytest.raises(ConfigError, match=r"a subset of 5001 images: choose 1\.\.5000"):
         subset_rows(labels, 5001, seed=0)
 
 

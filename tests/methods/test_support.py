@@ -69,7 +69,9 @@ def test_methods_combine_their_requirements():
 
 
 def test_cam_methods_refuse_a_vision_transformer_unless_given_a_layer(vit):
-    with pytest.raises(ConfigError, match=r"conv_proj.*token sequence.*--layer NAME"):
+    with pytest.raises(
+        ConfigError, match=r"conv_proj.*token sequence.*pass the CAM layer explicitly as `layer`"
+    ):
         GradCAM(vit)
     with pytest.raises(ConfigError, match=r"patch embedding.*layers="):
         PolyCAM(vit)

@@ -63,7 +63,7 @@ def test_module_reused_at_the_end_is_found():
 
 def test_no_spatial_layer_raises():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
-    with pytest.raises(ConfigError, match=r"Sequential.*layer="):
+    with pytest.raises(ConfigError, match=r"Sequential.*pass the CAM layer explicitly as `layer`$"):
         find_target_layer(model, (8, 8))
 
 

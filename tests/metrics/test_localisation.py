@@ -88,5 +88,5 @@ def test_images_without_a_box_or_positive_saliency_get_nan_and_a_flag():
 
 
 def test_localisation_needs_boxes():
-    with pytest.raises(ConfigError, match="--boxes"):
+    with pytest.raises(ConfigError, match="pointing_game needs bounding boxes; pass `boxes`"):
         METRICS.get("pointing_game").score_batch(context(torch.rand(1, 8, 8), None))

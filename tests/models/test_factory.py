@@ -43,7 +43,7 @@ def test_failed_weights_download_is_a_clear_error(monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(ModelError, match="--weights none"):
+    with pytest.raises(ModelError, match=r"^weights: .* or `weights` none for random weights"):
         load_model("resnet18", "IMAGENET1K_V1")
 
 

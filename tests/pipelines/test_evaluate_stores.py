@@ -18,7 +18,9 @@ def test_boxes_add_every_metric_that_needs_them_and_none_is_refused():
     needing = [m for m in METRICS.names() if METRICS.get(m).needs_boxes]
     assert needing and evaluation_metrics(DEFAULT_METRICS, None) == list(DEFAULT_METRICS)
     assert evaluation_metrics(["deletion"], Path("boxes")) == ["deletion", *needing]
-    with pytest.raises(ConfigError, match=f"^{needing[0]} need bounding boxes; pass boxes"):
+    with pytest.raises(
+        ConfigError, match=f"^metrics: {needing[0]} needs bounding boxes; pass `boxes`"
+    ):
         evaluation_metrics([needing[0]], None)
     with pytest.raises(ConfigError, match=r"^metrics: give at least one"):
         evaluation_metrics([], None)

@@ -102,7 +102,7 @@ def test_without_data_the_grid_is_skipped_and_the_report_says_so(small_run, tmp_
     assert "saliency-grid.png" not in written and not (tmp_path / "saliency-grid.png").exists()
     for name in ("report.html", "report.md"):
         text = (tmp_path / name).read_text()
-        assert "No --data folder was given" in text
+        assert "No image folder was given" in text and "`xaibench report RUN --data DIR`" in text
         assert "No sanity-check results" in text
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 import xaibench
+from xaibench.cli.errors import error_text, usage_text
 from xaibench.core.errors import XaibenchError
 from xaibench.core.lazy import load
 from xaibench.core.runtime import tune_allocator
@@ -65,17 +66,24 @@ def cli() -> None:
     """
 
 
-def main() -> None:
-    """Console entry point: library errors become one line on stderr and exit code 2."""
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (`args`: the command line, default `sys.argv[1:]`). Errors, the
+    library's and click's alike, become `error: ...` on stderr and exit code 2 (a usage error
+    also names the command's --help); a command's own exit code is kept; Ctrl-C exits with 130."""
     tune_allocator()
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(args, prog_name="xaibench", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as error:
-        error.show()
+        click.echo(f"error: {usage_text(error)}", err=True)
+        context = getattr(error, "ctx", None)
+        if context is not None:
+            click.echo(f"see: {context.command_path} --help", err=True)
         sys.exit(error.exit_code)
     except XaibenchError as error:
-        click.echo(f"error: {error}", err=True)
+        click.echo(f"error: {error_text(error)}", err=True)
         sys.exit(2)
+    if isinstance(code, int) and code:
+        sys.exit(code)  # `ctx.exit(1)` of a command (verify), returned without standalone mode

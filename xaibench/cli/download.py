@@ -133,7 +133,7 @@ def check_applicable(dataset: str, used: dict[str, bool]) -> None:
         if given and option not in applicable:
             raise click.BadParameter(f"does not apply to {dataset}", param_hint=option)
     if dataset == "local" and not used["--source"]:
-        raise click.BadParameter("local needs --source PATH", param_hint="--source")
+        raise click.BadParameter("local needs the folder to index", param_hint="--source")
 
 
 def report(index: DatasetIndex, dest: Path) -> None:

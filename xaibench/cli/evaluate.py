@@ -133,15 +133,9 @@ def evaluate_command(
     `torchrun --nproc-per-node N -m xaibench evaluate ...` each process evaluates its share of the
     rows and process 0 writes the same tables; logs go to the (first) output folder's logs/.
     """
-    from xaibench.metrics import METRICS
     from xaibench.pipelines.evaluate import evaluate_stores
     from xaibench.pipelines.settings import RunSettings
 
-    for name in metrics:  # flag by flag, before the model loads
-        if METRICS.get(name).needs_boxes and boxes_dir is None:
-            raise click.BadParameter(
-                f"{name} needs bounding boxes: pass --boxes DIR", param_hint="--metrics"
-            )
     run = RunSettings.resolve(
         resolve_device(device, cuda),
         batch_size=batch_size,

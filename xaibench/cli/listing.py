@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xaibench.cli.errors import flag_text
 from xaibench.core.lazy import load
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
     width = max((len(n) for n in names), default=0)
     if what != "models" or not support:
         for name in names:
-            click.echo(f"{name:<{width}}  {registry.entry(name).help}".rstrip())
+            click.echo(f"{name:<{width}}  {flag_text(registry.entry(name).help)}".rstrip())
         return
     from xaibench.methods.support import support_by_name
 
@@ -109,7 +110,7 @@ def _reasons(name: str, found: ModelSupport) -> str:
     for finding, methods in sorted(groups.items(), key=lambda item: item[0].status != "yes"):
         lines.append(_wrap(f"{finding.status:<11}  {', '.join(methods)}", "  ", " " * 15))
         if finding.reason:
-            lines.append(_wrap(finding.reason, " " * 15, " " * 15))
+            lines.append(_wrap(flag_text(finding.reason), " " * 15, " " * 15))
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ def registered_names(registry: str, what: str) -> Callable:
             raise click.BadParameter(f"give at least one {what}", ctx, param)
         known = load(registry)
         for name in names:
-            known.get(name)  # ConfigError naming close names: one line from `main`, exit code 2
+            known.get(name, param=param.name)  # naming close names: one line from `main`
         return names
 
     return check

@@ -47,7 +47,7 @@ class ChunkSize:
             self.value = self.requested
             raise OutOfMemory(
                 f"out of device memory with a {self.name} of 1 ({error}); free the device, use "
-                "--precision bf16, a smaller model or input size, or run on another device"
+                "`precision` bf16, a smaller model or input size, or run on another device"
             ) from error
         self.value //= 2
         log.warning("out of device memory: %s lowered to %d", self.name, self.value)

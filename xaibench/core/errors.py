@@ -1,6 +1,9 @@
 """Typed errors. Each message names the offending file or field and says how to fix it.
 
-The CLI turns any `XaibenchError` into one line on stderr and a non-zero exit.
+An error about a parameter names it as `param` (its Python name), and a message writes every
+parameter it mentions in backticks, as in "pass `boxes`". Python users read parameter names only;
+the CLI shows each as its flag (`xaibench.cli.errors`) and turns any `XaibenchError` into one
+line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -10,7 +13,17 @@ from collections.abc import Iterable
 
 
 class XaibenchError(Exception):
-    """Base class of every error xaibench raises on purpose."""
+    """Base class of every error xaibench raises on purpose.
+
+    `param` is the parameter at fault, if one is; `str(error)` is then "param: message".
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param = message, param
+
+    def __str__(self) -> str:
+        return f"{self.param}: {self.message}" if self.param else self.message
 
 
 class ConfigError(XaibenchError):
@@ -32,12 +45,15 @@ class ModelError(XaibenchError):
 class UnknownNameError(ConfigError):
     """A registry lookup failed; the message lists the closest known names."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]):
+    def __init__(
+        self, kind: str, name: str, known: Iterable[str], *, param: str | None = None
+    ) -> None:
         known = sorted(known)
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         super().__init__(
-            f"unknown {kind} {name!r}.{hint} Run `xaibench list {kind}s` to see all {len(known)}."
+            f"unknown {kind} {name!r}.{hint} Run `xaibench list {kind}s` to see all {len(known)}.",
+            param=param,
         )
         self.kind, self.name, self.close = kind, name, close
 

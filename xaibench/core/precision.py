@@ -1,6 +1,6 @@
 """Numeric precision and compilation of the model's forward, applied in one place for a run.
 
-`--precision`:
+`precision`:
 - fp32: IEEE float32 everywhere (the default, and what every store before this option holds). On
   CUDA this also turns off the TF32 convolutions PyTorch enables by default.
 - tf32: float32 tensors, TensorFloat-32 matmuls and convolutions on CUDA (Ampere and newer). On a CPU
@@ -15,13 +15,13 @@ computes from them (backward aside, which follows the forward's dtypes) runs out
 CAM weights, T-Grad's bias terms, resizing, sorting and AUCs stay float32 arithmetic. Methods cast
 the activations and gradients they read from hooks to float32 before using them.
 
-`--compile`: the forward is also wrapped in `torch.compile`. A forward hook on any submodule
+`compile`: the forward is also wrapped in `torch.compile`. A forward hook on any submodule
 (`record_layers`: T-Grad, the gradient CAMs, FullGrad, guided backprop, Poly-CAM) would make the
 compiled graph recompile for every batch, so while a module of the model carries a hook the
 forward runs eagerly instead; forward-only work (the metrics' forwards, RISE, Score-CAM's masked
 forwards) and hook-free gradient methods run compiled. Methods that swap the model's modules or a
 submodule's forward during a call (guided backprop, DeconvNet, Guided Grad-CAM, Ablation-CAM:
-`SaliencyMethod.compilable` is False) are refused with `--compile` by `generate`.
+`SaliencyMethod.compilable` is False) are refused with `compile` by `generate`.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def check_precision(precision: str, device: torch.device) -> None:
     """ConfigError for an unknown precision, or fp16 on a device without fast float16."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"{precision!r}: use one of {', '.join(PRECISIONS)}", param="precision")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(
-            f"--precision fp16 needs a CUDA device (on {device.type} float16 is emulated and "
-            "slower than fp32); use --precision bf16"
+            f"fp16 needs a CUDA device (on {device.type} float16 is emulated and slower than "
+            "fp32); use bf16",
+            param="precision",
         )
 
 

@@ -41,11 +41,12 @@ class Registry(Generic[T]):
         doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()[:1]
         self._entries[name] = Entry(name, obj, doc if isinstance(doc, str) else "".join(doc))
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, *, param: str | None = None) -> T:
+        """The object registered as `name`; UnknownNameError (naming `param`) if there is none."""
         try:
             return self._entries[name].obj
         except KeyError:
-            raise UnknownNameError(self.kind, name, self._entries) from None
+            raise UnknownNameError(self.kind, name, self._entries, param=param) from None
 
     def entry(self, name: str) -> Entry[T]:
         self.get(name)

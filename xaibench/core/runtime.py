@@ -24,22 +24,25 @@ DEFAULT_WORKERS = {"cpu": 0, "cuda": 4}
 
 
 def resolve_device(device: str | None = None, cuda: bool = False) -> torch.device:
-    """`--device` wins over `--cuda`; CUDA asked for but absent is an error, not a silent fallback."""
+    """`device` wins over `cuda`; CUDA asked for but absent is an error, not a silent fallback."""
     import torch
 
     name = device or ("cuda" if cuda else "cpu")
     try:
         chosen = torch.device(name)
     except RuntimeError as error:
-        raise ConfigError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from error
+        raise ConfigError(
+            f"{name!r} is not a device (use cpu, cuda or cuda:N)", param="device"
+        ) from error
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
-                "CUDA was asked for but no CUDA device is available; use --device cpu"
+                "CUDA was asked for but no CUDA device is available; use `device` cpu"
             )
         if chosen.index is not None and chosen.index >= torch.cuda.device_count():
             raise ConfigError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+                f"{name}: only {torch.cuda.device_count()} CUDA device(s) are visible",
+                param="device",
             )
     return chosen
 

@@ -4,7 +4,7 @@ Each archive has a file name, and where published: its size, md5 and sha256, and
 (ImageNet's archives have none: they need an account, so the user gives a server or the files).
 A download resumes where the last one stopped (HTTP Range), retries with exponential backoff, is
 hashed while it streams in (no second pass over the file), and gets its final name only once its
-size and checksums match. A file the user gives (`--archive`) is verified in place and never moved,
+size and checksums match. A file the user gives (`given`) is verified in place and never moved,
 changed or deleted.
 
 Checksum sources, each a published value, never one computed here:
@@ -17,8 +17,9 @@ Checksum sources, each a published value, never one computed here:
   Datasets' `imagenette/checksums.tsv` (its sizes are also fast.ai's own, below).
 - Imagewoof: fast.ai's own checks (`fastai/data/download_checks.py`): the size and the md5 of the
   first MiB (`head_md5`), which is all its publisher records. The whole-file sha256s found in
-  public code disagree (the archives were re-uploaded), so none is pinned; `--sha256` checks one
-  the user trusts in addition. Every verified archive's sha256 is recorded in `DEST/.NAME.verified`.
+  public code disagree (the archives were re-uploaded), so none is pinned; `expected_sha256`
+  checks one the user trusts in addition. Every verified archive's sha256 is recorded in
+  `DEST/.NAME.verified`.
 - ImageNetV2: size and sha256 of TensorFlow Datasets' `imagenet_v2/checksums.tsv`.
 """
 
@@ -216,21 +217,22 @@ def verify_file(
         raise ChecksumError(
             f"no checksum is published for {archive.filename}; {path} has sha256 "
             f"{actual['sha256']}: check it against a source you trust and run again with "
-            f"--sha256 {actual['sha256']}"
+            f"`expected_sha256` {actual['sha256']}"
         )
     return actual
 
 
 def expected_digests(archive: Archive, expected_sha256: str | None) -> dict[str, str]:
-    """The pinned digests by kind, with the user's `--sha256` (lower-cased) as the sha256;
+    """The pinned digests by kind, with the user's `expected_sha256` (lower-cased) as the sha256;
     ConfigError when it contradicts the pinned sha256."""
     expected = archive.expected()
     if expected_sha256:
         trusted = expected_sha256.lower()
         if archive.sha256 and archive.sha256 != trusted:
             raise ConfigError(
-                f"--sha256 {expected_sha256} differs from the pinned sha256 {archive.sha256} "
-                f"of {archive.filename}; leave --sha256 out"
+                f"{expected_sha256} differs from the pinned sha256 {archive.sha256} "
+                f"of {archive.filename}; leave `expected_sha256` out",
+                param="expected_sha256",
             )
         expected["sha256"] = trusted
     return expected
@@ -345,7 +347,7 @@ def download(
             if failure.code in (401, 403, 404):
                 raise DownloadError(
                     f"{url}: HTTP {failure.code} {failure.reason}; check the URL "
-                    "(--url-base) and that the server holds the file"
+                    "(`url_base`) and that the server holds the file"
                 ) from None
             error = failure
         except (urllib.error.URLError, http.client.HTTPException, OSError) as failure:
@@ -382,7 +384,7 @@ def fetch(
     if given is not None:
         given = Path(given)
         if not given.is_file():
-            raise ConfigError(f"--archive {given} is not a file")
+            raise ConfigError(f"{given} is not a file", param="given")
         _verify_once(dest, given, archive, expected_sha256, progress, "The file was left as it is.")
         return given
     target = dest / archive.filename
@@ -402,7 +404,7 @@ def fetch(
             raise ChecksumError(
                 f"{error}. The download was removed: run again to fetch it afresh."
             ) from None
-        raise  # no checksum to compare: the file stays for the --sha256 run
+        raise  # no checksum to compare: the file stays for a run with `expected_sha256`
     os.replace(partial, target)
     _write_stamp(dest, target, digests)
     return target

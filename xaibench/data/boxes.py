@@ -49,7 +49,7 @@ def read_voc_boxes(path: Path) -> ImageBoxes:
         raw = path.read_bytes()
     except OSError as error:
         raise DataError(
-            f"cannot read box file {path} ({error}); check the --boxes folder"
+            f"cannot read box file {path} ({error}); check the `boxes` folder"
         ) from None
     if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
         raise DataError(f"box file {path} declares a DOCTYPE or entities; refusing to parse it")
@@ -155,7 +155,7 @@ class BoxFolder:
         if found.size is not None and found.size != size:
             raise DataError(
                 f"box file {self.path(index)} is for a {found.size[0]}x{found.size[1]} image, but "
-                f"{self.dataset.image_path(index)} is {size[0]}x{size[1]}; check the --boxes folder"
+                f"{self.dataset.image_path(index)} is {size[0]}x{size[1]}; check the `boxes` folder"
             )
         mapped = map_boxes(found.boxes[found.classes == target], size, self.dataset.preprocess)
         return mapped[~np.isnan(mapped).any(axis=1)]

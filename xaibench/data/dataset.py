@@ -67,7 +67,7 @@ def list_images(root: Path) -> list[str]:
     if not root.is_dir():
         raise DataError(
             f"dataset folder {root} does not exist; pass the folder that holds the "
-            "images (class folders named by WNID, or a flat folder with --labels)"
+            "images (class folders named by WNID, or a flat folder with `labels_file`)"
         )
     ids = find_images(root)
     if not ids:
@@ -231,7 +231,7 @@ class ImageFolderDataset(Dataset):
     def open_image(self, index: int) -> Image.Image:
         """The RGB image of row `index`, before preprocessing; DataError if it cannot be decoded."""
         return read_image(
-            self.image_path(index), "replace the file, or pass --skip-bad to leave it out"
+            self.image_path(index), "replace the file, or pass `skip_bad` to leave it out"
         )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadImage:

@@ -8,7 +8,7 @@ The class index is the position of the WNID among the 1000 sorted WNIDs, not dev
 
 Layout written under DEST:
 
-    ILSVRC2012_img_val.tar ...          the verified archives (unless given with --archive)
+    ILSVRC2012_img_val.tar ...          the verified archives (unless the user has them: `given`)
     devkit/meta.mat, devkit/ILSVRC2012_validation_ground_truth.txt
     val/<WNID>/ILSVRC2012_val_XXXXXXXX.JPEG   50 per class
     boxes/ILSVRC2012_val_XXXXXXXX.xml  with the bounding-box archive: Pascal VOC, one per image
@@ -169,8 +169,8 @@ def prepare_imagenet_val(
     if missing and url_base is None and not all((dest / m).is_file() for m in missing):
         raise ConfigError(
             "ImageNet needs an account at image-net.org, so xaibench cannot download it on its "
-            f"own: download {' and '.join(missing)} there and pass each with --archive PATH, or "
-            "give --url-base URL (or set XAIBENCH_IMAGENET_URL) for a server that holds them"
+            f"own: download {' and '.join(missing)} there and pass each with `given`, or give "
+            "`url_base` (or set XAIBENCH_IMAGENET_URL), a server that holds them"
         )
     archives = {
         key: fetch(

@@ -3,9 +3,9 @@
 `DEST/dataset.json` names the image root (relative to DEST, or absolute for a layout indexed in
 place) and what verify should expect; next to it:
 - `image_list.txt`: one image id per line (the path relative to the root, as the dataset reads it);
-- `labels.txt`: `<id> <index> <WNID>` lines, readable by `--labels`;
+- `labels.txt`: `<id> <index> <WNID>` lines, readable as `labels_file`;
 - `classes.tsv`: `index  wnid  names` of the 1000 classes, keyed by WNID;
-- `subset-N-seedS.txt`: a subset in the labels format, readable by `--subset`.
+- `subset-N-seedS.txt`: a subset in the labels format, readable as `subset_file`.
 Every file is written under a temporary name and renamed.
 """
 
@@ -116,7 +116,9 @@ def subset_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """
     labels = np.asarray(labels)
     if not 0 < n <= len(labels):
-        raise ConfigError(f"--subset {n}: choose 1..{len(labels)} (the images in the dataset)")
+        raise ConfigError(
+            f"a subset of {n} images: choose 1..{len(labels)} (the images in the dataset)"
+        )
     rng = np.random.default_rng(seed)
     if n < NUM_CLASSES:
         return np.sort(rng.choice(len(labels), n, replace=False))

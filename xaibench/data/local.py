@@ -7,7 +7,7 @@ Recognised, in this order:
   the images flat in `ILSVRC/Data/CLS-LOC/val/`;
 - class folders named by WNID (torchvision's `val/`), in the folder or in its `val/`.
 The index written to DEST points to the original images (`dataset.json` holds their absolute
-root), so `--data ROOT --labels DEST/labels.txt` reads them where they are.
+root), so `ImageFolderDataset(ROOT, ..., labels_file=DEST/labels.txt)` reads them where they are.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def detect_layout(source: Path, labels: Path | None = None) -> Layout:
     raise DataError(
         f"{source} is not a layout xaibench recognises: class folders named by WNID "
         f"(torchvision's val/), Kaggle's {KAGGLE_CSV} with {KAGGLE_IMAGES}/, or a folder "
-        "with --labels FILE"
+        "with a labels file (`labels`)"
     )
 
 

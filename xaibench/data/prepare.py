@@ -27,8 +27,9 @@ def imagenet_archives(paths: Sequence[Path]) -> dict[str, Path]:
     for path in map(Path, paths):
         if path.name not in by_name:
             raise ConfigError(
-                f"archive {path}: expected one of {', '.join(by_name)} (keep the original "
-                "file name, or link it under that name)"
+                f"{path}: expected one of {', '.join(by_name)} (keep the original file name, or "
+                "link it under that name)",
+                param="archives",
             )
         given[by_name[path.name]] = path
     return given
@@ -59,7 +60,7 @@ def prepare_dataset(
         raise ConfigError(f"dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
     if dataset == "local":
         if source is None:
-            raise ConfigError("the dataset 'local' needs `source`, the folder to index")
+            raise ConfigError("the dataset 'local' needs the folder to index", param="source")
         from xaibench.data.local import index_local  # imports torch, unlike the other datasets
 
         layout, index = index_local(Path(source), Path(dest), labels_file)
@@ -75,7 +76,9 @@ def prepare_dataset(
         )
         return index, None
     if len(archives) > 1:
-        raise ConfigError(f"{dataset} has one archive, but {len(archives)} were given")
+        raise ConfigError(
+            f"{dataset} has one archive, but {len(archives)} were given", param="archives"
+        )
     index = prepare_public(
         dataset,
         Path(dest),

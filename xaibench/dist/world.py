@@ -107,7 +107,8 @@ def place(world: World, device: torch.device) -> torch.device:
     if world.local_rank >= count:
         raise ConfigError(
             f"process {world.rank} has LOCAL_RANK={world.local_rank}, but this node has {count} "
-            "CUDA device(s); start at most that many processes per node (--nproc-per-node)"
+            "CUDA device(s); start at most that many processes per node "
+            "(`torchrun --nproc-per-node`)"
         )
     return torch.device("cuda", world.local_rank)
 

@@ -88,7 +88,7 @@ def _check_data(data: dict[str, Any], where: _Where) -> None:
             "dataset", f"unknown dataset {dataset!r}.{hint} Known: {', '.join(known)}"
         )
     if dataset == "local" and data["source"] is None:
-        raise where.error("source", "the dataset 'local' indexes the folder `source`; give it")
+        raise where.error("source", "the dataset 'local' indexes the folder source; give it")
     if dataset == "folder" and not Path(data["root"]).is_dir():
         raise where.error("root", f"{data['root']} is not a folder of images")
     for key in ("source", "labels"):

@@ -90,7 +90,7 @@ KIND_NAMES = {
 SCHEMA: dict[str, dict[str, Key]] = {
     "run": {
         "name": Key("str", REQUIRED, "the experiment's name, recorded in run.json"),
-        "out": Key("str", "runs", "the run folder (`--out` overrides it)"),
+        "out": Key("str", "runs", "the run folder, unless the run is given another"),
         "device": Key("str", "auto", "auto (CUDA when present), cpu, cuda or cuda:N"),
         "precision": Key("str", "fp32", f"the forward's precision: {', '.join(PRECISIONS)}"),
         "compile": Key("bool", False, "torch.compile the model's forward"),

@@ -125,7 +125,7 @@ class SaliencyMethod(ABC):
     score splits into input and bias terms), "relu_modules" (nn.ReLU modules to rectify)."""
     compilable: ClassVar[bool] = True
     """False for methods that swap the model's modules or forwards during a call, which would make a
-    compiled forward (`--compile`) recompile on every batch."""
+    compiled forward (`compile`) recompile on every batch."""
 
     def __init__(self, model: nn.Module, **params: Any):
         self.model = model

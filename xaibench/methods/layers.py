@@ -93,7 +93,7 @@ def find_target_layer(model: nn.Module, input_size: tuple[int, int] | None = Non
     """
     input_size = input_size or model_input_size(model)
     calls = trace_layers(model, input_size)
-    hint = "pass the CAM layer explicitly (--layer NAME, layer=...)"
+    hint = "pass the CAM layer explicitly as `layer`"
     return feature_maps(calls, type(model).__name__, input_size, hint)[-1].name
 
 

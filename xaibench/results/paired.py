@@ -85,7 +85,7 @@ def check_same_images(per_image: pd.DataFrame, by: Sequence[str] = GROUP_COLUMNS
                 raise ResultsError(
                     f"{name(first)} ({len(mine)} images) and {name(other)} ({len(theirs)} images) "
                     f"were evaluated on different images (e.g. {only[0]!r} is in one only); paired "
-                    "tests need the same images: evaluate both on the same --data and --limit"
+                    "tests need the same images: evaluate both on the same `data_dir` and `limit`"
                 )
 
 

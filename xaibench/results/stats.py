@@ -178,5 +178,5 @@ def summary_wide(table: pd.DataFrame, digits: int = 3, interval: str = "bootstra
 def interval_columns(interval: str) -> tuple[str, str]:
     """The (low, high) columns of `summarise`'s table holding the "bootstrap" or "t" interval."""
     if interval not in INTERVAL_COLUMNS:
-        raise ConfigError(f"interval {interval!r}: use one of {', '.join(INTERVALS)}")
+        raise ConfigError(f"{interval!r}: use one of {', '.join(INTERVALS)}", param="interval")
     return INTERVAL_COLUMNS[interval]

@@ -24,7 +24,7 @@ def layer_activations(
     (B, C, h, w) feature map is refused with its shape.
     """
     if not layers:
-        raise ConfigError("give at least one layer (--layer NAME)")
+        raise ConfigError("give at least one layer", param="layers")
     for name in layers:
         validate_layer(model, name)
     with saliency_mode(model), torch.no_grad():
@@ -44,7 +44,9 @@ def choose_channels(maps: torch.Tensor, n: int, order: str = "top") -> torch.Ten
     """(n,) channel indices of one image's maps (C, h, w) to show: the n with the largest mean
     activation, largest first ("top"), or channels 0..n-1 ("first"); all C when n >= C."""
     if order not in CHANNEL_ORDERS:
-        raise ConfigError(f"channel order must be one of {CHANNEL_ORDERS}, got {order!r}")
+        raise ConfigError(
+            f"channel order must be one of {CHANNEL_ORDERS}, got {order!r}", param="order"
+        )
     n = min(n, maps.shape[0])
     if order == "first":
         return torch.arange(n)

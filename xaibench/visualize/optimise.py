@@ -156,14 +156,15 @@ def visualise_units(
     """
     units = [u if isinstance(u, Unit) else Unit.parse(u) for u in units]
     if not units:
-        raise ConfigError("give at least one unit (LAYER:CHANNEL)")
+        raise ConfigError("give at least one unit (LAYER:CHANNEL)", param="units")
     if parameterisation not in PARAMETERISATIONS:
         raise ConfigError(
-            f"parameterisation must be one of {sorted(PARAMETERISATIONS)}, got {parameterisation!r}"
+            f"must be one of {sorted(PARAMETERISATIONS)}, got {parameterisation!r}",
+            param="parameterisation",
         )
     positive_int(steps, "steps")
     if blur_every < 0:
-        raise ConfigError(f"blur_every must be >= 0, got {blur_every!r}")
+        raise ConfigError(f"must be >= 0, got {blur_every!r}", param="blur_every")
     device = torch.device(device)
     transforms = RandomTransforms() if transforms is None else transforms
     objective = _Objective(model, units)
