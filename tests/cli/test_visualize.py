@@ -1,20 +1,13 @@
-"""`visualize`, `activations` and `evaluate --mc-dropout` end to end through click's CliRunner."""
+"""`xaibench visualize` and `xaibench activations` end to end through click's CliRunner."""
 
-import pandas as pd
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from xaibench.cli import cli
 from xaibench.core.errors import ConfigError, DataError
 from xaibench.visualize.grid import LABEL_HEIGHT
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def test_visualize_writes_one_png_per_unit_and_a_grid(tmp_path):
+def test_visualize_writes_one_png_per_unit_and_a_grid(tmp_path, invoke):
     out = tmp_path / "viz"
     result = invoke(
         "visualize",
@@ -43,12 +36,12 @@ def test_visualize_writes_one_png_per_unit_and_a_grid(tmp_path):
     assert not list(out.glob(".*"))  # no temporary files left
 
 
-def test_visualize_refuses_a_bad_unit_with_close_names(tmp_path):
+def test_visualize_refuses_a_bad_unit_with_close_names(tmp_path, invoke):
     with pytest.raises(ConfigError, match="must be LAYER:CHANNEL"):
         invoke("visualize", "--model", "tiny_models:tiny_cnn", "--unit", "3", "--out", tmp_path)
 
 
-def test_activations_writes_one_grid_per_layer(image_folder, tmp_path):
+def test_activations_writes_one_grid_per_layer(image_folder, tmp_path, invoke):
     image = next(image_folder.rglob("img0.png"))
     out = tmp_path / "maps"
     result = invoke(
@@ -75,7 +68,7 @@ def test_activations_writes_one_grid_per_layer(image_folder, tmp_path):
         )
 
 
-def test_activations_of_a_file_that_is_not_an_image_is_one_clear_error(tmp_path):
+def test_activations_of_a_file_that_is_not_an_image_is_one_clear_error(tmp_path, invoke):
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
     with pytest.raises(DataError, match=r"cannot decode image .*notes\.jpg.*JPEG or PNG"):
@@ -88,57 +81,4 @@ def test_activations_of_a_file_that_is_not_an_image_is_one_clear_error(tmp_path)
             "0",
             "--out",
             tmp_path,
-        )
-
-
-def generate_random_store(model, data, out):
-    result = invoke(
-        "generate",
-        "--model",
-        model,
-        "--saliency",
-        "random",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--quiet",
-    )
-    assert result.exit_code == 0, result.output
-
-
-def test_evaluate_mc_dropout_adds_mean_and_variance_columns(image_folder, tmp_path):
-    model = "tiny_models:tiny_cnn_dropout"
-    generate_random_store(model, image_folder, tmp_path / "runs")
-    store = tmp_path / "runs" / "tiny_models_tiny_cnn_dropout" / "random.h5"
-    args = ["evaluate", "--model", model, "--store", store, "--data", image_folder]
-    args += ["--metrics", "avg_drop", "--mc-dropout", 6, "--quiet"]
-    result = invoke(*args, "--out", tmp_path / "a")
-    assert result.exit_code == 0, result.output
-    assert "mc_mean" in result.output and "mc_var" in result.output
-    per_image = pd.read_csv(tmp_path / "a" / "random-polycam.per_image.csv")
-    assert (per_image["mc_var"] > 0).all()
-    assert ((per_image["mc_mean"] > 0) & (per_image["mc_mean"] < 1)).all()
-    summary = pd.read_csv(tmp_path / "a" / "random-polycam.summary.csv")
-    assert {"mc_mean", "mc_var"} <= set(summary["metric"])
-    assert invoke(*args, "--out", tmp_path / "b").exit_code == 0
-    again = pd.read_csv(tmp_path / "b" / "random-polycam.per_image.csv")
-    pd.testing.assert_series_equal(again["mc_mean"], per_image["mc_mean"])
-
-
-def test_evaluate_mc_dropout_refuses_a_model_without_dropout(image_folder, tmp_path):
-    model = "tiny_models:tiny_cnn"
-    generate_random_store(model, image_folder, tmp_path / "runs")
-    store = tmp_path / "runs" / "tiny_models_tiny_cnn" / "random.h5"
-    with pytest.raises(ConfigError, match="has no dropout"):
-        invoke(
-            "evaluate",
-            "--model",
-            model,
-            "--store",
-            store,
-            "--data",
-            image_folder,
-            "--mc-dropout",
-            4,
         )
