@@ -1,6 +1,7 @@
 """Small models importable as `tiny_models:NAME` (tests/ is on sys.path under pytest)."""
 
-import time
+import os
+import socket
 
 import torch
 from torch import nn
@@ -31,11 +32,36 @@ def tiny_cnn() -> nn.Module:
     return model.eval()
 
 
-def slow_tiny_cnn() -> nn.Module:
-    """`tiny_cnn` (same weights, same outputs) that sleeps 0.1 s per forward pass, so that a test can
-    stop a run while it is under way."""
+GATE = "TINY_MODELS_GATE"
+
+
+def gated_tiny_cnn() -> nn.Module:
+    """`tiny_cnn` (same weights, same outputs) that a test can stop while a run is under way.
+
+    With the environment variable `TINY_MODELS_GATE` set to HOST:PORT, the first forward pass of the
+    second image the process explains connects there, sends the process id and a newline, and waits
+    until the connection closes: the rows of the first image are written or queued, the others not.
+    Without it, a plain `tiny_cnn`. Images are told apart by their pixels (the all-zero inputs that
+    trace the model are not images)."""
     model = tiny_cnn()
-    model.register_forward_pre_hook(lambda module, args: time.sleep(0.1))
+    gate = os.environ.get(GATE)
+    if not gate:
+        return model
+    host, port = gate.rsplit(":", 1)
+    seen: list[torch.Tensor] = []
+
+    def wait_at_the_second_image(module, args):
+        images = args[0].detach()
+        if not images.any() or any(torch.equal(images, image) for image in seen):
+            return
+        seen.append(images.clone())
+        if len(seen) == 2:
+            with socket.create_connection((host, int(port))) as connection:
+                connection.sendall(f"{os.getpid()}\n".encode())
+                while connection.recv(1):  # until the test closes it, or this process is stopped
+                    pass
+
+    model.register_forward_pre_hook(wait_at_the_second_image)
     return model
 
 

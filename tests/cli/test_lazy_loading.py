@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 import xaibench.data
 from xaibench.cli import COMMANDS, cli
@@ -78,8 +77,8 @@ def test_the_table_names_every_command_and_each_entry_is_that_command():
         assert cli.get_command(click.Context(cli), name) is command
 
 
-def test_an_unknown_command_is_refused_as_before():
-    result = CliRunner().invoke(cli, ["generat"])
+def test_an_unknown_command_is_refused_as_before(invoke):
+    result = invoke("generat")
     assert result.exit_code == 2 and "No such command 'generat'" in result.output
 
 

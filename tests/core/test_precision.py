@@ -2,10 +2,8 @@
 
 import pytest
 import torch
-from click.testing import CliRunner
 from tiny_models import tiny_cnn
 
-from xaibench.cli import cli
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import check_precision, forward_settings, has_hooks
 from xaibench.core.runtime import prepare_model
@@ -121,36 +119,33 @@ def test_score_function_runs_in_inference_mode_and_returns_float32():
     assert inside == [True] and scores.dtype == torch.float32
 
 
-def test_cli_records_precision_in_store_and_summary(image_folder, tmp_path):
+def test_cli_records_precision_in_store_and_summary(image_folder, tmp_path, invoke):
     runs = tmp_path / "runs"
     common = ["--model", "tiny_models:tiny_cnn", "--weights", "none", "--data", image_folder]
-    invoke = CliRunner().invoke
     result = invoke(
-        cli,
-        [
-            "generate",
-            *common,
-            "--saliency",
-            "gradcam",
-            "--out",
-            runs,
-            "--quiet",
-            "--precision",
-            "bf16",
-        ],
+        "generate",
+        *common,
+        "--saliency",
+        "gradcam",
+        "--out",
+        runs,
+        "--quiet",
+        "--precision",
+        "bf16",
+        catch_exceptions=True,
     )
     assert result.exit_code == 0, result.output
     store = runs / "tiny_models_tiny_cnn" / "gradcam.h5"
     with open_store(store) as s:
         assert s.meta.precision == "bf16"
     args = ["evaluate", *common, "--store", store, "--metrics", "avg_drop", "--quiet"]
-    result = invoke(cli, [*args, "--precision", "bf16"])
+    result = invoke(*args, "--precision", "bf16", catch_exceptions=True)
     assert result.exit_code == 0, result.output
     summary = (
         runs / "tiny_models_tiny_cnn" / "metrics" / "gradcam-polycam.summary.csv"
     ).read_text()
     assert "precision" in summary.splitlines()[0] and ",bf16," in summary
-    result = invoke(cli, [*args, "--precision", "fp16"])
+    result = invoke(*args, "--precision", "fp16", catch_exceptions=True)
     assert result.exit_code != 0 and "fp16 needs a CUDA device" in str(result.exception)
 
 
@@ -168,23 +163,21 @@ def test_has_hooks_sees_the_hooks_methods_register():
     assert seen == [True] and not has_hooks(model)
 
 
-def test_compile_is_refused_for_methods_that_swap_modules(image_folder, tmp_path):
-    result = CliRunner().invoke(
-        cli,
-        [
-            "generate",
-            "--model",
-            "tiny_models:tiny_cnn",
-            "--weights",
-            "none",
-            "--data",
-            image_folder,
-            "--saliency",
-            "gradcam,guidedbackprop",
-            "--out",
-            tmp_path,
-            "--compile",
-        ],
+def test_compile_is_refused_for_methods_that_swap_modules(image_folder, tmp_path, invoke):
+    result = invoke(
+        "generate",
+        "--model",
+        "tiny_models:tiny_cnn",
+        "--weights",
+        "none",
+        "--data",
+        image_folder,
+        "--saliency",
+        "gradcam,guidedbackprop",
+        "--out",
+        tmp_path,
+        "--compile",
+        catch_exceptions=True,
     )
     assert result.exit_code != 0
     assert "compile: cannot run guidedbackprop: they swap modules" in str(result.exception)

@@ -1,7 +1,5 @@
 """The synchronised timer shared by generate and the benchmark scripts."""
 
-import time
-
 import pytest
 import torch
 
@@ -19,8 +17,18 @@ def test_timed_returns_the_result_and_waits_for_the_device_at_both_ends(monkeypa
     assert took >= 0
 
 
-def test_seconds_covers_the_whole_call():
-    assert timing.seconds(CPU, time.sleep, 0.02) >= 0.02
+def test_seconds_covers_the_whole_call_and_the_wait_for_its_device_work(monkeypatch):
+    """On a clock that only the call (2 s) and the waits for the device (0.5 s each) advance: the
+    call and the wait after it are measured, the wait for earlier work before it is not."""
+    now = [100.0]
+
+    def advance(seconds):
+        now[0] += seconds
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(timing, "synchronise", lambda device: advance(0.5))
+    assert timing.seconds(CPU, advance, 2.0) == 2.5
+    assert now[0] == 103.0  # both waits happened
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from click.testing import CliRunner
 from scipy import stats
 from synthetic_imagenet import jpeg_bytes
 from torch import nn
 
-from xaibench.cli import cli
 from xaibench.core.errors import ConfigError, DataError, ModelError
 from xaibench.data import dataset as dataset_module
 from xaibench.data.classes import imagenet_classes
@@ -49,13 +47,13 @@ def test_counts_per_class_and_unreadable_images(tmp_path):
     assert not report.ok
 
 
-def test_verify_cli_reports_and_exits_1_on_problems(tmp_path):
+def test_verify_cli_reports_and_exits_1_on_problems(tmp_path, invoke):
     root = class_folders(tmp_path / "val", {3: 2})
-    ok = CliRunner().invoke(cli, ["verify", str(root), "--quiet"], catch_exceptions=False)
+    ok = invoke("verify", root, "--quiet")
     assert ok.exit_code == 0, ok.output
     assert "2 labelled images in 1 classes (2 to 2 per class)" in ok.output
     assert "unreadable images: none" in ok.output
-    bad = CliRunner().invoke(cli, ["verify", str(root), "--quiet", "--expect-per-class", "2"])
+    bad = invoke("verify", root, "--quiet", "--expect-per-class", 2, catch_exceptions=True)
     assert bad.exit_code == 1 and "expected 2 per class: 999 class(es) differ" in bad.output
 
 
@@ -78,21 +76,23 @@ def count_calls(monkeypatch, module, name):
         (["--model", "tiny_models:tiny_cnn", "--weights", "missing/weights.pt"], ModelError),
     ],
 )
-def test_a_bad_model_fails_before_any_image_is_decoded(tmp_path, monkeypatch, model, error):
+def test_a_bad_model_fails_before_any_image_is_decoded(tmp_path, monkeypatch, model, error, invoke):
     root = class_folders(tmp_path / "val", {3: 4})
     decoded = count_calls(monkeypatch, dataset_module, "load_rgb")
-    result = CliRunner().invoke(cli, ["verify", str(root), "--quiet", *model])
+    result = invoke("verify", root, "--quiet", *model, catch_exceptions=True)
     assert isinstance(result.exception, error), result.output
     assert decoded == []
 
 
-def test_verify_with_a_model_walks_the_images_once_and_decodes_each_pass(tmp_path, monkeypatch):
+def test_verify_with_a_model_walks_the_images_once_and_decodes_each_pass(
+    tmp_path, monkeypatch, invoke
+):
     root = class_folders(tmp_path / "val", {3: 4, 8: 2})
     index_local(root, tmp_path / "index")
     walks = count_calls(monkeypatch, dataset_module, "find_images")
     decoded = count_calls(monkeypatch, dataset_module, "load_rgb")
     args = ["verify", str(tmp_path / "index"), "--quiet", "--model", "tiny_models:tiny_cnn"]
-    result = CliRunner().invoke(cli, [*args, "--sample", "4"], catch_exceptions=False)
+    result = invoke(*args, "--sample", 4)
     assert result.exit_code == 0, result.output
     assert len(walks) == 1 and len(decoded) == 6 + 4  # every image, then the sample
     assert f"{root}: 6 labelled images in 2 classes (2 to 4 per class)" in result.output
@@ -145,7 +145,7 @@ def test_sample_accuracy_flags_a_shifted_label_mapping(tmp_path):
 
 
 @pytest.mark.slow
-def test_efficientnet_lite0_confirms_the_sample_labels_and_flags_shifted_ones(tmp_path):
+def test_efficientnet_lite0_confirms_the_sample_labels_and_flags_shifted_ones(tmp_path, invoke):
     pytest.importorskip("efficientnet_lite_pytorch")
     photos = build_sample_dataset(tmp_path / "photos")
     for name, wnid, _ in SAMPLES:  # three copies of each photo: enough images for a verdict
@@ -153,7 +153,7 @@ def test_efficientnet_lite0_confirms_the_sample_labels_and_flags_shifted_ones(tm
             (photos / wnid / f"{copy}-{name}").write_bytes((photos / wnid / name).read_bytes())
     args = ["--model", "efficientnet_lite0", "--sample", "18", "--quiet"]
     index_local(photos, tmp_path / "right")
-    right = CliRunner().invoke(cli, ["verify", str(tmp_path / "right"), *args])
+    right = invoke("verify", tmp_path / "right", *args, catch_exceptions=True)
     assert right.exit_code == 0, right.output
     assert "on 18 images" in right.output and "published 75.1%: consistent" in right.output
     index = read_index(tmp_path / "right")
@@ -162,7 +162,7 @@ def test_efficientnet_lite0_confirms_the_sample_labels_and_flags_shifted_ones(tm
         "".join(f"{i} {(k + 1) % 1000}\n" for i, k in zip(index.ids, index.labels, strict=True))
     )
     index_local(photos, tmp_path / "wrong", shifted)
-    wrong = CliRunner().invoke(cli, ["verify", str(tmp_path / "wrong"), *args])
+    wrong = invoke("verify", tmp_path / "wrong", *args, catch_exceptions=True)
     assert wrong.exit_code == 1 and "the label mapping is likely wrong" in wrong.output
 
 
@@ -226,7 +226,9 @@ def test_published_accuracy_comes_with_the_model():
     assert MODELS.get("efficientnet_lite0").published_top1("default") == 75.1
 
 
-def test_verify_decodes_with_the_devices_default_workers_unless_given(tmp_path, monkeypatch):
+def test_verify_decodes_with_the_devices_default_workers_unless_given(
+    tmp_path, monkeypatch, invoke
+):
     import dataclasses
 
     from xaibench.core import runtime
@@ -245,6 +247,6 @@ def test_verify_decodes_with_the_devices_default_workers_unless_given(tmp_path, 
         ),
     )
     for extra in ([], ["--workers", "1"]):
-        result = CliRunner().invoke(cli, ["verify", str(root), "--quiet", *extra])
+        result = invoke("verify", root, "--quiet", *extra, catch_exceptions=True)
         assert result.exit_code == 0, result.output
     assert asked == [3, 1]

@@ -6,9 +6,9 @@ tables must agree element for element (batch size 1, so no map depends on its ba
 
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -16,17 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
+from tiny_models import GATE
 
-from xaibench.cli import cli
 from xaibench.data.classes import imagenet_classes
 from xaibench.store import open_store
 from xaibench.store.shards import shard_dir, shard_paths
 
 TESTS = Path(__file__).parents[1]
 ROOT = TESTS.parent
-MODEL, SLOW = "tiny_models:tiny_cnn", "tiny_models:slow_tiny_cnn"
+MODEL, GATED = "tiny_models:tiny_cnn", "tiny_models:gated_tiny_cnn"
 METHODS = ("tgrad", "gradcam")
 IMAGES = 7  # odd, so the two processes get different numbers of images
 TABLES = ("per_image.csv", "summary.csv")
@@ -165,50 +164,44 @@ def done_rows_of_shards(path: Path) -> np.ndarray:
     return done
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 def test_a_dead_process_leaves_its_rows_and_a_rerun_on_another_number_completes_them(
     data, single, tmp_path
 ):
-    stores = stores_of(tmp_path, SLOW)
-    launched = subprocess.Popen(
-        command(*generate_args(SLOW, data, tmp_path), nproc=2),
-        cwd=ROOT,
-        env=environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while not all(done_rows_of_shards(s).any() for s in stores):
-        assert launched.poll() is None and time.monotonic() < deadline, "no row written"
-        time.sleep(0.02)
-    os.kill(children(launched.pid)[0], signal.SIGKILL)  # one process dies; torchrun stops the other
-    assert launched.wait(timeout=120) != 0
+    stores = stores_of(tmp_path, GATED)
+    with socket.create_server(("127.0.0.1", 0)) as gate:
+        gate.settimeout(240)  # a guard against a hang, not a measured bound
+        host, port = gate.getsockname()[:2]
+        launched = subprocess.Popen(
+            command(*generate_args(GATED, data, tmp_path), nproc=2),
+            cwd=ROOT,
+            env={**environment(), GATE: f"{host}:{port}"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        waiting = [gate.accept()[0] for _ in range(2)]  # each process at its second image
+        for connection in waiting:
+            connection.settimeout(240)
+        pids = [int(connection.makefile().readline()) for connection in waiting]
+        os.kill(pids[0], signal.SIGKILL)  # one process dies; torchrun stops the other
+        assert launched.wait(timeout=120) != 0
+        for connection in waiting:
+            connection.close()
     assert not any(store.exists() for store in stores)
     with open_store(shard_paths(stores[0])[0]) as shard:  # a killed shard store opens and reads
         assert len(shard) == IMAGES
     missing = ~np.all([done_rows_of_shards(s) for s in stores], axis=0)
     assert 0 < missing.sum() < IMAGES
 
-    result = xaibench(*generate_args(SLOW, data, tmp_path))  # one process, no torchrun
+    result = xaibench(*generate_args(GATED, data, tmp_path))  # one process, no torchrun, no gate
     assert f"{missing.sum()} images in" in result.stdout  # only the missing ones
     for ours, theirs in zip(stores, stores_of(single / "runs", MODEL), strict=True):
         assert_same_stores(theirs, ours)
         assert not shard_dir(ours).exists()
 
 
-def test_interrupted_evaluation_resumes_on_two_processes(data, single, tmp_path, monkeypatch):
+def test_interrupted_evaluation_resumes_on_two_processes(
+    data, single, tmp_path, monkeypatch, invoke
+):
     from xaibench.metrics import METRICS
 
     store = stores_of(single / "runs", MODEL)[0]
@@ -225,8 +218,8 @@ def test_interrupted_evaluation_resumes_on_two_processes(data, single, tmp_path,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the subprocesses, so that the row computed here is the same
     try:
-        args = [str(a) for a in evaluate_args(MODEL, [store], data, tmp_path)]
-        assert CliRunner().invoke(cli, args).exit_code != 0
+        args = evaluate_args(MODEL, [store], data, tmp_path)
+        assert invoke(*args, catch_exceptions=True).exit_code != 0
     finally:
         torch.set_num_threads(threads)
     checkpoint = tmp_path / ".tgrad-polycam(step=3136).checkpoint.npz"

@@ -1,10 +1,8 @@
 import pytest
 import torch
 import torchvision
-from click.testing import CliRunner
 from torch import nn
 
-from xaibench.cli import cli
 from xaibench.core.errors import ConfigError
 from xaibench.methods import METHODS, GradCAM, PolyCAM
 from xaibench.methods.support import inspect_model, skeleton, support_by_name
@@ -115,22 +113,6 @@ def test_skeleton_needs_no_weights_and_restores_module_registration():
     after = nn.BatchNorm2d(2)  # built after the fallback: on the default device again
     assert not any(t.is_meta for t in [*after.parameters(), *after.buffers()])
     assert all(p.is_meta for p in skeleton("resnet18").parameters())
-
-
-def test_list_models_table_and_reasons():
-    runner = CliRunner()
-    table = runner.invoke(cli, ["list", "models", "vgg1*"], catch_exceptions=False)
-    assert table.exit_code == 0
-    lines = table.output.splitlines()
-    assert lines[0].split() == ["model", "input", "CAM", "layer", "T-Grad/FullGrad", "guided"]
-    assert lines[1].split() == ["vgg11", "224", "features", "exact", "yes"]
-    assert len(lines) == 1 + len(MODELS.names("vgg1*")) + 1 and "--why" in lines[-1]
-    why = runner.invoke(cli, ["list", "models", "vit_b_16", "--why"], catch_exceptions=False)
-    assert why.exit_code == 0
-    assert "vit_b_16 (input 224x224)" in why.output and "attention" in why.output
-    assert why.output.count("no ") >= 3
-    names = runner.invoke(cli, ["list", "models", "vgg1*", "--no-support"])
-    assert [line.split()[0] for line in names.output.splitlines()] == MODELS.names("vgg1*")
 
 
 @pytest.mark.slow

@@ -27,24 +27,15 @@ def evaluate(store, dataset, loaded):
     )
 
 
-def test_a_subset_evaluates_only_its_images_with_the_values_of_the_whole_run(
-    image_folder, tmp_path
-):
+def test_a_subset_evaluates_only_its_images_with_the_values_of_the_whole_run(tiny_run, tmp_path):
     loaded = load_model(MODEL, "default")
     preprocess = get_protocol("polycam").preprocess(loaded.mean, loaded.std, loaded.input_size)
-    whole = ImageFolderDataset(image_folder, preprocess)
-    generate(
-        loaded,
-        ["gradcam"],
-        whole,
-        tmp_path,
-        settings=RunSettings.resolve(CPU, batch_size=4, progress=False),
-    )
-    store = tmp_path / "tiny_models_tiny_cnn" / "gradcam.h5"
+    whole = ImageFolderDataset(tiny_run.data, preprocess)
+    store = tiny_run.store("gradcam")  # generated on the whole folder
     chosen = [whole.ids[1], whole.ids[4]]
     subset_file = tmp_path / "subset.txt"
     subset_file.write_text("".join(f"{image_id}\n" for image_id in chosen))
-    subset = ImageFolderDataset(image_folder, preprocess, subset_file=subset_file)
+    subset = ImageFolderDataset(tiny_run.data, preprocess, subset_file=subset_file)
 
     full, part = evaluate(store, whole, loaded), evaluate(store, subset, loaded)
 

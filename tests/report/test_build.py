@@ -4,13 +4,12 @@ import base64
 import io
 import json
 import re
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from report_run import METHODS, METRICS, PROTOCOLS, STEP
+from tiny_run import METHODS, METRICS, PROTOCOLS, STEP
 
 from xaibench.core.errors import ResultsError
 from xaibench.metrics import METRICS as REGISTRY
@@ -37,18 +36,15 @@ def synthetic_sanity(run_dir, methods=("tgrad", "random")):
     return folder
 
 
-def copy_run(small_run, dest):
-    """The run folder (stores, metrics/) copied, so a test can add to it."""
-    shutil.copytree(small_run.run_dir, dest)
-    return dest
-
-
 @pytest.fixture(scope="module")
-def report(small_run, tmp_path_factory, invoke):
-    run_dir = copy_run(small_run, tmp_path_factory.mktemp("copy") / small_run.run_dir.name)
+def report(tiny_run, tmp_path_factory, invoke):
+    run_dir = tiny_run.copy_to(tmp_path_factory.mktemp("copy") / tiny_run.run_dir.name)
     synthetic_sanity(run_dir)
     out = tmp_path_factory.mktemp("report")
-    result = invoke("report", run_dir, "--out", out, "--data", small_run.data, "--resamples", 500)
+    result = invoke(
+        "report", run_dir, "--out", out, "--data", tiny_run.data, "--images", 3,
+        "--resamples", 500,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out
 
@@ -64,7 +60,7 @@ def test_report_writes_every_file(report):
     assert (width, height) == (240 * (1 + len(METHODS)), 240 * 3)  # 3 images x (image + methods)
 
 
-def test_html_is_self_contained_and_holds_the_runs_numbers(small_run, report):
+def test_html_is_self_contained_and_holds_the_runs_numbers(tiny_run, report):
     html = (report / "report.html").read_text()
     sources = re.findall(r'(?:src|href)="([^"#][^"]*)"', html)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
@@ -74,22 +70,22 @@ def test_html_is_self_contained_and_holds_the_runs_numbers(small_run, report):
     assert len(sources) == 4  # two curve figures, the grid, the sanity plot
     for protocol in PROTOCOLS:
         for method in METHODS:
-            means = small_run.per_image(method, protocol)[list(METRICS)].mean()
+            means = tiny_run.per_image(method, protocol)[list(METRICS)].mean()
             for metric in METRICS:
                 shown = f"{means[metric] * REGISTRY.get(metric).summary_scale:.3f}"
                 assert f">{shown}<small>" in html, (protocol, method, metric)
-    settings = json.loads(small_run.per_image("tgrad", "rise")["protocol_settings"].iloc[0])
+    settings = json.loads(tiny_run.per_image("tgrad", "rise")["protocol_settings"].iloc[0])
     assert '<th>insertion_substrate</th><td class="code">rise_blur</td>' in html
     assert settings["insertion_substrate"] == "rise_blur"
     assert "Paired tests" in html and "wilcoxon_p" in html and "tgrad.h5" in html
 
 
-def test_markdown_links_the_pngs_and_holds_the_tables(small_run, report):
+def test_markdown_links_the_pngs_and_holds_the_tables(tiny_run, report):
     markdown = (report / "report.md").read_text()
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
         assert (report / link).is_file(), link
     assert len(re.findall(r"!\[", markdown)) == 4
-    means = small_run.per_image("gradcam", "polycam")[["avg_drop"]].mean() * 100
+    means = tiny_run.per_image("gradcam", "polycam")[["avg_drop"]].mean() * 100
     row = next(
         line for line in markdown.splitlines() if f"polycam(step={STEP}) | gradcam |" in line
     )
@@ -97,8 +93,8 @@ def test_markdown_links_the_pngs_and_holds_the_tables(small_run, report):
     assert "| step | `3136` |" in markdown and "## Rankings" in markdown
 
 
-def test_without_data_the_grid_is_skipped_and_the_report_says_so(small_run, tmp_path):
-    written = build_report(small_run.run_dir, tmp_path, resamples=200)
+def test_without_data_the_grid_is_skipped_and_the_report_says_so(tiny_run, tmp_path):
+    written = build_report(tiny_run.run_dir, tmp_path, resamples=200)
     assert "saliency-grid.png" not in written and not (tmp_path / "saliency-grid.png").exists()
     for name in ("report.html", "report.md"):
         text = (tmp_path / name).read_text()
@@ -106,8 +102,8 @@ def test_without_data_the_grid_is_skipped_and_the_report_says_so(small_run, tmp_
         assert "No sanity-check results" in text
 
 
-def test_sanity_tables_of_another_layout_are_refused_naming_the_file(small_run, tmp_path):
-    run = copy_run(small_run, tmp_path / "run")
+def test_sanity_tables_of_another_layout_are_refused_naming_the_file(tiny_run, tmp_path):
+    run = tiny_run.copy_to(tmp_path / "run")
     (run / "sanity").mkdir()
     bad = run / "sanity" / "tgrad.sanity.csv"
     pd.DataFrame({"image_id": ["a"], "stage": [0], "spearman": [1.0]}).to_csv(bad, index=False)

@@ -5,7 +5,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from report_run import METHODS, METRICS, PROTOCOLS, STEP
+from tiny_run import METHODS, METRICS, PROTOCOLS, STEP
 
 from xaibench.core.errors import ResultsError
 from xaibench.metrics import METRICS as REGISTRY
@@ -27,13 +27,13 @@ def expected_means(run, protocol: str) -> pd.DataFrame:
     return means * [REGISTRY.get(m).summary_scale for m in METRICS]
 
 
-def test_markdown_table_bolds_the_best_mean_of_each_group_and_metric(small_run, tmp_path, invoke):
-    result = invoke("compare", small_run.metrics_dir, "--resamples", 500, "--digits", 5)
+def test_markdown_table_bolds_the_best_mean_of_each_group_and_metric(tiny_run, tmp_path, invoke):
+    result = invoke("compare", tiny_run.metrics_dir, "--resamples", 500, "--digits", 5)
     assert result.exit_code == 0, result.output
     rows = markdown_rows(result.output)
     assert len(rows) == len(METHODS) * len(PROTOCOLS)
     for protocol in PROTOCOLS:
-        means = expected_means(small_run, protocol)
+        means = expected_means(tiny_run, protocol)
         name = f"{protocol}(step={STEP})"
         for column, metric in enumerate(METRICS):
             higher = REGISTRY.get(metric).higher_is_better
@@ -48,10 +48,10 @@ def test_markdown_table_bolds_the_best_mean_of_each_group_and_metric(small_run, 
     assert "## Paired comparisons" in result.output and "wilcoxon_p" in result.output
 
 
-def test_latex_table_is_booktabs_with_the_best_in_bold(small_run, tmp_path, invoke):
+def test_latex_table_is_booktabs_with_the_best_in_bold(tiny_run, tmp_path, invoke):
     latex = tmp_path / "table.tex"
     result = invoke(
-        "compare", small_run.metrics_dir, "--latex", latex, "--resamples", 500, "--no-paired"
+        "compare", tiny_run.metrics_dir, "--latex", latex, "--resamples", 500, "--no-paired"
     )
     assert result.exit_code == 0, result.output
     text = latex.read_text()
@@ -59,24 +59,24 @@ def test_latex_table_is_booktabs_with_the_best_in_bold(small_run, tmp_path, invo
     assert r"\toprule" in lines and r"\bottomrule" in lines
     assert lines.count(r"\midrule") == 2  # under the header, and between the two protocols
     assert r"ins\_del $\uparrow$" in text and r"deletion $\downarrow$" in text
-    means = expected_means(small_run, "polycam")
+    means = expected_means(tiny_run, "polycam")
     best = means["deletion"].idxmin()
     row = next(line for line in lines if f"polycam(step={STEP}) & {best} &" in line)
     deletion_cell = row.split(" & ")[3 + METRICS.index("deletion")]
     assert deletion_cell.startswith(rf"\textbf{{{means.loc[best, 'deletion']:.3f}}} [")
     assert row.startswith(r"tiny\_models:tiny\_cnn & ")
     pm = tmp_path / "pm.tex"
-    invoke("compare", small_run.metrics_dir, "--latex", pm, "--latex-style", "pm", "--no-paired")
+    invoke("compare", tiny_run.metrics_dir, "--latex", pm, "--latex-style", "pm", "--no-paired")
     assert r"$\pm$" in pm.read_text() and "[" not in pm.read_text().split(r"\midrule")[1]
 
 
-def test_paired_tests_refuse_different_image_sets_naming_the_files(small_run, tmp_path, invoke):
+def test_paired_tests_refuse_different_image_sets_naming_the_files(tiny_run, tmp_path, invoke):
     other = tmp_path / "other"
     other.mkdir()
-    subset = small_run.per_image("tgrad", "polycam").iloc[:2].assign(method="tgrad_subset")
+    subset = tiny_run.per_image("tgrad", "polycam").iloc[:2].assign(method="tgrad_subset")
     target = other / f"tgrad_subset-polycam(step={STEP}).per_image.csv"
     subset.to_csv(target, index=False)
-    source = small_run.metrics_dir / f"tgrad-polycam(step={STEP}).per_image.csv"
+    source = tiny_run.metrics_dir / f"tgrad-polycam(step={STEP}).per_image.csv"
     with pytest.raises(ResultsError, match="different images") as error:
         invoke("compare", source, target)
     assert str(source) in str(error.value) and str(target) in str(error.value)
@@ -84,8 +84,8 @@ def test_paired_tests_refuse_different_image_sets_naming_the_files(small_run, tm
     assert result.exit_code == 0 and "tgrad_subset" in result.output
 
 
-def test_the_same_evaluation_twice_and_foreign_csvs_are_refused(small_run, tmp_path, invoke):
-    source = small_run.metrics_dir / f"gradcam-rise(step={STEP}).per_image.csv"
+def test_the_same_evaluation_twice_and_foreign_csvs_are_refused(tiny_run, tmp_path, invoke):
+    source = tiny_run.metrics_dir / f"gradcam-rise(step={STEP}).per_image.csv"
     copy = tmp_path / source.name
     shutil.copy(source, copy)
     with pytest.raises(ResultsError, match="both hold model") as error:

@@ -2,11 +2,9 @@
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
-from report_run import make_images
+from tiny_run import make_images
 
-from xaibench.cli import cli
 from xaibench.core.errors import ConfigError
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import load_rgb
@@ -21,16 +19,12 @@ MODEL = "tiny_models:tiny_cnn"
 PANEL = round(PANEL_INCHES * DPI)
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture()
 def photo(tmp_path):
     return next(make_images(tmp_path / "img", count=1).rglob("*.png"))
 
 
-def test_png_size_follows_the_layout_with_tgrad_terms(photo, tmp_path):
+def test_png_size_follows_the_layout_with_tgrad_terms(photo, tmp_path, invoke):
     out = tmp_path / "explain.png"
     result = invoke(
         "explain",
@@ -81,7 +75,7 @@ def test_tgrad_layers_without_tgrad_is_refused(photo):
 
 
 @pytest.mark.slow
-def test_efficientnet_lite0_recognises_the_cat(tmp_path):
+def test_efficientnet_lite0_recognises_the_cat(tmp_path, invoke):
     from xaibench.data.samples import build_sample_dataset
 
     cat = build_sample_dataset(tmp_path / "data") / "n02124075" / "chelsea.png"
@@ -126,11 +120,11 @@ def test_cam_methods_on_one_layer_share_one_pass(photo, tmp_path):
     assert list(result.maps) == [*cams, "random"]
 
 
-def test_layer_and_param_options_reach_the_methods(photo, tmp_path):
+def test_layer_and_param_options_reach_the_methods(photo, tmp_path, invoke):
     out = tmp_path / "explain.png"
     args = ["explain", photo, "--model", MODEL, "--saliency", "gradcam", "--out", out]
     assert invoke(*args, "--layer", "3").exit_code == 0  # a numeric module name stays text
-    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--layer", "nolayer"])
+    result = invoke(*args, "--layer", "nolayer", catch_exceptions=True)
     assert result.exit_code != 0 and "no layer 'nolayer'" in str(result.exception)
-    result = CliRunner().invoke(cli, [str(a) for a in args] + ["--param", "gradcam.colour=1"])
+    result = invoke(*args, "--param", "gradcam.colour=1", catch_exceptions=True)
     assert result.exit_code != 0 and "gradcam has no setting 'colour'" in str(result.exception)

@@ -1,0 +1,29 @@
+"""`xaibench list`: the registries' names, and the models' support table with its reasons."""
+
+import pytest
+
+from xaibench.models import MODELS
+
+
+@pytest.mark.parametrize(
+    ("what", "expected"),
+    [("models", "vgg16"), ("methods", "tgrad"), ("metrics", "avg_drop")],
+)
+def test_list(what, expected, invoke):
+    result = invoke("list", what, "vgg*" if what == "models" else "*")
+    assert result.exit_code == 0 and expected in result.output
+
+
+def test_list_models_table_and_reasons(invoke):
+    table = invoke("list", "models", "vgg1*")
+    assert table.exit_code == 0
+    lines = table.output.splitlines()
+    assert lines[0].split() == ["model", "input", "CAM", "layer", "T-Grad/FullGrad", "guided"]
+    assert lines[1].split() == ["vgg11", "224", "features", "exact", "yes"]
+    assert len(lines) == 1 + len(MODELS.names("vgg1*")) + 1 and "--why" in lines[-1]
+    why = invoke("list", "models", "vit_b_16", "--why")
+    assert why.exit_code == 0
+    assert "vit_b_16 (input 224x224)" in why.output and "attention" in why.output
+    assert why.output.count("no ") >= 3
+    names = invoke("list", "models", "vgg1*", "--no-support", catch_exceptions=True)
+    assert [line.split()[0] for line in names.output.splitlines()] == MODELS.names("vgg1*")
