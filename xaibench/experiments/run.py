@@ -153,9 +153,9 @@ class _Stages:
         """`work(unit)` on process 0 for each unit, the other processes waiting."""
         for unit in units:
             self._begin(unit)
-            extra = work(unit) if self.world.is_main else None
+            if self.world.is_main:  # recorded before the others read the manifest
+                self._end(unit, **(work(unit) or {}))
             self.world.barrier()
-            self._end(unit, **(extra or {}))
 
     # -- stages ---------------------------------------------------------------------------------
 
