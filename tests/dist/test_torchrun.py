@@ -4,6 +4,7 @@ Every command runs in a subprocess with one thread, so both sides compute the sa
 tables must agree element for element (batch size 1, so no map depends on its batch-mates).
 """
 
+import json
 import os
 import signal
 import socket
@@ -232,3 +233,30 @@ def test_interrupted_evaluation_resumes_on_two_processes(
     assert not checkpoint.exists()
     per_image = pd.read_csv(tmp_path / "tgrad-polycam(step=3136).per_image.csv")
     assert len(per_image) == IMAGES
+
+
+def test_run_under_torchrun_writes_the_tables_of_one_process(image_folder, tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "\n".join(
+            [
+                '[run]\nname = "tiny"\ndevice = "cpu"\nbatch_size = 2',
+                f'[data]\ndataset = "folder"\nroot = "{image_folder}"',
+                f'[[models]]\nname = "{MODEL}"\nweights = "none"',
+                '[generate]\nmethods = ["gradient", "random"]',
+                '[evaluate]\nmetrics = ["insertion", "deletion"]\nstep = 4096',
+                "[report]\nimages = 2\nresamples = 99",
+            ]
+        ),
+        "utf-8",
+    )
+    xaibench("run", config, "--out", tmp_path / "two", "--quiet", nproc=2)
+    xaibench("run", config, "--out", tmp_path / "one", "--quiet")
+    folder = Path("tiny_models_tiny_cnn") / "metrics"
+    for name in ("gradient", "random"):
+        table = f"{name}-polycam(step=4096).per_image.csv"
+        two = pd.read_csv(tmp_path / "two" / folder / table).drop(columns="seconds_per_image")
+        one = pd.read_csv(tmp_path / "one" / folder / table).drop(columns="seconds_per_image")
+        pd.testing.assert_frame_equal(two, one)
+    record = json.loads((tmp_path / "two" / "run.json").read_text("utf-8"))
+    assert {stage["status"] for stage in record["stages"].values()} == {"done"}
