@@ -79,5 +79,5 @@ def test_bootstrap_stays_inside_the_range_of_a_zero_one_metric():
     assert 0 <= row["boot_low"] < row["mean"] < row["boot_high"] <= 100
     wide = summary_wide(summarise(frame.assign(method="m"), ["increase"], by=["method"]))
     assert wide.loc[0, "increase"].startswith("33.333 [")
-    with pytest.raises(ConfigError, match="interval 'normal'"):
+    with pytest.raises(ConfigError, match=r"^interval: 'normal': use one of bootstrap, t$"):
         summary_wide(summarise(frame, ["increase"]), interval="normal")
