@@ -183,12 +183,17 @@ class Experiment:
         return "sanity" in self.config
 
 
-def config_sha256(config: Mapping[str, Any]) -> str:
-    """The sha256 of `config` without `run.out`, as sorted compact JSON."""
-    identity = copy.deepcopy(dict(config))
-    identity["run"] = {k: v for k, v in identity["run"].items() if k != "out"}
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+def digest(value: Any) -> str:
+    """The sha256 of `value` as sorted compact JSON."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def config_sha256(config: Mapping[str, Any]) -> str:
+    """The sha256 of `config` without `run.out`, as sorted compact JSON (`digest`)."""
+    identity = dict(config)
+    identity["run"] = {k: v for k, v in config["run"].items() if k != "out"}
+    return digest(identity)
 
 
 def load_config(path: Path, overrides: Sequence[str] = (), out: Path | None = None) -> Experiment:

@@ -8,14 +8,12 @@ one. A unit whose key and outputs are those recorded in run.json is done and ski
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xaibench.experiments.config import Experiment
+from xaibench.experiments.config import Experiment, digest
 from xaibench.results import layout
 
 STAGES = ("dataset", "generate", "evaluate", "sanity", "compare", "report")
@@ -24,12 +22,6 @@ STAGES = ("dataset", "generate", "evaluate", "sanity", "compare", "report")
 REPORT_DIR = "report"
 COMPARISON_FILES = ("comparison.md", "comparison.csv")
 DATASET_DIR = "dataset"
-
-
-def digest(value: Any) -> str:
-    """The sha256 of `value` as sorted compact JSON."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
