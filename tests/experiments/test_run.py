@@ -159,3 +159,26 @@ def test_dry_run_prints_the_plan_and_what_is_done(invoke, config, tmp_path):
     invoke("run", config, "--out", out, "--quiet")
     plan = invoke("run", config, "--out", out, "--dry-run").output
     assert "[2] generate: 2 of 2 done" in plan and "forwards to do: at least 0" in plan
+
+
+def test_several_models_make_one_report_comparing_them(invoke, tmp_path, image_folder):
+    second = '[[models]]\nname = "tiny_models:tiny_cnn_dropout"\nweights = "none"\n\n[generate]'
+    text = TINY.replace("{root}", str(image_folder)).replace("[generate]", second, 1)
+    config = tmp_path / "two.toml"
+    config.write_text(text, "utf-8")
+    out = tmp_path / "run"
+    result = invoke("run", config, "--out", out, "--quiet")
+    assert f"report: {out / 'report' / 'report.html'}" in result.output
+    report = out / "report"
+    folders = ("tiny_models_tiny_cnn", "tiny_models_tiny_cnn_dropout")
+    assert sorted(p.name for p in report.glob("saliency-grid*.png")) == [
+        f"saliency-grid-{folder}.png" for folder in folders
+    ]
+    html = (report / "report.html").read_text("utf-8")
+    markdown = (report / "report.md").read_text("utf-8")
+    for model in ("tiny_models:tiny_cnn", "tiny_models:tiny_cnn_dropout"):
+        assert f"{model} | polycam(step=4096) | gradient |" in markdown
+        assert model in html
+    for folder in folders:
+        assert f"{folder}/gradient.h5" in html and f"({folder})" in markdown
+    assert not any(p.is_dir() for p in report.iterdir())  # no report per model

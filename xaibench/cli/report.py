@@ -1,4 +1,4 @@
-"""`xaibench report`: one run folder into an HTML page and a Markdown page."""
+"""`xaibench report`: one or several run folders into an HTML page and a Markdown page."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from xaibench.core.choices import DEFAULT_GRID_IMAGES
 
 
 @click.command("report")
-@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument(
+    "run_dirs",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+)
 @click.option(
     "--out",
     "out_dir",
@@ -37,11 +42,16 @@ from xaibench.core.choices import DEFAULT_GRID_IMAGES
 )
 @resamples_option
 def report_command(
-    run_dir: Path, out_dir: Path, data_dir: Path | None, grid_images: int, resamples: int
+    run_dirs: tuple[Path, ...],
+    out_dir: Path,
+    data_dir: Path | None,
+    grid_images: int,
+    resamples: int,
 ) -> None:
-    """Report of RUN_DIR (e.g. runs/vgg16: its stores, metrics/ and sanity/ folders): summary
-    tables, rankings and paired tests, mean insertion and deletion curves, saliency overlays,
-    the sanity-check plot and every protocol and store setting.
+    """Report of RUN_DIRS (e.g. runs/vgg16: its stores, metrics/ and sanity/ folders; several
+    folders, one per model, give one report comparing the models): summary tables, rankings and
+    paired tests, mean insertion and deletion curves, saliency overlays, the sanity-check plots
+    and every protocol and store setting.
 
     report.html is self-contained (figures embedded, nothing fetched); report.md links the PNGs
     written next to it.
@@ -49,9 +59,12 @@ def report_command(
     \b
     Example:
       xaibench report runs/vgg16 --out report/ --data val/
+      xaibench report runs/vgg16 runs/resnet50 --out report/ --data val/
     """
     from xaibench.report.build import build_report
 
-    written = build_report(run_dir, out_dir, data_dir, grid_images=grid_images, resamples=resamples)
+    written = build_report(
+        run_dirs, out_dir, data_dir, grid_images=grid_images, resamples=resamples
+    )
     for path in written.values():
         click.echo(str(path))

@@ -71,6 +71,5 @@ def run_command(
     click.echo(result.comparison, nl=False)
     ran, skipped = len(result.ran), len(result.skipped)
     click.echo(f"\n{ran} unit(s) run, {skipped} already done, in {result.seconds:.1f} s")
-    for report in result.reports:
-        click.echo(f"report: {report}")
+    click.echo(f"report: {result.report}")
     click.echo(f"manifest: {result.plan.out / 'run.json'}")

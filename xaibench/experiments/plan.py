@@ -167,7 +167,7 @@ def make_plan(experiment: Experiment, out: Path | None = None) -> Plan:
     report_key = digest(
         {"evaluations": evaluation_keys, "sanity": sanity_keys, "report": config["report"]}
     )
-    plan.units.append(Unit("report", REPORT_DIR, report_key, report_outputs(out, config)))
+    plan.units.append(Unit("report", REPORT_DIR, report_key, report_outputs(out)))
     return plan
 
 
@@ -182,17 +182,6 @@ def evaluation_outputs(store: Path, protocol: str, evaluate: Mapping[str, Any]) 
     return tuple(paths[name] for name in ("per_image", "curves", "summary"))
 
 
-def report_outputs(out: Path, config: Mapping[str, Any]) -> tuple[Path, ...]:
-    """report.html and report.md: in out/report, or out/report/MODEL with several models."""
-    return tuple(
-        folder / name
-        for folder in report_dirs(out, config)
-        for name in ("report.html", "report.md")
-    )
-
-
-def report_dirs(out: Path, config: Mapping[str, Any]) -> list[Path]:
-    models = [model["name"] for model in config["models"]]
-    if len(models) == 1:
-        return [Path(out) / REPORT_DIR]
-    return [layout.model_dir(Path(out) / REPORT_DIR, name) for name in models]
+def report_outputs(out: Path) -> tuple[Path, ...]:
+    """report.html and report.md in out/report: one report of every model."""
+    return tuple(Path(out) / REPORT_DIR / name for name in ("report.html", "report.md"))

@@ -29,7 +29,7 @@ from xaibench.data.index import DatasetIndex, subset_rows
 from xaibench.experiments.check import check_experiment
 from xaibench.experiments.config import Experiment
 from xaibench.experiments.manifest import Manifest
-from xaibench.experiments.plan import Plan, Unit, digest, make_plan, method_settings, report_dirs
+from xaibench.experiments.plan import Plan, Unit, digest, make_plan, method_settings
 from xaibench.pipelines.checkpoint import remove_checkpoint
 from xaibench.pipelines.settings import RunSettings
 from xaibench.results import layout
@@ -56,13 +56,13 @@ class DatasetInfo:
 
 @dataclass
 class RunResult:
-    """What a run did: units run and skipped, its comparison (Markdown) and report paths."""
+    """What a run did: units run and skipped, its comparison (Markdown) and report path."""
 
     plan: Plan
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     comparison: str = ""
-    reports: list[Path] = field(default_factory=list)
+    report: Path | None = None
     seconds: float = 0.0
 
 
@@ -411,23 +411,19 @@ class _Stages:
 
     def _report(self, units: list[Unit]) -> None:
         self._on_main(units, self._report_unit)
-        self.result.reports = [
-            folder / "report.html" for folder in report_dirs(self.plan.out, self.config)
-        ]
+        self.result.report = self.plan.stage("report")[0].outputs[0]
 
     def _report_unit(self, unit: Unit) -> None:
         from xaibench.report.build import build_report
 
         report = self.config["report"]
-        folders = report_dirs(self.plan.out, self.config)
-        for model, folder in zip(self.config["models"], folders, strict=True):
-            build_report(
-                layout.model_dir(self.plan.out, model["name"]),
-                folder,
-                self.dataset.root,
-                grid_images=report["images"],
-                resamples=report["resamples"],
-            )
+        build_report(
+            [layout.model_dir(self.plan.out, model["name"]) for model in self.config["models"]],
+            unit.outputs[0].parent,
+            self.dataset.root,
+            grid_images=report["images"],
+            resamples=report["resamples"],
+        )
 
 
 def _listing(

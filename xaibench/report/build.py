@@ -1,5 +1,5 @@
-"""`build_report`: one run folder (`runs/MODEL` with its stores, `metrics/` and `sanity/`) into a
-self-contained HTML page and a Markdown page with the figures next to it."""
+"""`build_report`: one or several run folders (`runs/MODEL`, each with its stores, `metrics/` and
+`sanity/`) into one self-contained HTML page and a Markdown page with the figures next to it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from xaibench.core.atomic import write_bytes_atomic, write_text_atomic
 from xaibench.core.choices import DEFAULT_GRID_IMAGES
@@ -59,7 +60,7 @@ class ReportContent:
     """Everything the templates show."""
 
     title: str
-    run_dir: Path
+    run_dirs: list[Path]
     generated: str
     evaluations: Evaluations
     summary: pd.DataFrame
@@ -68,18 +69,18 @@ class ReportContent:
     protocols: dict[str, dict]
     stores: list[tuple[Path, StoreMeta]]
     curves: list[FigureFile] = field(default_factory=list)
-    grid: FigureFile | None = None
-    grid_note: str = ""
-    sanity: FigureFile | None = None
-    sanity_note: str = ""
+    grids: list[FigureFile] = field(default_factory=list)
+    grid_notes: list[str] = field(default_factory=list)
+    sanity: list[FigureFile] = field(default_factory=list)
+    sanity_notes: list[str] = field(default_factory=list)
 
     @property
     def figures(self) -> list[FigureFile]:
-        return [f for f in (*self.curves, self.grid, self.sanity) if f is not None]
+        return [*self.curves, *self.grids, *self.sanity]
 
 
 def build_report(
-    run_dir: Path,
+    run_dirs: Path | Sequence[Path],
     out_dir: Path,
     data_dir: Path | None = None,
     *,
@@ -89,54 +90,45 @@ def build_report(
     """Write `out_dir/report.html` (images embedded as data URIs, no external asset),
     `out_dir/report.md` and its PNGs; returns name -> path of every file written.
 
+    run_dirs: one model's folder, or several (one per model) compared in one report: one summary,
+    ranking and curve figure per (model, protocol), one overlay grid and sanity figure per folder.
     The saliency grid needs the images: with `data_dir` the first `grid_images` images every
-    store explains are read through the stores' preprocessing; without it the report says so.
+    store of a folder explains are read through the stores' preprocessing; without it the report
+    says so.
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    metrics_dir = run_dir / "metrics"
-    if not metrics_dir.is_dir():
-        raise ResultsError(
-            f"{run_dir} has no metrics/ folder; run `xaibench evaluate` on its stores first"
-        )
-    evaluations = load_evaluations([metrics_dir])
+    run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else list(map(Path, run_dirs))
+    out_dir = Path(out_dir)
+    for run_dir in run_dirs:
+        if not (run_dir / "metrics").is_dir():
+            raise ResultsError(
+                f"{run_dir} has no metrics/ folder; run `xaibench evaluate` on its stores first"
+            )
+    evaluations = load_evaluations([run_dir / "metrics" for run_dir in run_dirs])
     try:
         paired, paired_note = paired_tables(evaluations), ""
     except ResultsError as error:
         paired, paired_note = None, f"Paired comparisons skipped: {error}"
-    stores = _store_metas(run_dir)
+    stores = {run_dir: _store_metas(run_dir) for run_dir in run_dirs}
     content = ReportContent(
         title=f"xaibench report: {', '.join(dict.fromkeys(evaluations.per_image['model']))}",
-        run_dir=run_dir,
+        run_dirs=run_dirs,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         evaluations=evaluations,
         summary=comparison_summary(evaluations, resamples),
         paired=paired,
         paired_note=paired_note,
         protocols=_protocols(evaluations),
-        stores=stores,
+        stores=[entry for metas in stores.values() for entry in metas],
         curves=_curve_figures(evaluations),
     )
     if data_dir is None:
-        content.grid_note = (
+        content.grid_notes.append(
             "No image folder was given, so the saliency overlays are not shown; build the report "
             "with the images the run explained (`xaibench report RUN --data DIR`)."
         )
-    elif not stores:
-        content.grid_note = f"No saliency store (*.h5, *.hdf5, *.npz) in {run_dir}: no overlays."
-    else:
-        content.grid = _grid_figure([path for path, _ in stores], Path(data_dir), grid_images)
-    sanity = sorted((run_dir / "sanity").glob(f"*{SANITY_TABLE_SUFFIX}"))
-    if sanity:
-        content.sanity = FigureFile(
-            "sanity.png",
-            "Model parameter randomisation (cascading, from the top): mean similarity of each "
-            "method's maps to its maps on the original model, per stage.",
-            figure_png(sanity_figure(read_sanity(sanity))),
-        )
-    else:
-        content.sanity_note = (
-            f"No sanity-check results ({run_dir / 'sanity'}/METHOD{SANITY_TABLE_SUFFIX}); "
-            "`xaibench sanity` writes them."
+    for run_dir in run_dirs:
+        _add_folder_figures(
+            content, run_dir, stores[run_dir], data_dir, grid_images, len(run_dirs) > 1
         )
     written = {}
     for figure in content.figures:
@@ -144,6 +136,49 @@ def build_report(
     written["report.md"] = write_text_atomic(out_dir / "report.md", html.render_markdown(content))
     written["report.html"] = write_text_atomic(out_dir / "report.html", html.render_html(content))
     return written
+
+
+def _add_folder_figures(
+    content: ReportContent,
+    run_dir: Path,
+    stores: list[tuple[Path, StoreMeta]],
+    data_dir: Path | None,
+    grid_images: int,
+    several: bool,
+) -> None:
+    """The overlay grid and sanity figure of one model's folder, or the notes saying why not;
+    with `several` folders the files and captions name the folder."""
+    suffix = f"-{safe_name(run_dir.name)}" if several else ""
+    of = f" ({run_dir.name})" if several else ""
+    if data_dir is not None and not stores:
+        content.grid_notes.append(
+            f"No saliency store (*.h5, *.hdf5, *.npz) in {run_dir}: no overlays."
+        )
+    elif data_dir is not None:
+        figure, shown = _grid_figure([path for path, _ in stores], Path(data_dir), grid_images)
+        content.grids.append(
+            FigureFile(
+                f"saliency-grid{suffix}.png",
+                f"Saliency overlays{of} of the first {shown} images explained by every store "
+                "(each map min-max scaled; the class explained is under the image id).",
+                figure_png(figure),
+            )
+        )
+    sanity = sorted((run_dir / "sanity").glob(f"*{SANITY_TABLE_SUFFIX}"))
+    if not sanity:
+        content.sanity_notes.append(
+            f"No sanity-check results ({run_dir / 'sanity'}/METHOD{SANITY_TABLE_SUFFIX}); "
+            "`xaibench sanity` writes them."
+        )
+        return
+    content.sanity.append(
+        FigureFile(
+            f"sanity{suffix}.png",
+            f"Model parameter randomisation{of} (cascading, from the top): mean similarity of "
+            "each method's maps to its maps on the original model, per stage.",
+            figure_png(sanity_figure(read_sanity(sanity))),
+        )
+    )
 
 
 def _store_metas(run_dir: Path) -> list[tuple[Path, StoreMeta]]:
@@ -212,8 +247,9 @@ def read_sanity(paths: Sequence[Path]) -> dict[str, pd.DataFrame]:
     return results
 
 
-def _grid_figure(store_paths: Sequence[Path], data_dir: Path, count: int) -> FigureFile:
-    """The first `count` images explained by every store, each with every method's overlay."""
+def _grid_figure(store_paths: Sequence[Path], data_dir: Path, count: int) -> tuple[Figure, int]:
+    """The first `count` images explained by every store, each with every method's overlay;
+    the figure and the number of images it shows."""
     stores = [open_store(path) for path in store_paths]
     try:
         usable = [
@@ -245,12 +281,7 @@ def _grid_figure(store_paths: Sequence[Path], data_dir: Path, count: int) -> Fig
     finally:
         for store in stores:
             store.close()
-    return FigureFile(
-        "saliency-grid.png",
-        f"Saliency overlays of the first {len(chosen)} images explained by every store (each map "
-        "min-max scaled; the class explained is under the image id).",
-        figure_png(image_grid_figure(panels, methods, titles)),
-    )
+    return image_grid_figure(panels, methods, titles), len(chosen)
 
 
 def overlay_row(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -103,7 +104,8 @@ def _template_context(content: ReportContent) -> dict[str, Any]:
         "protocols": content.protocols,
         "stores": [
             {
-                "file": path.name,
+                "file": _store_name(path, content),
+                "model": meta.model,
                 "method": meta.method,
                 "weights": meta.weights,
                 "target": meta.target,
@@ -134,8 +136,13 @@ def preprocessing_groups(content: ReportContent) -> list[dict[str, Any]]:
         if key not in groups:
             fields = {k: readable(v) for k, v in sorted(meta.preprocess.items())}
             groups[key] = {"files": [], "fields": fields}
-        groups[key]["files"].append(path.name)
+        groups[key]["files"].append(_store_name(path, content))
     return list(groups.values())
+
+
+def _store_name(path: Path, content: ReportContent) -> str:
+    """A store's file name, under its folder's name when the report covers several folders."""
+    return f"{path.parent.name}/{path.name}" if len(content.run_dirs) > 1 else path.name
 
 
 def render_html(content: ReportContent) -> str:
