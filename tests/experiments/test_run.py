@@ -182,3 +182,13 @@ def test_several_models_make_one_report_comparing_them(invoke, tmp_path, image_f
     for folder in folders:
         assert f"{folder}/gradient.h5" in html and f"({folder})" in markdown
     assert not any(p.is_dir() for p in report.iterdir())  # no report per model
+
+
+def test_dry_run_counts_one_pass_for_cam_methods_sharing_a_layer(invoke, config, tmp_path):
+    plan = invoke("run", config, "--out", tmp_path / "run", "--dry-run",
+                  "--set", 'models.0.name="resnet18"',
+                  "--set", 'generate.methods=["gradcam", "gradcampp", "gradient"]').output  # fmt: skip
+    assert "resnet18/gradcam  " in plan and "6 images x (1 forwards + 1 backwards)" in plan
+    assert "resnet18/gradcampp" in plan and "6 images, in the pass of resnet18/gradcam" in plan
+    generate = plan.split("[2] generate", 1)[1].split("[3]", 1)[0]
+    assert generate.count("= 6 forwards") == 2  # gradcam's pass and gradient's

@@ -27,8 +27,9 @@ from torch import nn
 from xaibench.core.errors import ConfigError, UnknownNameError
 from xaibench.methods import METHODS, Passes, PolyCAM
 from xaibench.methods.cam import LayerMethod
-from xaibench.methods.cost import layer_channels, method_passes, stage_channels
-from xaibench.models.factory import mark_input_size
+from xaibench.methods.cost import layer_channels, method_passes, shared_passes, stage_channels
+from xaibench.models.factory import load_model, mark_input_size
+from xaibench.pipelines.generate import shared_pass_groups
 
 BATCH = 2
 SIDE = 32
@@ -225,3 +226,26 @@ def test_method_passes_on_a_registered_model():
     assert method_passes("intgrad", {"steps": 4}, "vit_b_16") == Passes(6, 4)
     with pytest.raises(UnknownNameError):
         method_passes("gradcam", {}, "resnet5")
+
+
+def test_the_planned_shared_passes_are_those_generate_runs():
+    settings = {
+        "gradcam": {},
+        "tgrad": {},
+        "gradcampp": {},
+        "layercam": {"layer": "layer3"},
+        "xgradcam": {},
+        "eigencam": {},
+        "hirescam": {"layer": "layer3"},
+    }
+    planned = shared_passes(settings, "resnet18")
+    assert planned == [
+        ["gradcam", "gradcampp", "xgradcam"],
+        ["tgrad"],
+        ["layercam", "hirescam"],
+        ["eigencam"],  # its own explain: no gradient, no shared pass
+    ]
+    model = load_model("resnet18", "none").model
+    built = [METHODS.get(name)(model, **params) for name, params in settings.items()]
+    names = list(settings)
+    assert planned == [[names[i] for i in group] for group in shared_pass_groups(built)]

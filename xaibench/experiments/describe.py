@@ -18,11 +18,13 @@ IMAGENET_VAL_IMAGES = 50_000
 
 @dataclass(frozen=True)
 class Work:
-    """The work of one unit: images, and forwards and backwards per image (None: unknown)."""
+    """The work of one unit: images, and forwards and backwards per image (None: unknown);
+    `shares`: the unit whose pass it shares, running none of its own."""
 
     images: int | None
     forwards: int | None
     backwards: int | None = 0
+    shares: str | None = None
 
     @property
     def total_forwards(self) -> int | None:
@@ -32,6 +34,8 @@ class Work:
 
     def describe(self) -> str:
         images = "? images" if self.images is None else f"{self.images:,} images"
+        if self.shares is not None:
+            return f"{images}, in the pass of {self.shares}"
         if self.forwards is None:
             return f"{images}, passes per image unknown"
         per_image = f"{self.forwards} forwards"
@@ -69,9 +73,37 @@ def planned_images(plan: Plan, manifest: Manifest) -> int | None:
     return None
 
 
-def unit_work(plan: Plan, unit: Unit, images: int | None) -> Work | None:
-    """The work of `unit`; None for the stages that run no model (dataset, compare, report)."""
+def pass_sharing(plan: Plan, manifest: Manifest) -> dict[str, str]:
+    """Generate unit -> the unit whose forward and backward it shares: CAM methods of one model
+    on one layer run in one pass (`shared_passes`), among the units still to do, as among those
+    done. A model of the user's own, whose structure is unknown, shares nothing here."""
+    from xaibench.methods.cost import shared_passes
+
     config = plan.experiment.config
+    groups: dict[tuple[str, bool], list[Unit]] = {}
+    for unit in plan.stage("generate"):
+        groups.setdefault((unit.model["name"], manifest.is_done(unit)), []).append(unit)
+    sharing = {}
+    for units in groups.values():
+        model = units[0].model
+        by_method = {u.method: u for u in units}
+        settings = {u.method: method_settings(config, model, u.method) for u in units}
+        try:
+            passes = shared_passes(settings, model["name"], model["layer"])
+        except XaibenchError:
+            continue
+        for first, *others in passes:
+            sharing |= {by_method[m].name: by_method[first].name for m in others}
+    return sharing
+
+
+def unit_work(plan: Plan, unit: Unit, images: int | None, shares: str | None = None) -> Work | None:
+    """The work of `unit`; None for the stages that run no model (dataset, compare, report).
+
+    shares: the generate unit whose pass `unit` shares (`pass_sharing`): no pass of its own."""
+    config = plan.experiment.config
+    if unit.stage == "generate" and shares is not None:
+        return Work(images, 0, 0, shares=shares)
     if unit.stage == "generate":
         return _generate_work(config, unit, images)
     if unit.stage == "evaluate":
@@ -138,6 +170,7 @@ def describe_plan(plan: Plan, manifest: Manifest) -> list[str]:
     ]
     todo_forwards = all_forwards = 0
     unknown = False
+    sharing = pass_sharing(plan, manifest)
     for number, (stage, units) in enumerate(plan.stages(), 1):
         done = sum(manifest.is_done(u) for u in units)
         lines.append(f"[{number}] {stage}: {done} of {len(units)} done")
@@ -149,7 +182,7 @@ def describe_plan(plan: Plan, manifest: Manifest) -> list[str]:
                 if manifest.is_stale(unit)
                 else "to do"
             )
-            work = unit_work(plan, unit, images)
+            work = unit_work(plan, unit, images, sharing.get(unit.name))
             detail = _stage_detail(plan, unit) if work is None else work.describe()
             lines.append(f"    {unit.name:<40} {status:<10} {detail}")
             if work is not None:

@@ -14,7 +14,7 @@ resize it to the image when they need to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,6 +268,33 @@ class EigenCAM(CAMMethod):
         orientation = (projection * positions.sum(dim=2)).sum(dim=1)
         projection = torch.where(orientation[:, None] < 0, -projection, projection)
         return torch.relu(projection).view(b, h, w)
+
+
+def shares_layer_pass(method: type[SaliencyMethod]) -> bool:
+    """Whether `method`'s map comes from `layer_pass` alone (a CAM method that does not override
+    `explain`), so that such methods reading one layer for one score can share a pass
+    (`explain_together`)."""
+    return issubclass(method, CAMMethod) and method.explain is CAMMethod.explain
+
+
+def pass_groups(keys: Sequence[Hashable | None]) -> list[list[int]]:
+    """Positions of `keys` grouped by equal key, groups in order of first appearance; a None key
+    (a method that shares no pass) is a group of its own.
+
+    The key of a method that `shares_layer_pass` is (layer, explained score): `(m.layer,
+    m.explains)`.
+    """
+    groups: list[list[int]] = []
+    by_key: dict[Hashable, list[int]] = {}
+    for position, key in enumerate(keys):
+        if key is None:
+            groups.append([position])
+        elif key in by_key:
+            by_key[key].append(position)
+        else:
+            by_key[key] = [position]
+            groups.append(by_key[key])
+    return groups
 
 
 def explain_together(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from xaibench.methods.base import METHODS, Passes, saliency_mode
-from xaibench.methods.cam import LayerMethod
+from xaibench.methods.cam import LayerMethod, pass_groups, shares_layer_pass
 from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
 from xaibench.methods.polycam import PolyCAM, find_stage_layers
@@ -60,6 +60,25 @@ def method_passes(
     elif issubclass(cls, PolyCAM):
         channels = stage_channels(model_name, settings.get("layers"))
     return cls.passes(settings, channels)
+
+
+def shared_passes(
+    methods: Mapping[str, Mapping[str, Any]], model_name: str, layer: str | None = None
+) -> list[list[str]]:
+    """`methods` (name -> settings) on `model_name` grouped as generate runs them: CAM methods
+    reading the same layer (`layer`, else their `layer` setting, else the default CAM layer) for
+    the same score share one forward and backward (`pass_groups`), the others run alone.
+
+    The first method of a group runs the pass its `method_passes` counts; the others add none.
+    """
+    names = list(methods)
+    layers = {n: layer or methods[n].get("layer") for n in names}
+    sharing = [n for n in names if shares_layer_pass(METHODS.get(n))]
+    if any(layers[n] is None for n in sharing):
+        default = find_target_layer(skeleton(model_name))
+        layers = {n: default if read is None else read for n, read in layers.items()}
+    keys = [(layers[n], METHODS.get(n).explains) if n in sharing else None for n in names]
+    return [[names[i] for i in group] for group in pass_groups(keys)]
 
 
 def _channels(model: nn.Module, layers: list[str]) -> list[int | None]:

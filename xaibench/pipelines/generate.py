@@ -19,7 +19,7 @@ from xaibench.core.timing import timed
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
 from xaibench.methods.base import Explanation, SaliencyMethod
-from xaibench.methods.cam import CAMMethod, explain_together
+from xaibench.methods.cam import explain_together, pass_groups, shares_layer_pass
 from xaibench.methods.targets import explained_score
 from xaibench.models.factory import LoadedModel
 from xaibench.pipelines import stores as run_stores
@@ -331,23 +331,12 @@ def _close_all(runs: list[MethodRun]) -> None:
 
 
 def shared_pass_groups(methods: Sequence[SaliencyMethod]) -> list[list[int]]:
-    """Positions of `methods` grouped so that CAM methods reading the same layer share one forward
-    and backward (`explain_group`).
-
-    A CAM method whose map comes from `layer_pass` alone (it does not override `explain`) joins the
-    group of its layer; every other method is a group of its own. Groups keep the methods' order.
-    """
-    groups: list[list[int]] = []
-    by_layer: dict[str, list[int]] = {}
-    for position, method in enumerate(methods):
-        if isinstance(method, CAMMethod) and type(method).explain is CAMMethod.explain:
-            if method.layer not in by_layer:
-                by_layer[method.layer] = []
-                groups.append(by_layer[method.layer])
-            by_layer[method.layer].append(position)
-        else:
-            groups.append([position])
-    return groups
+    """Positions of `methods` grouped so that CAM methods reading the same layer for the same
+    score share one forward and backward (`explain_group`); every other method is a group of its
+    own (`shares_layer_pass`, `pass_groups`). Groups keep the methods' order."""
+    return pass_groups(
+        [(m.layer, m.explains) if shares_layer_pass(type(m)) else None for m in methods]
+    )
 
 
 def explain_group(
