@@ -260,3 +260,24 @@ def test_run_under_torchrun_writes_the_tables_of_one_process(image_folder, tmp_p
         pd.testing.assert_frame_equal(two, one)
     record = json.loads((tmp_path / "two" / "run.json").read_text("utf-8"))
     assert {stage["status"] for stage in record["stages"].values()} == {"done"}
+
+
+def test_a_failure_of_process_0_alone_stops_the_others_with_its_message(image_folder, tmp_path):
+    (next(image_folder.glob("*/")) / "broken.png").write_bytes(b"not an image")
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        f'[run]\nname = "tiny"\ndevice = "cpu"\n[data]\ndataset = "folder"\nroot = "{image_folder}"'
+        f'\n[[models]]\nname = "{MODEL}"\nweights = "none"\n[generate]\nmethods = ["random"]\n',
+        "utf-8",
+    )
+    result = subprocess.run(
+        command("run", config, "--out", tmp_path / "run", "--quiet", nproc=2),
+        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    failure = "1 undecodable image(s), first"  # the dataset stage, run by process 0 alone
+    assert f"error: {image_folder}: {failure}" in result.stderr
+    assert f"error: process 0 failed, so process 1 stops: DataError: {image_folder}: {failure}" in (
+        result.stderr
+    )
+    assert "[rank1]: Traceback" not in result.stderr

@@ -64,3 +64,7 @@ class ResultsError(XaibenchError):
 
 class OutOfMemory(XaibenchError):
     """Even a chunk of one item does not fit in the device's memory."""
+
+
+class MainProcessError(XaibenchError):
+    """Under torchrun: the work process 0 did alone failed, so the other processes stop too."""

@@ -6,21 +6,22 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from xaibench.core.errors import ConfigError
+from xaibench.core.errors import ConfigError, MainProcessError
 from xaibench.dist.progress import Progress
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Processes wait for each other at the end of a run; shards differ in size by one image, but images
 # do not all take the same time, and process 0 merges the stores while the others wait.
@@ -57,6 +58,28 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             torch_dist.barrier()
+
+    def on_main(self, work: Callable[[], T]) -> T | None:
+        """`work()` on process 0 while the others wait; its result on process 0, None elsewhere.
+
+        A failure of `work` reaches every process: process 0 raises it, the others raise
+        `MainProcessError` naming it, instead of waiting at their next collective for a process
+        that has stopped.
+        """
+        if self.size == 1:
+            return work()
+        if not self.is_main:
+            failure = self.broadcast(None)
+            if failure is not None:
+                raise MainProcessError(f"process 0 failed, so process {self.rank} stops: {failure}")
+            return None
+        try:
+            result = work()
+        except Exception as error:
+            self.broadcast(f"{type(error).__name__}: {error}")
+            raise
+        self.broadcast(None)
+        return result
 
     def broadcast(self, value: Any) -> Any:
         """Process 0's `value` on every process."""

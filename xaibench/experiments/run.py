@@ -137,11 +137,12 @@ class _Stages:
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def _begin(self, unit: Unit) -> None:
-        if self.world.is_main:
+        def begin() -> None:
             if self.manifest.is_stale(unit):
                 _remove_outputs(unit)
             self.manifest.mark(unit, "running")
-        self.world.barrier()
+
+        self.world.on_main(begin)
         self.say(f"  {unit.stage} {unit.name}")
 
     def _end(self, unit: Unit, **extra: object) -> None:
@@ -150,12 +151,11 @@ class _Stages:
         self.result.ran.append(unit.name)
 
     def _on_main(self, units: list[Unit], work: Callable[[Unit], dict | None]) -> None:
-        """`work(unit)` on process 0 for each unit, the other processes waiting."""
+        """`work(unit)` on process 0 for each unit, the other processes waiting (and stopping
+        when it fails: `World.on_main`); recorded before the others read the manifest."""
         for unit in units:
             self._begin(unit)
-            if self.world.is_main:  # recorded before the others read the manifest
-                self._end(unit, **(work(unit) or {}))
-            self.world.barrier()
+            self.world.on_main(lambda unit=unit: self._end(unit, **(work(unit) or {})))
 
     # -- stages ---------------------------------------------------------------------------------
 
