@@ -33,6 +33,7 @@ def tiny_cnn() -> nn.Module:
 
 
 GATE = "TINY_MODELS_GATE"
+GATE_NO_GRAD = "TINY_MODELS_GATE_NO_GRAD"
 
 
 def gated_tiny_cnn() -> nn.Module:
@@ -42,16 +43,20 @@ def gated_tiny_cnn() -> nn.Module:
     second image the process explains connects there, sends the process id and a newline, and waits
     until the connection closes: the rows of the first image are written or queued, the others not.
     Without it, a plain `tiny_cnn`. Images are told apart by their pixels (the all-zero inputs that
-    trace the model are not images)."""
+    trace the model are not images). With `TINY_MODELS_GATE_NO_GRAD=1` only the inputs of forwards
+    without autograd count (an evaluation's, not a gradient method's)."""
     model = tiny_cnn()
     gate = os.environ.get(GATE)
     if not gate:
         return model
     host, port = gate.rsplit(":", 1)
+    no_grad_only = os.environ.get(GATE_NO_GRAD) == "1"
     seen: list[torch.Tensor] = []
 
     def wait_at_the_second_image(module, args):
         images = args[0].detach()
+        if no_grad_only and torch.is_grad_enabled():
+            return
         if not images.any() or any(torch.equal(images, image) for image in seen):
             return
         seen.append(images.clone())

@@ -18,32 +18,17 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from launch import ROOT, command, environment
 from tiny_models import GATE
 
 from xaibench.data.classes import imagenet_classes
 from xaibench.store import open_store
 from xaibench.store.shards import shard_dir, shard_paths
 
-TESTS = Path(__file__).parents[1]
-ROOT = TESTS.parent
 MODEL, GATED = "tiny_models:tiny_cnn", "tiny_models:gated_tiny_cnn"
 METHODS = ("tgrad", "gradcam")
 IMAGES = 7  # odd, so the two processes get different numbers of images
 TABLES = ("per_image.csv", "summary.csv")
-
-
-def environment() -> dict[str, str]:
-    path = os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-
-
-def command(*args, nproc: int | None = None) -> list[str]:
-    """`python -m xaibench ARGS`, or the same under `torchrun --standalone --nproc-per-node N`."""
-    launcher = [sys.executable, "-m", "xaibench"]
-    if nproc is not None:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        launcher += ["--nproc-per-node", str(nproc), "-m", "xaibench"]
-    return launcher + [str(a) for a in args]
 
 
 def xaibench(*args, nproc: int | None = None) -> subprocess.CompletedProcess:
