@@ -27,6 +27,7 @@ COMMANDS = {
     "report": "xaibench.cli.report:report_command",
     "explain": "xaibench.cli.explain:explain_command",
     "run": "xaibench.cli.run:run_command",
+    "import-maps": "xaibench.cli.import_maps:import_maps_command",
 }
 """Command name -> "module:attribute" of its click command."""
 

@@ -17,11 +17,12 @@ from xaibench.cli.options import (
     protocol_option,
     saliency_option,
     speed_options,
+    store_format_option,
+    target_option,
     weights_option,
 )
 from xaibench.core.runtime import resolve_device
-from xaibench.results.layout import STORE_FORMATS, logs_dir
-from xaibench.store.meta import TARGETS
+from xaibench.results.layout import logs_dir
 
 if TYPE_CHECKING:
     from xaibench.pipelines.generate import GenerateSummary
@@ -43,21 +44,8 @@ if TYPE_CHECKING:
 @device_options
 @batch_size_option
 @speed_options
-@click.option(
-    "--target",
-    type=click.Choice(TARGETS),
-    default="predicted",
-    show_default=True,
-    help="Class to explain: the model's top-1 prediction or the ground-truth label.",
-)
-@click.option(
-    "--store",
-    "store_format",
-    type=click.Choice(STORE_FORMATS),
-    default="h5",
-    show_default=True,
-    help="HDF5 store, or an npz the T-Grad authors' evaluation scripts can read.",
-)
+@target_option
+@store_format_option
 @cam_layer_option
 @method_param_option
 @protocol_option

@@ -9,6 +9,8 @@ import click
 
 from xaibench.core.choices import BOOTSTRAP_RESAMPLES, PRECISIONS, PROTOCOL_SETTINGS
 from xaibench.core.lazy import load
+from xaibench.results.layout import STORE_FORMATS
+from xaibench.store.meta import TARGETS
 
 
 def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
@@ -157,4 +159,19 @@ resamples_option = click.option(
     default=BOOTSTRAP_RESAMPLES,
     show_default=True,
     help="Bootstrap resamples per interval.",
+)
+target_option = click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="predicted",
+    show_default=True,
+    help="Class to explain: the model's top-1 prediction or the ground-truth label.",
+)
+store_format_option = click.option(
+    "--store",
+    "store_format",
+    type=click.Choice(STORE_FORMATS),
+    default="h5",
+    show_default=True,
+    help="HDF5 store, or an npz the T-Grad authors' evaluation scripts can read.",
 )

@@ -135,12 +135,17 @@ def check_generate(
             "so the compiled forward would recompile on every batch; leave out `compile`",
             param="compile",
         )
-    if target not in TARGETS:
-        raise ConfigError(f"{target!r}: use one of {', '.join(TARGETS)}", param="target")
+    check_target(target, dataset)
     if store_format not in STORE_FORMATS:
         raise ConfigError(
             f"{store_format!r}: use one of {', '.join(STORE_FORMATS)}", param="store_format"
         )
+
+
+def check_target(target: str, dataset: ImageFolderDataset) -> None:
+    """ConfigError unless `target` is one of `TARGETS` that every image of `dataset` has."""
+    if target not in TARGETS:
+        raise ConfigError(f"{target!r}: use one of {', '.join(TARGETS)}", param="target")
     if target == "label" and (dataset.labels < 0).any():
         first = dataset.ids[int(np.argmax(dataset.labels < 0))]
         raise ConfigError(
