@@ -165,3 +165,56 @@ def test_a_kept_inner_chunk_starts_afresh_once_the_outer_chunk_takes_the_failure
     assert torch.equal(torch.cat(parts), values * 2)
     assert outer.value == 2 and inner_size.value == 4  # not left at 1 for the rest of the run
     assert set(sizes) == {2}  # each 2-image batch in one inner chunk
+
+
+def test_halving_starts_from_the_length_of_the_chunk_that_failed():
+    values, calls = torch.arange(50.0), []
+
+    def fn(part):
+        calls.append(part.stop - part.start)
+        return fits(10)(values[part])
+
+    parts = run_in_chunks(fn, len(values), ChunkSize(256))
+    assert torch.equal(torch.cat(parts), values * 2)
+    assert calls[:4] == [50, 25, 12, 6]  # not 256 -> 128 -> 64 on the same 50 items
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+    ],
+)
+def test_cudnn_and_cublas_allocation_failures_are_out_of_memory(message):
+    values, size = torch.arange(8.0), ChunkSize(8)
+
+    def fn(part):
+        if part.stop - part.start > 2:
+            raise RuntimeError(message)
+        return values[part]
+
+    assert torch.equal(torch.cat(run_in_chunks(fn, len(values), size)), values)
+    assert size.value == 2
+
+
+def test_a_result_too_large_to_join_halves_the_enclosing_chunk(monkeypatch):
+    values, outer = torch.arange(12.0), ChunkSize(8, "batch_size")
+    join = torch.cat
+
+    def cat_of_at_most_four(parts, *args, **kwargs):
+        if sum(len(p) for p in parts) > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return join(parts, *args, **kwargs)
+
+    def explain(part):  # chunks of 2 fit, joining more than 4 results does not
+        return apply_in_chunks(lambda x: x * 2, values[part], chunk_size=2)
+
+    monkeypatch.setattr(torch, "cat", cat_of_at_most_four)
+    with pytest.raises(OutOfMemory, match="joining 12 results of chunk_size chunks"):
+        explain(slice(0, 12))  # alone: one clear error, not torch's
+    parts = run_in_chunks(explain, len(values), outer)
+    monkeypatch.undo()
+    assert torch.equal(torch.cat(parts), values * 2)
+    assert outer.value == 4

@@ -4,6 +4,8 @@ The one batching helper behind every expansion: (image x step) pairs of the caus
 channels, masks and samples of perturbation and sampling methods, and generate's method calls. On
 CUDA out-of-memory the chunk is halved and the failed chunk run again (`ChunkSize`); the chunks
 already finished are kept, and a method keeps its lowered sizes for its next calls (`ChunkSizes`).
+Out-of-memory is `torch.OutOfMemoryError`, or the RuntimeError cuDNN and cuBLAS raise when their
+workspace cannot be allocated (`is_out_of_memory`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ from xaibench.core.errors import OutOfMemory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+ALLOCATION_FAILURES = ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "out of memory")
+"""Texts of the RuntimeErrors that report a failed device allocation rather than a bug."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says the device ran out of memory: `torch.OutOfMemoryError`, xaibench's
+    `OutOfMemory` from a chunked call inside, or a cuDNN/cuBLAS allocation failure."""
+    if isinstance(error, (torch.OutOfMemoryError, OutOfMemory)):
+        return True
+    return isinstance(error, RuntimeError) and any(t in str(error) for t in ALLOCATION_FAILURES)
 
 
 class ChunkSize:
@@ -36,13 +49,17 @@ class ChunkSize:
     def reduced(self) -> bool:
         return self.value < self.requested
 
-    def halve(self, error: BaseException) -> None:
-        """Halve the size after `error`; OutOfMemory when it is already 1.
+    def halve(self, error: BaseException, tried: int | None = None) -> None:
+        """Halve the size after `error` on a chunk of `tried` items (default: the size; a last
+        chunk may be shorter, and halving a size above it would retry the same chunk); OutOfMemory
+        when it is already 1.
 
         At 1 the size goes back to the requested one before raising: the failure is handed to an
         enclosing chunking (generate's batch), which halves instead, and this size starts afresh
         on the smaller work rather than staying at 1 for the rest of the run.
         """
+        if tried is not None:
+            self.value = max(1, min(self.value, tried))
         if self.value == 1:
             self.value = self.requested
             raise OutOfMemory(
@@ -82,21 +99,23 @@ def as_chunk_size(chunk_size: int | ChunkSize) -> ChunkSize:
 def run_in_chunks(fn: Callable[[slice], T], n: int, size: ChunkSize) -> list[T]:
     """[fn(slice(start, stop)) for consecutive slices covering range(max(n, 1))].
 
-    Slices are `size.value` long (the last may be shorter); a slice whose call raises
-    `torch.OutOfMemoryError`, or `OutOfMemory` from a chunked call inside it that could not go
-    lower, is run again at half the size, from the same start.
+    Slices are `size.value` long (the last may be shorter); a slice whose call runs out of device
+    memory (`is_out_of_memory`, including `OutOfMemory` from a chunked call inside it that could
+    not go lower) is run again at half its length, from the same start.
     """
     parts, start = [], 0
     while start < max(n, 1):
         stop = min(start + size.value, n) if n else 0
         try:
             parts.append(fn(slice(start, stop)))
-        except (torch.OutOfMemoryError, OutOfMemory) as error:
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
             failure = error
         else:
             start = max(stop, 1)
             continue
-        size.halve(failure)
+        size.halve(failure, max(stop - start, 1))
         del failure
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -119,4 +138,14 @@ def apply_in_chunks(
     if any(t.shape[0] != n for t in tensors):
         raise ValueError(f"leading lengths differ: {[t.shape[0] for t in tensors]}")
     parts = run_in_chunks(lambda part: fn(*(t[part] for t in tensors)), n, size)
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return torch.cat(parts)
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        # The joined result does not fit, at any chunk size: the caller's work must shrink.
+        raise OutOfMemory(
+            f"out of device memory joining {n} results of {size.name} chunks ({error})"
+        ) from error
