@@ -213,6 +213,22 @@ def test_ties_are_broken_by_pixel_index():
     assert ties.tolist() == [0.0, 1.0]
 
 
+def test_signed_zeros_tie_as_one_value_whatever_order_the_sort_gives_them(monkeypatch):
+    signed = torch.tensor([[[0.0, -0.0, 1.0], [-0.0, 0.0, -0.0]]])
+    expected = pixel_ranks(signed.abs())
+    real_sort = torch.Tensor.sort
+
+    def sort_as_cuda_does(values, *args, **kwargs):  # -0.0 below +0.0, as CUDA's sort orders them
+        key = torch.where((values == 0) & values.signbit(), torch.tensor(-1e-30), values)
+        order = real_sort(key, *args, **kwargs).indices
+        return values.gather(1, order), order
+
+    monkeypatch.setattr(torch.Tensor, "sort", sort_as_cuda_does)
+    ranks, ties = pixel_ranks(signed)
+    assert torch.equal(ranks, expected[0]) and torch.equal(ties, expected[1])
+    assert ranks.tolist() == [[1, 2, 0, 3, 4, 5]]  # the zeros by pixel index
+
+
 def test_tied_maps_evaluate_like_their_index_ordered_equivalent():
     net = tiny_net()
     images = torch.randn(2, 3, 8, 8)

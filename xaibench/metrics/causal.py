@@ -30,9 +30,10 @@ def pixel_ranks(saliency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     rank[b, p] is the position of pixel p in image b's order, most salient first; equal values keep
     the order of their flat pixel index (a stable descending sort). The tie fraction is the share of
-    pixels whose value equals another pixel's in the same map.
+    pixels whose value equals another pixel's in the same map. -0.0 is 0.0 (CUDA's sort puts -0.0
+    below +0.0, the CPU's ties them; adding +0.0 makes every zero +0.0, so both devices agree).
     """
-    flat = saliency.flatten(1)
+    flat = saliency.flatten(1) + 0.0
     values, order = flat.sort(dim=1, descending=True, stable=True)
     positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
     ranks = torch.empty_like(order).scatter_(1, order, positions)
