@@ -218,3 +218,40 @@ def test_a_result_too_large_to_join_halves_the_enclosing_chunk(monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.cat(parts), values * 2)
     assert outer.value == 4
+
+
+def test_an_out_of_memory_in_road_lowers_roads_chunk_size_alone(
+    image_folder, tmp_path, monkeypatch
+):
+    import xaibench.metrics.road as road
+
+    run_generate(image_folder, tmp_path, limit=None, batch_size=6)
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
+    impute = road.linear_imputation
+
+    def imputation_of_at_most_four(images, removed):
+        if len(images) > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return impute(images, removed)
+
+    results = []
+    for patched in (False, True):
+        if patched:
+            monkeypatch.setattr(road, "linear_imputation", imputation_of_at_most_four)
+        results.append(
+            evaluate_store(
+                tmp_path / "tiny_models_tiny_cnn" / "gradcam.h5",
+                loaded_fitting(None),
+                dataset,
+                get_protocol("polycam", step=8000),
+                ["insertion", "road_morf", "road_lerf"],
+                settings=RunSettings.resolve(CPU, batch_size=3, chunk_size=16, progress=False),
+                limit=3,
+            )
+        )
+    full, small = results
+    sizes = dict(zip(small.summary["metric"], small.summary["chunk_size"], strict=True))
+    assert sizes["insertion"] == 16 and sizes["road_morf"] == sizes["road_lerf"] == 4
+    assert set(full.summary["chunk_size"]) == {16}
+    columns = ["insertion", "road_morf", "road_lerf"]
+    np.testing.assert_allclose(small.per_image[columns], full.per_image[columns], rtol=1e-5)

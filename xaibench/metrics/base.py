@@ -9,6 +9,7 @@ them costs no more than asking for the underlying ones.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,12 @@ class MetricContext:
     def batch_size(self) -> int:
         return self.images.shape[0]
 
+    def with_chunk_size(self, chunk_size: int | ChunkSize) -> MetricContext:
+        """The same batch at another chunk size, sharing this context's shared work."""
+        other = dataclasses.replace(self, chunk_size=chunk_size)
+        other._shared = self._shared
+        return other
+
     def shared(self, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()` the first time `key` is asked for in this batch, the same object after."""
         if key not in self._shared:
@@ -147,6 +154,10 @@ class Metric(ABC):
     summary_scale: ClassVar[float] = 1.0
     needs_boxes: ClassVar[bool] = False
     """True for metrics that read `MetricContext.boxes` (the localisation metrics)."""
+    chunks: ClassVar[str] = "perturbed"
+    """The chunk size the metric's perturbed images run at, by name: metrics whose chunks cost
+    alike share one, so that an out-of-memory in another's (ROAD's imputation) does not lower
+    theirs (`MetricContext.with_chunk_size`)."""
 
     @abstractmethod
     def score_batch(self, ctx: MetricContext) -> MetricResult:

@@ -210,7 +210,10 @@ class RoadMetric(Metric):
     """ROAD MoRF (lower is better) or LeRF (higher is better) under `ctx.protocol`'s percentages.
 
     Both orders are computed together in one pass over the batch, shared through the context.
+    Its chunks, which also hold the imputation's systems, have a chunk size of their own.
     """
+
+    chunks = "road"
 
     def __init__(self, order: Order):
         if order not in ORDERS:

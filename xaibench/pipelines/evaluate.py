@@ -282,7 +282,7 @@ def evaluate_store(
         )
         per_image = state.table(store, rows, protocol)
         curves = {name: values[rows] for name, values in state.curves.items()}
-    summary = _summary(per_image, state, settings.precision, scorer.chunk)
+    summary = _summary(per_image, state, settings.precision, scorer.chunks)
     stem = layout.evaluation_stem(store_path, protocol.name)
     return Evaluation(per_image, curves, summary, protocol, stem)
 
@@ -328,7 +328,7 @@ def _rows_to_evaluate(
 @dataclass
 class _Scorer:
     """What scores a batch: the model's score function, the metrics (and MC dropout), the boxes,
-    the protocol and the chunk size of the perturbed images."""
+    the protocol and the chunk sizes of the perturbed images (`Metric.chunks` -> size)."""
 
     model: torch.nn.Module
     score_fn: Callable
@@ -336,7 +336,7 @@ class _Scorer:
     mc: MCDropout | None
     boxes: BoxFolder | None
     protocol: Protocol
-    chunk: ChunkSize
+    chunks: dict[str, ChunkSize]
 
     @classmethod
     def of(
@@ -356,8 +356,11 @@ class _Scorer:
             if mc_dropout
             else None
         )
-        chunk = ChunkSize(settings.chunk_size, "chunk_size")
-        return cls(model, score_fn, metrics, mc, boxes, protocol, chunk)
+        chunks = {
+            name: ChunkSize(settings.chunk_size, "chunk_size")
+            for name in dict.fromkeys([Metric.chunks, *(m.chunks for m in metrics)])
+        }
+        return cls(model, score_fn, metrics, mc, boxes, protocol, chunks)
 
     def key(self, metrics: Sequence[str]) -> list[str]:
         """The metrics' part of the run's key: their names, and MC dropout's own key."""
@@ -386,11 +389,16 @@ class _Scorer:
             clean_scores=self.score_fn(images, target_tensor),
             score_fn=self.score_fn,
             protocol=self.protocol,
-            chunk_size=self.chunk,
+            chunk_size=self.chunks[Metric.chunks],
             boxes=batch_boxes,
             pixel_std=pixel_std,
         )
-        results = [m.score_batch(ctx) for m in self.metrics]
+        results = [
+            m.score_batch(
+                ctx if m.chunks == Metric.chunks else ctx.with_chunk_size(self.chunks[m.chunks])
+            )
+            for m in self.metrics
+        ]
         results += [self.mc.score_batch(ctx, batch_rows)] if self.mc else []
         return ctx.clean_scores, results
 
@@ -437,15 +445,17 @@ def _score_rows(
 
 
 def _summary(
-    per_image: pd.DataFrame, state: _Results, precision: str, chunk: ChunkSize
+    per_image: pd.DataFrame, state: _Results, precision: str, chunks: dict[str, ChunkSize]
 ) -> pd.DataFrame:
-    """One row per metric and of the generation time per image, with the run's settings."""
+    """One row per metric and of the generation time per image, with the run's settings: the
+    chunk size is the one the metric ran at (`Metric.chunks`)."""
     value_columns = [c for c in state.values if c in METRICS or c in MC_COLUMNS]
     value_columns.append("seconds_per_image")
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     summary["precision"] = precision
-    summary["chunk_size"] = chunk.value
+    group = [METRICS.get(m).chunks if m in METRICS else Metric.chunks for m in summary["metric"]]
+    summary["chunk_size"] = [chunks[name].value for name in group]
     return summary
 
 
