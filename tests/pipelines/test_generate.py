@@ -43,3 +43,20 @@ def test_cam_methods_on_one_layer_share_one_pass(image_folder, tmp_path):
                 shared.read_maps(rows), alone.read_maps(rows), rtol=1e-5, atol=1e-7
             )
             np.testing.assert_array_equal(shared.targets, alone.targets)
+
+
+def test_compression_changes_how_maps_are_stored_not_what_they_are(invoke, image_folder, tmp_path):
+    import h5py
+
+    stores = {}
+    for compression in ("lzf", "gzip", "none"):
+        out = tmp_path / compression
+        invoke("generate", "--model", "tiny_models:tiny_cnn", "--saliency", "gradient",
+               "--data", image_folder, "--out", out, "--compression", compression, "--quiet")  # fmt: skip
+        stores[compression] = out / "tiny_models_tiny_cnn" / "gradient.h5"
+    for compression, path in stores.items():
+        with h5py.File(path, "r") as f:
+            assert f["maps"].compression == (None if compression == "none" else compression)
+        with open_store(path) as store, open_store(stores["lzf"]) as reference:
+            rows = np.arange(len(store))
+            np.testing.assert_array_equal(store.read_maps(rows), reference.read_maps(rows))

@@ -19,6 +19,7 @@ FLAGS: dict[str, str] = {
     "blur_every": "--blur-every",
     "boxes": "--boxes",
     "compile": "--compile",
+    "compression": "--compression",
     "data_dir": "--data",
     "device": "--device",
     "expected_sha256": "--sha256",

@@ -46,6 +46,14 @@ if TYPE_CHECKING:
 @speed_options
 @target_option
 @store_format_option
+@click.option(
+    "--compression",
+    type=click.Choice(["lzf", "gzip", "none"]),
+    default="lzf",
+    show_default=True,
+    help="Compression of the maps of new stores: none writes fastest (larger files), gzip is "
+    "smallest and slowest. The maps are the same.",
+)
 @cam_layer_option
 @method_param_option
 @protocol_option
@@ -72,6 +80,7 @@ def generate_command(
     compile_model: bool,
     target: str,
     store_format: str,
+    compression: str,
     layer: str | None,
     params: tuple[str, ...],
     protocol: str,
@@ -121,6 +130,7 @@ def generate_command(
             target=target,
             store_format=store_format,
             method_params=settings,
+            compression=None if compression == "none" else compression,
             world=world,
         )
     if world.is_main:

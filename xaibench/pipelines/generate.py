@@ -26,6 +26,7 @@ from xaibench.pipelines import stores as run_stores
 from xaibench.pipelines.settings import RunSettings, world_of
 from xaibench.results.layout import STORE_FORMATS, store_path
 from xaibench.store.base import Rows
+from xaibench.store.h5 import COMPRESSIONS
 from xaibench.store.meta import TARGETS, StoreMeta
 from xaibench.store.writer import DEFAULT_DEPTH, BackgroundWriter
 
@@ -69,6 +70,7 @@ def generate(
     store_format: str = "h5",
     method_params: dict[str, dict] | None = None,
     write_queue: int = DEFAULT_DEPTH,
+    compression: str | None = "lzf",
     world: dist.World | None = None,
 ) -> GenerateSummary:
     """Explain every image of `dataset` with each method; resume stores that exist.
@@ -84,15 +86,20 @@ def generate(
     share of the images into its own shard store and process 0 merges them into the stores; the
     summary counts the images of all processes; `settings` are on the world's device.
     The forward runs at `settings.precision`, compiled with `settings.compile`; stores are written by
-    a background thread with up to `write_queue` batches queued (0: in this thread). A method that
-    runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
+    a background thread with up to `write_queue` batches queued (0: in this thread); new stores'
+    maps are compressed with `compression` ("lzf", "gzip" or None: faster to write, larger). A
+    method that runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
     """
     check_generate(methods, dataset, settings, target, store_format)
+    if compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"{compression!r}: use one of {', '.join(map(str, COMPRESSIONS))}", param="compression"
+        )
     world = world_of(settings, world)
     model = prepare_model(loaded.model, settings.device)
     runs, outputs = _open_runs(
         model, loaded, methods, dataset, out_dir, settings.precision, target, store_format,
-        method_params or {}, write_queue, world,
+        method_params or {}, write_queue, compression, world,
     )  # fmt: skip
     groups = _pass_groups(runs, settings.batch_size)
     labels = torch.as_tensor(dataset.labels) if target == "label" else None
@@ -166,6 +173,7 @@ def _open_runs(
     store_format: str,
     method_params: dict[str, dict],
     write_queue: int,
+    compression: str | None,
     world: dist.World,
 ) -> tuple[list[MethodRun], list[tuple[Path, StoreMeta]]]:
     """Each method on `model`, its store (opened or resumed, `run_stores.open_stores`) and the
@@ -186,7 +194,7 @@ def _open_runs(
         path.parent.mkdir(parents=True, exist_ok=True)
         planned.append((method, path, meta))
     outputs = [(path, meta) for _, path, meta in planned]
-    opened = run_stores.open_stores(world, outputs, dataset.ids, dataset.labels)
+    opened = run_stores.open_stores(world, outputs, dataset.ids, dataset.labels, compression)
     runs = [
         MethodRun(
             method, path, BackgroundWriter(store, write_queue) if write_queue else store, pending

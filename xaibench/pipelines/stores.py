@@ -27,9 +27,14 @@ def _sharded(world: World, path: Path) -> bool:
 
 
 def open_stores(
-    world: World, outputs: Sequence[tuple[Path, StoreMeta]], ids: Sequence[str], labels: np.ndarray
+    world: World,
+    outputs: Sequence[tuple[Path, StoreMeta]],
+    ids: Sequence[str],
+    labels: np.ndarray,
+    compression: str | None = "lzf",
 ) -> list[tuple[SaliencyStore, set[int]]]:
     """For each (final store path, run metadata): the store this process writes, and its rows.
+    New stores' maps are compressed with `compression` (`create_or_resume`).
 
     With one process and no shard stores: the final store itself (`create_or_resume`) and its rows
     not done. Otherwise process 0 finds the rows done in the final store and in every shard store of
@@ -37,7 +42,7 @@ def open_stores(
     (`World.shard`), and each process writes its part into its own shard store.
     """
     if not any(_sharded(world, path) for path, _ in outputs):
-        stores = [create_or_resume(path, meta, ids, labels) for path, meta in outputs]
+        stores = [create_or_resume(path, meta, ids, labels, compression) for path, meta in outputs]
         return [(store, set(store.pending_indices().tolist())) for store in stores]
     done = (
         [shard_stores.done_rows(path, meta, ids, labels) for path, meta in outputs]
@@ -54,7 +59,7 @@ def open_stores(
         else:
             shard = shard_stores.shard_path(path, world.rank, world.size)
             shard.parent.mkdir(parents=True, exist_ok=True)
-            store = create_or_resume(shard, meta, ids, labels)
+            store = create_or_resume(shard, meta, ids, labels, compression)
         opened.append((store, set(mine[rows[mine]].tolist())))
         log.info("%s: %d of %d rows to write here", path, len(opened[-1][1]), int(rows.sum()))
     return opened
