@@ -51,6 +51,25 @@ def test_one_process_launches_nothing(tmp_path, monkeypatch):
     assert not torch.distributed.is_initialized() and not (tmp_path / "logs").exists()
 
 
+def test_one_process_on_a_cuda_device_makes_it_the_current_one(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    current = [torch.device("cuda", 0)]
+
+    @contextmanager
+    def device(chosen):  # torch.cuda.device, without a GPU
+        current.append(chosen)
+        yield
+        current.pop()
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    with dist.launch(torch.device("cuda", 1), tmp_path / "logs") as world:
+        assert world.device == torch.device("cuda", 1) and current[-1] == world.device
+    assert current == [torch.device("cuda", 0)]  # the previous one again
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_logging_to_a_file_is_undone_with_the_root_level_restored(tmp_path, rank):
     root = logging.getLogger()

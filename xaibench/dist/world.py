@@ -143,12 +143,18 @@ def launch(device: torch.device, log_dir: Path) -> Iterator[World]:
     Under torchrun with several processes: the process group is started (its CPU messages through
     Gloo, CUDA tensors through NCCL), each process logs to `log_dir/rank-K.log`, process 0 alone
     writes warnings to stderr, and SIGTERM (which torchrun and SLURM send to stop a run) raises
-    SystemExit so that stores are closed and checkpoints saved. With one process: nothing of this.
+    SystemExit so that stores are closed and checkpoints saved. With one process: nothing of this,
+    but a CUDA device is made the current one for the block (so that `cuda:1` is not joined by
+    work on GPU 0, such as pinning memory for it), and the previous one restored after.
     """
     world = from_env()
     world.device = place(world, device)
     if world.size == 1:
-        yield world
+        if world.device.type != "cuda":
+            yield world
+            return
+        with torch.cuda.device(world.device):
+            yield world
         return
     if world.device.type == "cuda":
         torch.cuda.set_device(world.device)
