@@ -181,3 +181,48 @@ def test_compile_is_refused_for_methods_that_swap_modules(image_folder, tmp_path
     )
     assert result.exit_code != 0
     assert "compile: cannot run guidedbackprop: they swap modules" in str(result.exception)
+
+
+def test_the_stages_outside_forward_settings_compute_without_tf32(tmp_path):
+    """Sanity checks, explain and visualize run their forwards with TF32 off, as generate's fp32."""
+    before = _tf32()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        _check_no_tf32_in_the_stages(tmp_path)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def _check_no_tf32_in_the_stages(tmp_path):
+    from tiny_run import make_images
+
+    from xaibench.data.dataset import ImageFolderDataset
+    from xaibench.metrics import get_protocol
+    from xaibench.models import load_model
+    from xaibench.pipelines.explain import explain_image
+    from xaibench.pipelines.sanity import sanity_check
+    from xaibench.pipelines.settings import RunSettings
+    from xaibench.visualize.activations import layer_activations
+    from xaibench.visualize.optimise import visualise_units
+
+    loaded = load_model("tiny_models:tiny_cnn")
+    seen = []
+    loaded.model.register_forward_pre_hook(lambda module, args: seen.append(_tf32()))
+    data = make_images(tmp_path / "val", 2)
+    dataset = ImageFolderDataset(data, get_protocol("polycam").preprocess())
+    settings = RunSettings.resolve(CPU, batch_size=2, progress=False)
+    stages = {
+        "sanity": lambda: sanity_check(loaded, "gradient", dataset, settings, depth=1),
+        "explain": lambda: explain_image(
+            next(data.rglob("*.png")), loaded, ["gradcam"], device=CPU
+        ),
+        "visualize": lambda: visualise_units(
+            loaded.model, ["0:1"], mean=loaded.mean, std=loaded.std, size=(32, 32), steps=1
+        ),
+        "activations": lambda: layer_activations(loaded.model, images(1, 32), ["0"]),
+    }
+    for name, stage in stages.items():
+        seen.clear()
+        stage()
+        assert seen and set(seen) == {(False, False)}, name
+        assert _tf32() == (True, True), name  # the user's settings again

@@ -52,6 +52,21 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 
 @contextmanager
+def tf32_settings(precision: str = "fp32") -> Iterator[None]:
+    """TF32 matmuls and convolutions on (precision "tf32") or off (any other) for the block,
+    restored after. They matter on CUDA only: the work that runs outside `forward_settings`
+    (sanity checks, explain, verify, visualize) runs under this with "fp32", so that every stage
+    computes in IEEE float32 rather than PyTorch's default TF32 convolutions. Also a decorator:
+    `@tf32_settings()`."""
+    flags = _tf32_flags()
+    _set_tf32(precision == "tf32", precision == "tf32")
+    try:
+        yield
+    finally:
+        _set_tf32(*flags)
+
+
+@contextmanager
 def forward_settings(
     model: nn.Module, device: torch.device, precision: str = "fp32", compile: bool = False
 ) -> Iterator[nn.Module]:
@@ -66,20 +81,19 @@ def forward_settings(
     forward = _autocast(eager, device, AUTOCAST_DTYPES.get(precision))
     if compile:
         forward = _compiled_unless_hooked(model, forward)
-    flags, benchmark = _tf32_flags(), torch.backends.cudnn.benchmark
+    benchmark = torch.backends.cudnn.benchmark
     previous = model.__dict__.get("forward")
     try:
-        if device.type == "cuda":
-            _set_tf32(precision == "tf32", precision == "tf32")
-            torch.backends.cudnn.benchmark = True
-        model.forward = forward
-        yield model
+        with tf32_settings(precision):
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+            model.forward = forward
+            yield model
     finally:
         if previous is None:
             del model.forward
         else:
             model.forward = previous
-        _set_tf32(*flags)
         torch.backends.cudnn.benchmark = benchmark
 
 

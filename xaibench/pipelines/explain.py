@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from xaibench.core.errors import ConfigError
+from xaibench.core.precision import tf32_settings
 from xaibench.core.runtime import prepare_model
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import read_image
@@ -28,6 +29,7 @@ from xaibench.results.explanation import ImageExplanation
 TOP_CLASSES = 5
 
 
+@tf32_settings()  # IEEE float32, as generate computes
 def explain_image(
     path: Path,
     loaded: LoadedModel,

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from xaibench.core.atomic import write_atomic
 from xaibench.core.errors import ConfigError
+from xaibench.core.precision import tf32_settings
 from xaibench.core.runtime import prepare_model
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
@@ -51,6 +52,7 @@ from xaibench.sanity.stages import randomisation_stages, randomise
 log = logging.getLogger(__name__)
 
 
+@tf32_settings()
 def sanity_check(
     loaded: LoadedModel,
     method: str,
@@ -65,7 +67,7 @@ def sanity_check(
     checkpoint_seconds: float = 60.0,
 ) -> SanityResult:
     """Cascading randomisation of `loaded.model` for `method` on every image of `dataset`, on
-    `settings.device` in batches of `settings.batch_size` (always fp32 and eager).
+    `settings.device` in batches of `settings.batch_size` (always IEEE fp32, no TF32, and eager).
 
     With `checkpoint`, the rows so far are saved there every `checkpoint_seconds` and when the run
     is interrupted; a later call with the same settings skips the images already done.

@@ -20,6 +20,7 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from xaibench.core.precision import tf32_settings
 from xaibench.core.runtime import prepare_model
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset, folder_labels, list_images, make_loader
@@ -145,7 +146,7 @@ def sample_accuracy(
     with bar:
         for images, indices in loader:
             images = images.to(device).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
+            with torch.inference_mode(), tf32_settings():
                 predicted = model(images).argmax(1).cpu()
             correct += int((predicted == labels[indices]).sum())
             bar.update(len(indices))

@@ -9,6 +9,7 @@ from torch import nn
 
 from xaibench.core.choices import CHANNEL_ORDERS
 from xaibench.core.errors import ConfigError
+from xaibench.core.precision import tf32_settings
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import validate_layer
@@ -27,7 +28,7 @@ def layer_activations(
         raise ConfigError("give at least one layer", param="layers")
     for name in layers:
         validate_layer(model, name)
-    with saliency_mode(model), torch.no_grad():
+    with saliency_mode(model), torch.no_grad(), tf32_settings("fp32"):
         with record_layers(model, list(dict.fromkeys(layers)), activations=True) as recording:
             model(images)
         maps = {name: recording.last(name).activation.cpu() for name in layers}

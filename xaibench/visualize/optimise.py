@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
+from xaibench.core.precision import tf32_settings
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import LayerCall, autograd_enabled, record_layers
 from xaibench.methods.layers import validate_layer
@@ -176,7 +177,7 @@ def visualise_units(
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     optimiser = torch.optim.Adam(param.parameters(), lr=lr or DEFAULT_LR[parameterisation])
     history = []
-    with saliency_mode(model), autograd_enabled():
+    with saliency_mode(model), autograd_enabled(), tf32_settings("fp32"):
         for step in tqdm(range(steps), desc="visualize", unit="step", disable=not progress):
             optimiser.zero_grad(set_to_none=True)
             moved = transforms(param(), shifts)
