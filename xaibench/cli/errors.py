@@ -32,6 +32,7 @@ FLAGS: dict[str, str] = {
     "limit": "--limit",
     "mc_dropout": "--mc-dropout",
     "methods": "--saliency",
+    "metric_params": "--metric-param",
     "metrics": "--metrics",
     "model": "--model",
     "order": "--order",
