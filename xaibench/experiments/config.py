@@ -125,7 +125,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "metric_params": Key(
             "table",
             {},
-            'per metric, its settings: [evaluate.metric_params."quantus.IROF"] abs = true',
+            'per metric, its settings: [evaluate.metric_params."quantus.Complexity"] abs = false',
         ),
         "step": Key("int", None, "pixels per insertion/deletion step (default: the protocol's)"),
         "road_percentages": Key("list[number]", None, "ROAD's percentages (default 10..90)"),

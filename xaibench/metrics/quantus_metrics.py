@@ -87,11 +87,11 @@ SUPPORTED: dict[str, Supported] = {
 """Quantus class name -> how xaibench runs it."""
 
 _EXPLAINS = (
-    "re-explains perturbed inputs (`explain_func`), and a store holds the maps of the clean "
+    "re-explains perturbed inputs (Quantus's explain_func), and a store holds the maps of the clean "
     "images only"
 )
 _LOCALISES = (
-    "needs segmentation masks (`s_batch`); the native pointing_game and energy_pointing "
+    "needs segmentation masks (Quantus's s_batch); the native pointing_game and energy_pointing "
     "score maps against bounding boxes"
 )
 _RANDOMISES = "randomises the model's weights and re-explains; `xaibench sanity` does this"
