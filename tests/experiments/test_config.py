@@ -180,3 +180,26 @@ def test_the_docs_list_every_key_of_the_schema():
         assert f"### `[{section}]`" in docs
         for key in keys:
             assert f"| `{key}` |" in docs, f"{section}.{key}"
+
+
+QUANTUS_EVALUATE = """
+[evaluate]
+metrics = ["insertion", "quantus.Complexity"]
+
+[evaluate.metric_params."quantus.Complexity"]
+{setting}
+"""
+
+
+def test_metric_params_left_empty_keep_the_digest_and_are_checked_when_given(tmp_path):
+    pytest.importorskip("quantus")
+    plain = load_config(write(tmp_path, MINIMAL))
+    assert "metric_params" not in plain.config["evaluate"]
+    empty = load_config(write(tmp_path, MINIMAL + "\n[evaluate]\nmetric_params = {}\n"))
+    assert empty.sha256 == plain.sha256
+    given = load_config(write(tmp_path, MINIMAL + QUANTUS_EVALUATE.format(setting="abs = false")))
+    assert given.config["evaluate"]["metric_params"] == {"quantus.Complexity": {"abs": False}}
+    check_experiment(given)
+    wrong = load_config(write(tmp_path, MINIMAL + QUANTUS_EVALUATE.format(setting="ab = false")))
+    with pytest.raises(ConfigError, match=r"\[evaluate\] metric_params: .*no setting 'ab'"):
+        check_experiment(wrong)

@@ -36,6 +36,7 @@ FLAGS: dict[str, str] = {
     "mc_dropout": "--mc-dropout",
     "methods": "--saliency",
     "method": "--method",
+    "metric_params": "--metric-param",
     "metrics": "--metrics",
     "model": "--model",
     "order": "--order",

@@ -43,7 +43,17 @@ if TYPE_CHECKING:
     callback=metric_list,
     default=",".join(DEFAULT_METRICS),
     show_default=True,
-    help="Comma-separated metric names (see `xaibench list metrics`).",
+    help="Comma-separated metric names (see `xaibench list metrics`), including the Quantus "
+    "metrics quantus.NAME, e.g. quantus.Sparseness (needs pip install 'xaibench[quantus]').",
+)
+@click.option(
+    "--metric-param",
+    "metric_param_texts",
+    multiple=True,
+    metavar="METRIC.KEY=VALUE",
+    help="A setting of a metric of --metrics that has its own (the Quantus ones: the Quantus "
+    "class's constructor parameters, and seed), e.g. quantus.FaithfulnessCorrelation.nr_runs=10. "
+    "VALUE is read as JSON when it parses, else as text. Repeatable.",
 )
 @click.option(
     "--step",
@@ -107,6 +117,7 @@ def evaluate_command(
     workers: int | None,
     protocol: str,
     metrics: list[str],
+    metric_param_texts: tuple[str, ...],
     step: int | None,
     cuda: bool,
     device: str | None,
@@ -133,6 +144,7 @@ def evaluate_command(
     `torchrun --nproc-per-node N -m xaibench evaluate ...` each process evaluates its share of the
     rows and process 0 writes the same tables; logs go to the (first) output folder's logs/.
     """
+    from xaibench.metrics import metric_params
     from xaibench.pipelines.evaluate import evaluate_stores
     from xaibench.pipelines.settings import RunSettings
 
@@ -157,6 +169,7 @@ def evaluate_command(
         step=step,
         road_percentages=road_percentages,
         metrics=metrics,
+        metric_params=metric_params(metric_param_texts),
         boxes=boxes_dir,
         out_dir=out_dir,
         limit=limit,

@@ -68,7 +68,7 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
       xaibench list models vit_b_16 --why
     """
     registry = load(_REGISTRIES[what])
-    names = registry.names(pattern)
+    names = [*registry.names(pattern), *registry.family_names(pattern)]
     width = max((len(n) for n in names), default=0)
     if what != "models" or not support:
         for name in names:

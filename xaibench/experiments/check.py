@@ -15,7 +15,7 @@ from xaibench.experiments.config import FOLDER_DATASETS, Experiment
 from xaibench.methods import METHODS
 from xaibench.metrics import METRICS, get_protocol
 from xaibench.models.factory import MODELS
-from xaibench.pipelines.evaluate import evaluation_protocol
+from xaibench.pipelines.evaluate import evaluation_metric_objects, evaluation_protocol
 from xaibench.results.layout import STORE_FORMATS
 from xaibench.store.meta import TARGETS
 
@@ -185,6 +185,12 @@ def _check_evaluate(
         metric = where.check("metrics", METRICS.get, name)
         if metric.needs_boxes and not data["boxes"]:
             raise where.error("metrics", f"{name} needs bounding boxes: set boxes = true in [data]")
+    where.check(
+        "metric_params",
+        evaluation_metric_objects,
+        evaluate["metrics"],
+        evaluate.get("metric_params", {}),
+    )
     _at_least(evaluate, "step", 1, where)
     if evaluate["mc_dropout"] < 0 or evaluate["mc_dropout"] == 1:
         raise where.error("mc_dropout", "0 (none) or at least 2 passes, to estimate a variance")

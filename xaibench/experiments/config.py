@@ -122,6 +122,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "evaluate": {
         "protocols": Key("list[str]", ["polycam"], "the evaluation protocols"),
         "metrics": Key("list[str]", list(DEFAULT_METRICS), "the metrics (`xaibench list metrics`)"),
+        "metric_params": Key(
+            "table",
+            {},
+            'per metric, its settings: [evaluate.metric_params."quantus.Complexity"] abs = false',
+        ),
         "step": Key("int", None, "pixels per insertion/deletion step (default: the protocol's)"),
         "road_percentages": Key("list[number]", None, "ROAD's percentages (default 10..90)"),
         "mc_dropout": Key("int", 0, "passes of MC dropout (0: none)"),
@@ -146,6 +151,11 @@ MODEL_KEYS: dict[str, Key] = {
     "weights": Key("str", "default", "default, none, a weights name or a state-dict file"),
     "layer": Key("str", None, "the CAM layer of this model (default: found from its structure)"),
 }
+
+ADDED_LATER = {("evaluate", "metric_params"): {}}
+"""Keys added after configs were first run, with their default: a config that leaves one at its
+default resolves without it, so its digest (and the run's units) stay what they were. Read them
+with `section.get(key, default)`."""
 
 REQUIRED_SECTIONS = ("run", "data", "models", "generate")
 OPTIONAL_SECTIONS = ("sanity",)
@@ -266,6 +276,9 @@ def resolve(raw: Mapping[str, Any], path: Path) -> dict[str, Any]:
         generate["protocol"] = evaluate["protocols"][0] if evaluate["protocols"] else "polycam"
     if "sanity" in config and config["sanity"]["methods"] is None:
         config["sanity"]["methods"] = list(generate["methods"])
+    for (section, key), default in ADDED_LATER.items():
+        if config[section][key] == default:
+            del config[section][key]
     return config
 
 

@@ -125,10 +125,13 @@ def _generate_work(config: dict, unit: Unit, images: int | None) -> Work:
 
 
 def _evaluate_work(config: dict, unit: Unit, images: int | None) -> Work:
-    from xaibench.metrics import METRICS
     from xaibench.metrics.base import evaluation_forwards
     from xaibench.models.factory import MODELS
-    from xaibench.pipelines.evaluate import evaluation_metrics, evaluation_protocol
+    from xaibench.pipelines.evaluate import (
+        evaluation_metric_objects,
+        evaluation_metrics,
+        evaluation_protocol,
+    )
 
     evaluate = config["evaluate"]
     name = unit.model["name"]
@@ -137,9 +140,10 @@ def _evaluate_work(config: dict, unit: Unit, images: int | None) -> Work:
     height, width = MODELS.get(name).input_size
     protocol = evaluation_protocol(unit.protocol, evaluate["step"], evaluate["road_percentages"])
     boxes = Path(config["data"]["root"]) / "boxes" if config["data"]["boxes"] else None
-    metrics = [METRICS.get(m) for m in evaluation_metrics(evaluate["metrics"], boxes)]
-    forwards = evaluation_forwards(metrics, protocol, height * width) + evaluate["mc_dropout"]
-    return Work(images, forwards)
+    names = evaluation_metrics(evaluate["metrics"], boxes)
+    metrics = evaluation_metric_objects(names, evaluate.get("metric_params", {}))
+    forwards = evaluation_forwards(metrics, protocol, height * width)
+    return Work(images, None if forwards is None else forwards + evaluate["mc_dropout"])
 
 
 def _sanity_work(config: dict, unit: Unit, images: int | None) -> Work:

@@ -335,6 +335,7 @@ class _Stages:
                 step=evaluate["step"],
                 road_percentages=evaluate["road_percentages"],
                 metrics=evaluate["metrics"],
+                metric_params=evaluate.get("metric_params", {}),
                 boxes=info.boxes,
                 mc_dropout=evaluate["mc_dropout"],
                 mc_seed=evaluate["mc_seed"],

@@ -10,11 +10,13 @@ them costs no more than asking for the underlying ones.
 from __future__ import annotations
 
 import dataclasses
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,7 +77,10 @@ class MetricContext:
     boxes: (B, K, 4) boxes of each image's class explained, x0, y0, x1, y1 in input pixels
     (`xaibench.data.boxes`), rows padded with NaN, or None when no boxes were given;
     pixel_std: the (3,) std of the normalisation, to express pixel-space amounts (ROAD's noise)
-    in normalised space (None: treat the normalised space as pixel space).
+    in normalised space (None: treat the normalised space as pixel space);
+    model: the model (returning logits) behind `score_fn`, for metrics of other libraries that call
+    it themselves (None: not given); rows: (B,) the store rows of the images, which seed the
+    metrics that sample (None: not given).
     """
 
     images: torch.Tensor
@@ -87,6 +92,8 @@ class MetricContext:
     chunk_size: int | ChunkSize | None = None
     boxes: torch.Tensor | None = None
     pixel_std: tuple[float, float, float] | None = None
+    model: nn.Module | None = None
+    rows: np.ndarray | None = None
     _shared: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -163,19 +170,43 @@ class Metric(ABC):
     def score_batch(self, ctx: MetricContext) -> MetricResult:
         """Evaluate the batch described by `ctx`."""
 
-    def forwards(self, protocol: Protocol, n_pixels: int) -> dict[str, int]:
+    def forwards(self, protocol: Protocol, n_pixels: int) -> dict[str, int] | None:
         """The model forwards this metric runs per image under `protocol` on images of
         `n_pixels` pixels, by the name of the work metrics share through `MetricContext.shared`
-        (computed once however many metrics read it); the clean forward is not counted."""
+        (computed once however many metrics read it); the clean forward is not counted. None when
+        the count is not known before the run (it depends on the images)."""
         return {}
 
+    def configured(self, params: Mapping[str, Any]) -> Metric:
+        """This metric with the settings `params` (name -> value). The native metrics take their
+        settings from the protocol and have none of their own: ConfigError for any."""
+        if params:
+            raise ConfigError(
+                f"{self.name} has no settings of its own (the protocol's settings are its "
+                f"settings), got {', '.join(params)}",
+                param="metric_params",
+            )
+        return self
 
-def evaluation_forwards(metrics: Sequence[Metric], protocol: Protocol, n_pixels: int) -> int:
+    def key(self) -> str:
+        """What a checkpoint of an evaluation with this metric must match to be resumed."""
+        return self.name
+
+    def settings(self) -> dict[str, Any] | None:
+        """What the tables record of this metric's settings besides the protocol's (the library
+        and its version, the settings given, the seed); None: nothing."""
+        return None
+
+
+def evaluation_forwards(metrics: Sequence[Metric], protocol: Protocol, n_pixels: int) -> int | None:
     """Model forwards per image of an evaluation with `metrics`: the clean forward and each
-    shared piece of work once (`Metric.forwards`)."""
+    shared piece of work once (`Metric.forwards`); None when a metric's count is not known."""
     shared: dict[str, int] = {}
     for metric in metrics:
-        shared.update(metric.forwards(protocol, n_pixels))
+        forwards = metric.forwards(protocol, n_pixels)
+        if forwards is None:
+            return None
+        shared.update(forwards)
     return 1 + sum(shared.values())
 
 
@@ -189,6 +220,23 @@ def fill_rows(keep: torch.Tensor, rows: torch.Tensor, fill: float = float("nan")
     out = rows.new_full((keep.shape[0], *rows.shape[1:]), fill)
     out[keep] = rows
     return out
+
+
+def metric_params(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`METRIC.KEY=VALUE` settings -> {metric: {key: value}}; VALUE is read as JSON where it
+    parses, else kept as text. The metrics check their keys (`Metric.configured`)."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        target, sep, text = setting.partition("=")
+        metric, _, key = target.rpartition(".")
+        if not sep or not metric or not key:
+            raise ConfigError(f"{setting!r}: write METRIC.KEY=VALUE", param="metric_params")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        chosen.setdefault(metric, {})[key] = value
+    return chosen
 
 
 METRICS: Registry[Metric] = Registry("metric")

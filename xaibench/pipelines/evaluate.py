@@ -85,6 +85,7 @@ def evaluate_stores(
     step: int | None = None,
     road_percentages: Sequence[str | float] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
+    metric_params: Mapping[str, Mapping[str, Any]] | None = None,
     boxes: Path | None = None,
     out_dir: Path | None = None,
     limit: int | None = None,
@@ -99,13 +100,16 @@ def evaluate_stores(
     `step` and `road_percentages` (`evaluation_protocol`), and write its tables into `out_dir`
     (default: metrics/ beside the store), resuming from and then removing its checkpoint there.
 
-    With `boxes`, the metrics that need boxes are added to `metrics`. `columns` (name -> value)
+    With `boxes`, the metrics that need boxes are added to `metrics`. `metric_params` (metric ->
+    setting -> value) are the settings of metrics that have their own, the `quantus.` ones
+    (`evaluation_metric_objects`). `columns` (name -> value)
     are added to the per-image and summary tables, e.g. the digest of the config that asked for
     them. Under torchrun the processes are launched here (`dist.launch`, logs in the first output
     folder's logs/) unless `world` is given; each evaluates its share of the rows and process 0
     writes the tables: the written evaluations come back on process 0, an empty list on the others.
     """
     metrics = evaluation_metrics(metrics, boxes)
+    evaluation_metric_objects(metrics, metric_params)  # a bad setting fails before any work
     destinations = evaluation_dirs(stores, out_dir)
     chosen = evaluation_protocol(protocol, step, road_percentages)
     written = []
@@ -125,6 +129,7 @@ def evaluate_stores(
                 chosen,
                 metrics,
                 settings.on(world.device),
+                metric_params=metric_params,
                 limit=limit,
                 allow_incomplete=allow_incomplete,
                 checkpoint=checkpoint,
@@ -151,6 +156,22 @@ def evaluation_metrics(metrics: Sequence[str], boxes: Path | None) -> list[str]:
     if needing and boxes is None:
         raise ConfigError(_needs_boxes(needing), param="metrics")
     return chosen
+
+
+def evaluation_metric_objects(
+    metrics: Sequence[str], metric_params: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[Metric]:
+    """The metrics named `metrics`, each with its settings of `metric_params` (metric -> setting
+    -> value, `Metric.configured`); ConfigError for settings of a metric not among `metrics`."""
+    params = dict(metric_params or {})
+    strangers = [name for name in params if name not in metrics]
+    if strangers:
+        raise ConfigError(
+            f"settings of {', '.join(strangers)}, which is not among `metrics` "
+            f"({', '.join(metrics)})",
+            param="metric_params",
+        )
+    return [METRICS.get(name, param="metrics").configured(params.get(name, {})) for name in metrics]
 
 
 def evaluation_dirs(stores: Sequence[Path], out_dir: Path | None) -> list[Path]:
@@ -234,6 +255,7 @@ def evaluate_store(
     metrics: Sequence[str],
     settings: RunSettings,
     *,
+    metric_params: Mapping[str, Mapping[str, Any]] | None = None,
     limit: int | None = None,
     allow_incomplete: bool = False,
     checkpoint: Path | None = None,
@@ -244,7 +266,8 @@ def evaluate_store(
     boxes: Path | None = None,
 ) -> Evaluation:
     """Evaluate the done rows of the store at `store_path` (the first `limit` of them if given)
-    with `metrics` under `protocol`. Rows of images skipped at generation (target -1) are left out.
+    with `metrics` (with their `metric_params`, `evaluation_metric_objects`) under `protocol`.
+    Rows of images skipped at generation (target -1) are left out.
 
     With `checkpoint`, results so far are saved there every `checkpoint_seconds` and when the run is
     interrupted, and a later call with the same store, protocol and metrics resumes from them.
@@ -262,13 +285,13 @@ def evaluate_store(
     in the summary.
     """
     world = world_of(settings, world)
-    metric_objects, box_folder = _metrics_and_boxes(metrics, boxes, dataset)
+    metric_objects, box_folder = _metrics_and_boxes(metrics, metric_params, boxes, dataset)
     with open_store(store_path) as store:
         dataset_rows, rows = _rows_to_evaluate(store, loaded, dataset, limit, allow_incomplete)
         scorer = _Scorer.of(
             loaded, metric_objects, box_folder, protocol, settings, mc_dropout, mc_seed
         )
-        key = _run_key(store, protocol, scorer.key(metrics), settings.precision, boxes)
+        key = _run_key(store, protocol, scorer.key(), settings.precision, boxes)
         saved = checkpoints.Checkpoint(checkpoint, key, world, run="evaluation")
         state = _Results.resume(saved, len(store))
         world.barrier()  # every process has read the checkpoints before any saves its own
@@ -280,7 +303,7 @@ def evaluate_store(
         state = _Results.from_arrays(
             len(store), checkpoints.gather_rows(world, state.arrays(), todo)
         )
-        per_image = state.table(store, rows, protocol)
+        per_image = state.table(store, rows, protocol, _metric_settings(metric_objects))
         curves = {name: values[rows] for name, values in state.curves.items()}
     summary = _summary(per_image, state, settings.precision, scorer.chunks)
     stem = layout.evaluation_stem(store_path, protocol.name)
@@ -288,15 +311,25 @@ def evaluate_store(
 
 
 def _metrics_and_boxes(
-    metrics: Sequence[str], boxes: Path | None, dataset: ImageFolderDataset
+    metrics: Sequence[str],
+    metric_params: Mapping[str, Mapping[str, Any]] | None,
+    boxes: Path | None,
+    dataset: ImageFolderDataset,
 ) -> tuple[list[Metric], BoxFolder | None]:
-    """The registered metrics of these names, and the box folder, which some of them need."""
-    metric_objects = [METRICS.get(name) for name in metrics]
+    """The metrics of these names with their settings, and the box folder, which some need."""
+    metric_objects = evaluation_metric_objects(metrics, metric_params)
     box_folder = BoxFolder(boxes, dataset) if boxes is not None else None
     needing = [m.name for m in metric_objects if m.needs_boxes]
     if needing and box_folder is None:
         raise ConfigError(_needs_boxes(needing), param="metrics")
     return metric_objects, box_folder
+
+
+def _metric_settings(metrics: Sequence[Metric]) -> str | None:
+    """The `metric_settings` column: JSON of metric -> `Metric.settings()` of the metrics that
+    have any (the `quantus.` ones), None when none has."""
+    recorded = {m.name: m.settings() for m in metrics if m.settings() is not None}
+    return json.dumps(recorded, sort_keys=True) if recorded else None
 
 
 def _needs_boxes(needing: Sequence[str]) -> str:
@@ -362,9 +395,9 @@ class _Scorer:
         }
         return cls(model, score_fn, metrics, mc, boxes, protocol, chunks)
 
-    def key(self, metrics: Sequence[str]) -> list[str]:
-        """The metrics' part of the run's key: their names, and MC dropout's own key."""
-        return [*metrics, *([self.mc.key()] if self.mc else [])]
+    def key(self) -> list[str]:
+        """The metrics' part of the run's key: their keys (`Metric.key`), and MC dropout's."""
+        return [*(m.key() for m in self.metrics), *([self.mc.key()] if self.mc else [])]
 
     def __call__(
         self,
@@ -392,6 +425,8 @@ class _Scorer:
             chunk_size=self.chunks[Metric.chunks],
             boxes=batch_boxes,
             pixel_std=pixel_std,
+            model=self.model,
+            rows=batch_rows,
         )
         results = [
             m.score_batch(
@@ -453,6 +488,8 @@ def _summary(
     value_columns.append("seconds_per_image")
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
+    if "metric_settings" in per_image:
+        summary["metric_settings"] = per_image["metric_settings"].iloc[0]
     summary["precision"] = precision
     group = [METRICS.get(m).chunks if m in METRICS else Metric.chunks for m in summary["metric"]]
     summary["chunk_size"] = [chunks[name].value for name in group]
@@ -578,7 +615,14 @@ class _Results:
                 self.curves[name][rows] = tensor.float().cpu().numpy()
         self.done[rows] = True
 
-    def table(self, store: SaliencyStore, rows: np.ndarray, protocol: Protocol) -> pd.DataFrame:
+    def table(
+        self,
+        store: SaliencyStore,
+        rows: np.ndarray,
+        protocol: Protocol,
+        metric_settings: str | None = None,
+    ) -> pd.DataFrame:
+        """One row per store row of `rows`; the column metric_settings when given."""
         frame = pd.DataFrame(
             {
                 "image_id": [store.ids[i] for i in rows],
@@ -592,6 +636,8 @@ class _Results:
                 "protocol_settings": json.dumps(protocol.to_dict(), sort_keys=True),
             }
         )
+        if metric_settings is not None:
+            frame["metric_settings"] = metric_settings
         for name, values in self.values.items():
             frame[name] = values[rows]
         return frame
