@@ -11,10 +11,10 @@ import pytest
 import torch
 from captum import attr
 from pytorch_grad_cam import (
+    KPCA_CAM,
     EigenGradCAM,
     FinerCAM,
     GradCAM,
-    KPCA_CAM,
     RandomCAM,
     ScoreCAM,
     ShapleyCAM,
@@ -245,10 +245,10 @@ def test_names_resolve_once_and_list_by_prefix():
 
 
 def test_an_unknown_class_names_close_ones():
-    with pytest.raises(UnknownNameError, match="captum.Occlusion") as error:
+    with pytest.raises(UnknownNameError, match=r"captum\.Occlusion") as error:
         METHODS.get("captum.Ocllusion", param="methods")
     assert error.value.param == "methods" and "list methods 'captum.*'" in str(error.value)
-    with pytest.raises(UnknownNameError, match="gradcam-lib.GradCAM"):
+    with pytest.raises(UnknownNameError, match=r"gradcam-lib\.GradCAM"):
         METHODS.get("gradcam-lib.GradCam")
 
 
