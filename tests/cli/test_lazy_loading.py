@@ -21,6 +21,8 @@ from xaibench.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision")
+PEERS = ("captum", "pytorch_grad_cam")
+"""The libraries of the adapter families: imported only when one of their methods is used."""
 
 # Runs in a fresh interpreter: each command's --help, then the group's, through the console entry
 # point; after each, which of the modules argv[2:] are loaded. argv[1]: a module to import first.
@@ -104,8 +106,18 @@ def test_a_fresh_list_command_sees_every_registered_member():
         "from xaibench.cli import cli\n"
         "print(json.dumps({what: CliRunner().invoke(cli, ['list', what, '--no-support']).output"
         " for what in ('models', 'methods', 'metrics')}))\n"
+        f"print(json.dumps([m for m in {PEERS!r} if m in sys.modules]))\n"
     )
-    listed = json.loads(run_fresh(script).stdout)
+    listing, peers = run_fresh(script).stdout.splitlines()
+    listed = json.loads(listing)
     for what, registry in (("models", MODELS), ("methods", METHODS), ("metrics", METRICS)):
         names = [line.split()[0] for line in listed[what].splitlines()]
-        assert names == registry.names() + registry.family_names(), what
+        families = [family.placeholder for family in registry.families()]
+        assert names == registry.names() + families, what
+    assert [f.placeholder for f in METHODS.families()] == ["captum.CLASS", "gradcam-lib.CLASS"]
+    assert json.loads(peers) == []
+
+
+def test_no_help_imports_the_adapters_libraries():
+    done = run_fresh(HELP_PROBE, "", *PEERS)
+    assert all(loaded == [] for loaded in json.loads(done.stderr.strip().splitlines()[-1]).values())

@@ -64,16 +64,25 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
     every model. Support is read off the model's structure, never off its name.
 
     \b
+    Methods of other libraries are listed as one family each (captum.CLASS, gradcam-lib.CLASS);
+    a pattern with the family's prefix lists its classes (imports the library):
+      xaibench list methods 'captum.*'
+      xaibench list methods 'gradcam-lib.*CAM'
+
+    \b
       xaibench list models 'mobilenet*'
       xaibench list models vit_b_16 --why
     """
     registry = load(_REGISTRIES[what])
-    names = [*registry.names(pattern), *registry.family_names(pattern)]
-    width = max((len(n) for n in names), default=0)
+    names = registry.names(pattern)
     if what != "models" or not support:
-        for name in names:
-            click.echo(f"{name:<{width}}  {flag_text(registry.entry(name).help)}".rstrip())
+        lines = [(name, registry.entry(name).help) for name in names]
+        lines += [(family.placeholder, family.help) for family in registry.families(pattern)]
+        width = max((len(name) for name, _ in lines), default=0)
+        for name, help in lines:
+            click.echo(f"{name:<{width}}  {flag_text(help)}".rstrip())
         return
+    width = max((len(n) for n in names), default=0)
     from xaibench.methods.support import support_by_name
 
     if not why:

@@ -119,14 +119,17 @@ saliency_option = click.option(
     "methods",
     required=True,
     callback=method_list,
-    help="Method name(s), comma-separated (see `xaibench list methods`), e.g. tgrad,gradcam.",
+    help="Method name(s), comma-separated (see `xaibench list methods`), e.g. tgrad,gradcam; "
+    "captum.CLASS and gradcam-lib.CLASS run a class of Captum or pytorch-grad-cam "
+    "(docs/adapters.md), e.g. captum.IntegratedGradients,gradcam-lib.EigenGradCAM.",
 )
 method_param_option = click.option(
     "--param",
     "params",
     multiple=True,
     metavar="[METHOD.]KEY=VALUE",
-    help="A method setting, e.g. rise.masks=8000 or smoothgrad.base=gradinput; without METHOD. it "
+    help="A method setting, e.g. rise.masks=8000, smoothgrad.base=gradinput or "
+    "captum.Occlusion.sliding_window_shapes=[3,16,16]; without METHOD. it "
     "goes to every chosen method that takes KEY. VALUE is read as JSON when it parses, else as text "
     "(a layer is always a module name, kept as text). Repeatable.",
 )

@@ -46,13 +46,21 @@ class UnknownNameError(ConfigError):
     """A registry lookup failed; the message lists the closest known names."""
 
     def __init__(
-        self, kind: str, name: str, known: Iterable[str], *, param: str | None = None
+        self,
+        kind: str,
+        name: str,
+        known: Iterable[str],
+        *,
+        param: str | None = None,
+        listing: str | None = None,
     ) -> None:
         known = sorted(known)
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        listing = listing or f"{kind}s"
         super().__init__(
-            f"unknown {kind} {name!r}.{hint} Run `xaibench list {kind}s` to see all {len(known)}.",
+            f"unknown {kind} {name!r}.{hint} Run `xaibench list {listing}` to see all "
+            f"{len(known)}.",
             param=param,
         )
         self.kind, self.name, self.close = kind, name, close

@@ -4,7 +4,6 @@ the section and the key at the first problem."""
 from __future__ import annotations
 
 import difflib
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +142,17 @@ def _check_generate(generate: dict[str, Any], models: list[dict[str, Any]], wher
             raise where.error(key, f"{method} is not among methods ({', '.join(methods)})")
         if not isinstance(settings, dict):
             raise where.error(key, "must be a table of the method's settings")
-        accepted = set(inspect.signature(METHODS.get(method)).parameters) - {"model"}
+        accepted = set(METHODS.get(method).setting_names())
         for setting in settings:
             if setting not in accepted:
                 known = ", ".join(sorted(accepted)) or "none"
                 raise where.error(f"{key}.{setting}", f"{method} has no such setting ({known})")
             if setting == "layer":
                 raise where.error(f"{key}.layer", "give a model's layer in its [[models]] table")
-    layered = [m for m in methods if "layer" in inspect.signature(METHODS.get(m)).parameters]
+    for method in methods:
+        settings = generate["params"].get(method, {})
+        where.check(f"params.{method}", METHODS.get(method).full_settings, settings)
+    layered = [m for m in methods if "layer" in METHODS.get(m).setting_names()]
     for model in models:
         if model["layer"] is not None and not layered:
             raise where.error(

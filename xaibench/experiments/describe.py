@@ -121,6 +121,8 @@ def _generate_work(config: dict, unit: Unit, images: int | None) -> Work:
         passes = method_passes(unit.method, settings, unit.model["name"], unit.model["layer"])
     except XaibenchError:  # a model of the user's own (module:callable): its structure is unknown
         return Work(images, None)
+    if passes is None:  # a method of another library whose count is not known
+        return Work(images, None)
     return Work(images, passes.forwards, passes.backwards)
 
 
@@ -158,6 +160,8 @@ def _sanity_work(config: dict, unit: Unit, images: int | None) -> Work:
         settings = method_settings(config, unit.model, unit.method)
         passes = method_passes(unit.method, settings, unit.model["name"], unit.model["layer"])
     except XaibenchError:
+        return Work(count, None)
+    if passes is None:
         return Work(count, None)
     explained = stages + 1  # the original model, then each stage
     return Work(count, passes.forwards * explained, passes.backwards * explained)

@@ -59,12 +59,10 @@ class Plan:
 def method_settings(config: Mapping[str, Any], model: Mapping[str, Any], method: str) -> dict:
     """The settings `method` runs with on `model`: its [generate.params.METHOD] table, and the
     model's layer when the method takes one."""
-    from inspect import signature
-
     from xaibench.methods import METHODS
 
     settings = dict(config["generate"]["params"].get(method, {}))
-    if model["layer"] is not None and "layer" in signature(METHODS.get(method)).parameters:
+    if model["layer"] is not None and "layer" in METHODS.get(method).setting_names():
         settings["layer"] = model["layer"]
     return settings
 

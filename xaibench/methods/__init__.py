@@ -1,9 +1,11 @@
-"""Saliency methods. Importing this package registers every method in `METHODS`.
+"""Saliency methods. Importing this package registers every method in `METHODS`, and the
+families of other libraries' methods (`captum.CLASS`, `gradcam-lib.CLASS`, xaibench.methods.adapter).
 
 method = METHODS.get("tgrad")(model, **params)
 explanation = method(images, targets=None)  # maps (B, h, w), targets (B,), logits (B, K)
 """
 
+from xaibench.methods import adapter_captum, adapter_gradcam  # noqa: F401  (their families)
 from xaibench.methods.base import (
     METHODS,
     Explanation,

@@ -126,6 +126,9 @@ class SaliencyMethod(ABC):
     compilable: ClassVar[bool] = True
     """False for methods that swap the model's modules or forwards during a call, which would make a
     compiled forward (`compile`) recompile on every batch."""
+    library: ClassVar[dict[str, str]] = {}
+    """The library that computes the maps, {"name": ..., "version": ...}, for the methods that
+    call another library (xaibench.methods.adapter); empty for xaibench's own."""
 
     def __init__(self, model: nn.Module, **params: Any):
         self.model = model
@@ -134,8 +137,9 @@ class SaliencyMethod(ABC):
     @classmethod
     def passes(
         cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
-    ) -> Passes:
-        """The `Passes` per image of the method with settings `params` (`full_settings`).
+    ) -> Passes | None:
+        """The `Passes` per image of the method with settings `params` (`full_settings`), None
+        where they are not known (some methods of other libraries).
 
         channels: C of the output (B, C, h, w) of the method's layer, for the methods whose count
         depends on it (Score-CAM, Ablation-CAM; Poly-CAM takes one per layer); the others ignore
@@ -143,6 +147,16 @@ class SaliencyMethod(ABC):
         """
         cls.full_settings(params)
         return Passes(1, 1)
+
+    @classmethod
+    def setting_names(cls) -> list[str]:
+        """The names of the settings the method takes (`__init__`'s keywords but `model`)."""
+        parameters = inspect.signature(cls).parameters
+        return [
+            name
+            for name, p in parameters.items()
+            if name != "model" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
 
     @classmethod
     def full_settings(cls, params: Mapping[str, Any]) -> dict[str, Any]:

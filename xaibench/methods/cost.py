@@ -44,12 +44,14 @@ def stage_channels(model_name: str, layers: Sequence[str] | None = None) -> list
 
 def method_passes(
     method: str, params: Mapping[str, Any], model_name: str, layer: str | None = None
-) -> Passes:
-    """The `Passes` per image of the registered `method` with settings `params` on `model_name`.
+) -> Passes | None:
+    """The `Passes` per image of the registered `method` with settings `params` on `model_name`;
+    None where the method does not know them (`SaliencyMethod.passes`).
 
     layer (as --layer) replaces params["layer"] for the methods that read one layer (CAM methods,
     Score-CAM, Ablation-CAM, Guided Grad-CAM), which get its channels (`layer_channels`); Poly-CAM
-    gets those of its `layers` (`stage_channels`); the other methods get none.
+    gets those of its `layers` (`stage_channels`); the other methods get none (those of other
+    libraries included: their counts do not depend on channels).
     """
     cls = METHODS.get(method)
     settings = dict(params)

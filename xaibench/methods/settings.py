@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 from xaibench.core.errors import ConfigError
@@ -12,16 +11,14 @@ from xaibench.methods.base import METHODS
 def method_params(
     methods: list[str], params: tuple[str, ...], layer: str | None = None
 ) -> dict[str, dict]:
-    """`[METHOD.]KEY=VALUE` settings -> {method: {key: value}}, checked against each constructor.
+    """`[METHOD.]KEY=VALUE` settings -> {method: {key: value}}, checked against each method's
+    settings (`SaliencyMethod.setting_names`; a required one left out is an error too).
 
     VALUE is read as JSON where it parses, else kept as text; a layer is always a module name, kept
     as text (`features.28`, or `3` in a Sequential). `layer` is set for every chosen method that
     takes a layer and overrides a layer given in `params`.
     """
-    accepted = {
-        m: set(inspect.signature(METHODS.get(m, param="methods")).parameters) - {"model"}
-        for m in methods
-    }
+    accepted = {m: set(METHODS.get(m, param="methods").setting_names()) for m in methods}
     chosen: dict[str, dict] = {m: {} for m in methods}
     for setting in params:
         target, sep, text = setting.partition("=")
@@ -56,6 +53,8 @@ def method_params(
             raise ConfigError(f"{layer}: none of {', '.join(methods)} takes a layer", param="layer")
         for m in takers:
             chosen[m]["layer"] = layer
+    for m in methods:
+        METHODS.get(m).full_settings(chosen[m])  # a required setting left out
     return {m: p for m, p in chosen.items() if p}
 
 

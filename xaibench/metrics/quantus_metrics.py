@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xaibench.core.errors import ConfigError, UnknownNameError
+from xaibench.core.errors import ConfigError
 from xaibench.metrics.base import (
     METRICS,
     Metric,
@@ -299,25 +299,20 @@ def _value(quantus: Any, name: str, key: str, value: Any) -> Any:
     return function
 
 
-def make_quantus_metric(name: str) -> QuantusMetric:
-    """`quantus.NAME` -> its QuantusMetric (without importing quantus); ConfigError saying why for
-    a Quantus metric xaibench does not run, UnknownNameError with close names for another name."""
-    class_name = name[len(PREFIX) :]
-    if class_name in REFUSED:
-        raise ConfigError(f"{name} is not supported: it {REFUSED[class_name]}", param="metrics")
-    if class_name not in SUPPORTED:
-        raise UnknownNameError("metric", name, quantus_names() + [PREFIX + n for n in REFUSED])
-    return QuantusMetric(name)
-
-
-def quantus_names() -> list[str]:
-    """The names of the supported Quantus metrics."""
-    return [PREFIX + name for name in SUPPORTED]
+def resolve_quantus_metric(member: str, param: str | None) -> QuantusMetric | None:
+    """`quantus.MEMBER` -> its QuantusMetric (without importing quantus), None for a name Quantus
+    has no metric of; ConfigError saying why for a Quantus metric xaibench does not run."""
+    if member in REFUSED:
+        raise ConfigError(
+            f"{PREFIX}{member} is not supported: it {REFUSED[member]}", param=param or "metrics"
+        )
+    return QuantusMetric(PREFIX + member) if member in SUPPORTED else None
 
 
 METRICS.add_family(
     PREFIX,
-    make_quantus_metric,
-    quantus_names,
+    resolve_quantus_metric,
+    lambda: list(SUPPORTED),
     help="a metric of the Quantus library (pip install 'xaibench[quantus]'), docs/metrics.md",
+    placeholder="NAME",
 )

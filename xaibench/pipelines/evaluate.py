@@ -484,14 +484,16 @@ def _summary(
 ) -> pd.DataFrame:
     """One row per metric and of the generation time per image, with the run's settings: the
     chunk size is the one the metric ran at (`Metric.chunks`)."""
-    value_columns = [c for c in state.values if c in METRICS or c in MC_COLUMNS]
+    value_columns = [c for c in state.values if METRICS.knows(c) or c in MC_COLUMNS]
     value_columns.append("seconds_per_image")
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     if "metric_settings" in per_image:
         summary["metric_settings"] = per_image["metric_settings"].iloc[0]
     summary["precision"] = precision
-    group = [METRICS.get(m).chunks if m in METRICS else Metric.chunks for m in summary["metric"]]
+    group = [
+        METRICS.get(m).chunks if METRICS.knows(m) else Metric.chunks for m in summary["metric"]
+    ]
     summary["chunk_size"] = [chunks[name].value for name in group]
     return summary
 

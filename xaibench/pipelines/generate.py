@@ -190,6 +190,7 @@ def _open_runs(
             target=target,
             preprocess=dataset.preprocess.to_dict(),
             precision=precision,
+            method_library=dict(method.library),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         planned.append((method, path, meta))

@@ -111,7 +111,17 @@ def _template_context(content: ReportContent) -> dict[str, Any]:
                 "target": meta.target,
                 "params": json.dumps(meta.method_params, sort_keys=True),
                 "created": meta.created,
-                "versions": f"xaibench {meta.xaibench_version}, torch {meta.torch_version}",
+                "versions": ", ".join(
+                    [
+                        f"xaibench {meta.xaibench_version}",
+                        f"torch {meta.torch_version}",
+                        *(
+                            [f"{meta.method_library['name']} {meta.method_library['version']}"]
+                            if meta.method_library
+                            else []
+                        ),
+                    ]
+                ),
             }
             for path, meta in content.stores
         ],

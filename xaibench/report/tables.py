@@ -77,7 +77,7 @@ def read_per_image(path: Path) -> pd.DataFrame:
             f"{path} lacks the column(s) {', '.join(missing)}; it is not a per-image table written "
             "by `xaibench evaluate`"
         )
-    if not any(c in METRICS for c in frame.columns):
+    if not any(METRICS.knows(c) for c in frame.columns):
         raise ResultsError(f"{path} has no metric column (see `xaibench list metrics`)")
     return frame.assign(source=str(path))
 
@@ -101,7 +101,7 @@ def load_evaluations(paths: Iterable[Path]) -> Evaluations:
                 )
             owner[key] = source
     per_image = pd.concat(frames, ignore_index=True)
-    metrics = [c for c in dict.fromkeys(c for f in frames for c in f.columns) if c in METRICS]
+    metrics = [c for c in dict.fromkeys(c for f in frames for c in f.columns) if METRICS.knows(c)]
     return Evaluations(per_image, metrics)
 
 

@@ -13,11 +13,11 @@ from xaibench.core.errors import ConfigError, StoreError
 FORMAT = "xaibench.saliency"
 FORMAT_VERSION = 1
 TARGETS = ("predicted", "label")
-JSON_FIELDS = ("method_params", "preprocess")
+JSON_FIELDS = ("method_params", "preprocess", "method_library")
 # The fields that must agree for a store to be resumed or evaluated as the same run.
 RUN_FIELDS = ("model", "weights", "method", "method_params", "target", "preprocess", "precision")
 # Fields added after format version 1 was first written, with the value older stores imply.
-LATER_FIELDS = {"precision": "fp32"}
+LATER_FIELDS: dict[str, Any] = {"precision": "fp32", "method_library": {}}
 # Preprocessing names that stores written before preprocessings had names of their own record: the
 # name of the protocol they were generated under, whose preprocessing is the one named here.
 FORMER_PREPROCESS_NAMES = {"rise": "polycam"}
@@ -49,6 +49,9 @@ class StoreMeta:
     target: str
     preprocess: dict[str, Any]
     precision: str = "fp32"
+    method_library: dict[str, str] = field(default_factory=dict)
+    """The library that computed the maps, {"name", "version"} (`SaliencyMethod.library`), for
+    the methods of other libraries; empty for xaibench's own."""
     xaibench_version: str = xaibench.__version__
     torch_version: str = field(default_factory=_torch_version)
     created: str = field(default_factory=_now)
@@ -65,7 +68,7 @@ class StoreMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoreMeta:
-        d = {**LATER_FIELDS, **d}
+        d = {**_canonical(LATER_FIELDS), **d}
         preprocess = d.get("preprocess")
         if isinstance(preprocess, dict) and preprocess.get("name") in FORMER_PREPROCESS_NAMES:
             d["preprocess"] = {**preprocess, "name": FORMER_PREPROCESS_NAMES[preprocess["name"]]}
