@@ -90,7 +90,8 @@ def timm_spec(name: str) -> ModelSpec:
                 param="weights",
             )
         if hub is not None:
-            return _create(timm, source, pretrained=True), _snapshot_weights(name, hub)
+            tag = _snapshot_weights(name, hub)  # before timm looks: the error says where
+            return _create(timm, source, pretrained=True), tag
         file, tag = _cached_weights(name, skeleton.pretrained_cfg)
         return _create(timm, source, file=file), tag
 
