@@ -127,14 +127,14 @@ def _generate_work(config: dict, unit: Unit, images: int | None) -> Work:
 def _evaluate_work(config: dict, unit: Unit, images: int | None) -> Work:
     from xaibench.metrics import METRICS
     from xaibench.metrics.base import evaluation_forwards
-    from xaibench.models.factory import MODELS
+    from xaibench.models.factory import is_user_model, model_spec
     from xaibench.pipelines.evaluate import evaluation_metrics, evaluation_protocol
 
     evaluate = config["evaluate"]
     name = unit.model["name"]
-    if name not in MODELS:
+    if is_user_model(name):
         return Work(images, None)
-    height, width = MODELS.get(name).input_size
+    height, width = model_spec(name).input_size
     protocol = evaluation_protocol(unit.protocol, evaluate["step"], evaluate["road_percentages"])
     boxes = Path(config["data"]["root"]) / "boxes" if config["data"]["boxes"] else None
     metrics = [METRICS.get(m) for m in evaluation_metrics(evaluate["metrics"], boxes)]

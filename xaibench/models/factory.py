@@ -264,7 +264,7 @@ def load_model(
     """
     stated = {"mean": mean, "std": std, "input_size": input_size, "crop": crop}
     if is_user_model(name):
-        spec = _user_spec(name, mean, std, input_size, crop)
+        spec = user_model_spec(name, mean, std, input_size, crop)
     else:
         given = [key for key, value in stated.items() if value is not None]
         if given:
@@ -295,14 +295,15 @@ def load_model(
     )
 
 
-def _user_spec(
+def user_model_spec(
     name: str,
-    mean: tuple[float, float, float] | None,
-    std: tuple[float, float, float] | None,
-    input_size: tuple[int, int] | int | None,
-    crop: float | None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    input_size: tuple[int, int] | int | None = None,
+    crop: float | None = None,
 ) -> ModelSpec:
-    """The spec of the user's `module:callable` model with what the user states about it."""
+    """The spec of the user's `module:callable` model with what the user states about it
+    (`load_model`); the values are checked here, the factory is called only by `build`."""
     mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
     for values, param in ((mean, "mean"), (std, "std")):
         if len(values) != 3 or (param == "std" and min(values) <= 0):
@@ -314,9 +315,11 @@ def _user_spec(
     if input_size is None:
         size = DEFAULT_INPUT_SIZE
     else:
-        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ConfigError(f"{input_size}: give a side, or a height and a width", param="input_size")
+        size = tuple(input_size) if isinstance(input_size, tuple | list) else (input_size,) * 2
+    if len(size) != 2 or not all(isinstance(side, int) and side >= 1 for side in size):
+        raise ConfigError(
+            f"{input_size}: give a side, or a height and a width, in pixels", param="input_size"
+        )
     if crop is not None:
         own = centre_crop(size, crop, mean=mean, std=std)  # checks the crop once, here
 
