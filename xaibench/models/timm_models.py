@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -230,7 +231,7 @@ def _hub_file(repo: str, filename: str, revision: str | None) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def _own_preprocess(name: str, config: dict[str, Any]):
+def _own_preprocess(name: str, config: dict[str, Any]) -> Callable[[], Preprocess]:
     """A function giving the preprocessing of timm's evaluation transform for the resolved data
     `config` (`timm.data.create_transform(**config)`); ConfigError for a crop mode it does not
     reproduce."""
