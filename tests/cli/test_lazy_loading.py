@@ -1,5 +1,5 @@
-"""`xaibench --help` and every command's --help import neither torch nor torchvision; commands are
-imported when looked up, and the registries still hold every member when a command uses them."""
+"""`xaibench --help` and every command's --help import neither torch, torchvision nor timm; commands
+are imported when looked up, and the registries still hold every member when a command uses them."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision")
 PEERS = ("captum", "pytorch_grad_cam")
 """The libraries of the adapter families: imported only when one of their methods is used."""
+OPTIONAL = ("timm",)  # imported only for a timm/ model
 
 # Runs in a fresh interpreter: each command's --help, then the group's, through the console entry
 # point; after each, which of the modules argv[2:] are loaded. argv[1]: a module to import first.
@@ -53,15 +54,15 @@ def run_fresh(script: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def heavy_after_each_help(preload: str = "") -> dict[str, list[str]]:
-    """--help of each command, then of the group -> the heavy modules loaded by then."""
-    done = run_fresh(HELP_PROBE, preload, *HEAVY)
+def heavy_after_each_help(preload: str = "", heavy=HEAVY) -> dict[str, list[str]]:
+    """--help of each command, then of the group -> the `heavy` modules loaded by then."""
+    done = run_fresh(HELP_PROBE, preload, *heavy)
     assert done.stdout.count("Usage:") == len(COMMANDS) + 1
     return json.loads(done.stderr.strip().splitlines()[-1])
 
 
-def test_no_help_imports_torch_or_torchvision():
-    loaded = heavy_after_each_help()
+def test_no_help_imports_torch_torchvision_or_timm():
+    loaded = heavy_after_each_help(heavy=HEAVY + OPTIONAL)
     assert list(loaded) == [f"{name} --help" for name in COMMANDS] + ["--help"]
     assert {args: heavy for args, heavy in loaded.items() if heavy} == {}
 
@@ -69,6 +70,18 @@ def test_no_help_imports_torch_or_torchvision():
 def test_the_check_sees_torch_once_anything_has_imported_it():
     loaded = heavy_after_each_help("xaibench.pipelines.generate")
     assert all(heavy == list(HEAVY) for heavy in loaded.values())
+
+
+def test_only_a_timm_model_imports_timm():
+    script = (
+        "import sys\n"
+        "from xaibench.models import load_model\n"
+        "load_model('resnet18', 'none')\n"
+        "print('timm' in sys.modules)\n"
+        "load_model('timm/test_resnet', 'none')\n"
+        "print('timm' in sys.modules)\n"
+    )
+    assert run_fresh(script).stdout.split() == ["False", "True"]
 
 
 def test_the_table_names_every_command_and_each_entry_is_that_command():
@@ -109,9 +122,10 @@ def test_a_fresh_list_command_sees_every_registered_member():
         f"print(json.dumps([m for m in {PEERS!r} if m in sys.modules]))\n"
     )
     listing, peers = run_fresh(script).stdout.splitlines()
-    listed = json.loads(listing)
+    lines = {what: text.splitlines() for what, text in json.loads(listing).items()}
+    assert "timm" in lines["models"].pop()  # the last line: how to list timm's models
     for what, registry in (("models", MODELS), ("methods", METHODS), ("metrics", METRICS)):
-        names = [line.split()[0] for line in listed[what].splitlines()]
+        names = [line.split()[0] for line in lines[what]]
         families = [family.placeholder for family in registry.families()]
         assert names == registry.names() + families, what
     assert [f.placeholder for f in METHODS.families()] == ["captum.CLASS", "gradcam-lib.CLASS"]

@@ -62,7 +62,12 @@ def test_shorter_side_resize_and_centre_crop():
 
 
 @pytest.mark.parametrize(
-    "preprocess", [Preprocess(resize=20, crop=16, **PLAIN), Preprocess(resize=(20, 25), **PLAIN)]
+    "preprocess",
+    [
+        Preprocess(resize=20, crop=16, **PLAIN),
+        Preprocess(resize=(20, 25), **PLAIN),
+        Preprocess(resize=(20, 25), crop=(16, 18), **PLAIN),  # timm's squash: a rectangular crop
+    ],
 )
 def test_mapped_box_covers_the_preprocessed_rectangle(preprocess):
     """A white rectangle drawn where the box is lands, after preprocessing, where the mapped box

@@ -2,10 +2,17 @@
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
-from xaibench.data.preprocess import POLYCAM_PREPROCESSING, Preprocess
+from xaibench.core.errors import ConfigError
+from xaibench.data.preprocess import (
+    POLYCAM_PREPROCESSING,
+    Preprocess,
+    centre_crop,
+    preprocessing_of,
+)
 
 
 def test_a_recorded_preprocessing_is_rebuilt_equal():
@@ -34,3 +41,27 @@ def test_unnormalise_undoes_the_normalisation_into_height_width_channels():
     shown = preprocess.unnormalise(normalised)
     assert shown.shape == (4, 5, 3)
     torch.testing.assert_close(shown, pixels.permute(1, 2, 0))
+
+
+def test_a_models_own_preprocessing_is_recorded_with_its_interpolation_and_crop():
+    own = centre_crop(224, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)
+    assert own == Preprocess("model", 256, 224, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    assert centre_crop(160, 0.95).resize == 168  # floor(160 / 0.95), as timm computes it
+    recorded = json.loads(json.dumps(own.to_dict()))
+    assert recorded["interpolation"] == "bicubic" and Preprocess.from_dict(recorded) == own
+    assert preprocessing_of(recorded) == "model"
+    plain = POLYCAM_PREPROCESSING.for_model().to_dict()
+    assert "interpolation" not in plain and preprocessing_of(plain) == "protocol"
+    squash = Preprocess("model", (256, 320), (224, 288), interpolation="bicubic")
+    assert squash.input_size == (224, 288)
+    assert Preprocess.from_dict(json.loads(json.dumps(squash.to_dict()))) == squash
+    assert squash(Image.new("RGB", (100, 30))).shape == (3, 224, 288)
+
+
+def test_a_centre_crop_needs_a_fraction_and_a_square_input_and_a_known_interpolation():
+    with pytest.raises(ConfigError, match=r"^crop: 1.5 is not a fraction"):
+        centre_crop(224, 1.5)
+    with pytest.raises(ConfigError, match=r"^input_size: .*square"):
+        centre_crop((224, 256), 0.9)
+    with pytest.raises(ConfigError, match="interpolation 'cubic'"):
+        Preprocess(interpolation="cubic")

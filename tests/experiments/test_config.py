@@ -1,12 +1,14 @@
 """Reading, overriding and checking experiment configs: every problem named before any work."""
 
+import copy
 from pathlib import Path
 
 import pytest
 
 from xaibench.core.errors import ConfigError
 from xaibench.experiments.check import check_experiment
-from xaibench.experiments.config import config_sha256, load_config
+from xaibench.experiments.config import config_sha256, digest, load_config
+from xaibench.experiments.plan import make_plan
 
 MINIMAL = """
 [run]
@@ -44,7 +46,11 @@ def test_every_default_is_filled_in(tmp_path):
         "increase",
     ]
     assert config["generate"]["protocol"] == "polycam"  # the first evaluate protocol
-    assert config["models"][0] == {"name": "vgg16", "weights": "none", "layer": None}
+    assert config["models"][0] == {
+        "name": "vgg16", "weights": "none", "layer": None,
+        "mean": None, "std": None, "input_size": None, "crop": None,
+    }  # fmt: skip
+    assert config["generate"]["preprocessing"] == "protocol"
     assert "sanity" not in config  # an optional stage only when the file has it
     assert len(experiment.sha256) == 64
 
@@ -127,6 +133,47 @@ def test_the_digest_ignores_where_the_run_goes_but_not_what_it_computes(tmp_path
     assert config_sha256(load_config(path).config) == base
 
 
+def test_keys_added_later_keep_the_digests_while_at_their_defaults(tmp_path):
+    """A config that does not set `preprocessing` or a model's `mean` (added to the schema after
+    configs were digested) has the sha256 and unit keys it had; setting them changes both."""
+    path = write(tmp_path, MINIMAL)
+    base = load_config(path)
+    keys = [unit.key for unit in make_plan(base).units]
+    before = copy.deepcopy(base.config)  # the config as resolved before the keys were added
+    del before["generate"]["preprocessing"]
+    before["models"] = [{k: m[k] for k in ("name", "weights", "layer")} for m in before["models"]]
+    del before["run"]["out"]
+    assert base.sha256 == digest(before)
+    spelled = load_config(path, ["generate.preprocessing=protocol", "models.0.crop=0.875"])
+    spelled.config["models"][0]["crop"] = None  # as if never written
+    assert spelled.sha256 == base.sha256
+    assert [unit.key for unit in make_plan(spelled).units] == keys
+    model = load_config(path, ["generate.preprocessing=model"])
+    assert model.sha256 != base.sha256
+    changed = {u.name for u, k in zip(make_plan(model).units, keys, strict=True) if u.key != k}
+    assert "vgg16/gradcam" in changed and "dataset" not in changed
+    user = load_config(path, ["models.0.name=my:net", "models.0.mean=[0.5, 0.5, 0.5]"])
+    plain = load_config(path, ["models.0.name=my:net"])
+    assert user.sha256 != plain.sha256
+    assert make_plan(user).units[1].key != make_plan(plain).units[1].key
+
+
+def test_a_model_of_ones_own_states_its_values_and_others_are_refused_them(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    user = ["models.0.name=tiny_models:tiny_cnn", "generate.preprocessing=model"]
+    with pytest.raises(ConfigError, match=r"\[generate\] preprocessing: .*states no preprocessing"):
+        check_experiment(load_config(path, user))
+    check_experiment(load_config(path, [*user, "models.0.crop=0.875", "models.0.input_size=[64]"]))
+    with pytest.raises(ConfigError, match=r"#1 std: \[0.5, 0.5\]: give 3 numbers"):
+        check_experiment(load_config(path, [*user, "models.0.std=[0.5, 0.5]"]))
+    with pytest.raises(ConfigError, match=r"#1 input_size: .*in pixels"):
+        check_experiment(load_config(path, [*user, "models.0.input_size=[64.5]"]))
+    lite = ["models.0.name=efficientnet_lite0", "generate.preprocessing=model"]
+    with pytest.raises(ConfigError, match=r"\[generate\] preprocessing: .*states no preprocessing"):
+        check_experiment(load_config(path, lite))
+    check_experiment(load_config(path, ["models.0.name=timm/test_resnet", lite[1]]))
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -135,6 +182,9 @@ def test_the_digest_ignores_where_the_run_goes_but_not_what_it_computes(tmp_path
             r"\[data\] dataset: unknown dataset 'imagenet-vall'. Did you mean imagenet-val",
         ),
         ("models.0.name=vgg61", r"\[\[models\]\] #1 name: unknown model 'vgg61'"),
+        ("models.0.name=timm/resnt10t", r"#1 name: unknown timm model 'resnt10t'"),
+        ("models.0.mean=[0.5, 0.5, 0.5]", r"\[\[models\]\] #1 mean: vgg16 states its own"),
+        ("generate.preprocessing=own", r"\[generate\] preprocessing: 'own': use protocol or model"),
         (
             "models.0.layer=features.99",
             r"\[\[models\]\] #1 layer: vgg16 has no module 'features.99'",

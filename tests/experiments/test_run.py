@@ -9,6 +9,7 @@ import pytest
 
 from xaibench.core.errors import ConfigError
 from xaibench.experiments.config import load_config
+from xaibench.store import open_store
 
 MODEL = "tiny_models:tiny_cnn"
 TINY = f"""
@@ -192,3 +193,20 @@ def test_dry_run_counts_one_pass_for_cam_methods_sharing_a_layer(invoke, config,
     assert "resnet18/gradcampp" in plan and "6 images, in the pass of resnet18/gradcam" in plan
     generate = plan.split("[2] generate", 1)[1].split("[3]", 1)[0]
     assert generate.count("= 6 forwards") == 2  # gradcam's pass and gradient's
+
+
+def test_a_run_of_a_timm_model_under_its_own_preprocessing(invoke, config, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    settings = ("--set", "models.0.name=timm/test_resnet", "--set", "generate.preprocessing=model")
+    result = invoke("run", config, "--out", out, "--quiet", *settings)
+    assert "report:" in result.output
+    folder = out / "timm_test_resnet"
+    with open_store(folder / "gradient.h5") as store:
+        assert store.meta.model == "timm/test_resnet"
+        assert store.meta.preprocess["name"] == "model"
+        assert (store.meta.preprocess["resize"], store.meta.preprocess["crop"]) == (168, 160)
+        assert store.meta.preprocess["mean"] == [0.5] * 3  # its pretrained config's
+    assert len(tables(folder / "metrics")) == 4
+    recorded = manifest(out)["config"]
+    assert recorded["generate"]["preprocessing"] == "model"

@@ -14,6 +14,9 @@ from xaibench.cli.options import (
     device_options,
     metric_list,
     model_option,
+    own_model,
+    own_model_options,
+    preprocessing_option,
     protocol_option,
     speed_options,
     weights_option,
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 @click.command("evaluate")
 @model_option
 @weights_option
+@own_model_options
 @click.option(
     "--store",
     "stores",
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 )
 @data_options
 @protocol_option
+@preprocessing_option
 @click.option(
     "--metrics",
     callback=metric_list,
@@ -109,6 +114,10 @@ if TYPE_CHECKING:
 def evaluate_command(
     model: str,
     weights: str,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    input_size: tuple[int, ...] | None,
+    crop: float | None,
     stores: tuple[Path, ...],
     data_dir: Path,
     labels_file: Path | None,
@@ -116,6 +125,7 @@ def evaluate_command(
     limit: int | None,
     workers: int | None,
     protocol: str,
+    preprocessing: str,
     metrics: list[str],
     metric_param_texts: tuple[str, ...],
     step: int | None,
@@ -163,9 +173,11 @@ def evaluate_command(
         data_dir,
         run,
         weights=weights,
+        own_model=own_model(mean, std, input_size, crop),
         labels_file=labels_file,
         subset_file=subset_file,
         protocol=protocol,
+        preprocessing=preprocessing,
         step=step,
         road_percentages=road_percentages,
         metrics=metrics,

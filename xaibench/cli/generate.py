@@ -14,6 +14,9 @@ from xaibench.cli.options import (
     device_options,
     method_param_option,
     model_option,
+    own_model,
+    own_model_options,
+    preprocessing_option,
     protocol_option,
     saliency_option,
     speed_options,
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 @click.command("generate")
 @model_option
 @weights_option
+@own_model_options
 @saliency_option
 @data_options
 @click.option(
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
 @cam_layer_option
 @method_param_option
 @protocol_option
+@preprocessing_option
 @click.option(
     "--skip-bad",
     is_flag=True,
@@ -66,6 +71,10 @@ if TYPE_CHECKING:
 def generate_command(
     model: str,
     weights: str,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    input_size: tuple[int, ...] | None,
+    crop: float | None,
     methods: list[str],
     data_dir: Path,
     labels_file: Path | None,
@@ -84,6 +93,7 @@ def generate_command(
     layer: str | None,
     params: tuple[str, ...],
     protocol: str,
+    preprocessing: str,
     skip_bad: bool,
     quiet: bool,
 ) -> None:
@@ -111,8 +121,8 @@ def generate_command(
         progress=not quiet,
     )
     with dist.launch(run.device, logs_dir(out_dir, model)) as world:
-        loaded = load_model(model, weights)
-        preprocess = get_protocol(protocol).preprocess(loaded.mean, loaded.std, loaded.input_size)
+        loaded = load_model(model, weights, **own_model(mean, std, input_size, crop))
+        preprocess = get_protocol(protocol).preprocess_for(loaded, preprocessing)
         dataset = ImageFolderDataset(
             data_dir,
             preprocess,

@@ -25,6 +25,8 @@ _COLUMNS = (
     ("guided", "relu_modules"),
 )
 _SHORT = {"yes": "exact", "approximate": "approx"}
+TIMM_SUPPORT_LIMIT = 100
+"""The most timm models one `list models` inspects (about 0.3 s each); more ask for a pattern."""
 
 
 @click.command("list")
@@ -61,7 +63,8 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
       guided           guided backprop / DeconvNet: yes, partial (other activations are not
                        rectified) or no (no nn.ReLU module runs)
     Every other method (gradients, SmoothGrad, Integrated Gradients, RISE, baselines) runs on
-    every model. Support is read off the model's structure, never off its name.
+    every model. Support is read off the model's structure, never off its name. timm's models
+    (with timm installed) are listed by a pattern starting timm/.
 
     \b
     Methods of other libraries are listed as one family each (captum.CLASS, gradcam-lib.CLASS);
@@ -72,15 +75,38 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
     \b
       xaibench list models 'mobilenet*'
       xaibench list models vit_b_16 --why
+      xaibench list models 'timm/resnet*'
     """
+    if what == "models":
+        _list_models(pattern, why, support, weights)
+        return
     registry = load(_REGISTRIES[what])
     names = registry.names(pattern)
-    if what != "models" or not support:
-        lines = [(name, registry.entry(name).help) for name in names]
-        lines += [(family.placeholder, family.help) for family in registry.families(pattern)]
-        width = max((len(name) for name, _ in lines), default=0)
-        for name, help in lines:
-            click.echo(f"{name:<{width}}  {flag_text(help)}".rstrip())
+    lines = [(name, registry.entry(name).help) for name in names]
+    lines += [(family.placeholder, family.help) for family in registry.families(pattern)]
+    width = max((len(name) for name, _ in lines), default=0)
+    for name, help in lines:
+        click.echo(f"{name:<{width}}  {flag_text(help)}".rstrip())
+
+
+def _list_models(pattern: str, why: bool, support: bool, weights: str) -> None:
+    from xaibench.models.factory import list_model_names, model_help
+    from xaibench.models.timm_models import is_timm_name
+
+    timm = is_timm_name(pattern)
+    names = list_model_names(pattern)
+    width = max((len(n) for n in names), default=0)
+    if support and timm and len(names) > TIMM_SUPPORT_LIMIT:
+        raise click.UsageError(
+            f"{pattern!r} matches {len(names)} timm models, and inspecting each takes about "
+            f"0.3 s; narrow the pattern to at most {TIMM_SUPPORT_LIMIT} (e.g. 'timm/resnet*'), "
+            "or list their names with --no-support"
+        )
+    if not support:
+        for name in names:
+            click.echo(f"{name:<{width}}  {flag_text(model_help(name))}".rstrip())
+        if pattern == "*":
+            _timm_note()
         return
     width = max((len(n) for n in names), default=0)
     from xaibench.methods.support import support_by_name
@@ -93,6 +119,24 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
         click.echo(_reasons(name, found) if why else _row(name, found, width))
     if not why and names:
         click.echo("Reasons per method: xaibench list models NAME --why")
+    if pattern == "*":
+        _timm_note()
+
+
+def _timm_note() -> None:
+    """The last line of the whole listing: how many timm models there are and how to list them
+    (or how to install timm)."""
+    from importlib.util import find_spec
+
+    if find_spec("timm") is None:
+        click.echo("timm's models (timm/NAME) need timm: pip install 'xaibench[timm]'")
+        return
+    from xaibench.models.timm_models import timm_names
+
+    click.echo(
+        f"and {len(timm_names())} timm models, timm/NAME: list them by a pattern, "
+        "e.g. xaibench list models 'timm/resnet*'"
+    )
 
 
 def _row(name: str, found: ModelSupport, width: int) -> str:

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
-from xaibench.core.choices import BOOTSTRAP_RESAMPLES, PRECISIONS, PROTOCOL_SETTINGS
+from xaibench.core.choices import (
+    BOOTSTRAP_RESAMPLES,
+    PRECISIONS,
+    PREPROCESSINGS,
+    PROTOCOL_SETTINGS,
+)
 from xaibench.core.lazy import load
 from xaibench.results.layout import STORE_FORMATS
 from xaibench.store.meta import TARGETS
@@ -15,6 +20,27 @@ from xaibench.store.meta import TARGETS
 
 def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()] if value else []
+
+
+def numbers(count: tuple[int, ...], kind: type = float) -> Callable:
+    """A callback reading the option as comma-separated numbers of `kind`, as many as one of
+    `count` says; None when the option is not given."""
+
+    def read(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+        if value is None:
+            return None
+        try:
+            values = tuple(kind(item) for item in comma_list(ctx, param, value))
+        except ValueError:
+            values = ()
+        if len(values) not in count:
+            wanted = " or ".join(str(n) for n in count)
+            raise click.BadParameter(
+                f"{value!r}: give {wanted} comma-separated numbers", ctx, param
+            )
+        return values
+
+    return read
 
 
 def registered_names(registry: str, what: str) -> Callable:
@@ -51,15 +77,65 @@ def _compose(*decorators: Callable) -> Callable:
 model_option = click.option(
     "--model",
     required=True,
-    help="Model name (see `xaibench list models`) or module:callable returning a torch.nn.Module.",
+    help="Model name (see `xaibench list models`), timm/NAME (any timm model; "
+    "timm/hf-hub:ORG/NAME too), or module:callable returning a torch.nn.Module.",
 )
 weights_option = click.option(
     "--weights",
     default="default",
     show_default=True,
-    help="default (the model's pretrained weights), none (random init), a torchvision weights "
-    "name such as IMAGENET1K_V2, or a path to a state dict (loaded with weights_only=True).",
+    help="default (the model's pretrained weights; timm's from the local cache only), none "
+    "(random init), a torchvision weights name such as IMAGENET1K_V2, or a path to a state dict "
+    "(.safetensors, or loaded with weights_only=True).",
 )
+own_model_options = _compose(
+    click.option(
+        "--mean",
+        callback=numbers((3,)),
+        help="A module:callable model's normalisation mean, R,G,B (default ImageNet's).",
+    ),
+    click.option(
+        "--std",
+        callback=numbers((3,)),
+        help="A module:callable model's normalisation std, R,G,B (default ImageNet's).",
+    ),
+    click.option(
+        "--input-size",
+        callback=numbers((1, 2), int),
+        help="A module:callable model's input size: SIDE or H,W (default 224).",
+    ),
+    click.option(
+        "--crop",
+        type=click.FloatRange(min=0, max=1, min_open=True),
+        default=None,
+        help="A module:callable model's own preprocessing (--preprocessing model): the fraction "
+        "of the image its centre crop keeps, e.g. 0.875 (shorter side to input / crop first).",
+    ),
+)
+"""What a model of the user's own states about itself (`load_model`'s mean, std, input_size,
+crop)."""
+preprocessing_option = click.option(
+    "--preprocessing",
+    type=click.Choice(PREPROCESSINGS),
+    default="protocol",
+    show_default=True,
+    help="protocol: the protocol's (direct resize to the input size, the model's mean and std); "
+    "model: the weights' own (resize, centre crop, interpolation, mean and std of torchvision's "
+    "weights.transforms() or timm's data config). Recorded in the stores.",
+)
+
+
+def own_model(
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    input_size: tuple[int, ...] | None,
+    crop: float | None,
+) -> dict:
+    """The keywords of `load_model` that `own_model_options` set (None: not given)."""
+    size = input_size[0] if input_size is not None and len(input_size) == 1 else input_size
+    return {"mean": mean, "std": std, "input_size": size, "crop": crop}
+
+
 device_options = _compose(
     click.option(
         "--cuda", is_flag=True, help="Run on the first CUDA device (same as --device cuda)."

@@ -28,6 +28,11 @@ PROTOCOL_SETTINGS: dict[str, dict[str, int | str | bool]] = {
 """The named evaluation protocols and the metric settings each sets; the others keep the defaults
 of `Protocol` (xaibench/metrics/protocols.py, which builds `PROTOCOLS` from this table)."""
 
+PREPROCESSINGS = ("protocol", "model")
+"""How images become a model's input: the protocol's preprocessing (the default: a direct resize,
+the model's mean and std) or the model's own, the one its weights were evaluated with
+(xaibench/data/preprocess.py, docs/preprocessing.md)."""
+
 DEFAULT_METRICS = ("insertion", "deletion", "ins_del", "avg_drop", "increase")
 """The metrics `evaluate_stores` computes unless told otherwise."""
 

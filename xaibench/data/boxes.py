@@ -116,9 +116,9 @@ def map_boxes(boxes: np.ndarray, size: tuple[int, int], preprocess: Preprocess) 
     scale = np.array([new_width / size[0], new_height / size[1]] * 2)
     mapped = np.asarray(boxes, np.float64).reshape(-1, 4) * scale
     input_height, input_width = preprocess.input_size
-    if preprocess.crop is not None:
-        left = crop_offset(new_width, preprocess.crop)
-        top = crop_offset(new_height, preprocess.crop)
+    if preprocess.crop is not None:  # the crop is the input size
+        left = crop_offset(new_width, input_width)
+        top = crop_offset(new_height, input_height)
         mapped -= np.array([left, top, left, top])
     mapped = mapped.clip(0, [input_width, input_height, input_width, input_height])
     empty = (mapped[:, 2] <= mapped[:, 0]) | (mapped[:, 3] <= mapped[:, 1])

@@ -7,13 +7,13 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from xaibench.core.choices import PRECISIONS
+from xaibench.core.choices import PRECISIONS, PREPROCESSINGS
 from xaibench.core.errors import ConfigError, XaibenchError
 from xaibench.data.prepare import DATASETS
-from xaibench.experiments.config import FOLDER_DATASETS, Experiment
+from xaibench.experiments.config import FOLDER_DATASETS, OWN_MODEL_KEYS, Experiment, own_model
 from xaibench.methods import METHODS
 from xaibench.metrics import METRICS, get_protocol
-from xaibench.models.factory import MODELS
+from xaibench.models.factory import is_user_model, model_spec, user_model_spec
 from xaibench.pipelines.evaluate import evaluation_metric_objects, evaluation_protocol
 from xaibench.results.layout import STORE_FORMATS
 from xaibench.store.meta import TARGETS
@@ -107,14 +107,28 @@ def _check_data(data: dict[str, Any], where: _Where) -> None:
 
 def _check_model(model: dict[str, Any], where: _Where) -> None:
     name = model["name"]
-    if ":" not in name:
-        where.check("name", MODELS.get, name)
+    user = is_user_model(name)
+    if not user:
+        try:
+            model_spec(name)
+        except XaibenchError as error:  # the key at fault is this table's name
+            raise where.error("name", error.message) from None
+    stated = [key for key in OWN_MODEL_KEYS if model[key] is not None]
+    if stated and not user:
+        raise where.error(
+            stated[0], f"{name} states its own; {', '.join(OWN_MODEL_KEYS)} are for module:callable"
+        )
+    if user:
+        try:
+            user_model_spec(name, **own_model(model))
+        except ConfigError as error:
+            raise where.error(error.param or "name", error.message) from None
     weights = model["weights"]
     path = Path(weights)
     looks_like_a_file = path.suffix or "/" in weights
     if weights not in ("default", "none") and looks_like_a_file and not path.is_file():
         raise where.error("weights", f"{weights} is not a file (a state dict)")
-    if model["layer"] is not None and name in MODELS:
+    if model["layer"] is not None and not user:
         from xaibench.methods.support import skeleton
 
         layers = [n for n, _ in skeleton(name).named_modules() if n]
@@ -125,6 +139,15 @@ def _check_model(model: dict[str, Any], where: _Where) -> None:
 
 
 def _check_generate(generate: dict[str, Any], models: list[dict[str, Any]], where: _Where) -> None:
+    preprocessing = generate["preprocessing"]
+    if preprocessing not in PREPROCESSINGS:
+        raise where.error("preprocessing", f"{preprocessing!r}: use {' or '.join(PREPROCESSINGS)}")
+    for model in models if preprocessing == "model" else ():
+        name = model["name"]
+        spec = (
+            user_model_spec(name, **own_model(model)) if is_user_model(name) else model_spec(name)
+        )
+        where.check("preprocessing", spec.own_preprocess, model["weights"])
     methods = generate["methods"]
     if not methods:
         raise where.error("methods", "give at least one method")
@@ -191,7 +214,7 @@ def _check_evaluate(
         "metric_params",
         evaluation_metric_objects,
         evaluate["metrics"],
-        evaluate.get("metric_params", {}),
+        evaluate["metric_params"],
     )
     _at_least(evaluate, "step", 1, where)
     if evaluate["mc_dropout"] < 0 or evaluate["mc_dropout"] == 1:

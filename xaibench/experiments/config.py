@@ -31,6 +31,7 @@ from xaibench.core.choices import (
     DEFAULT_METRICS,
     DEFAULT_THRESHOLD,
     PRECISIONS,
+    PREPROCESSINGS,
 )
 from xaibench.core.errors import ConfigError
 
@@ -117,6 +118,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "target": Key("str", "predicted", "the class explained: predicted or label"),
         "store": Key("str", "h5", "h5, or npz for the T-Grad authors' scripts"),
         "protocol": Key("str", None, "whose preprocessing (default: the first evaluate protocol)"),
+        "preprocessing": Key(
+            "str", "protocol", f"{' or '.join(PREPROCESSINGS)} (the weights' own; every stage)"
+        ),
         "params": Key("table", {}, "per method, its settings: [generate.params.rise] masks = 8000"),
     },
     "evaluate": {
@@ -147,15 +151,44 @@ SCHEMA: dict[str, dict[str, Key]] = {
 """Section -> key -> Key. `[[models]]` (MODEL_KEYS) is an array of tables, one per model."""
 
 MODEL_KEYS: dict[str, Key] = {
-    "name": Key("str", REQUIRED, "a registered model or module:callable"),
+    "name": Key("str", REQUIRED, "a registered model, timm/NAME or module:callable"),
     "weights": Key("str", "default", "default, none, a weights name or a state-dict file"),
     "layer": Key("str", None, "the CAM layer of this model (default: found from its structure)"),
+    "mean": Key(
+        "list[number]", None, "a module:callable model's mean, R, G, B (default ImageNet's)"
+    ),
+    "std": Key("list[number]", None, "a module:callable model's std, R, G, B (default ImageNet's)"),
+    "input_size": Key("list[number]", None, "a module:callable model's input [H, W] (default 224)"),
+    "crop": Key(
+        "float", None, "a module:callable model's centre-crop fraction (model preprocessing)"
+    ),
 }
+OWN_MODEL_KEYS = ("mean", "std", "input_size", "crop")
+"""The [[models]] keys a model of the user's own states about itself (`load_model`'s keywords)."""
 
-ADDED_LATER = {("evaluate", "metric_params"): {}}
-"""Keys added after configs were first run, with their default: a config that leaves one at its
-default resolves without it, so its digest (and the run's units) stay what they were. Read them
-with `section.get(key, default)`."""
+
+def own_model(model: Mapping[str, Any]) -> dict[str, Any]:
+    """`load_model`'s keywords for what the [[models]] table `model` states about a model of the
+    user's own (`OWN_MODEL_KEYS`; None where not stated)."""
+    mean, std, size = model["mean"], model["std"], model["input_size"]
+    if size is not None:
+        size = size[0] if len(size) == 1 else tuple(size)
+    return {
+        "mean": None if mean is None else tuple(mean),
+        "std": None if std is None else tuple(std),
+        "input_size": size,
+        "crop": model["crop"],
+    }
+
+
+LATER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "generate": {"preprocessing": "protocol"},
+    "evaluate": {"metric_params": {}},
+    "models": dict.fromkeys(OWN_MODEL_KEYS),
+}
+"""Keys added after configs were first digested, with their defaults. A key at its default is left
+out of the digests (`digested`), so a config that does not set it keeps its sha256 and its units
+their keys."""
 
 REQUIRED_SECTIONS = ("run", "data", "models", "generate")
 OPTIONAL_SECTIONS = ("sanity",)
@@ -199,10 +232,19 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def digested(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of `values` (one table of `section`) that a digest reads: all but those of
+    `LATER_DEFAULTS` at their default."""
+    later = LATER_DEFAULTS.get(section, {})
+    return {k: v for k, v in values.items() if k not in later or v != later[k]}
+
+
 def config_sha256(config: Mapping[str, Any]) -> str:
-    """The sha256 of `config` without `run.out`, as sorted compact JSON (`digest`)."""
-    identity = dict(config)
+    """The sha256 of `config` without `run.out` and the later keys at their defaults
+    (`digested`), as sorted compact JSON (`digest`)."""
+    identity = {k: digested(k, v) if isinstance(v, dict) else v for k, v in config.items()}
     identity["run"] = {k: v for k, v in config["run"].items() if k != "out"}
+    identity["models"] = [digested("models", model) for model in config["models"]]
     return digest(identity)
 
 
@@ -276,9 +318,6 @@ def resolve(raw: Mapping[str, Any], path: Path) -> dict[str, Any]:
         generate["protocol"] = evaluate["protocols"][0] if evaluate["protocols"] else "polycam"
     if "sanity" in config and config["sanity"]["methods"] is None:
         config["sanity"]["methods"] = list(generate["methods"])
-    for (section, key), default in ADDED_LATER.items():
-        if config[section][key] == default:
-            del config[section][key]
     return config
 
 

@@ -128,7 +128,7 @@ def _generate_work(config: dict, unit: Unit, images: int | None) -> Work:
 
 def _evaluate_work(config: dict, unit: Unit, images: int | None) -> Work:
     from xaibench.metrics.base import evaluation_forwards
-    from xaibench.models.factory import MODELS
+    from xaibench.models.factory import is_user_model, model_spec
     from xaibench.pipelines.evaluate import (
         evaluation_metric_objects,
         evaluation_metrics,
@@ -137,13 +137,13 @@ def _evaluate_work(config: dict, unit: Unit, images: int | None) -> Work:
 
     evaluate = config["evaluate"]
     name = unit.model["name"]
-    if name not in MODELS:
+    if is_user_model(name):
         return Work(images, None)
-    height, width = MODELS.get(name).input_size
+    height, width = model_spec(name).input_size
     protocol = evaluation_protocol(unit.protocol, evaluate["step"], evaluate["road_percentages"])
     boxes = Path(config["data"]["root"]) / "boxes" if config["data"]["boxes"] else None
     names = evaluation_metrics(evaluate["metrics"], boxes)
-    metrics = evaluation_metric_objects(names, evaluate.get("metric_params", {}))
+    metrics = evaluation_metric_objects(names, evaluate["metric_params"])
     forwards = evaluation_forwards(metrics, protocol, height * width)
     return Work(images, None if forwards is None else forwards + evaluate["mc_dropout"])
 

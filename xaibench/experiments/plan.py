@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xaibench.experiments.config import Experiment, digest
+from xaibench.experiments.config import OWN_MODEL_KEYS, Experiment, digest, digested
 from xaibench.results import layout
 
 STAGES = ("dataset", "generate", "evaluate", "sanity", "compare", "report")
@@ -77,6 +77,12 @@ def subset_file(out: Path, data: Mapping[str, Any]) -> Path | None:
     return Path(out) / DATASET_DIR / f"subset-{subset}-seed{data['seed']}.txt"
 
 
+def model_identity(model: dict[str, Any]) -> dict[str, Any]:
+    """What of a [[models]] table its outputs depend on: the name, the weights and what a model
+    of the user's own states about itself (where stated)."""
+    return digested("models", {k: model[k] for k in ("name", "weights", *OWN_MODEL_KEYS)})
+
+
 def make_plan(experiment: Experiment, out: Path | None = None) -> Plan:
     """Every unit of `experiment` with its key and outputs, under `out` (default: run.out)."""
     config = experiment.config
@@ -95,11 +101,13 @@ def make_plan(experiment: Experiment, out: Path | None = None) -> Plan:
             generate_key = digest(
                 {
                     "dataset": dataset_key,
-                    "model": {k: model[k] for k in ("name", "weights")},
+                    "model": model_identity(model),
                     "method": method,
                     "settings": method_settings(config, model, method),
                     "generate": {
-                        k: v for k, v in generate.items() if k not in ("methods", "params")
+                        k: v
+                        for k, v in digested("generate", generate).items()
+                        if k not in ("methods", "params")
                     },
                     "precision": run["precision"],
                 }
@@ -109,7 +117,9 @@ def make_plan(experiment: Experiment, out: Path | None = None) -> Plan:
                 Unit("generate", name, generate_key, (store,), model=model, method=method)
             )
             for protocol in evaluate["protocols"]:
-                settings = {k: v for k, v in evaluate.items() if k != "protocols"}
+                settings = {
+                    k: v for k, v in digested("evaluate", evaluate).items() if k != "protocols"
+                }
                 key = digest(
                     {
                         "store": generate_key,
@@ -140,7 +150,8 @@ def make_plan(experiment: Experiment, out: Path | None = None) -> Plan:
                 key = digest(
                     {
                         "dataset": dataset_key,
-                        "model": {k: model[k] for k in ("name", "weights")},
+                        "model": model_identity(model),
+                        **digested("generate", {"preprocessing": generate["preprocessing"]}),
                         "method": method,
                         "settings": method_settings(config, model, method),
                         "sanity": {k: v for k, v in sanity.items() if k != "methods"},

@@ -27,7 +27,7 @@ from xaibench.core.errors import DataError
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.index import DatasetIndex, subset_rows
 from xaibench.experiments.check import check_experiment
-from xaibench.experiments.config import Experiment
+from xaibench.experiments.config import Experiment, own_model
 from xaibench.experiments.manifest import Manifest
 from xaibench.experiments.plan import Plan, Unit, digest, make_plan, method_settings
 from xaibench.pipelines.checkpoint import remove_checkpoint
@@ -262,9 +262,10 @@ class _Stages:
         from xaibench.metrics import get_protocol
         from xaibench.models import load_model
 
-        loaded = load_model(model["name"], model["weights"])
-        protocol = get_protocol(self.config["generate"]["protocol"])
-        preprocess = protocol.preprocess(loaded.mean, loaded.std, loaded.input_size)
+        generate = self.config["generate"]
+        loaded = load_model(model["name"], model["weights"], **own_model(model))
+        protocol = get_protocol(generate["protocol"])
+        preprocess = protocol.preprocess_for(loaded, generate["preprocessing"])
         info = self.dataset
         dataset = ImageFolderDataset(
             info.root,
@@ -329,13 +330,15 @@ class _Stages:
                 info.root,
                 self.settings,
                 weights=model["weights"],
+                own_model=own_model(model),
                 labels_file=info.labels_file,
                 subset_file=info.subset_file,
                 protocol=protocol,
+                preprocessing=self.config["generate"]["preprocessing"],
                 step=evaluate["step"],
                 road_percentages=evaluate["road_percentages"],
                 metrics=evaluate["metrics"],
-                metric_params=evaluate.get("metric_params", {}),
+                metric_params=evaluate["metric_params"],
                 boxes=info.boxes,
                 mc_dropout=evaluate["mc_dropout"],
                 mc_seed=evaluate["mc_seed"],

