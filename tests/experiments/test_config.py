@@ -134,13 +134,15 @@ def test_the_digest_ignores_where_the_run_goes_but_not_what_it_computes(tmp_path
 
 
 def test_keys_added_later_keep_the_digests_while_at_their_defaults(tmp_path):
-    """A config that does not set `preprocessing` or a model's `mean` (added to the schema after
-    configs were digested) has the sha256 and unit keys it had; setting them changes both."""
+    """A config that does not set `preprocessing`, a model's `mean` or `metric_params` (added to
+    the schema after configs were digested) has the sha256 and unit keys it had; setting them
+    changes both."""
     path = write(tmp_path, MINIMAL)
     base = load_config(path)
     keys = [unit.key for unit in make_plan(base).units]
     before = copy.deepcopy(base.config)  # the config as resolved before the keys were added
     del before["generate"]["preprocessing"]
+    del before["evaluate"]["metric_params"]
     before["models"] = [{k: m[k] for k in ("name", "weights", "layer")} for m in before["models"]]
     del before["run"]["out"]
     assert base.sha256 == digest(before)
@@ -244,7 +246,7 @@ metrics = ["insertion", "quantus.Complexity"]
 def test_metric_params_left_empty_keep_the_digest_and_are_checked_when_given(tmp_path):
     pytest.importorskip("quantus")
     plain = load_config(write(tmp_path, MINIMAL))
-    assert "metric_params" not in plain.config["evaluate"]
+    assert plain.config["evaluate"]["metric_params"] == {}  # every default written back
     empty = load_config(write(tmp_path, MINIMAL + "\n[evaluate]\nmetric_params = {}\n"))
     assert empty.sha256 == plain.sha256
     given = load_config(write(tmp_path, MINIMAL + QUANTUS_EVALUATE.format(setting="abs = false")))
