@@ -4,6 +4,7 @@ method = METHODS.get("tgrad")(model, **params)
 explanation = method(images, targets=None)  # maps (B, h, w), targets (B,), logits (B, K)
 """
 
+from xaibench.methods.attention import AttentionGradient, AttentionRollout
 from xaibench.methods.base import (
     METHODS,
     Explanation,
@@ -34,6 +35,8 @@ __all__ = [
     "METHODS",
     "RISE",
     "AblationCAM",
+    "AttentionGradient",
+    "AttentionRollout",
     "CAMMethod",
     "CentreBaseline",
     "ConstantBaseline",
