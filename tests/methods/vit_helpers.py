@@ -60,13 +60,13 @@ def timm_model(kind: str, seed: int = 0, **kwargs) -> nn.Module:
 
 
 class FailingViT(nn.Module):
-    """timm's tiny ViT with any input size (`dynamic_img_size`): (B, 3, H, W) -> (B, 10).
-    `fail = True` makes the forward raise after the transformer has run, as the CNNs of
-    conftest.py do."""
+    """timm's tiny ViT at any input size (`dynamic_img_size`, padded to whole patches):
+    (B, 3, H, W) -> (B, 10). `fail = True` makes the forward raise after the transformer has
+    run, as the CNNs of conftest.py do."""
 
     def __init__(self):
         super().__init__()
-        self.net = timm_model("vit", seed=3, dynamic_img_size=True)
+        self.net = timm_model("vit", seed=3, dynamic_img_size=True, dynamic_img_pad=True)
         self.fail = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ _COLUMNS = (
     ("CAM layer", "cam_layer"),
 )
 """(title, requirement) per column; the CAM layer, whose names can be long, comes last."""
+_CELL = len("partial")
+"""The widest status a cell shows."""
 _SHORT = {"yes": "exact", "approximate": "approx"}
 
 
@@ -82,7 +84,8 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
     from xaibench.methods.support import support_by_name
 
     if not why:
-        header = [f"{'model':<{width}}", "input", *(title for title, _ in _COLUMNS)]
+        titles = [f"{title:<{max(len(title), _CELL)}}" for title, _ in _COLUMNS]
+        header = [f"{'model':<{width}}", "input", *titles]
         click.echo("  ".join(header).rstrip())
     for name in names:
         found = support_by_name(name, weights)
@@ -94,7 +97,7 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
 def _row(name: str, found: ModelSupport, width: int) -> str:
     h, w = found.input_size
     cells = [f"{name:<{width}}", f"{h if h == w else f'{h}x{w}':<5}"]
-    cells += [f"{_cell(found, key):<{len(title)}}" for title, key in _COLUMNS]
+    cells += [f"{_cell(found, key):<{max(len(title), _CELL)}}" for title, key in _COLUMNS]
     return "  ".join(cells).rstrip()
 
 
