@@ -171,6 +171,8 @@ class AttentionMethod(SaliencyMethod):
 
     requires = ("class_attention",)
     compilable = False
+    uses_gradients: bool = False
+    """Whether `relevance` needs dy_c/dA: one backward of the explained scores to the attention."""
 
     def __init__(self, model: nn.Module, **params: Any):
         self.attention = attention_grid(model)
@@ -195,8 +197,6 @@ class AttentionMethod(SaliencyMethod):
         b, n = relevance.shape[:2]
         maps = relevance[:, 0, n - h * w :].reshape(b, h, w)
         return Explanation(maps.float(), targets, logits.detach())
-
-    uses_gradients = False
 
     def relevance(
         self, probs: list[torch.Tensor], grads: list[torch.Tensor] | None
@@ -282,7 +282,7 @@ class AttentionGradient(AttentionMethod):
     name = "attn_grad"
     uses_gradients = True
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module):  # no settings: an unknown one is refused
         super().__init__(model)
 
     def relevance(
