@@ -88,3 +88,18 @@ class FitsOnly(nn.Module):
         if images.shape[0] > self.limit:
             raise torch.OutOfMemoryError(f"cannot fit {images.shape[0]} images (simulated)")
         return self.net(images)
+
+
+def tiny_vit() -> nn.Module:
+    """torchvision's VisionTransformer at 224 x 224 with 32 x 32 patches (a 7 x 7 grid), two
+    layers of width 32 and a 1000-way head; random weights, the head's included (torchvision
+    starts it at 0, which makes every gradient 0)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=224, patch_size=32, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    )
+    with torch.no_grad():
+        model.heads.head.weight.normal_(0, 0.5)
+    return model.eval()

@@ -164,3 +164,24 @@ def test_method_settings_reach_the_methods_and_the_store(image_folder, tmp_path,
         assert store.meta.method_params["resolution"] == 7
     with open_store(tmp_path / "tiny_models_tiny_cnn" / "rise.h5") as store:
         assert store.meta.method_params["masks"] == 16 and store.meta.method_params["cell"] == 4
+
+
+def test_generate_on_a_vision_transformer(image_folder, tmp_path, invoke):
+    # torchvision's ViT class, tiny (tests/tiny_models.py): 7 x 7 patches and a class token
+    model = "tiny_models:tiny_vit"
+    methods = ("gradcam", "eigencam", "rollout", "attn_grad")
+    result = invoke(
+        "generate", "--model", model, "--saliency", ",".join(methods), "--data", image_folder,
+        "--out", tmp_path / "runs", "--batch-size", 4, "--param", "rollout.head_fusion=max",
+        "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for method in methods:
+        with open_store(tmp_path / "runs" / "tiny_models_tiny_vit" / f"{method}.h5") as store:
+            assert store.complete and len(store) == 6
+            maps = store.read_maps(np.arange(6))
+            assert maps.shape == (6, 7, 7) and np.isfinite(maps).all() and maps.max() > 0
+            if method == "gradcam":
+                assert store.meta.method_params == {"layer": "encoder.layers.encoder_layer_1.ln_1"}
+            if method == "rollout":
+                assert store.meta.method_params == {"head_fusion": "max", "discard_ratio": 0.0}

@@ -18,12 +18,17 @@ def test_list_models_table_and_reasons(invoke):
     table = invoke("list", "models", "vgg1*")
     assert table.exit_code == 0
     lines = table.output.splitlines()
-    assert lines[0].split() == ["model", "input", "CAM", "layer", "T-Grad/FullGrad", "guided"]
-    assert lines[1].split() == ["vgg11", "224", "features", "exact", "yes"]
+    header = ["model", "input", "T-Grad/FullGrad", "guided", "attention", "CAM", "layer"]
+    assert lines[0].split() == header
+    assert lines[1].split() == ["vgg11", "224", "exact", "yes", "no", "features"]
     assert len(lines) == 1 + len(MODELS.names("vgg1*")) + 1 and "--why" in lines[-1]
     why = invoke("list", "models", "vit_b_16", "--why")
     assert why.exit_code == 0
     assert "vit_b_16 (input 224x224)" in why.output and "attention" in why.output
     assert why.output.count("no ") >= 3
+    vit = invoke("list", "models", "vit_b_16").output.splitlines()[1]
+    assert vit.split() == [
+        "vit_b_16", "224", "no", "no", "yes", "encoder.layers.encoder_layer_11.ln_1"
+    ]  # fmt: skip
     names = invoke("list", "models", "vgg1*", "--no-support", catch_exceptions=True)
     assert [line.split()[0] for line in names.output.splitlines()] == MODELS.names("vgg1*")

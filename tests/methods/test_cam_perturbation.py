@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from grad_cam_reference import correlations, peer_maps
+from grad_cam_reference import PeerDefinitionScoreCAM, correlations, peer_maps
 from torch import nn
 
 from xaibench.core.errors import ConfigError
@@ -51,28 +51,6 @@ def replaced_output(
 def small_photos():
     """(2, 3, 32, 32) seeded noise: resnet18's layer1 is then 64 channels of 8 x 8."""
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-class PeerDefinitionScoreCAM(ScoreCAM):
-    """Score-CAM as pytorch-grad-cam defines it (test-only): masks resized with align_corners=True
-    and a 1e-8 in the normalisation, channel score = the target logit, and the channel weights a
-    softmax of those logits over the channels (`peer_weights`)."""
-
-    def masks(self, maps, size):
-        masks = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=True)
-        low = masks.amin(dim=(2, 3), keepdim=True)
-        return (masks - low) / (masks.amax(dim=(2, 3), keepdim=True) - low + 1e-8)
-
-    def score(self, logits, targets):
-        return logits.gather(1, targets[:, None])[:, 0]
-
-    def peer_maps(self, images):
-        result = layer_forward(self.model, self.layer, images, None)
-        scores = self.channel_scores(images, result.activations, result.targets)
-        flat = result.activations.flatten(2)
-        varies = flat.amax(dim=2) > flat.amin(dim=2)
-        weights = torch.where(varies, scores, -torch.inf).softmax(dim=1)
-        return weighted_cam(weights, result.activations), result.targets
 
 
 def test_scorecam_matches_pytorch_grad_cam(resnet18, small_photos):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from torch import nn
+from vit_helpers import torchvision_vit
 
 from xaibench.core.errors import ConfigError, UnknownNameError
 from xaibench.methods import METHODS, Passes, PolyCAM
@@ -46,6 +47,7 @@ NON_DEFAULT = [
     ("polycam_minus", {"layers": ["layer2"], "channel_batch": 7}),
     ("polycam_pm", {"layers": ["stem", "layer2"]}),
     ("gradcam", {"layer": "layer1"}),
+    ("rollout", {"head_fusion": "max", "discard_ratio": 0.5}),
     ("guidedgradcam", {"layer": "layer1"}),
 ]
 """Settings that change the count (samples, steps, masks, layers) or the batching (which must
@@ -144,6 +146,8 @@ def counted_call(name: str, params: dict, model: nn.Module) -> tuple[Counts, ran
 
 @pytest.mark.parametrize(("name", "params"), CASES, ids=[f"{n}{p or ''}" for n, p in CASES])
 def test_declared_passes_are_the_passes_run(name, params, net):
+    if "class_attention" in METHODS.get(name).requires:
+        net = torchvision_vit(image_size=SIDE)
     counts, forwards, declared = counted_call(name, params, net)
     assert counts.forwards in forwards
     assert counts.backwards == BATCH * declared.backwards
@@ -211,8 +215,8 @@ def test_layer_channels_come_from_the_architecture_without_weights():
     assert stage_channels("resnet50", ["layer1", "layer2"]) == [256, 512]
     with pytest.raises(ConfigError, match="no layer 'layer9'"):
         layer_channels("resnet50", "layer9")
-    with pytest.raises(ConfigError, match="token sequence"):
-        layer_channels("vit_b_16")
+    assert layer_channels("vit_b_16") == 768  # the tokens of the last attention's input
+    assert layer_channels("swin_t") == 768
 
 
 def test_method_passes_on_a_registered_model():
@@ -224,6 +228,9 @@ def test_method_passes_on_a_registered_model():
     assert method_passes("polycam", {"layers": ["layer4"]}, "resnet50") == Passes(2049, 0)
     assert method_passes("gradcam", {}, "resnet50") == Passes(1, 1)
     assert method_passes("intgrad", {"steps": 4}, "vit_b_16") == Passes(6, 4)
+    assert method_passes("scorecam", {}, "vit_b_16") == Passes(769, 0)
+    assert method_passes("rollout", {}, "vit_b_16") == Passes(1, 0)
+    assert method_passes("attn_grad", {}, "vit_b_16") == Passes(1, 1)
     with pytest.raises(UnknownNameError):
         method_passes("gradcam", {}, "resnet5")
 

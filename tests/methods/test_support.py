@@ -5,7 +5,7 @@ from torch import nn
 
 from xaibench.core.errors import ConfigError
 from xaibench.methods import METHODS, GradCAM, PolyCAM
-from xaibench.methods.support import inspect_model, skeleton, support_by_name
+from xaibench.methods.support import REQUIREMENTS, inspect_model, skeleton, support_by_name
 from xaibench.models import MODELS
 
 
@@ -30,13 +30,17 @@ def vit():
         ("googlenet", "inception5b", "yes", "no"),
         ("inception_v3", "Mixed_7c", "yes", "no"),
         ("convnext_tiny", "features", "approximate", "no"),
-        ("vit_b_16", None, "no", "no"),
+        ("swin_t", "permute", "no", "no"),
+        ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", "no", "no"),
     ],
 )
 def test_support_of_families(name, layer, bias_terms, relu_modules):
     found = support_by_name(name)
     assert found.cam_layer == layer
-    assert found.findings["feature_map"].status == ("no" if layer is None else "yes")
+    assert found.findings["cam_layer"].status == "yes"
+    transformer = name.startswith("vit")
+    assert found.findings["feature_map"].status == ("no" if transformer else "yes")
+    assert found.findings["class_attention"].status == ("yes" if transformer else "no")
     assert found.findings["bias_terms"].status == bias_terms
     assert found.findings["relu_modules"].status == relu_modules
     assert found.input_size == MODELS.get(name).input_size
@@ -61,16 +65,23 @@ def test_methods_combine_their_requirements():
     methods = found.methods()
     assert set(methods) == set(METHODS.names())
     assert methods["gradient"].status == "yes" and methods["rise"].status == "yes"
-    assert methods["gradcam"].status == "no" and "patch embedding" in methods["gradcam"].reason
+    assert methods["gradcam"].status == "yes"
+    assert "token sequence" in found.findings["cam_layer"].reason
+    assert methods["rollout"].status == methods["attn_grad"].status == "yes"
+    assert methods["polycam"].status == "no" and "patch embedding" in methods["polycam"].reason
+    for name in ("tgrad", "fullgrad"):
+        assert methods[name].status == "no" and "attention" in methods[name].reason
     guided = methods["guidedgradcam"].reason
-    assert "nn.ReLU" in guided and "patch embedding" in guided
+    assert methods["guidedgradcam"].status == "no" and "nn.ReLU" in guided
+    cnn = support_by_name("resnet18").methods()
+    for name in ("rollout", "attn_grad"):
+        assert cnn[name].status == "no" and "no attention module" in cnn[name].reason
+    swin = support_by_name("swin_t").methods()["rollout"]
+    assert swin.status == "no" and "no attention module" in swin.reason
 
 
-def test_cam_methods_refuse_a_vision_transformer_unless_given_a_layer(vit):
-    with pytest.raises(
-        ConfigError, match=r"conv_proj.*token sequence.*pass the CAM layer explicitly as `layer`"
-    ):
-        GradCAM(vit)
+def test_cam_methods_read_a_vision_transformer_poly_cam_refuses_it(vit):
+    assert GradCAM(vit).layer == "encoder.layers.encoder_layer_11.ln_1"
     with pytest.raises(ConfigError, match=r"patch embedding.*layers="):
         PolyCAM(vit)
     assert GradCAM(vit, layer="conv_proj").layer == "conv_proj"
@@ -119,4 +130,4 @@ def test_skeleton_needs_no_weights_and_restores_module_registration():
 def test_every_registered_model_gets_a_verdict():
     for name in MODELS.names():
         found = support_by_name(name)
-        assert set(found.findings) == {"feature_map", "bias_terms", "relu_modules"}, name
+        assert set(found.findings) == set(REQUIREMENTS), name

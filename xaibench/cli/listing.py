@@ -20,10 +20,14 @@ _REGISTRIES = {
 }
 """What `list` prints -> where its registry lives, imported when it is listed."""
 _COLUMNS = (
-    ("CAM layer", "feature_map"),
     ("T-Grad/FullGrad", "bias_terms"),
     ("guided", "relu_modules"),
+    ("attention", "class_attention"),
+    ("CAM layer", "cam_layer"),
 )
+"""(title, requirement) per column; the CAM layer, whose names can be long, comes last."""
+_CELL = len("partial")
+"""The widest status a cell shows."""
 _SHORT = {"yes": "exact", "approximate": "approx"}
 TIMM_SUPPORT_LIMIT = 100
 """The most timm models one `list models` inspects (about 0.3 s each); more ask for a pattern."""
@@ -55,13 +59,16 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
 
     \b
     For models, one line each with what the model offers:
-      CAM layer        the feature map CAM methods read by default ('-': none, as in a
-                       vision transformer, whose only (B, C, h, w) map is the patch embedding)
       T-Grad/FullGrad  exact: built from linear pieces, input + bias terms = the score;
                        approx: other pieces (SiLU, ReLU6, gating, LayerNorm) make it approximate;
                        no: attention, or batch-norm without running statistics
       guided           guided backprop / DeconvNet: yes, partial (other activations are not
                        rectified) or no (no nn.ReLU module runs)
+      attention        attention rollout / gradient-weighted attention: yes where every
+                       attention layer attends over a class token and the patches (ViT, DeiT)
+      CAM layer        the layer CAM methods read by default: a CNN's last feature map, Swin's
+                       final grid, a ViT's last attention input (its tokens on the patch grid);
+                       '-': none
     Every other method (gradients, SmoothGrad, Integrated Gradients, RISE, baselines) runs on
     every model. Support is read off the model's structure, never off its name. timm's models
     (with timm installed) are listed by a pattern starting timm/.
@@ -112,7 +119,8 @@ def _list_models(pattern: str, why: bool, support: bool, weights: str) -> None:
     from xaibench.methods.support import support_by_name
 
     if not why:
-        header = [f"{'model':<{width}}", "input", *(f"{title:<16}" for title, _ in _COLUMNS)]
+        titles = [f"{title:<{max(len(title), _CELL)}}" for title, _ in _COLUMNS]
+        header = [f"{'model':<{width}}", "input", *titles]
         click.echo("  ".join(header).rstrip())
     for name in names:
         found = support_by_name(name, weights)
@@ -142,12 +150,12 @@ def _timm_note() -> None:
 def _row(name: str, found: ModelSupport, width: int) -> str:
     h, w = found.input_size
     cells = [f"{name:<{width}}", f"{h if h == w else f'{h}x{w}':<5}"]
-    cells += [f"{_cell(found, key):<16}" for _, key in _COLUMNS]
+    cells += [f"{_cell(found, key):<{max(len(title), _CELL)}}" for title, key in _COLUMNS]
     return "  ".join(cells).rstrip()
 
 
 def _cell(found: ModelSupport, key: str) -> str:
-    if key == "feature_map":
+    if key == "cam_layer":
         return found.cam_layer or "-"
     status = found.findings[key].status
     return _SHORT.get(status, status) if key == "bias_terms" else status

@@ -6,6 +6,7 @@ explanation = method(images, targets=None)  # maps (B, h, w), targets (B,), logi
 """
 
 from xaibench.methods import adapter_captum, adapter_gradcam  # noqa: F401  (their families)
+from xaibench.methods.attention import AttentionGradient, AttentionRollout
 from xaibench.methods.base import (
     METHODS,
     Explanation,
@@ -36,6 +37,8 @@ __all__ = [
     "METHODS",
     "RISE",
     "AblationCAM",
+    "AttentionGradient",
+    "AttentionRollout",
     "CAMMethod",
     "CentreBaseline",
     "ConstantBaseline",

@@ -121,8 +121,11 @@ class SaliencyMethod(ABC):
     softmax probability p_c for the methods whose paper weights by it (RISE, Score-CAM, Poly-CAM)."""
     requires: ClassVar[tuple[str, ...]] = ()
     """What the method needs of a model's structure (xaibench.methods.support checks each):
-    "feature_map" (a (B, C, h, w) map the score is pooled from), "bias_terms" (a network whose
-    score splits into input and bias terms), "relu_modules" (nn.ReLU modules to rectify)."""
+    "cam_layer" (a layer to read as a (B, C, h, w) map by default: a CNN's last feature map, a
+    transformer's tokens on their grid), "feature_map" (a chain of (B, C, h, w) maps the score is
+    pooled from), "bias_terms" (a network whose score splits into input and bias terms),
+    "relu_modules" (nn.ReLU modules to rectify), "class_attention" (attention layers over a class
+    token and the patch grid)."""
     compilable: ClassVar[bool] = True
     """False for methods that swap the model's modules or forwards during a call, which would make a
     compiled forward (`compile`) recompile on every batch."""

@@ -8,6 +8,11 @@ Ablation-CAM in `cam_perturbation`). A variant is a small subclass of `CAMMethod
 `channel_weights` (Grad-CAM, Grad-CAM++, XGrad-CAM) or `cam` (Layer-CAM, HiResCAM, Eigen-CAM), and
 `explain_together` gives several CAM methods on the same layer one shared pass.
 
+A vision transformer's layers output tokens, not maps; `LayerMethod` reads them through the
+layer's `Layout` (`xaibench.methods.tokens`): ViT's and DeiT's sequences (B, N, C) without their
+class and distillation tokens, laid on the patch grid, and Swin's grids (B, h, w, C), as
+(B, C, h, w). Activations and gradients are read alike, so every variant runs on them unchanged.
+
 Every map is returned at the layer's resolution (B, h, w), after a ReLU as in Grad-CAM; callers
 resize it to the image when they need to.
 """
@@ -31,16 +36,18 @@ from xaibench.methods.base import (
     saliency_mode,
     top1_targets,
 )
-from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
-from xaibench.methods.layers import find_target_layer, validate_layer
+from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
+from xaibench.methods.layers import resolve_layer
 from xaibench.methods.targets import ScoreKind, explained_score
+from xaibench.methods.tokens import FEATURE_MAP, Layout
 
 
 @dataclass
 class LayerPass:
     """activations: (B, C, h, w); gradients: (B, C, h, w), None after `layer_forward`;
     logits: (B, K) clean-image logits; targets: (B,); runs: how many times the layer ran in the
-    forward (the activations are those of its last run).
+    forward (the activations are those of its last run); output: the layer's output itself, the
+    activations in its own layout (the same tensor for a (B, C, h, w) layer; `Layout`).
     """
 
     activations: torch.Tensor
@@ -48,6 +55,7 @@ class LayerPass:
     logits: torch.Tensor
     targets: torch.Tensor
     runs: int = 1
+    output: torch.Tensor | None = None
 
 
 def layer_pass(
@@ -56,46 +64,62 @@ def layer_pass(
     images: torch.Tensor,
     targets: torch.Tensor | None,
     kind: ScoreKind = "logit",
+    layout: Layout = FEATURE_MAP,
 ) -> LayerPass:
     """One forward of images (B, 3, H, W) and one backward of the summed explained scores (`kind`,
-    `explained_score`) to `layer`.
+    `explained_score`) to `layer`, whose output and its gradient are read as maps by `layout`.
 
     targets (B,) or None (= top-1 of this forward). The backward runs only from the scores down to
     the layer's output (through its gradient edge), which costs a fraction of a backward to the
     input. Call it inside `saliency_mode(model)` so that no weight gradient is computed.
     """
-    with autograd_enabled(), record_layers(model, [layer], activations=True, edges=True) as rec:
+    with (
+        autograd_enabled(),
+        record_layers(model, [layer], activations=True, edges=True) as rec,
+        record_layers(model, layout.watched()) as grids,
+    ):
         logits = model(gradient_input(images))
         targets = top1_targets(logits, targets)
-        call = spatial_call(rec.last(layer), layer)
+        call = rec.last(layer)
+        grid = layout.grid(layer, call.shape, grids.calls)
         score = explained_score(logits, targets, kind).sum()
         (gradients,) = torch.autograd.grad(score, inputs=[call.edge])
     runs = sum(c.name == layer for c in rec.calls)
-    return LayerPass(call.activation, full_precision(gradients), logits.detach(), targets, runs)
+    return LayerPass(
+        layout.to_map(call.activation, grid),
+        layout.to_map(full_precision(gradients), grid),
+        logits.detach(),
+        targets,
+        runs,
+        call.activation,
+    )
 
 
 def layer_forward(
-    model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | None
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    layout: Layout = FEATURE_MAP,
 ) -> LayerPass:
-    """One forward of images (B, 3, H, W) without autograd, keeping `layer`'s activations.
+    """One forward of images (B, 3, H, W) without autograd, keeping `layer`'s activations, read as
+    maps by `layout`.
 
     targets (B,) or None (= top-1 of this forward). `gradients` is None.
     """
-    with torch.no_grad(), record_layers(model, [layer], activations=True) as rec:
+    with (
+        torch.no_grad(),
+        record_layers(model, [layer], activations=True) as rec,
+        record_layers(model, layout.watched()) as grids,
+    ):
         logits = model(images)
-    call = spatial_call(rec.last(layer), layer)
+    call = rec.last(layer)
+    grid = layout.grid(layer, call.shape, grids.calls)
     runs = sum(c.name == layer for c in rec.calls)
-    return LayerPass(call.activation, None, logits, top1_targets(logits, targets), runs)
-
-
-def spatial_call(call: LayerCall, layer: str) -> LayerCall:
-    """The call itself when its output is (B, C, h, w); ConfigError otherwise."""
-    if call.activation.ndim != 4:
-        raise ConfigError(
-            f"layer {layer!r} outputs shape {tuple(call.shape)}, not (B, C, h, w); "
-            "pick a convolutional layer"
-        )
-    return call
+    activations = layout.to_map(call.activation, grid)
+    return LayerPass(
+        activations, None, logits, top1_targets(logits, targets), runs, call.activation
+    )
 
 
 def weighted_cam(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
@@ -104,19 +128,19 @@ def weighted_cam(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tens
 
 
 class LayerMethod(SaliencyMethod):
-    """A method that reads the output of one layer of the model.
+    """A method that reads the output of one layer of the model, as a map (B, C, h, w).
 
-    `layer` is a module name (`model.get_submodule(layer)`); None picks `find_target_layer(model)`.
-    The resolved name is recorded in `params`, with the subclass's own settings. A module that runs
-    several times in one forward (an activation module shared by the stem and the head) is read at
-    its last run.
+    `layer` is a module name (`model.get_submodule(layer)`); None picks the default
+    (`default_layer`). The resolved name is recorded in `params`, with the subclass's own
+    settings; `layout` reads its output as a map: a vision transformer's tokens are laid on their
+    patch grid (`resolve_layer`). A module that runs several times in one forward (an activation
+    module shared by the stem and the head) is read at its last run.
     """
 
-    requires = ("feature_map",)
+    requires = ("cam_layer",)
 
     def __init__(self, model: nn.Module, layer: str | None = None, **params: Any):
-        layer = find_target_layer(model) if layer is None else layer
-        validate_layer(model, layer)
+        layer, self.layout = resolve_layer(model, layer)
         super().__init__(model, layer=layer, **params)
         self.layer = layer
 
@@ -131,7 +155,7 @@ class CAMMethod(LayerMethod):
     """
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
-        result = layer_pass(self.model, self.layer, images, targets, self.explains)
+        result = layer_pass(self.model, self.layer, images, targets, self.explains, self.layout)
         maps = self.cam(result.activations, result.gradients)
         return Explanation(maps, result.targets, result.logits)
 
@@ -246,7 +270,7 @@ class EigenCAM(CAMMethod):
     uses_target = False
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
-        result = layer_forward(self.model, self.layer, images, targets)
+        result = layer_forward(self.model, self.layer, images, targets, self.layout)
         return Explanation(self.cam(result.activations, None), result.targets, result.logits)
 
     @classmethod
@@ -312,7 +336,7 @@ def explain_together(
             "explain_together needs CAM methods on the same model and layer, explaining one score"
         )
     with saliency_mode(model):
-        result = layer_pass(model, layer, images, targets, kind)
+        result = layer_pass(model, layer, images, targets, kind, methods[0].layout)
     return [
         Explanation(m.cam(result.activations, result.gradients), result.targets, result.logits)
         for m in methods

@@ -88,7 +88,7 @@ class ScoreCAM(ChannelPerturbationCAM):
     explains = "probability"
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
-        result = layer_forward(self.model, self.layer, images, targets)
+        result = layer_forward(self.model, self.layer, images, targets, self.layout)
         weights = self.channel_scores(images, result.activations, result.targets)
         return Explanation(weighted_cam(weights, result.activations), result.targets, result.logits)
 
@@ -134,8 +134,9 @@ class AblationCAM(ChannelPerturbationCAM):
     w_k = (y_c - y_c^k) / y_c, with y_c the explained logit and y_c^k the logit when channel k of
     the layer's output is set to 0: the model runs on the image, and the layer's output is
     replaced by the clean forward's activations with channel k zeroed (so y_c^k differs from y_c
-    only by the ablation, not by rounding in the layers below). The layer's own forward is skipped
-    at that run (`precomputed_output`) once the first chunk has shown it pure: leaving its inputs
+    only by the ablation, not by rounding in the layers below; a vision transformer's class and
+    distillation tokens are kept as they were, `Layout.to_output`). The layer's own forward is
+    skipped at that run (`precomputed_output`) once the first chunk has shown it pure: leaving its inputs
     unchanged and returning no tensor that shares their memory. An all-zero channel is not run:
     ablating it changes nothing, w_k = 0. `passes` counts each ablated forward as a whole one,
     skipped layer and all.
@@ -150,7 +151,7 @@ class AblationCAM(ChannelPerturbationCAM):
     name = "ablationcam"
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
-        result = layer_forward(self.model, self.layer, images, targets)
+        result = layer_forward(self.model, self.layer, images, targets, self.layout)
         activations, targets = result.activations, result.targets
         channels = activations.shape[1]
         active = activations.flatten(2).ne(0).any(dim=2)
@@ -162,7 +163,7 @@ class AblationCAM(ChannelPerturbationCAM):
         def ablated_scores(image: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
             nonlocal skip
             keep = 1 - F.one_hot(channel, channels).to(activations.dtype)[:, :, None, None]
-            ablated = activations[image] * keep
+            ablated = self.layout.to_output(activations[image] * keep, result.output[image])
             with (
                 torch.no_grad(),
                 precomputed_output(

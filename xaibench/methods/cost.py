@@ -16,21 +16,24 @@ from torch import nn
 from xaibench.methods.base import METHODS, Passes, saliency_mode
 from xaibench.methods.cam import LayerMethod, pass_groups, shares_layer_pass
 from xaibench.methods.hooks import record_layers
-from xaibench.methods.layers import find_target_layer, validate_layer
+from xaibench.methods.layers import resolve_layer, validate_layer
 from xaibench.methods.polycam import PolyCAM, find_stage_layers
 from xaibench.methods.support import skeleton
+from xaibench.methods.tokens import FEATURE_MAP
 from xaibench.models.factory import model_input_size
 
 
 def layer_channels(model_name: str, layer: str | None = None) -> int | None:
-    """C of the output (B, C, h, w) of `layer` of the registered model `model_name` (its last run).
+    """C of the map (B, C, h, w) that `layer` of the registered model `model_name` outputs at its
+    last run, read by its `Layout` (a vision transformer's token sequence or grid: C of a token).
 
-    layer None: the default CAM layer (`find_target_layer`). None when the layer's output is not
-    a (B, C, h, w) map. ConfigError when the model has no such layer, or no default one (a vision
-    transformer).
+    layer None: the default CAM layer (`resolve_layer`). None when a CNN's layer does not output
+    a (B, C, h, w) map. ConfigError when the model has no such layer, or no default one, and for
+    a transformer's layer that outputs neither a map nor tokens (`layer_layout`).
     """
     model = skeleton(model_name)
-    return _channels(model, [find_target_layer(model) if layer is None else layer])[0]
+    layer, layout = resolve_layer(model, layer)
+    return layout.channels(_shapes(model, [layer])[0])
 
 
 def stage_channels(model_name: str, layers: Sequence[str] | None = None) -> list[int | None]:
@@ -39,7 +42,8 @@ def stage_channels(model_name: str, layers: Sequence[str] | None = None) -> list
     layers None: Poly-CAM's default, the output of each resolution stage (`find_stage_layers`).
     """
     model = skeleton(model_name)
-    return _channels(model, find_stage_layers(model) if layers is None else list(layers))
+    layers = find_stage_layers(model) if layers is None else list(layers)
+    return [FEATURE_MAP.channels(shape) for shape in _shapes(model, layers)]
 
 
 def method_passes(
@@ -77,14 +81,14 @@ def shared_passes(
     layers = {n: layer or methods[n].get("layer") for n in names}
     sharing = [n for n in names if shares_layer_pass(METHODS.get(n))]
     if any(layers[n] is None for n in sharing):
-        default = find_target_layer(skeleton(model_name))
+        default = resolve_layer(skeleton(model_name))[0]
         layers = {n: default if read is None else read for n, read in layers.items()}
     keys = [(layers[n], METHODS.get(n).explains) if n in sharing else None for n in names]
     return [[names[i] for i in group] for group in pass_groups(keys)]
 
 
-def _channels(model: nn.Module, layers: list[str]) -> list[int | None]:
-    """C of each layer's output at its last run in one forward of a zero image (1, 3, H, W)."""
+def _shapes(model: nn.Module, layers: list[str]) -> list[torch.Size | None]:
+    """Each layer's output shape at its last run in one forward of a zero image (1, 3, H, W)."""
     for layer in layers:
         validate_layer(model, layer)
     reference = next(iter(model.parameters()), None)
@@ -92,5 +96,4 @@ def _channels(model: nn.Module, layers: list[str]) -> list[int | None]:
     dummy = torch.zeros(1, 3, *model_input_size(model), device=device)
     with saliency_mode(model), torch.no_grad(), record_layers(model, layers) as recording:
         model(dummy)
-    shapes = [recording.last(layer).shape for layer in layers]
-    return [shape[1] if shape is not None and len(shape) == 4 else None for shape in shapes]
+    return [recording.last(layer).shape for layer in layers]

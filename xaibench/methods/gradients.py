@@ -33,7 +33,7 @@ from xaibench.core.batching import ChunkSize, apply_in_chunks
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, top1_targets
-from xaibench.methods.cam import GradCAM, LayerMethod, spatial_call
+from xaibench.methods.cam import GradCAM, LayerMethod
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
 from xaibench.methods.targets import ScoreKind, explained_score
 
@@ -339,7 +339,7 @@ class GuidedGradCAM(LayerMethod, AttributionMethod):
     compilable = False
 
     name = "guidedgradcam"
-    requires = ("relu_modules", "feature_map")
+    requires = ("relu_modules", "cam_layer")
 
     def __init__(self, model: nn.Module, layer: str | None = None):
         check_relu_modules(model, self.name)
@@ -359,15 +359,18 @@ class GuidedGradCAM(LayerMethod, AttributionMethod):
             rectified_relus(self.model, "plain") as switch,
             autograd_enabled(),
             record_layers(self.model, [self.layer], activations=True, edges=True) as rec,
+            record_layers(self.model, self.layout.watched()) as grids,
         ):
             leaf = gradient_input(images)
             logits = self.model(leaf)
             targets = top1_targets(logits, targets)
-            call = spatial_call(rec.last(self.layer), self.layer)
+            call = rec.last(self.layer)
+            grid = self.layout.grid(self.layer, call.shape, grids.calls)
             score = explained_score(logits, targets, self.explains).sum()
             (layer_grads,) = torch.autograd.grad(score, inputs=[call.edge], retain_graph=True)
             switch.rule = "guided"
             (guided,) = torch.autograd.grad(score, leaf)
-        cam = self.gradcam.cam(call.activation, full_precision(layer_grads))
+        activations = self.layout.to_map(call.activation, grid)
+        cam = self.gradcam.cam(activations, self.layout.to_map(full_precision(layer_grads), grid))
         cam = F.interpolate(cam[:, None], size=images.shape[2:], mode="bilinear")
         return Attribution(guided * cam, targets, logits.detach())

@@ -3,9 +3,12 @@
 One traced forward of a zero image, on the meta device for a registered name (no weights are
 allocated, so every torchvision model is inspected in a fraction of a second), records:
 
-- the layers' outputs (`trace_layers`): the feature map CAM methods read (`feature_maps`; none for
-  a vision transformer, whose only (B, C, h, w) map is the patch embedding), and which nn.ReLU
-  modules ran (guided backpropagation and DeconvNet rectify those);
+- the layers' outputs (`trace_layers`): the layer CAM methods read by default (`default_layer`: a
+  CNN's last feature map, Swin's final grid, the input of a ViT's last attention, read as a map
+  through its `Layout`), whether the score is pooled from a chain of (B, C, h, w) feature maps
+  (Poly-CAM's stages, `feature_maps`; not in a vision transformer, whose only such map is the
+  patch embedding), and which nn.ReLU modules ran (guided backpropagation and DeconvNet rectify
+  those);
 - every torch function applied to a tensor that depends on the image (`PieceTrace`): whether the
   score splits exactly into an input term and bias terms (T-Grad, FullGrad), that is whether the
   network is built only from linear pieces (convolution, eval batch-norm, linear, ReLU, max- and
@@ -14,6 +17,10 @@ allocated, so every torchvision model is inspected in a fraction of a second), r
   constants added outside a layer's bias) or impossible (attention). The input transform of
   torchvision's pretrained GoogLeNet and Inception v3 (`xaibench.models.input_transform`) is not
   traced: T-Grad and FullGrad give its shift a term of its own, so it leaves the split exact.
+
+Models with attention modules run one more forward with their attention probabilities captured
+(`attention_grid`): attention rollout and gradient-weighted attention need every layer to attend
+over a class token and the patch grid.
 
 Each method declares what it needs (`SaliencyMethod.requires`); `method_support` checks it.
 """
@@ -37,15 +44,23 @@ from torch.utils._pytree import tree_leaves
 
 from xaibench.core.errors import ConfigError, XaibenchError
 from xaibench.methods import METHODS
+from xaibench.methods.attention import attention_grid
 from xaibench.methods.gradients import OTHER_ACTIVATIONS
-from xaibench.methods.layers import feature_maps, trace_layers
+from xaibench.methods.layers import default_layer, feature_maps, trace_layers
 from xaibench.methods.tgrad import effective_biases
+from xaibench.methods.tokens import layer_layout
 from xaibench.models.factory import load_model, mark_input_size, model_input_size, model_spec
 from xaibench.models.input_transform import input_shift, without_input_transform
 
 Status = Literal["yes", "approximate", "partial", "no"]
 """yes: as defined; approximate: runs, but the bias decomposition is not exact; partial: runs, but
 only part of the network gets the method's treatment; no: refused or meaningless."""
+
+REQUIREMENTS = ("cam_layer", "feature_map", "bias_terms", "relu_modules", "class_attention")
+"""What methods can require of a model (`SaliencyMethod.requires`): a default CAM layer (a map,
+or a transformer's tokens on their grid), a chain of (B, C, h, w) feature maps (Poly-CAM), a
+split of the score into input and bias terms, nn.ReLU modules, attention over a class token and
+the patch grid."""
 
 _RANK: dict[str, int] = {"yes": 0, "partial": 1, "approximate": 1, "no": 2}
 
@@ -153,8 +168,8 @@ class Finding:
 class ModelSupport:
     """What a model offers the saliency methods, at `input_size` (H, W).
 
-    findings: requirement ("feature_map", "bias_terms", "relu_modules") -> Finding;
-    cam_layer: the default CAM layer, or None; pieces: the pieces that break the bias split.
+    findings: requirement (`REQUIREMENTS`) -> Finding; cam_layer: the default CAM layer, or None;
+    pieces: the pieces that break the bias split.
     """
 
     input_size: tuple[int, int]
@@ -192,19 +207,40 @@ def inspect_model(model: nn.Module, input_size: tuple[int, int] | None = None) -
     except (RuntimeError, AssertionError, ValueError, TypeError, XaibenchError) as error:
         h, w = input_size
         failed = Finding("no", f"{name} fails on a {h}x{w} input ({type(error).__name__}: {error})")
-        keys = ("feature_map", "bias_terms", "relu_modules")
-        return ModelSupport(input_size, dict.fromkeys(keys, failed))
+        return ModelSupport(input_size, dict.fromkeys(REQUIREMENTS, failed))
     findings = {
         "bias_terms": _bias_terms(model, trace),
         "relu_modules": _relu_modules(model, {call.name for call in calls}, trace.relus > 0),
+        "class_attention": _class_attention(model, input_size),
     }
-    cam_layer = None
     try:
-        cam_layer = feature_maps(calls, name, input_size, "pass `layer`")[-1].name
-        findings["feature_map"] = Finding("yes", f"default layer {cam_layer!r}")
+        feature_maps(calls, name, input_size, "pass `layers`")
+        findings["feature_map"] = Finding("yes")
     except ConfigError as error:
         findings["feature_map"] = Finding("no", str(error))
+    cam_layer = None
+    try:
+        cam_layer = default_layer(model, calls, input_size, "pass `layer`").name
+        layout = layer_layout(model, calls, cam_layer)
+        findings["cam_layer"] = Finding("yes", f"default layer {cam_layer!r}{_READ[layout.kind]}")
+    except ConfigError as error:
+        findings["cam_layer"] = Finding("no", str(error))
     return ModelSupport(input_size, findings, cam_layer, dict(trace.pieces))
+
+
+_READ = {
+    "map": "",
+    "channels_last": " (a (B, h, w, C) grid, read channels first)",
+    "tokens": " (a token sequence, read on the patch grid without the class token)",
+}
+
+
+def _class_attention(model: nn.Module, input_size: tuple[int, int]) -> Finding:
+    try:
+        found = attention_grid(model, input_size)
+    except ConfigError as error:
+        return Finding("no", str(error))
+    return Finding("yes", f"{len(found.layers)} attention layers over a class token and patches")
 
 
 def _bias_terms(model: nn.Module, trace: PieceTrace) -> Finding:
