@@ -36,7 +36,7 @@ def test_the_extras_of_a_split_batch_equal_those_of_the_unsplit_call(name, tiny_
     split = METHODS.get(name)(FitsOnly(tiny_resnet, 2), **params)
     size = ChunkSize(4, "batch_size")
     result = split.call_in_chunks(batch, None, size)
-    assert size.value == 2  # 3 images did not fit: sub-batches of 2 and 1
+    assert size.value < 3  # 3 images did not fit: smaller sub-batches
     assert list(result.extras) == list(expected.extras) == names
     for extra in names:
         got, want = fields(result.extras[extra]), fields(expected.extras[extra])
