@@ -61,6 +61,7 @@ def test_methods_combine_their_requirements():
     methods = found.methods()
     assert set(methods) == set(METHODS.names())
     assert methods["gradient"].status == "yes" and methods["rise"].status == "yes"
+    assert methods["occlusion"].status == "yes"
     assert methods["gradcam"].status == "no" and "patch embedding" in methods["gradcam"].reason
     guided = methods["guidedgradcam"].reason
     assert "nn.ReLU" in guided and "patch embedding" in guided

@@ -19,7 +19,7 @@ from xaibench.methods.hooks import record_layers
 from xaibench.methods.layers import find_target_layer, validate_layer
 from xaibench.methods.polycam import PolyCAM, find_stage_layers
 from xaibench.methods.support import skeleton
-from xaibench.models.factory import model_input_size
+from xaibench.models.factory import MODELS, model_input_size
 
 
 def layer_channels(model_name: str, layer: str | None = None) -> int | None:
@@ -49,7 +49,9 @@ def method_passes(
 
     layer (as --layer) replaces params["layer"] for the methods that read one layer (CAM methods,
     Score-CAM, Ablation-CAM, Guided Grad-CAM), which get its channels (`layer_channels`); Poly-CAM
-    gets those of its `layers` (`stage_channels`); the other methods get none.
+    gets those of its `layers` (`stage_channels`); the other methods get none. Every method gets
+    the model's registered input size (Occlusion's count depends on it); a model that is not
+    registered has none, and a method that needs it then raises ConfigError.
     """
     cls = METHODS.get(method)
     settings = dict(params)
@@ -59,7 +61,8 @@ def method_passes(
         channels = layer_channels(model_name, settings["layer"])
     elif issubclass(cls, PolyCAM):
         channels = stage_channels(model_name, settings.get("layers"))
-    return cls.passes(settings, channels)
+    input_size = MODELS.get(model_name).input_size if model_name in MODELS else None
+    return cls.passes(settings, channels, input_size)
 
 
 def _channels(model: nn.Module, layers: list[str]) -> list[int | None]:
