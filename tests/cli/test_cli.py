@@ -49,3 +49,13 @@ def test_readme_documents_every_command():
     assert "make demo" in readme and "make test" in readme
     for command in cli.list_commands(click.Context(cli)):
         assert f"xaibench {command}" in readme, command
+
+
+def test_readme_names_every_method():
+    from pathlib import Path
+
+    from xaibench.methods import METHODS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for name in METHODS.names():
+        assert f"`{name}`" in readme, name

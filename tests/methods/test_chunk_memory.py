@@ -13,6 +13,7 @@ CHUNKED = {
     "smoothgrad": {"samples": 8, "sample_batch": 8},
     "intgrad": {"steps": 8, "step_batch": 8},
     "rise": {"masks": 8, "cell": 4, "mask_batch": 4},  # 2 images x 4 masks per forward
+    "occlusion": {"window": 32, "stride": 16, "window_batch": 4},  # 2 images x 4 windows
     "scorecam": {"channel_batch": 8},
     "ablationcam": {"channel_batch": 8},
     "polycam": {"channel_batch": 8},

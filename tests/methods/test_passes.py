@@ -36,6 +36,7 @@ BATCH = 2
 SIDE = 32
 NON_DEFAULT = [
     ("rise", {"masks": 6, "mask_batch": 4}),
+    ("occlusion", {"window": [12, 9], "stride": [5, 4], "window_batch": 3}),
     ("smoothgrad", {"samples": 3, "sample_batch": 2}),
     ("smoothgrad_sq", {"samples": 2, "base": "guidedgradcam"}),
     ("vargrad", {"samples": 3, "base": "gradinput"}),
@@ -50,8 +51,8 @@ NON_DEFAULT = [
     ("rollout", {"head_fusion": "max", "discard_ratio": 0.5}),
     ("guidedgradcam", {"layer": "layer1"}),
 ]
-"""Settings that change the count (samples, steps, masks, layers) or the batching (which must
-not)."""
+"""Settings that change the count (samples, steps, masks, layers, windows) or the batching (which
+must not)."""
 CASES = [(name, {}) for name in METHODS.names()] + NON_DEFAULT
 SKIPPED_CHANNELS = {
     "scorecam": lambda flat: flat.amax(dim=2) == flat.amin(dim=2),
@@ -138,7 +139,7 @@ def counted_call(name: str, params: dict, model: nn.Module) -> tuple[Counts, ran
     """Call the method on BATCH images: the counts, the forwards expected, the declared passes."""
     images = torch.randn(BATCH, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(3))
     method = METHODS.get(name)(model, **params)
-    declared = type(method).passes(params, channels_of(method, images))
+    declared = type(method).passes(params, channels_of(method, images), (SIDE, SIDE))
     with counting(model) as counts:
         method(images, torch.tensor([1, 3]))
     return counts, expected_forwards(name, method, declared, images), declared

@@ -15,6 +15,7 @@ EXTRAS = {  # method: (the names of its extras, parameters)
     "fullgrad": (["terms"], {}),
     "intgrad": (["completeness"], {"steps": 4, "step_batch": 2}),
     "rise": (["scores"], {"masks": 4, "cell": 4, "mask_batch": 1}),
+    "occlusion": (["drops"], {"window": 32, "stride": 16, "window_batch": 1}),
 }
 
 

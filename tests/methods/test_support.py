@@ -71,6 +71,7 @@ def test_methods_combine_their_requirements():
     assert methods["polycam"].status == "no" and "patch embedding" in methods["polycam"].reason
     for name in ("tgrad", "fullgrad"):
         assert methods[name].status == "no" and "attention" in methods[name].reason
+    assert methods["occlusion"].status == "yes"
     guided = methods["guidedgradcam"].reason
     assert methods["guidedgradcam"].status == "no" and "nn.ReLU" in guided
     cnn = support_by_name("resnet18").methods()

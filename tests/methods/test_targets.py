@@ -7,8 +7,9 @@ from xaibench.core.errors import ConfigError
 from xaibench.methods import METHODS, Gradient
 from xaibench.methods.targets import explained_score
 
-PROBABILITY = {"rise", "scorecam", "polycam", "polycam_minus", "polycam_pm"}
-"""The methods whose paper weights by the softmax probability of the class."""
+PROBABILITY = {"rise", "scorecam", "polycam", "polycam_minus", "polycam_pm", "occlusion"}
+"""The methods whose paper weights by the softmax probability of the class, or maps it
+(Occlusion)."""
 
 
 def test_logit_and_probability_of_each_rows_class():

@@ -154,3 +154,24 @@ def test_compile_reaches_xaibench_and_raw_forwards_but_not_the_references(monkey
     result = bench.evaluation_worker(args, CPU)
     assert sorted(asked) == [("bf16", True), ("bf16", True), ("fp32", False)]
     assert result["precisions"]["xaibench"] == "bf16+compile"
+
+
+def test_occlusion_benchmark_runs_both_sides_on_the_same_work(capsys):
+    bench_occlusion = importlib.import_module("bench_occlusion")
+    argv = ["--size", "48", "--window", "24", "--stride", "12", "--batch-size", "2"]
+    result = bench_occlusion.main([*argv, "--chunk", "3", "--repeats", "2"])
+    assert result["difference"] < 1e-4  # the same maps: Captum's in each of its channels
+    assert result["xaibench"] > 0 and result["captum"] > 0 and result["ratio"] > 0
+    output = capsys.readouterr().out
+    assert "forwards per image=10" in output and "ratio captum / xaibench time" in output
+
+
+def test_occlusion_benchmark_alternates_which_side_goes_first(monkeypatch):
+    bench_occlusion = importlib.import_module("bench_occlusion")
+    order = []
+    monkeypatch.setattr(bench_occlusion, "seconds", lambda device, step: step() or 1.0)
+    ours, theirs = bench_occlusion.interleaved(
+        lambda: order.append("ours"), lambda: order.append("captum"), 3, CPU
+    )
+    assert order == ["ours", "captum", "captum", "ours", "ours", "captum"]
+    assert ours == theirs == [1.0, 1.0, 1.0]

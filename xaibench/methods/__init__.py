@@ -28,6 +28,7 @@ from xaibench.methods.gradients import (
 )
 from xaibench.methods.integrated import IntegratedGradients
 from xaibench.methods.layers import find_target_layer, validate_layer
+from xaibench.methods.occlusion import Occlusion
 from xaibench.methods.polycam import PolyCAM, PolyCAMMinus, PolyCAMPlusMinus
 from xaibench.methods.rise import RISE
 from xaibench.methods.smoothgrad import SmoothGrad, SmoothGradSquared, VarGrad
@@ -51,6 +52,7 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "IntegratedGradients",
+    "Occlusion",
     "Passes",
     "PolyCAM",
     "PolyCAMMinus",

@@ -163,7 +163,12 @@ class PeerMethod(SaliencyMethod):
         return {**cls.own_settings, **params}
 
     @classmethod
-    def passes(cls, params: Mapping[str, Any], channels: Any = None) -> Passes | None:
+    def passes(
+        cls,
+        params: Mapping[str, Any],
+        channels: Any = None,
+        input_size: tuple[int, int] | None = None,
+    ) -> Passes | None:
         """The library's passes per image (`peer_passes`) and the forward that picks the top-1
         class or gives the clean logits (run here when no targets are given, by the caller
         otherwise); None where the library's count is not known."""

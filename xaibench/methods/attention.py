@@ -241,7 +241,10 @@ class AttentionRollout(AttentionMethod):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes:
         """One forward per image, no backward."""
         cls.full_settings(params)

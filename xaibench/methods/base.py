@@ -118,7 +118,8 @@ class SaliencyMethod(ABC):
     """False for methods whose map does not depend on the class explained (baselines, Eigen-CAM)."""
     explains: ClassVar[ScoreKind] = "logit"
     """The score of the class the method explains (`explained_score`): the logit y_c, or the
-    softmax probability p_c for the methods whose paper weights by it (RISE, Score-CAM, Poly-CAM)."""
+    softmax probability p_c for the methods whose paper weights by it (RISE, Score-CAM, Poly-CAM)
+    or maps it (Occlusion)."""
     requires: ClassVar[tuple[str, ...]] = ()
     """What the method needs of a model's structure (xaibench.methods.support checks each):
     "cam_layer" (a layer to read as a (B, C, h, w) map by default: a CNN's last feature map, a
@@ -139,14 +140,19 @@ class SaliencyMethod(ABC):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes | None:
         """The `Passes` per image of the method with settings `params` (`full_settings`), None
         where they are not known (some methods of other libraries).
 
         channels: C of the output (B, C, h, w) of the method's layer, for the methods whose count
-        depends on it (Score-CAM, Ablation-CAM; Poly-CAM takes one per layer); the others ignore
-        it. Default: one forward and one backward; subclasses override it where they run others.
+        depends on it (Score-CAM, Ablation-CAM; Poly-CAM takes one per layer); input_size: (H, W)
+        of the images explained, for the methods whose count depends on it (Occlusion's window
+        positions). The others ignore both. Default: one forward and one backward; subclasses
+        override it where they run others.
         """
         cls.full_settings(params)
         return Passes(1, 1)

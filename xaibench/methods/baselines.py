@@ -90,7 +90,10 @@ class ModelFreeBaseline(SaliencyMethod):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes:
         """No pass: the map ignores the model. Called without targets, the method runs one
         forward per image to pick the top-1 classes, which is not counted here."""

@@ -275,7 +275,10 @@ class EigenCAM(CAMMethod):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes:
         """One forward per image (`layer_forward`), no backward."""
         cls.full_settings(params)

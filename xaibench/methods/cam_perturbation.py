@@ -44,7 +44,10 @@ class ChannelPerturbationCAM(LayerMethod):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes:
         """1 + C forwards per image, no backward: the clean forward and one per channel of the
         layer's output (B, C, h, w); channels: that C, required.

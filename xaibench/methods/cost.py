@@ -20,7 +20,7 @@ from xaibench.methods.layers import resolve_layer, validate_layer
 from xaibench.methods.polycam import PolyCAM, find_stage_layers
 from xaibench.methods.support import skeleton
 from xaibench.methods.tokens import FEATURE_MAP
-from xaibench.models.factory import model_input_size
+from xaibench.models.factory import is_user_model, model_input_size, model_spec
 
 
 def layer_channels(model_name: str, layer: str | None = None) -> int | None:
@@ -55,7 +55,9 @@ def method_passes(
     layer (as --layer) replaces params["layer"] for the methods that read one layer (CAM methods,
     Score-CAM, Ablation-CAM, Guided Grad-CAM), which get its channels (`layer_channels`); Poly-CAM
     gets those of its `layers` (`stage_channels`); the other methods get none (those of other
-    libraries included: their counts do not depend on channels).
+    libraries included: their counts do not depend on channels). Every method gets the model's
+    input size (Occlusion's count depends on it); a model of the user's own has none here, and a
+    method that needs it then raises ConfigError.
     """
     cls = METHODS.get(method)
     settings = dict(params)
@@ -65,7 +67,8 @@ def method_passes(
         channels = layer_channels(model_name, settings["layer"])
     elif issubclass(cls, PolyCAM):
         channels = stage_channels(model_name, settings.get("layers"))
-    return cls.passes(settings, channels)
+    input_size = None if is_user_model(model_name) else model_spec(model_name).input_size
+    return cls.passes(settings, channels, input_size)
 
 
 def shared_passes(

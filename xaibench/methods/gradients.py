@@ -348,7 +348,10 @@ class GuidedGradCAM(LayerMethod, AttributionMethod):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes:
         """One forward and two backwards per image: the plain one stops at `layer`."""
         cls.full_settings(params)

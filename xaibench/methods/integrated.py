@@ -127,7 +127,10 @@ class IntegratedGradients(AttributionMethod):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes:
         """steps + 2 forwards and `steps` backwards per image, whatever `step_batch` is: one
         forward and one backward per path point, the clean forward and the baseline's.

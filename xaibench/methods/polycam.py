@@ -114,7 +114,10 @@ class PolyCAM(SaliencyMethod):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes:
         """1 + masks_per_channel * sum_l C_l forwards per image, no backward: the clean forward,
         then one per masked copy (`masked_scores`), constant maps included.

@@ -80,7 +80,10 @@ class RISE(SaliencyMethod):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes:
         """1 + masks forwards per image (the clean one and one per masked copy), no backward."""
         return Passes(1 + positive_int(cls.full_settings(params)["masks"], "rise: masks"), 0)

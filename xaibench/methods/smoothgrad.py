@@ -115,16 +115,21 @@ class NoiseAggregate(SaliencyMethod):
 
     @classmethod
     def passes(
-        cls, params: Mapping[str, Any], channels: int | Sequence[int] | None = None
+        cls,
+        params: Mapping[str, Any],
+        channels: int | Sequence[int] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Passes:
         """One clean forward per image, then `samples` times the base method's passes (one
         forward and one backward for the default gradient), whatever `sample_batch` is.
 
-        channels go to the base's `passes`; an upper bound where the base's is (intgrad's).
+        channels and input_size go to the base's `passes`; an upper bound where the base's is
+        (intgrad's).
         """
         settings = cls.full_settings(params)
         samples = positive_int(settings["samples"], f"{cls.name}: samples")
-        base = cls.base_method(settings["base"]).passes(settings["base_params"] or {}, channels)
+        base_class = cls.base_method(settings["base"])
+        base = base_class.passes(settings["base_params"] or {}, channels, input_size)
         return Passes(1, 0) + samples * base
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:

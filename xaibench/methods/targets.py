@@ -2,7 +2,7 @@
 
 A method explains the score of one class per image: the logit y_c (the default, as most methods
 are published), or the softmax probability p_c where the method's paper weights by it (RISE,
-Score-CAM, Poly-CAM). `explained_score` computes either from the logits.
+Score-CAM, Poly-CAM) or maps it (Occlusion). `explained_score` computes either from the logits.
 """
 
 from __future__ import annotations
