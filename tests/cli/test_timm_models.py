@@ -26,7 +26,7 @@ def run_main(capsys, *args) -> tuple[int, str]:
 def test_list_models_by_a_timm_pattern_gives_verdicts(invoke):
     table = invoke("list", "models", "timm/test_resnet*")
     lines = table.output.splitlines()
-    assert lines[1].split() == ["timm/test_resnet", "160", "layer4", "exact", "yes"]
+    assert lines[1].split() == ["timm/test_resnet", "160", "exact", "yes", "no", "layer4"]
     assert len(lines) == 3 and "--why" in lines[-1]
     vit = invoke("list", "models", "timm/test_vit", "--why").output
     assert "timm/test_vit (input 160x160)" in vit and "attention" in vit
