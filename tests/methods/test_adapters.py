@@ -110,9 +110,18 @@ def seeded(seed, function):
     return call
 
 
-@pytest.mark.parametrize("reduce", ["sum", "abs_sum", "max_abs"])
+REDUCE_CASES = [
+    (*case, reduce)
+    for case in CAPTUM_CASES
+    for reduce in ("sum", "abs_sum", "max_abs")
+    if case[0] != "FeatureAblation" or reduce == "sum"  # one forward per feature: slow, once
+]
+
+
 @pytest.mark.parametrize(
-    ("name", "settings", "direct"), CAPTUM_CASES, ids=[c[0] for c in CAPTUM_CASES]
+    ("name", "settings", "direct", "reduce"),
+    REDUCE_CASES,
+    ids=[f"{c[0]}-{c[3]}" for c in REDUCE_CASES],
 )
 def test_a_captum_method_equals_captum_called_directly(
     tiny_resnet, batch, no_hooks_left, name, settings, direct, reduce
