@@ -142,6 +142,7 @@ def test_keys_added_later_keep_the_digests_while_at_their_defaults(tmp_path):
     keys = [unit.key for unit in make_plan(base).units]
     before = copy.deepcopy(base.config)  # the config as resolved before the keys were added
     del before["generate"]["preprocessing"]
+    del before["generate"]["compression"]
     del before["evaluate"]["metric_params"]
     before["models"] = [{k: m[k] for k in ("name", "weights", "layer")} for m in before["models"]]
     del before["run"]["out"]
@@ -255,3 +256,14 @@ def test_metric_params_left_empty_keep_the_digest_and_are_checked_when_given(tmp
     wrong = load_config(write(tmp_path, MINIMAL + QUANTUS_EVALUATE.format(setting="ab = false")))
     with pytest.raises(ConfigError, match=r"\[evaluate\] metric_params: .*no setting 'ab'"):
         check_experiment(wrong)
+
+
+def test_compression_is_a_setting_of_the_stores_not_of_their_maps(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    base = load_config(path)
+    none = load_config(path, ["generate.compression=none"])
+    assert none.sha256 != base.sha256  # the config records it
+    keys = {u.name: u.key for u in make_plan(base).units}
+    assert {u.name: u.key for u in make_plan(none).units} == keys  # nothing to redo for it
+    with pytest.raises(ConfigError, match=r"compression.*'zstd': use one of lzf, gzip, none"):
+        check_experiment(load_config(path, ["generate.compression=zstd"]))

@@ -25,7 +25,7 @@ from xaibench.cli.options import (
     weights_option,
 )
 from xaibench.core.runtime import resolve_device
-from xaibench.results.layout import logs_dir
+from xaibench.results.layout import STORE_COMPRESSIONS, logs_dir
 
 if TYPE_CHECKING:
     from xaibench.pipelines.generate import GenerateSummary
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 @store_format_option
 @click.option(
     "--compression",
-    type=click.Choice(["lzf", "gzip", "none"]),
+    type=click.Choice(list(STORE_COMPRESSIONS)),
     default="lzf",
     show_default=True,
     help="Compression of the maps of new stores: none writes fastest (larger files), gzip is "
@@ -140,7 +140,7 @@ def generate_command(
             target=target,
             store_format=store_format,
             method_params=settings,
-            compression=None if compression == "none" else compression,
+            compression=STORE_COMPRESSIONS[compression],
             world=world,
         )
     if world.is_main:

@@ -15,7 +15,7 @@ from xaibench.methods import METHODS
 from xaibench.metrics import METRICS, get_protocol
 from xaibench.models.factory import is_user_model, model_spec, user_model_spec
 from xaibench.pipelines.evaluate import evaluation_metric_objects, evaluation_protocol
-from xaibench.results.layout import STORE_FORMATS
+from xaibench.results.layout import STORE_COMPRESSIONS, STORE_FORMATS
 from xaibench.store.meta import TARGETS
 
 
@@ -159,6 +159,9 @@ def _check_generate(generate: dict[str, Any], models: list[dict[str, Any]], wher
         raise where.error("target", f"{generate['target']!r}: use one of {', '.join(TARGETS)}")
     if generate["store"] not in STORE_FORMATS:
         raise where.error("store", f"{generate['store']!r}: use one of {', '.join(STORE_FORMATS)}")
+    if generate["compression"] not in STORE_COMPRESSIONS:
+        choices = ", ".join(STORE_COMPRESSIONS)
+        raise where.error("compression", f"{generate['compression']!r}: use one of {choices}")
     for method, settings in generate["params"].items():
         key = f"params.{method}"
         if method not in methods:

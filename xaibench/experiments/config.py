@@ -117,6 +117,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "methods": Key("list[str]", REQUIRED, "the saliency methods (`xaibench list methods`)"),
         "target": Key("str", "predicted", "the class explained: predicted or label"),
         "store": Key("str", "h5", "h5, or npz for the T-Grad authors' scripts"),
+        "compression": Key("str", "lzf", "maps of new stores: lzf, gzip or none (same maps)"),
         "protocol": Key("str", None, "whose preprocessing (default: the first evaluate protocol)"),
         "preprocessing": Key(
             "str", "protocol", f"{' or '.join(PREPROCESSINGS)} (the weights' own; every stage)"
@@ -182,7 +183,7 @@ def own_model(model: Mapping[str, Any]) -> dict[str, Any]:
 
 
 LATER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "generate": {"preprocessing": "protocol"},
+    "generate": {"preprocessing": "protocol", "compression": "lzf"},
     "evaluate": {"metric_params": {}},
     "models": dict.fromkeys(OWN_MODEL_KEYS),
 }

@@ -107,7 +107,7 @@ def make_plan(experiment: Experiment, out: Path | None = None) -> Plan:
                     "generate": {
                         k: v
                         for k, v in digested("generate", generate).items()
-                        if k not in ("methods", "params")
+                        if k not in ("methods", "params", "compression")  # same maps either way
                     },
                     "precision": run["precision"],
                 }

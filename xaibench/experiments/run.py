@@ -33,7 +33,7 @@ from xaibench.experiments.plan import Plan, Unit, digest, make_plan, method_sett
 from xaibench.pipelines.checkpoint import remove_checkpoint
 from xaibench.pipelines.settings import RunSettings
 from xaibench.results import layout
-from xaibench.results.layout import CONFIG_COLUMN
+from xaibench.results.layout import CONFIG_COLUMN, STORE_COMPRESSIONS
 
 Echo = Callable[[str], None]
 
@@ -298,6 +298,7 @@ class _Stages:
                 self.settings,
                 target=generate_config["target"],
                 store_format=generate_config["store"],
+                compression=STORE_COMPRESSIONS[generate_config["compression"]],
                 method_params={m: p for m, p in params.items() if p},
                 world=self.world,
             )

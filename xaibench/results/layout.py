@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+STORE_COMPRESSIONS = {"lzf": "lzf", "gzip": "gzip", "none": None}
+"""`compression` as a config or the command line names it -> as the stores take it."""
 STORE_FORMATS = ("h5", "npz")
 
 PER_IMAGE_SUFFIX = ".per_image.csv"
