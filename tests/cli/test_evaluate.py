@@ -175,6 +175,11 @@ def test_evaluate_refuses_a_store_of_another_model(tiny_run, invoke):
     )  # fmt: skip
     assert result.exit_code != 0
     assert "model" in str(result.exception) and "tiny_models:tiny_cnn" in str(result.exception)
+    # the advice is to evaluate it with what made it, never to delete the user's maps
+    assert "evaluate it with the `model`, `weights` and images it was made with" in str(
+        result.exception
+    )
+    assert "delete" not in str(result.exception)
 
 
 def test_empty_metrics_are_refused(image_folder, invoke):

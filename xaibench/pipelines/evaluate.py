@@ -46,6 +46,7 @@ from xaibench.results import layout
 from xaibench.results.stats import summarise
 from xaibench.store import open_store
 from xaibench.store.base import SaliencyStore
+from xaibench.store.meta import READING_FIX
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,10 @@ def check_store_matches(
             f"but this evaluation uses the {here} one; evaluate it with `preprocessing` {made}",
             param="preprocessing",
         )
-    store.check_run({"model": loaded.name, "weights": loaded.weights, "preprocess": preprocess})
+    store.check_run(
+        {"model": loaded.name, "weights": loaded.weights, "preprocess": preprocess},
+        fix=READING_FIX,
+    )
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
     missing = [image_id for image_id in store.ids if image_id not in position]
     if missing and dataset.subset_file is None:

@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from xaibench.core.errors import StoreError
-from xaibench.store.meta import StoreMeta
+from xaibench.store.meta import WRITING_FIX, StoreMeta
 
 
 @dataclass(frozen=True)
@@ -116,17 +116,18 @@ class SaliencyStore(ABC):
         expected: dict[str, Any],
         ids: Sequence[str] | None = None,
         labels: np.ndarray | None = None,
+        fix: str = WRITING_FIX,
     ) -> None:
-        """StoreError naming the first differing field: of `expected` (meta), the ids or labels."""
-        self.meta.check_compatible(expected, source=str(self.path))
+        """StoreError naming the first differing field: of `expected` (meta), the ids or labels;
+        `fix` says what to do (`WRITING_FIX` for a run that would write into the store)."""
+        self.meta.check_compatible(expected, source=str(self.path), fix=fix)
         if ids is not None:
-            _check_same("ids", self.ids, list(ids), self.path)
+            _check_same("ids", self.ids, list(ids), self.path, fix)
         if labels is not None:
-            _check_same("labels", self.labels.tolist(), np.asarray(labels).tolist(), self.path)
+            _check_same("labels", self.labels.tolist(), np.asarray(labels).tolist(), self.path, fix)
 
 
-def _check_same(field: str, stored: list, wanted: list, path: Path) -> None:
-    fix = "write to another path, or delete the store to start over"
+def _check_same(field: str, stored: list, wanted: list, path: Path, fix: str) -> None:
     if len(stored) != len(wanted):
         raise StoreError(
             f"{path} holds {field} of {len(stored)} images, but this run has {len(wanted)}; {fix}"

@@ -16,6 +16,13 @@ TARGETS = ("predicted", "label")
 JSON_FIELDS = ("method_params", "preprocess", "method_library")
 # The fields that must agree for a store to be resumed or evaluated as the same run.
 RUN_FIELDS = ("model", "weights", "method", "method_params", "target", "preprocess", "precision")
+WRITING_FIX = "write to another path, or delete the store to start over"
+"""What to do when a run would write into a store of another run."""
+READING_FIX = (
+    "evaluate it with the `model`, `weights` and images it was made with (recorded in the "
+    "store), or generate a store for these"
+)
+"""What to do when a run would read a store of another run: never delete it."""
 # Fields added after format version 1 was first written, with the value older stores imply.
 LATER_FIELDS: dict[str, Any] = {"precision": "fp32", "method_library": {}}
 # Preprocessing names that stores written before preprocessings had names of their own record: the
@@ -99,8 +106,11 @@ class StoreMeta:
         """The fields two runs must share to write into, or be evaluated from, the same store."""
         return {k: getattr(self, k) for k in RUN_FIELDS}
 
-    def check_compatible(self, expected: dict[str, Any], source: str = "the store") -> None:
-        """StoreError naming the first field whose stored value differs from `expected`'s."""
+    def check_compatible(
+        self, expected: dict[str, Any], source: str = "the store", fix: str = WRITING_FIX
+    ) -> None:
+        """StoreError naming the first field whose stored value differs from `expected`'s, and
+        `fix`, what to do about it."""
         unknown = set(expected) - {f.name for f in fields(self)}
         if unknown:
             raise ValueError(f"not StoreMeta fields: {', '.join(sorted(unknown))}")
@@ -109,6 +119,5 @@ class StoreMeta:
             if _canonical(have) != _canonical(want):
                 raise StoreError(
                     f"{source} was written with {name}={json.dumps(_canonical(have))}, but this "
-                    f"run has {name}={json.dumps(_canonical(want))}; write to another path, or "
-                    "delete the store to start over"
+                    f"run has {name}={json.dumps(_canonical(want))}; {fix}"
                 )
