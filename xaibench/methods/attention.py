@@ -14,7 +14,8 @@ forward (`patch_grid_layer`). A loop runs over the layers; images and heads are 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -198,11 +199,11 @@ class AttentionMethod(SaliencyMethod):
         maps = relevance[:, 0, n - h * w :].reshape(b, h, w)
         return Explanation(maps.float(), targets, logits.detach())
 
+    @abstractmethod
     def relevance(
         self, probs: list[torch.Tensor], grads: list[torch.Tensor] | None
     ) -> torch.Tensor:
         """L x (B, heads, N, N) probabilities (and gradients) -> (B, N, N)."""
-        raise NotImplementedError
 
 
 @METHODS.register(
@@ -223,6 +224,7 @@ class AttentionRollout(AttentionMethod):
 
     name = "rollout"
     uses_target = False
+    per_image = Passes(1, 0)  # one forward, no backward
 
     def __init__(
         self, model: nn.Module, head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0
@@ -238,17 +240,6 @@ class AttentionRollout(AttentionMethod):
             raise ConfigError(f"rollout: discard_ratio must be in [0, 1), got {discard_ratio!r}")
         super().__init__(model, head_fusion=head_fusion, discard_ratio=discard_ratio)
         self.head_fusion, self.discard_ratio = head_fusion, discard_ratio
-
-    @classmethod
-    def passes(
-        cls,
-        params: Mapping[str, Any],
-        channels: int | Sequence[int] | None = None,
-        input_size: tuple[int, int] | None = None,
-    ) -> Passes:
-        """One forward per image, no backward."""
-        cls.full_settings(params)
-        return Passes(1, 0)
 
     def relevance(
         self, probs: list[torch.Tensor], grads: list[torch.Tensor] | None

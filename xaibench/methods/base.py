@@ -127,6 +127,8 @@ class SaliencyMethod(ABC):
     pooled from), "bias_terms" (a network whose score splits into input and bias terms),
     "relu_modules" (nn.ReLU modules to rectify), "class_attention" (attention layers over a class
     token and the patch grid)."""
+    per_image: ClassVar[Passes] = Passes(1, 1)
+    """The passes per image of a method whose count depends on no setting (`passes`)."""
     compilable: ClassVar[bool] = True
     """False for methods that swap the model's modules or forwards during a call, which would make a
     compiled forward (`compile`) recompile on every batch."""
@@ -151,11 +153,11 @@ class SaliencyMethod(ABC):
         channels: C of the output (B, C, h, w) of the method's layer, for the methods whose count
         depends on it (Score-CAM, Ablation-CAM; Poly-CAM takes one per layer); input_size: (H, W)
         of the images explained, for the methods whose count depends on it (Occlusion's window
-        positions). The others ignore both. Default: one forward and one backward; subclasses
-        override it where they run others.
+        positions). The others ignore both. Default: `per_image`, for the methods whose count is
+        fixed; the others override this.
         """
         cls.full_settings(params)
-        return Passes(1, 1)
+        return cls.per_image
 
     @classmethod
     def setting_names(cls) -> list[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -66,6 +64,9 @@ class ModelFreeBaseline(SaliencyMethod):
 
     needs_model = False
     uses_target = False
+    per_image = Passes(0, 0)
+    """No pass: the map ignores the model. Called without targets, the method runs one forward per
+    image to pick the top-1 classes, which is not counted here."""
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> Explanation:
         if self.model is not None:
@@ -87,18 +88,6 @@ class ModelFreeBaseline(SaliencyMethod):
         else:
             targets = targets.to(device=images.device, dtype=torch.long)
         return Explanation(self.baseline_maps(images), targets, logits)
-
-    @classmethod
-    def passes(
-        cls,
-        params: Mapping[str, Any],
-        channels: int | Sequence[int] | None = None,
-        input_size: tuple[int, int] | None = None,
-    ) -> Passes:
-        """No pass: the map ignores the model. Called without targets, the method runs one
-        forward per image to pick the top-1 classes, which is not counted here."""
-        cls.full_settings(params)
-        return Passes(0, 0)
 
     @abstractmethod
     def baseline_maps(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ resize it to the image when they need to.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,21 +268,11 @@ class EigenCAM(CAMMethod):
 
     name = "eigencam"
     uses_target = False
+    per_image = Passes(1, 0)  # one forward (`layer_forward`), no backward
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         result = layer_forward(self.model, self.layer, images, targets, self.layout)
         return Explanation(self.cam(result.activations, None), result.targets, result.logits)
-
-    @classmethod
-    def passes(
-        cls,
-        params: Mapping[str, Any],
-        channels: int | Sequence[int] | None = None,
-        input_size: tuple[int, int] | None = None,
-    ) -> Passes:
-        """One forward per image (`layer_forward`), no backward."""
-        cls.full_settings(params)
-        return Passes(1, 0)
 
     def cam(self, activations: torch.Tensor, gradients: torch.Tensor | None) -> torch.Tensor:
         """(B, C, h, w), ignored -> (B, h, w) float32."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -339,23 +339,13 @@ class GuidedGradCAM(LayerMethod, AttributionMethod):
     compilable = False
 
     name = "guidedgradcam"
+    per_image = Passes(1, 2)  # one forward, two backwards: the plain one stops at `layer`
     requires = ("relu_modules", "cam_layer")
 
     def __init__(self, model: nn.Module, layer: str | None = None):
         check_relu_modules(model, self.name)
         super().__init__(model, layer)
         self.gradcam = GradCAM(model, self.layer)
-
-    @classmethod
-    def passes(
-        cls,
-        params: Mapping[str, Any],
-        channels: int | Sequence[int] | None = None,
-        input_size: tuple[int, int] | None = None,
-    ) -> Passes:
-        """One forward and two backwards per image: the plain one stops at `layer`."""
-        cls.full_settings(params)
-        return Passes(1, 2)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
         with (
