@@ -60,3 +60,16 @@ def test_compression_changes_how_maps_are_stored_not_what_they_are(invoke, image
         with open_store(path) as store, open_store(stores["lzf"]) as reference:
             rows = np.arange(len(store))
             np.testing.assert_array_equal(store.read_maps(rows), reference.read_maps(rows))
+
+
+def test_an_unknown_compression_is_refused_before_anything_is_written(image_folder, tmp_path):
+    import pytest
+
+    from xaibench.core.errors import ConfigError
+
+    dataset = ImageFolderDataset(image_folder, get_protocol("polycam").preprocess())
+    settings = RunSettings.resolve(torch.device("cpu"), batch_size=4, progress=False)
+    with pytest.raises(ConfigError, match="'zstd': use one of lzf, gzip, None") as error:
+        generate(load_model("tiny_models:tiny_cnn"), ["gradient"], dataset, tmp_path / "runs", settings,
+                 compression="zstd")  # fmt: skip
+    assert error.value.param == "compression" and not (tmp_path / "runs").exists()

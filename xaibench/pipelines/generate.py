@@ -90,11 +90,7 @@ def generate(
     maps are compressed with `compression` ("lzf", "gzip" or None: faster to write, larger). A
     method that runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
     """
-    check_generate(methods, dataset, settings, target, store_format)
-    if compression not in COMPRESSIONS:
-        raise ConfigError(
-            f"{compression!r}: use one of {', '.join(map(str, COMPRESSIONS))}", param="compression"
-        )
+    check_generate(methods, dataset, settings, target, store_format, compression)
     world = world_of(settings, world)
     model = prepare_model(loaded.model, settings.device)
     runs, outputs = _open_runs(
@@ -127,6 +123,7 @@ def check_generate(
     settings: RunSettings,
     target: str,
     store_format: str,
+    compression: str | None = "lzf",
 ) -> None:
     """ConfigError, naming the parameter, for a request `generate` cannot run."""
     if len(set(methods)) != len(methods):
@@ -146,6 +143,10 @@ def check_generate(
     if store_format not in STORE_FORMATS:
         raise ConfigError(
             f"{store_format!r}: use one of {', '.join(STORE_FORMATS)}", param="store_format"
+        )
+    if compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"{compression!r}: use one of {', '.join(map(str, COMPRESSIONS))}", param="compression"
         )
 
 
