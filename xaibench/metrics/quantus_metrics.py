@@ -279,7 +279,7 @@ class QuantusMetric(Metric):
                 ) from None
             finally:
                 np.random.set_state(state)
-            values[keep.cpu()] = torch.from_numpy(np.asarray(scores, dtype=np.float64))
+            values[torch.from_numpy(kept)] = torch.from_numpy(np.asarray(scores, dtype=np.float64))
         return MetricResult(
             values={self.name: values.to(ctx.images.device)}, flags={"nonfinite_map": ~keep}
         )
