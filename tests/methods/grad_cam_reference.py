@@ -27,7 +27,8 @@ def correlations(maps, expected):
 class PeerDefinitionScoreCAM(ScoreCAM):
     """Score-CAM as pytorch-grad-cam defines it (test-only): masks resized with align_corners=True
     and a 1e-8 in the normalisation, channel score = the target logit, and the channel weights a
-    softmax of those logits over the channels (`peer_weights`)."""
+    softmax of those logits over the channels in float32 (the peer gathers the scores into a
+    float32 tensor whatever the model's dtype)."""
 
     def masks(self, maps, size):
         masks = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=True)
@@ -42,8 +43,8 @@ class PeerDefinitionScoreCAM(ScoreCAM):
         scores = self.channel_scores(images, result.activations, result.targets)
         flat = result.activations.flatten(2)
         varies = flat.amax(dim=2) > flat.amin(dim=2)
-        weights = torch.where(varies, scores, -torch.inf).softmax(dim=1)
-        return weighted_cam(weights, result.activations), result.targets
+        weights = torch.where(varies, scores, -torch.inf).float().softmax(dim=1)
+        return weighted_cam(weights.to(flat.dtype), result.activations), result.targets
 
 
 class PeerDefinitionGradCAMPlusPlus(GradCAMPlusPlus):
