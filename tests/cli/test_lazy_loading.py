@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision")
 PEERS = ("captum", "pytorch_grad_cam")
 """The libraries of the adapter families: imported only when one of their methods is used."""
-OPTIONAL = ("timm",)  # imported only for a timm/ model
+OPTIONAL = ("timm", "transformers")  # imported only for a timm/ or hf/ model
 
 # Runs in a fresh interpreter: each command's --help, then the group's, through the console entry
 # point; after each, which of the modules argv[2:] are loaded. argv[1]: a module to import first.
@@ -124,6 +124,7 @@ def test_a_fresh_list_command_sees_every_registered_member():
     listing, peers = run_fresh(script).stdout.splitlines()
     lines = {what: text.splitlines() for what, text in json.loads(listing).items()}
     assert "timm" in lines["models"].pop()  # the last line: how to list timm's models
+    assert "hf/MODEL_ID" in lines["models"].pop()  # and the Hugging Face classifiers
     for what, registry in (("models", MODELS), ("methods", METHODS), ("metrics", METRICS)):
         names = [line.split()[0] for line in lines[what]]
         families = [family.placeholder for family in registry.families()]

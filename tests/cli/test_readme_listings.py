@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).parents[2] / "README.md"
-NOT_ROWS = ("model", "...", "Reasons", "and")
+NOT_ROWS = ("model", "...", "Reasons", "Hugging", "and")
 """First words of the header, the elisions and the closing notes."""
 BLOCK = re.compile(r"```\n\$ xaibench list models([^\n]*)\n(.*?)```", re.S)
 

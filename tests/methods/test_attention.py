@@ -4,7 +4,7 @@ papers (plain loops over layers, attention computed explicitly), batch invarianc
 import pytest
 import torch
 from torch import nn
-from vit_helpers import SIDE, timm_model, torchvision_swin, torchvision_vit
+from vit_helpers import SIDE, timm_model, torchvision_swin, torchvision_vit, transformers_vit
 
 from xaibench.core.errors import ConfigError
 from xaibench.methods import METHODS
@@ -68,6 +68,25 @@ def timm_forward(model, image):
     return model.forward_head(model.norm(x)[None])[0], probs
 
 
+def transformers_forward(model, image):
+    """transformers' ViT on one image by hand, as `torchvision_forward`."""
+    x = model.vit.embeddings(image[None])[0]
+    probs = []
+    for layer in model.vit.layers:
+        attention = layer.attention
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections])
+        heads = model.config.num_attention_heads
+        a, mixed = explicit_attention(layer.layernorm_before(x), weight, bias, heads)
+        if a.requires_grad:
+            a.retain_grad()
+        probs.append(a)
+        x = x + attention.o_proj(mixed)
+        x = x + layer.mlp(layer.layernorm_after(x))
+    return model.classifier(model.vit.layernorm(x)[0]), probs
+
+
 def reference_rollout(probs, prefix, grid, fusion="mean", discard=0.0):
     """Abnar and Zuidema (2020) for one image: per layer, heads fused, the smallest `discard`
     fraction of entries zeroed one by one, 0.5 A + 0.5 I with rows renormalised; the product
@@ -102,6 +121,7 @@ VITS = {
     "torchvision_vit": (torchvision_vit, torchvision_forward, 1),
     "timm_vit": (lambda: timm_model("vit"), timm_forward, 1),
     "timm_deit": (lambda: timm_model("deit"), timm_forward, 2),
+    "transformers_vit": (transformers_vit, transformers_forward, 1),
 }
 
 
@@ -182,6 +202,22 @@ def test_model_restored_also_after_an_exception(photos, no_hooks_left):
         no_hooks_left(net)
         assert all("forward" not in m.__dict__ for m in net.modules())
     assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == fused
+
+
+def test_transformers_attention_implementation_is_restored(photos, no_hooks_left):
+    model = transformers_vit()
+    model.config._attn_implementation = "sdpa"
+
+    class Stop(Exception):
+        pass
+
+    with pytest.raises(Stop), attention_probabilities(model) as captured:
+        model(photos)
+        assert model.config._attn_implementation == "eager"
+        assert len(captured) == 2 and captured[0].shape == (3, 2, 17, 17)
+        raise Stop
+    assert model.config._attn_implementation == "sdpa"
+    no_hooks_left(model)
 
 
 def test_models_without_attention_over_a_class_token_are_refused(tiny_resnet):

@@ -14,6 +14,7 @@ from vit_helpers import (
     tokens_to_map,
     torchvision_swin,
     torchvision_vit,
+    transformers_vit,
 )
 
 from xaibench.core.errors import ConfigError
@@ -49,6 +50,9 @@ MODELS = {
         lambda: timm_model("deit"), "blocks.1.norm1", "tokens", tokens_to_map(2, (4, 4))
     ),
     "timm_swin": (lambda: timm_model("swin"), "norm", "channels_last", channels_first),
+    "transformers_vit": (
+        transformers_vit, "vit.layers.1.layernorm_before", "tokens", tokens_to_map(1, (4, 4))
+    ),
 }  # fmt: skip
 
 
@@ -204,3 +208,16 @@ def test_registered_transformers_get_their_default_layers():
     )
     assert resolve_layer(skeleton("swin_t")) == ("permute", Layout("map"))
     assert resolve_layer(skeleton("swin_t"), "norm") == ("norm", Layout("channels_last"))
+
+
+def test_a_transformer_whose_last_stage_is_off_the_patch_grid_has_no_default_layer():
+    # transformers' Swin merges patches into ever shorter sequences (8 x 8 -> 16 tokens here): no
+    # layer of its last stage lays out on the patch grid, so none is guessed (not stage 0's)
+    transformers = pytest.importorskip("transformers")
+    config = transformers.SwinConfig(
+        image_size=SIDE, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
+        window_size=4, num_labels=10,
+    )  # fmt: skip
+    model = transformers.SwinForImageClassification(config).eval()
+    with pytest.raises(ConfigError, match="no feature map the class score is pooled from"):
+        find_target_layer(model, (SIDE, SIDE))

@@ -1,7 +1,8 @@
 """Tiny vision transformers for the token-grid and attention tests (random weights, 32 x 32 inputs).
 
 torchvision's ViT and Swin are always available; timm's ViT, DeiT (distilled: a class and a
-distillation token) and Swin are built when timm is installed, with `pretrained=False`.
+distillation token) and Swin are built when timm is installed, with `pretrained=False`;
+transformers' ViT when transformers is.
 """
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
-from xaibench.models.factory import mark_input_size
+from xaibench.models.factory import mark_input_size, returning_logits
 
 SIDE = 32
 """Input side of every tiny transformer: an 8 x 8 patch grid at patch 4, 4 x 4 at patch 8."""
@@ -57,6 +58,20 @@ def timm_model(kind: str, seed: int = 0, **kwargs) -> nn.Module:
             num_heads=2, num_classes=10, **kwargs,
         )  # fmt: skip
     return mark_input_size(model.eval(), (SIDE, SIDE))
+
+
+def transformers_vit(seed: int = 0) -> nn.Module:
+    """transformers' ViTForImageClassification, patch 8 at SIDE (a 4 x 4 grid and a class token),
+    2 layers, width 32, 2 heads, 10 classes, returning its logits (`returning_logits`); skips the
+    test without transformers."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.ViTConfig(
+        image_size=SIDE, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=10,
+    )  # fmt: skip
+    model = transformers.ViTForImageClassification(config)
+    return mark_input_size(returning_logits(model).eval(), (SIDE, SIDE))
 
 
 class FailingViT(nn.Module):

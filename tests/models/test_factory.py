@@ -7,6 +7,7 @@ import torchvision
 
 from xaibench.core.errors import ConfigError, ModelError, UnknownNameError
 from xaibench.models import load_model
+from xaibench.models.factory import returning_logits
 
 
 def test_torchvision_model_with_random_weights():
@@ -91,6 +92,38 @@ def test_user_model_from_module_callable(tmp_path, monkeypatch):
     assert loaded.model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
     with pytest.raises(ConfigError, match="cannot import"):
         load_model("my_models:missing", "default")
+
+
+def test_a_model_returning_a_mapping_is_made_to_return_its_logits(tmp_path, monkeypatch):
+    (tmp_path / "mapping_models.py").write_text(
+        "import torch\n"
+        "class Head(torch.nn.Module):\n"
+        "    def __init__(self, key):\n"
+        "        super().__init__()\n"
+        "        self.key, self.fc = key, torch.nn.Linear(12, 10)\n"
+        "    def forward(self, x):\n"
+        "        return {self.key: self.fc(x.flatten(1)[:, :12]), 'hidden': x}\n"
+        "def with_logits():\n"
+        "    return Head('logits')\n"
+        "def without():\n"
+        "    return Head('scores')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_model("mapping_models:with_logits", "default")
+    images = torch.randn(2, 3, 4, 4)
+    logits = loaded.model(images)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 10)
+    torch.testing.assert_close(logits, loaded.model.fc(images.flatten(1)[:, :12]))
+    assert type(loaded.model).__name__ == "Head" and list(loaded.model.state_dict()) == [
+        "fc.weight",
+        "fc.bias",
+    ]
+    again = returning_logits(loaded.model)
+    assert again is loaded.model and type(again).__base__.__base__ is torch.nn.Module  # once
+    with pytest.raises(
+        ModelError, match=r"Head returned a mapping with keys \['hidden', 'scores'\]"
+    ):
+        load_model("mapping_models:without", "default").model(images)
 
 
 def test_efficientnet_lite0_loads_its_packaged_weights_offline():

@@ -71,7 +71,8 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
                        '-': none
     Every other method (gradients, SmoothGrad, Integrated Gradients, RISE, baselines) runs on
     every model. Support is read off the model's structure, never off its name. timm's models
-    (with timm installed) are listed by a pattern starting timm/.
+    (with timm installed) are listed by a pattern starting timm/, the Hugging Face image
+    classifiers in the local hub cache (with transformers installed) by one starting hf/.
 
     \b
     Methods of other libraries are listed as one family each (captum.CLASS, gradcam-lib.CLASS);
@@ -83,6 +84,7 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
       xaibench list models 'mobilenet*'
       xaibench list models vit_b_16 --why
       xaibench list models 'timm/resnet*'
+      xaibench list models 'hf/*'
     """
     if what == "models":
         _list_models(pattern, why, support, weights)
@@ -113,7 +115,7 @@ def _list_models(pattern: str, why: bool, support: bool, weights: str) -> None:
         for name in names:
             click.echo(f"{name:<{width}}  {flag_text(model_help(name))}".rstrip())
         if pattern == "*":
-            _timm_note()
+            _family_notes()
         return
     width = max((len(n) for n in names), default=0)
     from xaibench.methods.support import support_by_name
@@ -128,14 +130,25 @@ def _list_models(pattern: str, why: bool, support: bool, weights: str) -> None:
     if not why and names:
         click.echo("Reasons per method: xaibench list models NAME --why")
     if pattern == "*":
-        _timm_note()
+        _family_notes()
 
 
-def _timm_note() -> None:
-    """The last line of the whole listing: how many timm models there are and how to list them
-    (or how to install timm)."""
+def _family_notes() -> None:
+    """The last lines of the whole listing: how many Hugging Face classifiers the hub cache holds
+    and how many timm models there are, and how to list them (or what to install)."""
     from importlib.util import find_spec
 
+    if find_spec("transformers") is None:
+        click.echo(
+            "Hugging Face classifiers (hf/MODEL_ID) need transformers: pip install 'xaibench[hf]'"
+        )
+    else:
+        from xaibench.models.hf_models import hf_names
+
+        click.echo(
+            f"Hugging Face classifiers, hf/MODEL_ID: {len(hf_names())} in the local hub cache "
+            "(list them: xaibench list models 'hf/*'), or a save_pretrained folder"
+        )
     if find_spec("timm") is None:
         click.echo("timm's models (timm/NAME) need timm: pip install 'xaibench[timm]'")
         return

@@ -78,13 +78,16 @@ model_option = click.option(
     "--model",
     required=True,
     help="Model name (see `xaibench list models`), timm/NAME (any timm model; "
-    "timm/hf-hub:ORG/NAME too), or module:callable returning a torch.nn.Module.",
+    "timm/hf-hub:ORG/NAME too), hf/MODEL_ID (a Hugging Face image classifier: a hub repository "
+    "in the local cache, optionally @REVISION, or a save_pretrained folder), or module:callable "
+    "returning a torch.nn.Module.",
 )
 weights_option = click.option(
     "--weights",
     default="default",
     show_default=True,
-    help="default (the model's pretrained weights; timm's from the local cache only), none "
+    help="default (the model's pretrained weights; timm's and Hugging Face's from local files "
+    "only), none "
     "(random init), a torchvision weights name such as IMAGENET1K_V2, or a path to a state dict "
     "(.safetensors, or loaded with weights_only=True).",
 )

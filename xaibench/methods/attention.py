@@ -7,8 +7,9 @@ class token's row of a product of per-layer matrices, over the patch tokens, on 
 nn.MultiheadAttention with need_weights=False, which fuses the softmax away, so its forward is
 swapped for an explicit one (the same projections, softmax and output projection) for the call;
 timm's attention modules have an unfused path that applies `attn_drop` to A, switched on for the
-call (`fused_attn = False`). The patch grid (h, w) is the patch embedding's output size in the same
-forward (`patch_grid_layer`). A loop runs over the layers; images and heads are batched.
+call (`fused_attn = False`); transformers' return A from their eager implementation, chosen for
+the call (`config._attn_implementation = "eager"`). The patch grid (h, w) is the patch
+embedding's output size in the same forward (`patch_grid_layer`). A loop runs over the layers; images and heads are batched.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, 
 from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
 from xaibench.methods.layers import trace_layers
 from xaibench.methods.targets import explained_score
-from xaibench.methods.tokens import is_attention, patch_grid_layer
+from xaibench.methods.tokens import is_attention, is_transformers_attention, patch_grid_layer
 from xaibench.models.factory import model_input_size
 
 HeadFusion = Literal["mean", "max", "min"]
@@ -47,15 +48,23 @@ def attention_probabilities(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     `in_proj_weight`, A = softmax(q k^T / sqrt(d)) per head, then `out_proj`; the same function
     up to rounding, for batch-first self-attention without masks or bias_k/bias_v (ConfigError
     otherwise, at the call). timm-style modules run with `fused_attn = False` and a hook on
-    `attn_drop`. Forwards and flags are restored when the block ends, also on an exception.
+    `attn_drop`; transformers' modules with their eager implementation, read from their output
+    (output, A). Forwards and flags are restored when the block ends, also on an exception.
     """
     captured: list[torch.Tensor] = []
     modules = [m for m in model.modules() if is_attention(m)]
-    handles, flags = [], {}
+    handles, flags, implementations = [], {}, {}
     try:
         for module in modules:
             if isinstance(module, nn.MultiheadAttention):
                 module.forward = _explicit_attention(module, captured)
+            elif is_transformers_attention(module):
+                config = module.config
+                implementations.setdefault(id(config), (config, config._attn_implementation))
+                config._attn_implementation = "eager"
+                handles.append(
+                    module.register_forward_hook(lambda _m, _args, out: captured.append(out[1]))
+                )
             else:
                 flags[module] = module.fused_attn
                 module.fused_attn = False
@@ -71,6 +80,8 @@ def attention_probabilities(model: nn.Module) -> Iterator[list[torch.Tensor]]:
                 module.__dict__.pop("forward", None)
         for module, flag in flags.items():
             module.fused_attn = flag
+        for config, implementation in implementations.values():
+            config._attn_implementation = implementation
         for handle in handles:
             handle.remove()
 
@@ -143,7 +154,7 @@ def attention_grid(model: nn.Module, input_size: tuple[int, int] | None = None) 
     if not layers:
         raise ConfigError(
             f"{name} has no attention module these maps read (nn.MultiheadAttention, timm's "
-            "Attention)"
+            "Attention, transformers' eager attention)"
         )
     input_size = input_size or model_input_size(model)
     with attention_probabilities(model) as captured:

@@ -168,14 +168,16 @@ def default_layer(
         f"{name} has no feature map the class score is pooled from: its last map, "
         f"{last.name!r} {tuple(last.shape)}, is followed by a sequence ({later[0].name!r} "
         f"outputs {tuple(later[0].shape)}) that no attention module xaibench reads "
-        f"(nn.MultiheadAttention, timm's Attention) mixes over the patch grid; {hint} to read "
-        "a layer anyway"
+        f"(nn.MultiheadAttention, timm's Attention, transformers' attention) mixes over the "
+        f"patch grid; {hint} to read a layer anyway"
     )
 
 
 def _attention_input(model: nn.Module, calls: list[LayerCall]) -> LayerCall | None:
     """The last token sequence to finish before the last attention module's last run starts,
-    outside that module; None without attention over a patch grid."""
+    outside that module; None without attention over a patch grid, or when the sequence the last
+    attention reads is not over the patch grid (transformers' Swin, whose stages merge patches
+    into shorter sequences: no layer of its last stage is a token grid xaibench can lay out)."""
     grid_layer = patch_grid_layer(model, calls)
     attention = [i for i, c in enumerate(calls) if is_attention(model.get_submodule(c.name))]
     if grid_layer is None or not attention:
@@ -189,8 +191,10 @@ def _attention_input(model: nn.Module, calls: list[LayerCall]) -> LayerCall | No
         for i in range(previous + 1, len(calls))
         if calls[i].name == module or calls[i].name.startswith(module + ".")
     )
-    inputs = [c for c in calls[:start] if is_token_sequence(c, grid)]
-    return inputs[-1] if inputs else None
+    sequences = [c for c in calls[:start] if c.shape is not None and len(c.shape) == 3]
+    if not sequences or not is_token_sequence(sequences[-1], grid):
+        return None
+    return sequences[-1]
 
 
 def validate_layer(model: nn.Module, name: str) -> nn.Module:

@@ -161,12 +161,29 @@ def channels_last_shapes(model: nn.Module, calls: Sequence[LayerCall]) -> set[to
 
 def is_attention(module: nn.Module) -> bool:
     """Whether `module` computes attention that `xaibench.methods.attention` can read:
-    nn.MultiheadAttention (torchvision's ViT), or a timm-style module with a `fused_attn` switch
+    nn.MultiheadAttention (torchvision's ViT), a timm-style module with a `fused_attn` switch
     and an `attn_drop` child that its unfused path applies to the probabilities (timm's ViT,
-    DeiT, Swin)."""
-    return isinstance(module, nn.MultiheadAttention) or (
-        hasattr(module, "fused_attn") and isinstance(getattr(module, "attn_drop", None), nn.Module)
+    DeiT, Swin), or a transformers attention module (`is_transformers_attention`)."""
+    return (
+        isinstance(module, nn.MultiheadAttention)
+        or (
+            hasattr(module, "fused_attn")
+            and isinstance(getattr(module, "attn_drop", None), nn.Module)
+        )
+        or is_transformers_attention(module)
     )
+
+
+def is_transformers_attention(module: nn.Module) -> bool:
+    """Whether `module` is the innermost `...Attention` module of a Hugging Face transformers
+    model that picks its implementation from `config._attn_implementation` and returns
+    (output, probabilities) with the eager one (transformers' ViT, DeiT, BEiT, DINOv2)."""
+
+    def qualifies(m: nn.Module) -> bool:
+        config = getattr(m, "config", None)
+        return type(m).__name__.endswith("Attention") and hasattr(config, "_attn_implementation")
+
+    return qualifies(module) and not any(qualifies(m) for m in list(module.modules())[1:])
 
 
 def _last(calls: Sequence[LayerCall], name: str | None) -> LayerCall:

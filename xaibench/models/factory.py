@@ -1,7 +1,10 @@
 """Model factory: a name and a weights choice in, an eval-mode model with its metadata out.
 
 Names: a registered model (torchvision's classifiers, `efficientnet_lite0`), a timm model
-(`timm/NAME`, xaibench.models.timm_models) or a model of the user's own (`module:callable`).
+(`timm/NAME`, xaibench.models.timm_models), a Hugging Face classifier (`hf/MODEL_ID`,
+xaibench.models.hf_models) or a model of the user's own (`module:callable`). Models that return a
+mapping with `logits` (transformers' `ModelOutput`) are made to return the logits
+(`returning_logits`).
 
 Weights choices:
 - `default`: the model's standard pretrained weights (torchvision's weights API, which loads from the
@@ -20,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torchvision
@@ -208,40 +212,76 @@ MODELS.add(
 _register_torchvision()
 
 
+def _prefixed(name: str) -> ModuleType | None:
+    """The module of the model family whose prefix `name` starts with (timm/, hf/), or None."""
+    from xaibench.models import hf_models, timm_models
+
+    if timm_models.is_timm_name(name):
+        return timm_models
+    return hf_models if hf_models.is_hf_name(name) else None
+
+
 def list_model_names(pattern: str = "*") -> list[str]:
-    """The model names matching the wildcard `pattern`: the registered ones, and timm's (as
-    `timm/NAME`) for a pattern that starts with `timm/`."""
-    from xaibench.models import timm_models
+    """The model names matching the wildcard `pattern`: the registered ones; timm's (as
+    `timm/NAME`) for a pattern that starts with `timm/`; the Hugging Face classifiers in the hub
+    cache for one that starts with `hf/`."""
+    from xaibench.models import hf_models, timm_models
 
     if timm_models.is_timm_name(pattern):
         return timm_models.timm_names(pattern)
+    if hf_models.is_hf_name(pattern):
+        return hf_models.hf_names(pattern)
     return MODELS.names(pattern)
 
 
 def model_help(name: str) -> str:
-    """One line about the model `name` (registered or timm)."""
-    from xaibench.models import timm_models
-
-    if timm_models.is_timm_name(name):
-        return f"timm {name[len(timm_models.PREFIX) :]}"
-    return MODELS.entry(name).help
+    """One line about the model `name` (registered, timm or Hugging Face)."""
+    family = _prefixed(name)
+    if family is None:
+        return MODELS.entry(name).help
+    return family.family_help(name)
 
 
 def is_user_model(name: str) -> bool:
-    """Whether `name` is a model of the user's own, `module:callable` (not registered, not timm)."""
-    from xaibench.models import timm_models
-
-    return ":" in name and name not in MODELS and not timm_models.is_timm_name(name)
+    """Whether `name` is a model of the user's own, `module:callable` (not registered, not timm,
+    not Hugging Face)."""
+    return ":" in name and name not in MODELS and _prefixed(name) is None
 
 
 def model_spec(name: str) -> ModelSpec:
-    """How to build the registered or timm model `name`; ConfigError (naming `model`) for an
-    unknown name, ModelError when timm is needed and missing."""
-    from xaibench.models import timm_models
+    """How to build the registered, timm or Hugging Face model `name`; ConfigError (naming
+    `model`) for an unknown name, ModelError when timm or transformers is needed and missing."""
+    family = _prefixed(name)
+    if family is None:
+        return MODELS.get(name, param="model")
+    return family.family_spec(name)
 
-    if timm_models.is_timm_name(name):
-        return timm_models.timm_spec(name)
-    return MODELS.get(name, param="model")
+
+def returning_logits(model: nn.Module) -> nn.Module:
+    """`model`, made to return `output["logits"]` where its forward returns a mapping (a
+    transformers `ModelOutput`, a dict), and its tensor output unchanged otherwise.
+
+    The model's class is swapped for a subclass whose forward unwraps the output (as
+    `torch.nn.utils.parametrize` swaps classes), so its layer names, state dict and hooks stay
+    those of the model itself. ModelError, at the forward, for a mapping without `logits`.
+    """
+    cls = type(model)
+    if isinstance(model, torch.jit.ScriptModule) or getattr(cls, "_returns_logits", False):
+        return model
+
+    def forward(self: nn.Module, *args: object, **kwargs: object) -> object:
+        output = cls.forward(self, *args, **kwargs)
+        if not isinstance(output, Mapping):
+            return output
+        if "logits" not in output:
+            raise ModelError(
+                f"{cls.__name__} returned a mapping with keys {sorted(output)} and no 'logits'; "
+                "return the logits (B, classes), or a mapping holding them as 'logits'"
+            )
+        return output["logits"]
+
+    model.__class__ = type(cls.__name__, (cls,), {"forward": forward, "_returns_logits": True})
+    return model
 
 
 def load_model(
@@ -253,8 +293,8 @@ def load_model(
     input_size: tuple[int, int] | int | None = None,
     crop: float | None = None,
 ) -> LoadedModel:
-    """Build `name` (a registered name, `timm/NAME` or `module:callable`) with `weights`, in eval
-    mode on the CPU.
+    """Build `name` (a registered name, `timm/NAME`, `hf/MODEL_ID` or `module:callable`) with
+    `weights`, in eval mode on the CPU.
 
     The module is marked with its input size (`mark_input_size`), at which the methods trace it
     to find their default layers. `mean`, `std` (3,), `input_size` ((H, W) or a side) and `crop`
@@ -336,7 +376,7 @@ def user_model_spec(
             )
 
     return ModelSpec(
-        lambda choice: (_call_user_factory(name), "user"),
+        lambda choice: (returning_logits(_call_user_factory(name)), "user"),
         mean,
         std,
         size,

@@ -67,6 +67,16 @@ def timm_names(pattern: str = "*") -> list[str]:
     ]
 
 
+def family_help(name: str) -> str:
+    """One line about the timm model `name`."""
+    return f"timm {name[len(PREFIX) :]}"
+
+
+def family_spec(name: str) -> ModelSpec:
+    """How to build the timm model `name` (`timm_spec`)."""
+    return timm_spec(name)
+
+
 @lru_cache(maxsize=32)
 def timm_spec(name: str) -> ModelSpec:
     """How to build the timm model `name` (`timm/...`), with the input size, mean and std of its
