@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 68719476736
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
+
+# The GPU acceptance run (scripts/gpu_acceptance.py); SMOKE=1 runs its checks on the CPU.
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_acceptance.py $(if $(SMOKE),--smoke --out gpu_acceptance.smoke.json)
 
 clean:
 	rm -rf $(VENV) demo-runs .pytest_cache
