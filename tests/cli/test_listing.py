@@ -32,3 +32,18 @@ def test_list_models_table_and_reasons(invoke):
     ]  # fmt: skip
     names = invoke("list", "models", "vgg1*", "--no-support", catch_exceptions=True)
     assert [line.split()[0] for line in names.output.splitlines()] == MODELS.names("vgg1*")
+
+
+def test_a_pattern_matching_no_model_says_so_and_where_to_look(invoke, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    said = {
+        pattern: invoke("list", "models", pattern).output.strip()
+        for pattern in ("nosuchnet*", "hf/*", "tiny_models:tiny_cnn")
+    }
+    assert said["nosuchnet*"].startswith("no model matches 'nosuchnet*'; `xaibench list models`")
+    assert said["hf/*"].startswith("no model matches 'hf/*' among the Hugging Face image")
+    assert str(tmp_path / "hf") in said["hf/*"] and "hf download" in said["hf/*"]
+    assert "a model of your own (module:callable) is not listed" in said["tiny_models:tiny_cnn"]
+    assert all("\n" not in text for text in said.values())  # one line, no empty table

@@ -104,6 +104,9 @@ def _list_models(pattern: str, why: bool, support: bool, weights: str) -> None:
 
     timm = is_timm_name(pattern)
     names = list_model_names(pattern)
+    if not names:
+        click.echo(_no_model(pattern))
+        return
     width = max((len(n) for n in names), default=0)
     if support and timm and len(names) > TIMM_SUPPORT_LIMIT:
         raise click.UsageError(
@@ -131,6 +134,34 @@ def _list_models(pattern: str, why: bool, support: bool, weights: str) -> None:
         click.echo("Reasons per method: xaibench list models NAME --why")
     if pattern == "*":
         _family_notes()
+
+
+def _no_model(pattern: str) -> str:
+    """What to say when no model matches `pattern`, and where the models it may mean are."""
+    from xaibench.models.factory import is_user_model
+    from xaibench.models.hf_models import is_hf_name
+    from xaibench.models.timm_models import is_timm_name
+
+    said = f"no model matches {pattern!r}"
+    if is_user_model(pattern):
+        return (
+            f"{said}: a model of your own (module:callable) is not listed; pass it as --model "
+            "to any command, which builds it"
+        )
+    if is_hf_name(pattern):
+        from huggingface_hub import constants
+
+        return (
+            f"{said} among the Hugging Face image classifiers in the hub cache "
+            f"({constants.HF_HUB_CACHE}); `hf download ORG/NAME` puts one there, and a "
+            "save_pretrained folder is named as hf/PATH"
+        )
+    if is_timm_name(pattern):
+        return f"{said} among timm's models; names are as timm.list_models() gives them"
+    return (
+        f"{said}; `xaibench list models` lists the registered ones, timm/NAME and hf/MODEL_ID "
+        "name timm's and Hugging Face's"
+    )
 
 
 def _family_notes() -> None:
