@@ -109,12 +109,14 @@ def on_both(name: str, weights: str, device, size: int, count: int) -> tuple:
 
 def check_methods(model, model_cpu, model_dev, images, device, names) -> list[dict[str, Any]]:
     rows = []
-    targets = model_cpu(images).argmax(1)
+    with torch.no_grad():
+        targets = model_cpu(images).argmax(1)
+    x, t = images.to(device), targets.to(device)
     for name in names:
         params = LIGHT.get(name, {})
         try:
             start = time.perf_counter()
-            ours = METHODS.get(name)(model_dev, **params)(images.to(device), targets.to(device))
+            ours = METHODS.get(name)(model_dev, **params)(x, t)
             synchronise(device)
             elapsed = time.perf_counter() - start
             reference = METHODS.get(name)(model_cpu, **params)(images, targets)
@@ -144,7 +146,7 @@ def check_methods(model, model_cpu, model_dev, images, device, names) -> list[di
     return rows
 
 
-def contexts(model, images, maps, targets, chunk) -> MetricContext:
+def metric_context(model, images, maps, targets, chunk) -> MetricContext:
     score_fn = score_function(model)
     protocol = get_protocol("polycam", step=max(1, images.shape[-1] ** 2 // 16))
     return MetricContext(
@@ -155,11 +157,14 @@ def contexts(model, images, maps, targets, chunk) -> MetricContext:
 
 def check_metrics(model_cpu, model_dev, images, device, chunk) -> list[dict[str, Any]]:
     rows = []
-    targets = model_cpu(images).argmax(1)
+    with torch.no_grad():
+        targets = model_cpu(images).argmax(1)
     maps = METHODS.get("gradcam")(model_cpu)(images, targets).maps
     maps = saliency_at_input_size(maps, tuple(images.shape[-2:]))
-    on_cpu = contexts(model_cpu, images, maps, targets, chunk)
-    on_dev = contexts(model_dev, images.to(device), maps.to(device), targets.to(device), chunk)
+    on_cpu = metric_context(model_cpu, images, maps, targets, chunk)
+    on_dev = metric_context(
+        model_dev, images.to(device), maps.to(device), targets.to(device), chunk
+    )
     for name in METRICS.names():
         metric = METRICS.get(name)
         if metric.needs_boxes:
@@ -183,12 +188,13 @@ def check_metrics(model_cpu, model_dev, images, device, chunk) -> list[dict[str,
 def check_oom(model_dev, images, device, chunk: int) -> dict[str, Any]:
     if device.type != "cuda":
         return {"check": "oom", "status": "skipped", "detail": "needs CUDA"}
-    targets = model_dev(images.to(device)).argmax(1)
-    maps = torch.rand(images.shape[0], *images.shape[-2:], device=device)
     x = images.to(device)
+    with torch.no_grad():
+        targets = model_dev(x).argmax(1)
+    maps = torch.rand(images.shape[0], *images.shape[-2:], device=device)
 
     def run(chunk_size: ChunkSize) -> dict[str, torch.Tensor]:
-        ctx = contexts(model_dev, x, maps, targets, chunk_size)
+        ctx = metric_context(model_dev, x, maps, targets, chunk_size)
         return {
             m: METRICS.get(m).score_batch(ctx).values[m].cpu() for m in ("insertion", "deletion")
         }
