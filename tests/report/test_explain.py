@@ -128,3 +128,73 @@ def test_layer_and_param_options_reach_the_methods(photo, tmp_path, invoke):
     assert result.exit_code != 0 and "no layer 'nolayer'" in str(result.exception)
     result = invoke(*args, "--param", "gradcam.colour=1", catch_exceptions=True)
     assert result.exit_code != 0 and "gradcam has no setting 'colour'" in str(result.exception)
+
+
+def test_target_explains_the_class_asked_for(photo):
+    loaded = load_model(MODEL)
+    image = get_protocol("polycam").preprocess(loaded.mean, loaded.std)(load_rgb(photo))[None]
+    with torch.no_grad():
+        probabilities = loaded.model(image).softmax(1)[0]
+    runner_up = int(probabilities.topk(2).indices[1])
+    wnid = imagenet_classes().wnid(runner_up)
+    for target in (str(runner_up), wnid):
+        result = explain_image(
+            photo, loaded, ["gradcam"], device=torch.device("cpu"), target=target
+        )
+        assert result.target[0] == runner_up != result.top[0][0]
+        assert result.target[2] == pytest.approx(float(probabilities[runner_up]), rel=1e-5)
+        gradcam = METHODS.get("gradcam")(loaded.model)(image, torch.tensor([runner_up]))
+        small = torch.nn.functional.interpolate(
+            gradcam.maps[:, None], size=(224, 224), mode="bilinear", align_corners=False
+        )[0, 0]
+        torch.testing.assert_close(torch.from_numpy(result.maps["gradcam"]), small)
+    predicted = explain_image(photo, loaded, ["gradcam"], device=torch.device("cpu"))
+    assert predicted.target == predicted.top[0]
+
+
+def test_target_label_reads_the_class_folder(tmp_path):
+    folder = tmp_path / "n02123045"
+    folder.mkdir()
+    image = folder / "cat.png"
+    Image.new("RGB", (64, 64), (120, 90, 60)).save(image)
+    result = explain_image(
+        image, load_model(MODEL), ["random"], device=torch.device("cpu"), target="label"
+    )
+    assert result.target[:2] == (281, "tabby")
+
+
+def test_bad_targets_are_refused_with_the_fix(photo, tmp_path, invoke):
+    loose = tmp_path / "loose.png"
+    Image.new("RGB", (64, 64)).save(loose)
+    with pytest.raises(ConfigError, match="is not a WNID"):
+        explain_image(
+            loose, load_model(MODEL), ["random"], device=torch.device("cpu"), target="label"
+        )
+    with pytest.raises(ConfigError, match=r"names 2 classes: 134 .*517"):
+        imagenet_classes().resolve("crane")
+    with pytest.raises(ConfigError, match="did you mean 'tabby'"):
+        imagenet_classes().resolve("tabbby")
+    with pytest.raises(ConfigError, match="below 1000"):
+        imagenet_classes().resolve("1000")
+    assert imagenet_classes().resolve(" Tabby Cat ") == 281
+    out = tmp_path / "never.png"
+    with pytest.raises(ConfigError, match="did you mean"):  # checked before the model is built
+        invoke(
+            "explain", photo, "--model", "no_such_model", "--saliency", "gradcam",
+            "--target", "tabbby", "--out", out,
+        )  # fmt: skip
+    assert not out.exists()
+
+
+def test_cli_names_the_class_explained(photo, tmp_path, invoke):
+    loaded = load_model(MODEL)
+    predicted = explain_image(photo, loaded, ["random"], device=torch.device("cpu")).top[0][0]
+    other = (predicted + 1) % 10
+    name = imagenet_classes().short_name(other)
+    out = tmp_path / "explain.png"
+    result = invoke(
+        "explain", photo, "--model", MODEL, "--saliency", "gradcam", "--target", other, "--out", out
+    )
+    assert result.exit_code == 0, result.output
+    assert f"; maps of {name} ({other}) p=" in result.output
+    assert out.exists()

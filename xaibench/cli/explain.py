@@ -37,6 +37,14 @@ from xaibench.core.runtime import resolve_device
     is_flag=True,
     help="Also draw T-Grad's per-term maps (input and each bias layer) and their weights.",
 )
+@click.option(
+    "--target",
+    default="predicted",
+    show_default=True,
+    metavar="predicted|label|CLASS",
+    help="Class the maps explain: the model's top-1, the label the image's class folder (a "
+    "WNID such as n02123045) names, or a class given by index (281), WNID or name ('tabby').",
+)
 @cam_layer_option
 @method_param_option
 @protocol_option
@@ -48,6 +56,7 @@ def explain_command(
     methods: list[str],
     out_file: Path,
     tgrad_layers: bool,
+    target: str,
     layer: str | None,
     params: tuple[str, ...],
     protocol: str,
@@ -55,19 +64,22 @@ def explain_command(
     device: str | None,
 ) -> None:
     """Explain IMAGE: the image as the model sees it, the model's top-5 classes with their
-    probabilities, and each method's map of the top-1 class overlaid, side by side.
+    probabilities, and each method's map of one class (the top-1 unless --target says otherwise)
+    overlaid, side by side.
 
     \b
-    Example:
+    Examples:
       xaibench explain cat.jpg --model efficientnet_lite0 --saliency tgrad,gradcam --tgrad-layers
+      xaibench explain cat.jpg --model efficientnet_lite0 --saliency gradcam --target 'tiger cat'
     """
     from xaibench.methods.settings import method_params
     from xaibench.models import load_model
-    from xaibench.pipelines.explain import explain_image
+    from xaibench.pipelines.explain import explain_image, explained_class
     from xaibench.report.explain import explanation_figure
     from xaibench.report.plots import figure_png
 
     settings = method_params(methods, params, layer)  # before the model: a bad --param fails fast
+    explained_class(target, image)
     loaded = load_model(model, weights)
     result = explain_image(
         image,
@@ -77,7 +89,12 @@ def explain_command(
         protocol=protocol,
         method_params=settings,
         tgrad_layers=tgrad_layers,
+        target=target,
     )
     write_bytes_atomic(out_file, figure_png(explanation_figure(result)))
     best = result.top[0]
-    click.echo(f"{image}: {best[1]} ({best[0]}) p={best[2]:.3f} -> {out_file}")
+    line = f"{image}: {best[1]} ({best[0]}) p={best[2]:.3f}"
+    if result.target[0] != best[0]:
+        index, name, probability = result.target
+        line += f"; maps of {name} ({index}) p={probability:.3f}"
+    click.echo(f"{line} -> {out_file}")

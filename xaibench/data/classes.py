@@ -8,11 +8,12 @@ WNID.
 from __future__ import annotations
 
 import csv
+import difflib
 import re
 from functools import cache
 from importlib import resources
 
-from xaibench.core.errors import DataError
+from xaibench.core.errors import ConfigError, DataError
 
 WNID_PATTERN = re.compile(r"n\d{8}")
 NUM_CLASSES = 1000
@@ -48,8 +49,41 @@ class ImageNetClasses:
     def wnid(self, index: int) -> str:
         return self.wnids[index]
 
+    def resolve(self, spec: str) -> int:
+        """The class index `spec` names: an index 0..999, a WNID, or one of a class's names
+        (case-insensitive). ConfigError naming close names when it names no class or several."""
+        text = spec.strip()
+        if text.isdigit():
+            if int(text) < len(self):
+                return int(text)
+            raise ConfigError(f"class {spec!r}: an index must be below {len(self)}", param="target")
+        if WNID_PATTERN.fullmatch(text):
+            return self.index_of(text)
+        wanted = text.lower()
+        matches = [i for i, names in enumerate(self._names) if wanted in _synonyms(names)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            which = "; ".join(f"{i} ({self.wnids[i]}: {self._names[i]})" for i in matches)
+            raise ConfigError(
+                f"class {spec!r} names {len(matches)} classes: {which}; give the index or WNID",
+                param="target",
+            )
+        every = sorted({name for names in self._names for name in _synonyms(names)})
+        close = difflib.get_close_matches(wanted, every, n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise ConfigError(
+            f"class {spec!r} is not an ImageNet-1k class name; {hint}"
+            "give a class index 0..999, a WNID (e.g. n01440764) or a name",
+            param="target",
+        )
+
     def __len__(self) -> int:
         return len(self.wnids)
+
+
+def _synonyms(names: str) -> list[str]:
+    return [name.strip().lower() for name in names.split(",")]
 
 
 @cache

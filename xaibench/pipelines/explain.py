@@ -1,7 +1,8 @@
 """One image explained by several methods: what `xaibench explain` draws.
 
 The image goes through the protocol's preprocessing, the model gives the top classes, and each
-method explains the batch of that one image for the top-1 class; CAM methods on the same layer
+method explains the batch of that one image for the target class (`explained_class`: the top-1
+prediction, the label its class folder names, or a class given by index, WNID or name); CAM methods on the same layer
 share one forward and backward, as in `generate` (`shared_pass_groups`). With `tgrad_layers`,
 T-Grad's per-term maps and weights (its explanation's extras["terms"]) are kept too.
 """
@@ -16,7 +17,7 @@ import torch
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import tf32_settings
 from xaibench.core.runtime import prepare_model
-from xaibench.data.classes import imagenet_classes
+from xaibench.data.classes import WNID_PATTERN, imagenet_classes
 from xaibench.data.dataset import read_image
 from xaibench.methods import METHODS
 from xaibench.methods.base import Explanation
@@ -39,10 +40,14 @@ def explain_image(
     protocol: str = "polycam",
     method_params: Mapping[str, dict] | None = None,
     tgrad_layers: bool = False,
+    target: str = "predicted",
 ) -> ImageExplanation:
-    """Explain the model's top-1 class on the image at `path` with every method in `methods`."""
+    """Explain one class of the image at `path` with every method in `methods`: `target`
+    "predicted" (the model's top-1), "label" (the ImageNet class its folder's WNID names) or a
+    class index, WNID or name (`explained_class`)."""
     if not methods:
         raise ConfigError("give at least one method", param="methods")
+    requested = explained_class(target, Path(path))  # a bad target fails before any work
     if tgrad_layers and "tgrad" not in methods:
         raise ConfigError("shows T-Grad's terms: add tgrad to `methods`", param="tgrad_layers")
     preprocess = get_protocol(protocol).preprocess(loaded.mean, loaded.std, loaded.input_size)
@@ -56,12 +61,14 @@ def explain_image(
         (int(i), classes.short_name(int(i)), float(p))
         for p, i in zip(best.values.cpu(), best.indices.cpu(), strict=True)
     ]
-    target = best.indices[:1]
+    _check_within_outputs(requested, target, len(probabilities))
+    explained = int(best.indices[0]) if requested is None else requested
+    target_index = torch.tensor([explained], device=device)
     params = method_params or {}
     built = [METHODS.get(name)(model, **params.get(name, {})) for name in methods]
     explanations: list[Explanation | None] = [None] * len(built)
     for group in shared_pass_groups(built):
-        shared = explain_group([built[i] for i in group], batch, target)
+        shared = explain_group([built[i] for i in group], batch, target_index)
         for position, explanation in zip(group, shared, strict=True):
             explanations[position] = explanation
     size = tuple(batch.shape[-2:])
@@ -71,4 +78,30 @@ def explain_image(
     }
     terms = explanations[list(methods).index("tgrad")].extras["terms"] if tgrad_layers else None
     image = preprocess.unnormalise(batch[0]).cpu().numpy()
-    return ImageExplanation(image, top_classes, maps, terms)
+    target_class = (explained, classes.short_name(explained), float(probabilities[explained]))
+    return ImageExplanation(image, top_classes, target_class, maps, terms)
+
+
+def explained_class(target: str, path: Path) -> int | None:
+    """The class index `target` names for the image at `path` (`explain_image`), or None for
+    "predicted"; ConfigError for a target that names no ImageNet class."""
+    if target == "predicted":
+        return None
+    if target != "label":
+        return imagenet_classes().resolve(target)
+    folder = path.resolve().parent.name
+    if not WNID_PATTERN.fullmatch(folder):
+        raise ConfigError(
+            f"{path}: 'label' reads the class from the image's folder, and {folder!r} is not "
+            "a WNID (e.g. n01440764); give the class as an index, WNID or name",
+            param="target",
+        )
+    return imagenet_classes().index_of(folder)
+
+
+def _check_within_outputs(index: int | None, target: str, num_classes: int) -> None:
+    if index is not None and index >= num_classes:
+        raise ConfigError(
+            f"class {index} ({target!r}) is beyond the model's {num_classes} outputs",
+            param="target",
+        )

@@ -28,6 +28,8 @@ def explanation_figure(result: ImageExplanation) -> Figure:
     rows, columns = figure_layout(len(result.maps), len(terms.names) if terms else 0)
     figure = Figure(figsize=(columns * PANEL_INCHES, rows * PANEL_INCHES), layout="constrained")
     grid = figure.add_gridspec(rows, columns)
+    index, name, probability = result.target
+    figure.suptitle(f"maps of {name} ({index}), p = {probability:.3f}", fontsize=10)
     _image_panel(figure.add_subplot(grid[0, 0]), result.image, "input")
     _top_classes_panel(figure.add_subplot(grid[0, 1]), result.top)
     for column, (name, saliency) in enumerate(result.maps.items(), start=2):
