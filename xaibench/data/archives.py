@@ -35,10 +35,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from xaibench.core.atomic import write_text_atomic
 from xaibench.core.errors import ConfigError, DataError
+from xaibench.core.progress import progress_bar
 
 CHUNK_BYTES = 1 << 20
 HEAD_BYTES = 1 << 20  # fast.ai's check hashes the first MiB of an archive
@@ -173,7 +172,7 @@ def file_digests(path: Path, progress: bool = False) -> dict[str, str]:
 def _hash_into(hashes: Hashes, path: Path, progress: bool) -> Hashes:
     with (
         open(path, "rb") as handle,
-        tqdm(
+        progress_bar(
             total=path.stat().st_size,
             unit="B",
             unit_scale=True,
@@ -323,7 +322,7 @@ def download(
                 total = have + int(length) if length is not None else size
                 with (
                     open(partial, "ab" if have else "wb") as out,
-                    tqdm(
+                    progress_bar(
                         total=total,
                         initial=have,
                         unit="B",

@@ -15,10 +15,9 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
-
 from xaibench.core.atomic import write_stream_atomic, write_text_atomic
 from xaibench.core.errors import DataError
+from xaibench.core.progress import progress_bar
 
 
 class UnsafeArchiveError(DataError):
@@ -76,7 +75,7 @@ def safe_extract(
     try:
         with (
             tarfile.open(archive) as tar,
-            tqdm(unit="file", desc=f"extracting {archive.name}", disable=not progress) as bar,
+            progress_bar(unit="file", desc=f"extracting {archive.name}", disable=not progress) as bar,
         ):
             for member in tar:
                 written += _extract_member(tar, member, root, archive, place)

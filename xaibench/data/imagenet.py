@@ -27,10 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
-
 from xaibench.core.atomic import write_text_atomic
 from xaibench.core.errors import ConfigError, DataError
+from xaibench.core.progress import progress_bar
 from xaibench.data.archives import ARCHIVES, fetch
 from xaibench.data.classes import NUM_CLASSES, imagenet_classes
 from xaibench.data.extract import extract_once
@@ -137,7 +136,7 @@ def arrange_val(folder: Path, wnids: Sequence[str], progress: bool = True) -> No
     for wnid in sorted(set(wnids)):
         (folder / wnid).mkdir(exist_ok=True)
     for number, wnid in enumerate(
-        tqdm(wnids, desc="arranging", unit="img", disable=not progress), 1
+        progress_bar(wnids, desc="arranging", unit="img", disable=not progress), 1
     ):
         name = val_name(number)
         placed = folder / wnid / name

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
+from xaibench.core.progress import progress_bar
 
 if TYPE_CHECKING:
     from xaibench.dist.world import World
@@ -32,7 +32,7 @@ class Progress:
         self.desc = tqdm_options.get("desc", "")
         if world.size > 1:
             tqdm_options["disable"] = tqdm_options.get("disable", False) or not world.is_main
-        self.bar = tqdm(total=total, initial=initial, **tqdm_options)
+        self.bar = progress_bar(total=total, initial=initial, **tqdm_options)
         self.started = self.logged = time.monotonic()
 
     def update(self, count: int) -> None:

@@ -212,6 +212,6 @@ def _problems_text(summary: ImportSummary, source: Path) -> str:
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from xaibench.core.progress import progress_bar
 
-    return tqdm(total=total, unit="img", desc="import", disable=not enabled)
+    return progress_bar(total=total, unit="img", desc="import", disable=not enabled)

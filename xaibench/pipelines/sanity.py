@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from xaibench.core.atomic import write_atomic
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import tf32_settings
+from xaibench.core.progress import progress_bar
 from xaibench.core.runtime import prepare_model
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
@@ -102,7 +102,7 @@ def sanity_check(
     done = set().union(*(set(f["image_id"]) for f in frames))
     todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
     loader = make_loader(dataset, settings.batch_size, settings.workers, todo, device)
-    bar = tqdm(
+    bar = progress_bar(
         total=len(dataset) * len(stage_names),
         initial=(len(dataset) - len(todo)) * len(stage_names),
         unit="map",

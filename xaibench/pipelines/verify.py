@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import stats
-from tqdm.auto import tqdm
 
 from xaibench.core.precision import tf32_settings
+from xaibench.core.progress import progress_bar
 from xaibench.core.runtime import prepare_model
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset, folder_labels, list_images, make_loader
@@ -141,7 +141,7 @@ def sample_accuracy(
     model = prepare_model(loaded.model, device)
     labels = torch.as_tensor(dataset.labels)
     correct = 0
-    bar = tqdm(total=len(rows), unit="img", desc="accuracy", disable=not settings.progress)
+    bar = progress_bar(total=len(rows), unit="img", desc="accuracy", disable=not settings.progress)
     loader = make_loader(dataset, settings.batch_size, settings.workers, rows, device)
     with bar:
         for images, indices in loader:
@@ -165,7 +165,7 @@ def verify_dataset(
     labels = dataset.labels
     counts = np.bincount(labels[labels >= 0], minlength=len(imagenet_classes()))
     decoded = 0
-    bar = tqdm(total=len(dataset), unit="img", desc="decoding", disable=not settings.progress)
+    bar = progress_bar(total=len(dataset), unit="img", desc="decoding", disable=not settings.progress)
     with bar:
         for _, indices in make_loader(dataset, settings.batch_size, settings.workers):
             decoded += len(indices)

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from xaibench.core.checks import positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import tf32_settings
+from xaibench.core.progress import progress_bar
 from xaibench.methods.base import saliency_mode
 from xaibench.methods.hooks import LayerCall, autograd_enabled, record_layers
 from xaibench.methods.layers import validate_layer
@@ -178,7 +178,7 @@ def visualise_units(
     optimiser = torch.optim.Adam(param.parameters(), lr=lr or DEFAULT_LR[parameterisation])
     history = []
     with saliency_mode(model), autograd_enabled(), tf32_settings("fp32"):
-        for step in tqdm(range(steps), desc="visualize", unit="step", disable=not progress):
+        for step in progress_bar(range(steps), desc="visualize", unit="step", disable=not progress):
             optimiser.zero_grad(set_to_none=True)
             moved = transforms(param(), shifts)
             values, _, _ = objective((moved - mean_t) / std_t)
