@@ -38,7 +38,13 @@ def _setting(name: str, kind: click.ParamType, default: float, help: str):
     help="LAYER:CHANNEL to maximise, e.g. features.28:9 (mean of a conv channel) or "
     "classifier.6:1 (one output of a Linear: a class logit); repeat for several, one image each.",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Optimisation steps per image.",
+)
 @click.option(
     "--param",
     "parameterisation",
@@ -61,7 +67,13 @@ def _setting(name: str, kind: click.ParamType, default: float, help: str):
 @_setting("--scale", click.FloatRange(0, 0.9), 0.05, "Random scaling per step in [1 - s, 1 + s].")
 @_setting("--blur-every", click.IntRange(min=0), 4, "Gaussian blur every k steps (0: never).")
 @_setting("--blur-sigma", _POSITIVE, 0.5, "Blur standard deviation, pixels.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the starting image and the random jitter, rotation and scaling.",
+)
 @device_options
 @out_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
