@@ -75,7 +75,9 @@ def safe_extract(
     try:
         with (
             tarfile.open(archive) as tar,
-            progress_bar(unit="file", desc=f"extracting {archive.name}", disable=not progress) as bar,
+            progress_bar(
+                unit="file", desc=f"extracting {archive.name}", disable=not progress
+            ) as bar,
         ):
             for member in tar:
                 written += _extract_member(tar, member, root, archive, place)
