@@ -165,7 +165,9 @@ def verify_dataset(
     labels = dataset.labels
     counts = np.bincount(labels[labels >= 0], minlength=len(imagenet_classes()))
     decoded = 0
-    bar = progress_bar(total=len(dataset), unit="img", desc="decoding", disable=not settings.progress)
+    bar = progress_bar(
+        total=len(dataset), unit="img", desc="decoding", disable=not settings.progress
+    )
     with bar:
         for _, indices in make_loader(dataset, settings.batch_size, settings.workers):
             decoded += len(indices)
