@@ -66,7 +66,8 @@ def compare_command(
 ) -> None:
     """Merge evaluations (metrics/ folders of `xaibench evaluate`, or its *.per_image.csv files)
     into one table: methods as rows, metrics as columns, grouped by model and protocol, best of
-    each group in bold.
+    each group in bold. A metric appears only under the protocols it was evaluated under;
+    protocols of one name that differ only in settings a metric does not read are one for it.
 
     Then, per group, a ranking table per metric and the paired comparisons of every two methods
     on the same images (Wilcoxon signed-rank p-value, win rate). Methods of one group evaluated on

@@ -67,6 +67,12 @@ def rise_kernel(
     return torch.as_tensor(_rise_kernel(), dtype=dtype, device=device)
 
 
+@lru_cache(maxsize=8)
+def _placed_rise_kernel(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`rise_kernel` on a device, copied there once per (dtype, device), not once per batch."""
+    return rise_kernel(dtype, device)
+
+
 def rise_blur(images: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H, W): each channel convolved with `rise_kernel`, zero padding.
 
@@ -74,7 +80,7 @@ def rise_blur(images: torch.Tensor) -> torch.Tensor:
     convolution computes the same with a third of the work.
     """
     channels = images.shape[1]
-    kernel = rise_kernel(images.dtype, images.device).expand(channels, 1, -1, -1)
+    kernel = _placed_rise_kernel(images.dtype, images.device).expand(channels, 1, -1, -1)
     return F.conv2d(images, kernel, padding=KERNEL_SIZE // 2, groups=channels)
 
 
@@ -205,6 +211,29 @@ class Protocol:
 
 SETTINGS = tuple(f.name for f in fields(Protocol) if f.name not in ("name", "preprocessing"))
 """The metric settings of a protocol: what `to_dict` records and `get_protocol` overrides."""
+
+_CURVE_SETTINGS = ("step", "include_start", "auc", "score")
+_ROAD_SETTINGS = ("road_percentages", "road_noise", "road_seed", "score")
+SETTINGS_READ: dict[str, tuple[str, ...]] = {
+    "insertion": ("insertion_substrate", *_CURVE_SETTINGS),
+    "deletion": ("deletion_substrate", *_CURVE_SETTINGS),
+    "ins_del": ("insertion_substrate", "deletion_substrate", *_CURVE_SETTINGS),
+    "avg_drop": ("score",),
+    "increase": ("score",),
+    "road_morf": _ROAD_SETTINGS,
+    "road_lerf": _ROAD_SETTINGS,
+    "pointing_game": ("pointing_tolerance",),
+    "energy_pointing": (),
+}
+"""Native metric -> the settings its values depend on: its results under two protocols that agree
+on these are the same measurement."""
+
+
+def settings_read_by(metric: str) -> tuple[str, ...]:
+    """The settings `metric` reads (`SETTINGS_READ`); every setting for a metric not listed there
+    (the quantus.NAME ones)."""
+    return SETTINGS_READ.get(metric, SETTINGS)
+
 
 PROTOCOLS: dict[str, Protocol] = {
     name: Protocol(name, preprocessing=POLYCAM_PREPROCESSING, **settings)

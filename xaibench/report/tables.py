@@ -2,12 +2,15 @@
 
 Reads the per-image CSVs `evaluate` writes (`METHOD-PROTOCOL.per_image.csv`); a row of the merged
 table is a method, a column a metric, and (model, protocol) identify the groups within which the
-best value is marked and the paired tests are run.
+best value is marked and the paired tests are run. A metric appears only under the protocols it was
+evaluated under, and evaluations whose protocols differ only in settings a metric does not read
+(`xaibench.metrics.protocols.SETTINGS_READ`) are one protocol for that metric.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pandas as pd
 from xaibench.core.choices import LATEX_STYLES
 from xaibench.core.errors import ResultsError
 from xaibench.metrics.base import METRICS
+from xaibench.metrics.protocols import PROTOCOLS, SETTINGS, get_protocol, settings_read_by
 from xaibench.results.layout import PER_IMAGE_SUFFIX
 from xaibench.results.paired import GROUP_COLUMNS, higher_is_better, paired_comparisons, rankings
 from xaibench.results.stats import (
@@ -31,17 +35,30 @@ KEYS = (*GROUP_COLUMNS, "method")
 
 
 @dataclass
+class Block:
+    """Metrics evaluated on the same rows under the same protocols as shown: `rows` holds those rows
+    of the stacked per-image tables (in their order), with `protocol` the protocol the metrics are
+    shown under and `protocol_settings` only the settings they read (`settings_read_by`)."""
+
+    metrics: list[str]
+    rows: pd.DataFrame
+
+
+@dataclass
 class Evaluations:
     """per_image: the stacked per-image tables with a `source` column (the file each row came
-    from); metrics: the metric columns found, in order of appearance."""
+    from); metrics: the metric columns found, in order of appearance; blocks: the evaluations of
+    each metric as compared (`metric_blocks`), whose rows and metrics every table is made of."""
 
     per_image: pd.DataFrame
     metrics: list[str]
+    blocks: list[Block]
 
     @property
     def groups(self) -> list[tuple[str, str]]:
-        """(model, protocol) in order of appearance."""
-        return list(dict.fromkeys(self.per_image[list(GROUP_COLUMNS)].itertuples(False, None)))
+        """(model, protocol) as shown, in order of appearance."""
+        shown = pd.concat([block.rows[list(GROUP_COLUMNS)] for block in self.blocks])
+        return list(dict.fromkeys(shown.sort_index(kind="stable").itertuples(False, None)))
 
 
 def per_image_files(paths: Iterable[Path]) -> list[Path]:
@@ -102,15 +119,110 @@ def load_evaluations(paths: Iterable[Path]) -> Evaluations:
             owner[key] = source
     per_image = pd.concat(frames, ignore_index=True)
     metrics = [c for c in dict.fromkeys(c for f in frames for c in f.columns) if METRICS.knows(c)]
-    return Evaluations(per_image, metrics)
+    held = {frame["source"].iloc[0]: set(frame.columns) for frame in frames}
+    return Evaluations(per_image, metrics, metric_blocks(per_image, metrics, held))
+
+
+def metric_blocks(
+    per_image: pd.DataFrame, metrics: Sequence[str], held: Mapping[str, set[str]]
+) -> list[Block]:
+    """The evaluations of each metric as compared, metrics with the same rows in one `Block`.
+
+    per_image: the stacked tables, one (model, protocol, method) per file; held: file -> its
+    columns. A metric is taken only from the files that have its column. Evaluations of one
+    model under protocols of the same name that agree on every setting the metric reads are one
+    protocol for it, shown as the name with the overrides they share (`get_protocol`), so that
+    "polycam" and "polycam(road_percentages=10_50_90)" are one protocol for insertion. A method
+    held by several of them is taken from the evaluation under the shown protocol itself, else
+    from the first.
+    """
+    unit = per_image.groupby(list(KEYS), sort=False).ngroup()
+    units = per_image.drop_duplicates(list(KEYS)).reset_index(drop=True)
+    settings = [
+        _settings(text, source)
+        for text, source in zip(units["protocol_settings"], units["source"], strict=True)
+    ]
+    blocks: dict[tuple, list[str]] = {}
+    for metric in metrics:
+        shown = _shown_protocols(units, settings, held, metric)
+        blocks.setdefault(tuple(sorted(shown.items())), []).append(metric)
+    out = []
+    for shown_items, names in blocks.items():
+        shown = dict(shown_items)
+        read = [k for k in SETTINGS if any(k in settings_read_by(m) for m in names)]
+        reduced = {
+            i: json.dumps({k: settings[i].get(k) for k in read}, sort_keys=True) for i in shown
+        }
+        mask = unit.isin(list(shown))
+        rows = per_image[mask].assign(
+            protocol=unit[mask].map(shown), protocol_settings=unit[mask].map(reduced)
+        )
+        out.append(Block(names, rows))
+    return out
+
+
+def _settings(text: str, source: str) -> dict:
+    """A file's `protocol_settings`, the JSON object `evaluate` records."""
+    try:
+        settings = json.loads(text)
+    except (TypeError, ValueError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise ResultsError(f"{source}: its protocol_settings {text!r} are not a JSON object")
+    return settings
+
+
+def _shown_protocols(
+    units: pd.DataFrame, settings: list[dict], held: Mapping[str, set[str]], metric: str
+) -> dict[int, str]:
+    """Unit (row of `units`) -> the protocol its `metric` is shown under, for the units taken."""
+    read = settings_read_by(metric)
+    models, labels, methods, sources = (list(units[c]) for c in (*KEYS, "source"))
+    same: dict[tuple, list[int]] = {}
+    for i, label in enumerate(labels):
+        if metric not in held[sources[i]]:
+            continue
+        name = label.partition("(")[0]
+        if name in PROTOCOLS and all(k in settings[i] for k in read):
+            key = (models[i], name, json.dumps([settings[i][k] for k in read]))
+        else:
+            key = (models[i], label, None)
+        same.setdefault(key, []).append(i)
+    shown: dict[int, str] = {}
+    for members in same.values():
+        label = _shared_label([labels[i] for i in members], [settings[i] for i in members])
+        chosen: dict[str, int] = {}
+        for i in sorted(members, key=lambda i: labels[i] != label):
+            chosen.setdefault(methods[i], i)
+        shown.update(dict.fromkeys(chosen.values(), label))
+    return shown
+
+
+def _shared_label(labels: list[str], settings: list[dict]) -> str:
+    """The protocol name of evaluations labelled `labels` with `settings`, seen as one: their label
+    when they share it, else the named protocol with the overrides they all have."""
+    if len(set(labels)) == 1:
+        return labels[0]
+    common = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in settings[0].items()
+        if k in SETTINGS and all(k in other and other[k] == v for other in settings)
+    }
+    return get_protocol(labels[0].partition("(")[0], **common).name
 
 
 def comparison_summary(
     evaluations: Evaluations, resamples: int = BOOTSTRAP_RESAMPLES
 ) -> pd.DataFrame:
-    """`summarise` per (model, protocol, method): groups, methods and metrics in the order the
-    evaluations were given."""
-    table = summarise(evaluations.per_image, evaluations.metrics, by=KEYS, resamples=resamples)
+    """`summarise` per (model, protocol, method) of the metrics evaluated there: groups, methods
+    and metrics in the order the evaluations were given."""
+    table = pd.concat(
+        [
+            summarise(block.rows, block.metrics, by=KEYS, resamples=resamples)
+            for block in evaluations.blocks
+        ],
+        ignore_index=True,
+    )
     group = {key: i for i, key in enumerate(evaluations.groups)}
     method = {name: i for i, name in enumerate(dict.fromkeys(evaluations.per_image["method"]))}
     metric = {name: i for i, name in enumerate(evaluations.metrics)}
@@ -259,18 +371,36 @@ class PairedTables:
 
 
 def paired_tables(evaluations: Evaluations) -> PairedTables:
-    """Rankings and paired tests of every (model, protocol) group; ResultsError naming the files
-    when the methods of a group were evaluated on different images or protocol settings."""
-    metrics = evaluations.metrics
-    return PairedTables(
-        rankings(evaluations.per_image, metrics), paired_comparisons(evaluations.per_image, metrics)
-    )
+    """Rankings and paired tests of every (model, protocol) group and metric evaluated there, by
+    group, then metric; ResultsError naming the files when the methods of a group were evaluated
+    on different images or protocol settings."""
+    blocks = evaluations.blocks
+    ranked = [rankings(block.rows, block.metrics) for block in blocks]
+    pairs = [paired_comparisons(block.rows, block.metrics) for block in blocks]
+    return PairedTables(_by_group(ranked, evaluations), _by_group(pairs, evaluations))
+
+
+def _by_group(tables: list[pd.DataFrame], evaluations: Evaluations) -> pd.DataFrame:
+    """The tables of the blocks as one, rows by (model, protocol) group, then metric, then as
+    given."""
+    table = pd.concat([t for t in tables if not t.empty] or tables[:1], ignore_index=True)
+    group = {key: i for i, key in enumerate(evaluations.groups)}
+    metric = {name: i for i, name in enumerate(evaluations.metrics)}
+    order = [
+        (group[m, p], metric[name])
+        for m, p, name in table[[*GROUP_COLUMNS, "metric"]].itertuples(False, None)
+    ]
+    return table.iloc[sorted(range(len(table)), key=order.__getitem__)].reset_index(drop=True)
 
 
 def format_numbers(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Floats as text with `digits` decimals (p-values in scientific notation below 0.001)."""
+    """Floats as text with `digits` decimals (p-values in scientific notation below 0.001);
+    missing numbers, and missing ranks, as "NA"."""
     out = table.copy()
     for column in out.columns:
+        if pd.api.types.is_integer_dtype(out[column]) and out[column].isna().any():
+            out[column] = ["NA" if pd.isna(v) else str(v) for v in out[column]]  # ranks
+            continue
         if not pd.api.types.is_float_dtype(out[column]):
             continue
         p_value = column in ("wilcoxon_p", "p_next")

@@ -102,7 +102,8 @@ def paired_comparisons(
     by: Sequence[str] = GROUP_COLUMNS,
     scales: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
-    """One row per (group, metric, pair of methods A before B in order of appearance).
+    """One row per (group, metric, pair of methods A before B in order of appearance) with at
+    least one image where both are finite.
 
     Columns: n (images where both are finite), mean_diff (mean of A - B, in summary units),
     win_rate (of A over B, ties half; `win_rate`), wilcoxon_p (`wilcoxon_p`).
@@ -115,6 +116,8 @@ def paired_comparisons(
             matrix = _matrix(group, metric) * scales.get(metric, 1.0)
             for first, second in itertools.combinations(matrix.columns, 2):
                 both = matrix[[first, second]].dropna().to_numpy()
+                if not len(both):
+                    continue
                 a, b = both[:, 0], both[:, 1]
                 rows.append(
                     (
@@ -123,7 +126,7 @@ def paired_comparisons(
                         first,
                         second,
                         len(both),
-                        float(np.mean(a - b)) if len(both) else np.nan,
+                        float(np.mean(a - b)),
                         win_rate(a, b, higher_is_better(metric)),
                         wilcoxon_p(a, b),
                     )
