@@ -15,9 +15,14 @@ Sections (`--sections`, all by default):
   the one-image way stays eager, and the raw forwards are then also timed eager at fp32). The
   xaibench side tunes the allocator (as the CLI does), so each side runs
   in its own subprocess, the one-image way with glibc's default allocator, all else equal.
-- memory: peak memory (CPU: peak RSS; CUDA: torch.cuda.max_memory_allocated) after each of
+- memory: peak memory (CPU: peak RSS; CUDA: torch.cuda.max_memory_allocated) of each of
   `--memory-batches` batches of generate's work (T-Grad, a background store write) and
-  evaluate's (insertion and deletion at a coarse step), and its slope: flat means no growth.
+  evaluate's (insertion and deletion at a coarse step), the peak reset before each batch (on the
+  CPU where Linux allows it: /proc/self/clear_refs), and its slope: flat means no growth.
+
+Each eval timing covers `--images` images (default by device, `DEFAULT_IMAGES`), repeated after
+its warm-up until it has run `--min-seconds` (default by device, `MIN_SECONDS`: a GPU finishes a
+few images too fast for its clock to be read well); its time is the mean per call.
 
 Candidates and references alternate within every repeat (the order rotates), so a noisy shared
 machine slows both alike; each line gives the median and, in brackets, the min-max over repeats,
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -63,13 +69,24 @@ from xaibench.store.writer import BackgroundWriter
 
 Step = Callable[[], object]
 FULL_VAL = 50_000
-# Dense peak TFLOP/s by precision, from the vendors' data sheets (no sparsity).
+# Dense peak TFLOP/s by precision, from the vendors' data sheets (no sparsity), by the words of
+# the device name; the entry with the most words in the name wins ("H100 NVL" over "H100").
+SXM_HOPPER = {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0, "fp16": 989.0}
+NVL_HOPPER = {"fp32": 60.0, "tf32": 418.0, "bf16": 835.0, "fp16": 835.0}
 PEAK_TFLOPS = {
     "H100 PCIe": {"fp32": 51.0, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0},
-    "H100": {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0, "fp16": 989.0},
-    "H200": {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0, "fp16": 989.0},
+    "H100 NVL": NVL_HOPPER,
+    "H100": SXM_HOPPER,
+    "H200 NVL": NVL_HOPPER,
+    "H200": SXM_HOPPER,
+    "GH200": SXM_HOPPER,
     "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
 }
+DEFAULT_IMAGES = {"cpu": 2, "cuda": 16}
+"""Images per eval timing when `--images` is not given."""
+MIN_SECONDS = {"cpu": 0.0, "cuda": 3.0}
+"""Seconds each eval timing runs at least, its warm-up excluded, when `--min-seconds` is not given."""
+CLEAR_REFS = Path("/proc/self/clear_refs")
 GLIBC_TUNING = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 REFERENCE_PRECISION = "fp32"  # the reference pipeline's: it had no precision option
 
@@ -105,15 +122,22 @@ def ratio(reference: list[float], candidate: list[float]) -> str:
 
 
 def peak_tflops(args: argparse.Namespace, device: torch.device) -> float | None:
+    """`--peak-tflops`, else the table's peak of the CUDA device at `args.precision`, else None."""
     if args.peak_tflops:
         return args.peak_tflops
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
-        if all(word in name for word in key.split()):
-            return PEAK_TFLOPS[key][args.precision]
-    return None
+    return peak_of(torch.cuda.get_device_name(device), args.precision)
+
+
+def peak_of(device_name: str, precision: str) -> float | None:
+    """The `PEAK_TFLOPS` entry whose words are all words of `device_name` (case aside; words
+    split at spaces, hyphens and underscores), the one with the most words first; None if none."""
+    words = set(re.split(r"[\s_-]+", device_name.upper()))
+    matches = [key for key in PEAK_TFLOPS if set(key.upper().split()) <= words]
+    if not matches:
+        return None
+    return PEAK_TFLOPS[max(matches, key=lambda key: len(key.split()))][precision]
 
 
 def flops_of(step: Step) -> float:
@@ -310,11 +334,20 @@ def evaluation_worker(args: argparse.Namespace, device: torch.device) -> dict[st
     for name in rotated(list(precisions), args.worker_repeat):
         with forward_settings(model, device, **settings_of(precisions[name])):
             steps[name](1)  # warm-up on one image (one chunk for raw), compiling with --compile
-            times[name] = [seconds(device, steps[name])]
+            times[name] = [mean_seconds(device, steps[name], args.min_seconds)]
         if name.startswith("raw"):
             times[name][0] *= forwards / (forwards // chunk * chunk)
     flops = forwards / n * flops_of(lambda: score_fn(images[:1], targets[:1]))
     return {"times": times, "precisions": precisions, "flops_per_image": flops}
+
+
+def mean_seconds(device: torch.device, step: Step, min_seconds: float) -> float:
+    """Seconds per call of `step`, called until the calls have taken `min_seconds` (once at least)."""
+    calls, total = 0, 0.0
+    while not calls or total < min_seconds:
+        total += seconds(device, step)
+        calls += 1
+    return total / calls
 
 
 def evaluation(args: argparse.Namespace, device: torch.device) -> None:
@@ -386,7 +419,7 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
     protocol = get_protocol("polycam", step=args.size * args.size // 8)
     metrics = [METRICS.get(m) for m in ("insertion", "deletion")]
     b, batches = args.batch_size, args.memory_batches
-    peaks = []
+    peaks, resets = [], False
     with tempfile.TemporaryDirectory() as folder, forward_settings(model, device, args.precision):
         meta = StoreMeta(args.model, "none", "tgrad", {}, "predicted", {}, args.precision)
         ids = [f"img{i}" for i in range(b * batches)]
@@ -394,6 +427,7 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
         writer = BackgroundWriter(store)
         try:
             for i in range(batches):
+                resets = reset_peak(device)
                 images = torch.randn(b, 3, args.size, args.size, device=device)
                 images = images.contiguous(memory_format=torch.channels_last)
                 explanation = tgrad(images)
@@ -417,17 +451,37 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
                 peaks.append(peak_mib(device))
         finally:
             writer.close()
-    start = min(5, batches // 3)
-    slope = np.polyfit(np.arange(start, batches), peaks[start:], 1)[0]
+    start, slope = memory_slope(peaks)
     kind = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS"
+    kind += " of each batch" if resets else " so far (no reset here: a running maximum)"
     print(
         f"\nmemory: {kind} over {batches} batches of {b} (T-Grad + store write + insertion and "
-        f"deletion): {peaks[0]:.0f} MiB after batch 1, {peaks[start]:.0f} after batch {start + 1}, "
-        f"{peaks[-1]:.0f} after batch {batches}; slope {slope:+.2f} MiB/batch from batch {start + 1}"
+        f"deletion): {peaks[0]:.0f} MiB in batch 1, {peaks[start]:.0f} in batch {start + 1}, "
+        f"{peaks[-1]:.0f} in batch {batches}; slope {slope:+.2f} MiB/batch from batch {start + 1}"
     )
 
 
+def memory_slope(peaks: list[float]) -> tuple[int, float]:
+    """(first batch fitted, least-squares slope per batch) of the per-batch peaks, the first
+    min(5, batches // 3) batches (warm-up: caches, allocator pools) left out."""
+    start = min(5, len(peaks) // 3)
+    return start, float(np.polyfit(np.arange(start, len(peaks)), peaks[start:], 1)[0])
+
+
+def reset_peak(device: torch.device) -> bool:
+    """Start a new peak for `peak_mib`; False where that cannot be done (CPU outside Linux)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        CLEAR_REFS.write_text("5")  # Linux: resets the peak RSS to the current RSS
+    except OSError:
+        return False
+    return True
+
+
 def peak_mib(device: torch.device) -> float:
+    """The peak since the last `reset_peak`: CUDA's allocated memory, else the process's RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -439,7 +493,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument(
-        "--images", type=int, default=2, help="images per insertion+deletion timing"
+        "--images",
+        type=int,
+        default=None,
+        help=f"images per insertion+deletion timing (default by device: {DEFAULT_IMAGES})",
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=None,
+        help=f"each eval timing repeats until it has run this long (default by device: "
+        f"{MIN_SECONDS})",
     )
     parser.add_argument("--chunk-size", type=int, default=None, help="perturbed images per forward")
     parser.add_argument("--device", default="cpu")
@@ -458,6 +522,10 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    if args.images is None:
+        args.images = DEFAULT_IMAGES.get(device.type, DEFAULT_IMAGES["cpu"])
+    if args.min_seconds is None:
+        args.min_seconds = MIN_SECONDS.get(device.type, MIN_SECONDS["cpu"])
     if args.worker:
         if os.environ.get("XAIBENCH_TUNE"):
             tune_allocator()

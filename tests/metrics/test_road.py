@@ -1,14 +1,19 @@
 """ROAD: the batched imputation against a one-image sparse solve, and the metric on exact cases."""
 
+import logging
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
+import torch.nn.functional as F
 
+import xaibench.metrics.road as road
 from xaibench.core.errors import ConfigError
 from xaibench.metrics import METRICS, MetricContext, get_protocol, linear_imputation
-from xaibench.metrics.road import gaussian_noise
+from xaibench.metrics.road import ROAD_TOLERANCE, gaussian_noise, neighbour_kernel
 
 OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
@@ -64,6 +69,77 @@ def test_edge_cases_nothing_or_everything_removed():
         assert (out[1] == 0).all()
     with pytest.raises(ConfigError, match="solver"):
         linear_imputation(images, removed, solver="lu")
+
+
+def easy_and_hard(size: int = 24, dtype: torch.dtype = torch.float32):
+    """Two images: the first with 5% of its pixels removed (few CG iterations), the second with
+    all but a 2-pixel frame (many)."""
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randn(2, 3, size, size, generator=generator, dtype=dtype)
+    removed = torch.zeros(2, size, size, dtype=torch.bool)
+    removed[0] = torch.rand(size, size, generator=generator) < 0.05
+    removed[1, 2:-2, 2:-2] = True
+    return images, removed
+
+
+@pytest.fixture()
+def plane_iterations(monkeypatch):
+    """Counts the planes of every CG matrix product: the imputation's convolutions after its first
+    two (the right-hand side and the diagonal)."""
+    sizes: list[int] = []
+
+    def counting(x, *args, **kwargs):
+        sizes.append(len(x))
+        return F.conv2d(x, *args, **kwargs)
+
+    monkeypatch.setattr(road, "F", SimpleNamespace(conv2d=counting))
+
+    def count(images, removed, **kwargs):
+        sizes.clear()
+        out = linear_imputation(images, removed, solver="cg", **kwargs)
+        return out, sum(sizes[2:])
+
+    return count
+
+
+def test_every_plane_meets_the_tolerance():
+    images, removed = easy_and_hard(dtype=torch.float64)
+    out = linear_imputation(images, removed, solver="cg")
+    kernel = neighbour_kernel(torch.float64, "cpu")
+    mask = removed[:, None].double()
+    diagonal = F.conv2d(
+        torch.ones(1, 1, *removed.shape[1:], dtype=torch.float64), kernel, padding=1
+    )
+
+    def system(x):  # (N, C, H, W) -> A x + (weights of kept neighbours), on the removed pixels
+        flat = x.reshape(-1, 1, *x.shape[2:])
+        return (diagonal * flat - F.conv2d(flat, kernel, padding=1)).view(x.shape) * mask
+
+    b = -system(images * (1 - mask))
+    residual = (b - system(out * mask)).flatten(2).norm(dim=2)
+    assert (residual <= ROAD_TOLERANCE * b.flatten(2).norm(dim=2)).all()
+
+
+def test_a_plane_freezes_independently_of_the_harder_planes_it_is_solved_with(plane_iterations):
+    images, removed = easy_and_hard()
+    both, together = plane_iterations(images, removed)
+    easy, easy_count = plane_iterations(images[:1], removed[:1])
+    hard, hard_count = plane_iterations(images[1:], removed[1:])
+    # The same arithmetic per plane: bit-identical to solving each image alone (on the CPU).
+    assert torch.equal(both[0], easy[0]) and torch.equal(both[1], hard[0])
+    assert together == easy_count + hard_count
+    # Iterating every plane until the slowest one converges would do this many products:
+    assert 3 * easy_count < hard_count and together < 2 * hard_count
+
+
+def test_running_out_of_iterations_warns_once_with_the_planes_short_of_the_tolerance(caplog):
+    images, removed = easy_and_hard()
+    removed[0] = False  # nothing to solve: these planes meet the tolerance at once
+    with caplog.at_level(logging.WARNING, logger=road.__name__):
+        out = linear_imputation(images, removed, solver="cg", max_iterations=15)
+    assert len(caplog.records) == 1
+    assert "after 15 iterations with 3 of 6 planes" in caplog.records[0].getMessage()
+    assert torch.equal(out[0], images[0]) and out.isfinite().all()
 
 
 def test_a_linear_ramp_is_imputed_exactly_away_from_the_border():

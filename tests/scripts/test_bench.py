@@ -1,8 +1,12 @@
-"""scripts/bench.py's eval section: the one-image reference runs at fp32 whatever `--precision`,
-the raw forwards at xaibench's precision (and also at fp32 when that is not fp32)."""
+"""scripts/bench.py: the eval section's one-image reference runs at fp32 whatever `--precision`,
+the raw forwards at xaibench's precision (and also at fp32 when that is not fp32); a timing runs
+its minimum seconds; the GPU peak is looked up by the most specific name; the memory slope is of
+per-batch peaks."""
 
 import argparse
 import importlib
+import mmap
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +30,7 @@ def worker_args(worker: str, precision: str) -> argparse.Namespace:
         worker=worker,
         worker_repeat=1,
         peak_tflops=None,
+        min_seconds=0.0,
     )
 
 
@@ -175,3 +180,54 @@ def test_occlusion_benchmark_alternates_which_side_goes_first(monkeypatch):
     )
     assert order == ["ours", "captum", "captum", "ours", "ours", "captum"]
     assert ours == theirs == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+        ("NVIDIA H100 PCIe", "fp32", 51.0),
+        ("NVIDIA H100 NVL", "bf16", 835.0),
+        ("NVIDIA H100 NVL", "fp32", 60.0),
+        ("NVIDIA H200", "tf32", 495.0),
+        ("NVIDIA H200 NVL", "fp16", 835.0),
+        ("NVIDIA GH200 480GB", "bf16", 989.0),
+        ("NVIDIA A100-SXM4-80GB", "fp32", 19.5),
+        ("NVIDIA A100 80GB PCIe", "tf32", 156.0),
+        ("NVIDIA GeForce RTX 4090", "bf16", None),
+        ("NVIDIA H1000", "bf16", None),
+    ],
+)
+def test_the_peak_is_the_most_specific_entry_of_the_device_name(name, precision, peak):
+    assert bench.peak_of(name, precision) == peak
+
+
+def test_the_memory_slope_is_fitted_after_the_warm_up_batches():
+    warm_up = [900.0, 700.0, 650.0, 640.0, 620.0]
+    assert bench.memory_slope(warm_up + [600.0] * 25) == (5, pytest.approx(0.0, abs=1e-9))
+    growing = warm_up + [600.0 + 2 * i for i in range(25)]
+    start, slope = bench.memory_slope(growing)
+    assert start == 5 and slope == pytest.approx(2.0)
+    assert bench.memory_slope([10.0, 12.0, 14.0, 16.0, 18.0, 20.0])[0] == 2
+
+
+@pytest.mark.skipif(
+    not os.access(bench.CLEAR_REFS, os.W_OK), reason="the peak RSS cannot be reset here"
+)
+def test_a_reset_forgets_an_earlier_peak():
+    size = 256 * 2**20
+    with mmap.mmap(-1, size) as block:  # touched pages, unmapped again on close
+        block.write(b"x" * size)
+    before = bench.peak_mib(CPU)
+    assert bench.reset_peak(CPU)
+    assert bench.peak_mib(CPU) < before - 200
+
+
+def test_a_timing_repeats_until_it_has_run_its_minimum(monkeypatch):
+    calls = []
+    took = iter([0.5, 1.5, 1.0, 4.0])
+    monkeypatch.setattr(bench, "seconds", lambda device, step: step() or next(took))
+    assert bench.mean_seconds(CPU, lambda: calls.append(1), 2.5) == pytest.approx(1.0)
+    assert len(calls) == 3
+    assert bench.mean_seconds(CPU, lambda: calls.append(1), 0.0) == 4.0
+    assert len(calls) == 4

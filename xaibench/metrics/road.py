@@ -12,8 +12,9 @@ image and channel,
 with d_i the sum of the weights of i's neighbours inside the image. It is symmetric positive
 definite whenever a pixel is kept. On a GPU it is solved for every image, percentage and channel of
 a chunk at once by conjugate gradients preconditioned with d (the weighted sums are one 3 x 3
-convolution), to a relative residual of `ROAD_TOLERANCE`; on the CPU a sparse LU per image (all
-channels at once) is faster (scripts/bench_road.py) and is the default there. Gaussian noise of std
+convolution), each plane to a relative residual of `ROAD_TOLERANCE`, after which it drops out of
+the iteration; on the CPU a sparse LU per image (all channels at once) is faster
+(scripts/bench_road.py) and is the default there. Gaussian noise of std
 `protocol.road_noise` (0.01, in [0, 1] pixel units as in the reference code) is added to the
 imputed pixels; the model's score of the class is measured on the result.
 
@@ -64,9 +65,15 @@ OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0,
 
 
 def neighbour_kernel(dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """(1, 1, 3, 3) ROAD's neighbour weights: 1/6 for direct neighbours, 1/12 diagonal, 0 centre."""
-    kernel = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]], dtype=dtype, device=device) / 12
-    return kernel.view(1, 1, 3, 3)
+    """(1, 1, 3, 3) ROAD's neighbour weights: 1/6 for direct neighbours, 1/12 diagonal, 0 centre.
+
+    Built by fills on the device: no host-to-device copy.
+    """
+    kernel = torch.ones(3, 3, dtype=dtype, device=device)
+    kernel[1, :] = 2
+    kernel[:, 1] = 2
+    kernel[1, 1] = 0
+    return (kernel / 12).view(1, 1, 3, 3)
 
 
 def linear_imputation(
@@ -80,7 +87,8 @@ def linear_imputation(
     """(N, C, H, W) images, (N, H, W) bool removed pixels -> (N, C, H, W) imputed (no noise).
 
     Kept pixels are returned unchanged; removed ones solve ROAD's linear system (module doc), by
-    `solver` "cg" (batched, to `tolerance`) or "direct" (sparse LU per image); None picks
+    `solver` "cg" (batched conjugate gradients, `_conjugate_gradients`: every image and channel
+    to a relative residual of `tolerance`) or "direct" (sparse LU per image); None picks
     `DEFAULT_SOLVER` for the device. An image with every pixel removed has no solution: its
     removed pixels come back as 0.
     """
@@ -93,37 +101,69 @@ def linear_imputation(
     planes = images.reshape(n * c, 1, h, w)
     mask = removed[:, None].expand(n, c, h, w).reshape(n * c, 1, h, w).to(images.dtype)
     kernel = neighbour_kernel(images.dtype, images.device)
-    diagonal = F.conv2d(torch.ones_like(planes[:1]), kernel, padding=1)  # in-image weight sums
-
-    def matvec(x: torch.Tensor) -> torch.Tensor:
-        return mask * (diagonal * x - F.conv2d(x, kernel, padding=1))
-
     b = mask * F.conv2d(planes * (1 - mask), kernel, padding=1)
+    x = _conjugate_gradients(b, mask, kernel, tolerance, max_iterations)
+    return (planes * (1 - mask) + x * mask).view(n, c, h, w)
+
+
+def _conjugate_gradients(
+    b: torch.Tensor,
+    mask: torch.Tensor,
+    kernel: torch.Tensor,
+    tolerance: float,
+    max_iterations: int,
+) -> torch.Tensor:
+    """(P, 1, H, W) right-hand sides and 0/1 masks of the unknowns -> (P, 1, H, W) solutions of
+    ROAD's systems, by conjugate gradients preconditioned with the diagonal, all planes at once.
+
+    Every `CHECK_EVERY` iterations and after the last (one synchronisation each), the planes whose
+    relative residual ||b - A x|| / ||b|| (as the iteration updates it) is at most `tolerance`
+    freeze: a plane's solution is its iterate at the first check where it meets `tolerance`, and
+    the iteration goes on with the other planes' tensors only. Every plane thus meets `tolerance`
+    (unless `max_iterations` runs out first: one warning then says how many do not) and its
+    solution does not depend on the planes solved with it beyond float rounding.
+    """
+    diagonal = F.conv2d(torch.ones_like(b[:1]), kernel, padding=1)  # in-image weight sums
+    tiny = torch.finfo(b.dtype).tiny
+    solution = torch.zeros_like(b)
+    active = torch.arange(len(b), device=b.device)
+    norm_b = _dot(b, b).sqrt()
     x = torch.zeros_like(b)
     r = b.clone()
     z = r / diagonal
     p = z.clone()
     rz = _dot(r, z)
-    target = tolerance * _dot(b, b).sqrt()
     for iteration in range(max_iterations):
-        ap = matvec(p)
+        ap = mask * (diagonal * p - F.conv2d(p, kernel, padding=1))
         pap = _dot(p, ap)
-        alpha = torch.where(pap > 0, rz / pap.clamp(min=torch.finfo(pap.dtype).tiny), 0)
+        alpha = torch.where(pap > 0, rz / pap.clamp(min=tiny), 0)
         x += alpha * p
         r -= alpha * ap
-        if iteration % CHECK_EVERY == CHECK_EVERY - 1 and bool((_dot(r, r).sqrt() <= target).all()):
-            break
+        if iteration % CHECK_EVERY == CHECK_EVERY - 1 or iteration == max_iterations - 1:
+            going = (_dot(r, r).sqrt() > tolerance * norm_b).view(-1).nonzero().squeeze(1)
+            if len(going) < len(active):
+                solution[active] = x
+                if not len(going):
+                    return solution
+                active, x, r, p, rz, mask, norm_b = (
+                    t[going] for t in (active, x, r, p, rz, mask, norm_b)
+                )
         z = r / diagonal
         rz_next = _dot(r, z)
-        beta = torch.where(rz > 0, rz_next / rz.clamp(min=torch.finfo(rz.dtype).tiny), 0)
+        beta = torch.where(rz > 0, rz_next / rz.clamp(min=tiny), 0)
         p = z + beta * p
         rz = rz_next
-    else:
-        worst = (_dot(r, r).sqrt() / _dot(b, b).sqrt().clamp(min=1e-30)).max().item()
-        log.warning(
-            "ROAD imputation stopped after %d iterations at residual %.2g", iteration, worst
-        )
-    return (planes * (1 - mask) + x * mask).view(n, c, h, w)
+    solution[active] = x
+    worst = (_dot(r, r).sqrt() / norm_b.clamp(min=1e-30)).max().item()
+    log.warning(
+        "ROAD imputation stopped after %d iterations with %d of %d planes short of the tolerance, "
+        "at relative residuals up to %.2g",
+        max_iterations,
+        len(active),
+        len(b),
+        worst,
+    )
+    return solution
 
 
 def _direct_imputation(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
