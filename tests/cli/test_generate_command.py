@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from xaibench.data.classes import imagenet_classes
 from xaibench.store import open_store
@@ -185,3 +186,31 @@ def test_generate_on_a_vision_transformer(image_folder, tmp_path, invoke):
                 assert store.meta.method_params == {"layer": "encoder.layers.encoder_layer_1.ln_1"}
             if method == "rollout":
                 assert store.meta.method_params == {"head_fusion": "max", "discard_ratio": 0.0}
+
+
+def test_deterministic_reaches_the_forward_settings_and_keeps_the_cpu_maps(
+    image_folder, tmp_path, generate, monkeypatch
+):
+    from xaibench.methods.cam import GradCAM
+
+    seen = []
+    explain = GradCAM.explain
+
+    def spied(self, images, targets):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return explain(self, images, targets)
+
+    monkeypatch.setattr(GradCAM, "explain", spied)
+    assert generate(image_folder, tmp_path / "plain").exit_code == 0
+    assert seen and not any(seen)
+    seen.clear()
+    result = generate(image_folder, tmp_path / "deterministic", "--deterministic")
+    assert result.exit_code == 0, result.output
+    assert seen and all(seen) and not torch.are_deterministic_algorithms_enabled()
+    for method in ("tgrad", "gradcam"):
+        stores = [
+            tmp_path / run / "tiny_models_tiny_cnn" / f"{method}.h5"
+            for run in ("plain", "deterministic")
+        ]
+        with open_store(stores[0]) as plain, open_store(stores[1]) as repeated:
+            assert np.array_equal(plain.read_maps(np.arange(6)), repeated.read_maps(np.arange(6)))

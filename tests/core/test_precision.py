@@ -1,11 +1,13 @@
 """--precision and --compile: one place applies them, results say how they were computed."""
 
+import os
+
 import pytest
 import torch
 from tiny_models import tiny_cnn
 
 from xaibench.core.errors import ConfigError
-from xaibench.core.precision import check_precision, forward_settings, has_hooks
+from xaibench.core.precision import _Overflows, check_precision, forward_settings, has_hooks
 from xaibench.core.runtime import prepare_model
 from xaibench.methods import METHODS
 from xaibench.metrics import score_function
@@ -226,3 +228,71 @@ def _check_no_tf32_in_the_stages(tmp_path):
         stage()
         assert seen and set(seen) == {(False, False)}, name
         assert _tf32() == (True, True), name  # the user's settings again
+
+
+def _determinism():
+    cudnn = torch.backends.cudnn
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+
+
+def test_deterministic_holds_for_the_block_only_even_after_an_error(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before, model = _determinism(), tiny_cnn()
+    with forward_settings(model, torch.device("cuda"), deterministic=True):
+        assert _determinism() == (True, False, True, ":4096:8")
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert _determinism() == before
+    with (
+        pytest.raises(RuntimeError, match="inside"),
+        forward_settings(model, CPU, deterministic=True),
+    ):
+        raise RuntimeError("inside")
+    assert _determinism() == before
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    with forward_settings(model, CPU, deterministic=True):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def test_deterministic_leaves_cpu_numbers_alone_and_refuses_a_nondeterministic_op():
+    model, x = tiny_cnn(), images()
+    reference = model(x)
+    with forward_settings(model, CPU, deterministic=True):
+        assert torch.equal(model(x), reference)
+
+    class Scatter(torch.nn.Module):
+        def forward(self, x):  # put_ without accumulate has no deterministic implementation
+            return x.flatten().clone().put_(torch.tensor([0, 0]), x.flatten()[:2]).view_as(x)
+
+    refused = r"^deterministic: .*put_.*leave out `deterministic`"
+    with (
+        pytest.raises(ConfigError, match=refused),
+        forward_settings(Scatter(), CPU, deterministic=True) as scatter,
+    ):
+        scatter(x)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_non_finite_logits_are_counted_without_a_sync_and_reported(caplog):
+    class Overflowing(torch.nn.Module):
+        def forward(self, x):
+            return torch.where(x[:, :1, 0, 0] > 0, float("inf"), 1.0).expand(-1, 4)
+
+    x = images(6)
+    counted = _Overflows(CPU)
+    forward = counted.counting(Overflowing())
+    forward(x)
+    forward(x[:2])
+    expected = int((x[:, 0, 0, 0] > 0).sum() + (x[:2, 0, 0, 0] > 0).sum())
+    assert expected > 0 and int(counted.rows) == expected
+    with caplog.at_level("WARNING"):
+        counted.report()
+    assert f"fp16: {expected} images' forwards gave Inf or NaN logits" in caplog.text
+    caplog.clear()
+    _Overflows(CPU).report()
+    assert caplog.text == ""

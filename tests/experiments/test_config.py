@@ -146,6 +146,7 @@ def test_keys_added_later_keep_the_digests_while_at_their_defaults(tmp_path):
     del before["evaluate"]["metric_params"]
     before["models"] = [{k: m[k] for k in ("name", "weights", "layer")} for m in before["models"]]
     del before["run"]["out"]
+    del before["run"]["deterministic"]
     assert base.sha256 == digest(before)
     spelled = load_config(path, ["generate.preprocessing=protocol", "models.0.crop=0.875"])
     spelled.config["models"][0]["crop"] = None  # as if never written
@@ -267,3 +268,13 @@ def test_compression_is_a_setting_of_the_stores_not_of_their_maps(tmp_path):
     assert {u.name: u.key for u in make_plan(none).units} == keys  # nothing to redo for it
     with pytest.raises(ConfigError, match=r"compression.*'zstd': use one of lzf, gzip, none"):
         check_experiment(load_config(path, ["generate.compression=zstd"]))
+
+
+def test_deterministic_is_left_out_of_the_digest_unless_set(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    base = load_config(path)
+    assert base.config["run"]["deterministic"] is False
+    assert load_config(path, ["run.deterministic=false"]).sha256 == base.sha256
+    assert load_config(path, ["run.deterministic=true"]).sha256 != base.sha256
+    keys = [unit.key for unit in make_plan(base).units]
+    assert [u.key for u in make_plan(load_config(path, ["run.deterministic=true"])).units] == keys

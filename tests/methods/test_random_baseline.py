@@ -73,3 +73,9 @@ def test_integer_arithmetic_is_exact():
     fingerprints = image_fingerprints(images)
     assert fingerprints[0] == fingerprints[1] and 0 <= fingerprints[0] < 2**31 - 1
     assert torch.equal(image_fingerprints(images.double()), fingerprints)
+
+
+@pytest.mark.parametrize("value", [0, 1, 7, 2**31 - 1, 2**31, 2**32 - 1])
+def test_hash32_of_an_int_is_its_hash_as_a_tensor(value):
+    assert isinstance(hash32(value), int)
+    assert hash32(value) == int(hash32(torch.tensor(value)))

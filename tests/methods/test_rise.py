@@ -107,3 +107,44 @@ def test_rejects_bad_settings(small_vgg):
     for bad in ({"masks": 0}, {"cell": 1.5}, {"keep": 0}, {"keep": 1.5}, {"mask_batch": 0}):
         with pytest.raises(ConfigError, match="rise"):
             RISE(small_vgg, **bad)
+
+
+def test_draws_are_the_cpu_generators_and_do_not_depend_on_the_device(monkeypatch):
+    """The grids and shifts are drawn from a seeded CPU generator, then copied to the device:
+    a meta device (standing for a GPU) receives exactly the CPU draws."""
+    generator = torch.Generator().manual_seed(4)
+    expected_grids = torch.rand((50, 5, 5), generator=generator) < 0.5
+    expected_shifts = torch.rand((50, 2), generator=generator)
+    grids, shifts = RISE(None, masks=50, cell=5, seed=4).draw(torch.device("cpu"))
+    assert torch.equal(grids, expected_grids) and torch.equal(shifts, expected_shifts)
+    moved = []
+    to = torch.Tensor.to
+
+    def recording_to(self, *args, **kwargs):
+        moved.append(self)
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
+    on_meta = RISE(None, masks=50, cell=5, seed=4).draw(torch.device("meta"))
+    monkeypatch.undo()
+    assert all(t.is_meta for t in on_meta)
+    assert [t.device.type for t in moved] == ["cpu", "cpu"]
+    assert torch.equal(moved[0], grids) and torch.equal(moved[1], shifts)
+
+
+def test_draws_are_made_once_per_device_and_reused_by_later_batches(
+    tiny_resnet, images, monkeypatch
+):
+    images = images[:, :, :32, :32]
+    method = RISE(tiny_resnet, masks=12, mask_batch=5)
+    first = method(images[:2])
+    draws = method.draws[torch.device("cpu")]
+    calls = []
+    rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: calls.append(a) or rand(*a, **k))
+    again = method(images[:2])
+    method(images[2:])
+    monkeypatch.undo()
+    assert calls == [] and method.draws[torch.device("cpu")] is draws
+    assert torch.equal(again.maps, first.maps)
+    assert torch.equal(method.draw(torch.device("cpu"))[0], draws[0])

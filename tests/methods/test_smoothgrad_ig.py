@@ -169,6 +169,26 @@ def test_noise_is_standard_normal_and_keyed():
     assert abs(correlation) < 0.05
 
 
+def test_the_noise_bank_is_drawn_once_per_shape_and_device(tiny_resnet, images, monkeypatch):
+    """Later batches reuse the first call's bank, so their maps equal those of a fresh method."""
+    from xaibench.methods import smoothgrad
+
+    draws = []
+    monkeypatch.setattr(
+        smoothgrad,
+        "noise_bank",
+        lambda *args: draws.append(args[2]) or noise_bank(*args),
+    )
+    method = SmoothGrad(tiny_resnet, samples=3)
+    first, second = method(images[:2]), method(images[2:])
+    assert draws == [(3, 64, 64)]
+    torch.testing.assert_close(second.maps, SmoothGrad(tiny_resnet, samples=3)(images[2:]).maps)
+    torch.testing.assert_close(first.maps, SmoothGrad(tiny_resnet, samples=3)(images[:2]).maps)
+    assert len(draws) == 3
+    method(images[:, :, :32, :32])
+    assert draws[-1] == (3, 32, 32) and len(draws) == 4
+
+
 def test_noise_scales_with_the_image_range(tiny_resnet, images):
     """sigma = noise * (max - min) of each image: with z = 1 the copies are x + sigma."""
     images = images * torch.tensor([1.0, 2.0, 5.0, 10.0]).view(-1, 1, 1, 1)
@@ -262,3 +282,15 @@ def test_baselines_and_options(tiny_resnet, images):
         IntegratedGradients(tiny_resnet, method="simpson")
     with pytest.raises(ConfigError, match="steps >= 2"):
         IntegratedGradients(tiny_resnet, steps=1, method="riemann_trapezoid")
+
+
+def test_intgrad_places_its_constants_once_per_dtype_and_device(tiny_resnet, images):
+    method = IntegratedGradients(tiny_resnet, steps=3, baseline="black")
+    first = method(images[:2]).maps
+    placed = dict(method.placed)
+    assert sorted(name for name, _, _ in placed) == ["black", "nodes", "weights"]
+    second = method(images[2:]).maps
+    assert all(method.placed[key] is tensor for key, tensor in placed.items())
+    fresh = IntegratedGradients(tiny_resnet, steps=3, baseline="black")
+    torch.testing.assert_close(second, fresh(images[2:]).maps, rtol=0, atol=0)
+    torch.testing.assert_close(first, fresh(images[:2]).maps, rtol=0, atol=0)

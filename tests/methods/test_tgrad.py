@@ -9,6 +9,7 @@ from torch import nn
 from xaibench.core.errors import ConfigError
 from xaibench.methods import METHODS, FullGrad, TGrad
 from xaibench.methods.support import inspect_model
+from xaibench.methods.tgrad import effective_biases
 
 
 def reference_tgrad(model: nn.Module, image: torch.Tensor, target: int):
@@ -154,3 +155,37 @@ def test_batchnorm1d_in_the_head_is_a_fullgrad_term_but_no_tgrad_map(images, ran
     )
     tgrad = TGrad(model)(images.double()).extras["terms"]
     assert tgrad.names == ["input", "0", "1"]
+
+
+def test_biases_are_made_once_and_again_after_the_weights_change(tiny_resnet, images, monkeypatch):
+    """Later calls reuse the biases until a tensor they are made of changes: in place
+    (`load_state_dict`, a re-initialisation, a forward in training mode) or for another one
+    (a dtype conversion); each call's maps equal those of a new method on the model as it is."""
+    from xaibench.methods import tgrad
+
+    made = []
+    monkeypatch.setattr(
+        tgrad, "effective_biases", lambda model: made.append(1) or effective_biases(model)
+    )
+    method = TGrad(tiny_resnet)
+    first = method(images).maps
+    torch.testing.assert_close(method(images).maps, first, rtol=0, atol=0)
+    assert len(made) == 1
+    original = copy.deepcopy(tiny_resnet.state_dict())
+
+    def changes_maps(change) -> None:
+        calls = len(made)
+        change()
+        maps = method(images).maps
+        assert len(made) == calls + 1
+        torch.testing.assert_close(maps, TGrad(tiny_resnet)(images).maps, rtol=0, atol=0)
+        assert not torch.equal(maps, first)
+        tiny_resnet.load_state_dict(original)
+        torch.testing.assert_close(method(images).maps, first, rtol=0, atol=0)
+
+    batch_norm = next(m for m in tiny_resnet.modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        changes_maps(lambda: batch_norm.running_mean.add_(0.5))
+    changes_maps(batch_norm.reset_running_stats)
+    changes_maps(lambda: tiny_resnet.train()(images) is None or tiny_resnet.eval())
+    changes_maps(lambda: batch_norm.half().float())

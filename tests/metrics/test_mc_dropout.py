@@ -12,6 +12,7 @@ from torch import nn
 from xaibench.core.errors import ConfigError
 from xaibench.metrics.mc_dropout import (
     MCDropout,
+    _DropoutFromCPU,
     dropout_active,
     find_dropout,
     mc_dropout_probabilities,
@@ -155,3 +156,68 @@ def test_batch_seed_depends_on_the_first_row_not_on_earlier_batches(images):
     again = scorer.score_batch(ctx, np.array([5, 6, 7])).values
     torch.testing.assert_close(first["mc_mean"], again["mc_mean"], rtol=0, atol=0)
     assert (first["mc_var"] > 0).all()
+
+
+class Mixed(nn.Module):
+    """Element, channel (Dropout2d, in place) and alpha dropout, modules and functional calls."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.channels = nn.Dropout2d(0.3, inplace=True)
+        self.alpha = nn.AlphaDropout(0.2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.channels(self.conv(x).contiguous(memory_format=torch.channels_last))
+        x = F.dropout(x.mean(dim=(2, 3)), 0.4, training=self.training)
+        return self.fc(self.alpha(x))
+
+
+def plain_global_rng_samples(model, images, passes, chunk_size, seed):
+    """The samples as the torch dropout kernels draw them from the global generator, no mode."""
+    b = len(images)
+    sites = find_dropout(model, (32, 32))
+
+    def probabilities(rows):
+        logits = model(images[rows % b])
+        return logits.float().softmax(dim=1).gather(1, TARGETS[rows % b, None])[:, 0]
+
+    with torch.no_grad(), dropout_active(model, sites), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        flat = torch.arange(passes * b)
+        return torch.cat([probabilities(r) for r in flat.split(chunk_size)]).view(passes, b)
+
+
+@pytest.mark.parametrize("make", [Head, lambda: Head(functional=True), Mixed])
+def test_masks_drawn_on_the_cpu_are_the_dropout_kernels_own_bit_for_bit(images, make):
+    model = make().eval()
+    got = samples(model, images, passes=5, chunk_size=4, seed=7)
+    assert torch.equal(got, plain_global_rng_samples(model, images, 5, 4, 7))
+    assert (got.var(dim=0) > 0).all()
+
+
+def test_an_input_off_the_cpu_gets_its_mask_from_the_cpu_generator(monkeypatch):
+    """A meta tensor stands for a GPU one: the mask is drawn on the CPU and only copied over."""
+    moved = []
+    to = torch.Tensor.to
+
+    def recording_to(self, *args, **kwargs):
+        moved.append(self)
+        return to(self, *args, **kwargs)
+
+    x = torch.empty(6, 5, device="meta")
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        expected = F.dropout(torch.ones(6, 5), 0.5, training=True)
+        after = torch.random.get_rng_state()
+        torch.manual_seed(3)
+        monkeypatch.setattr(torch.Tensor, "to", recording_to)
+        with _DropoutFromCPU():
+            out = F.dropout(x, 0.5, training=True)
+        monkeypatch.undo()
+        assert torch.equal(torch.random.get_rng_state(), after)
+    assert out.is_meta and out.shape == (6, 5)
+    assert len(moved) == 1 and moved[0].device.type == "cpu"
+    assert torch.equal(moved[0], expected)

@@ -6,7 +6,7 @@ from scipy import ndimage
 
 from xaibench.core.errors import ConfigError, UnknownNameError
 from xaibench.data.preprocess import Preprocess
-from xaibench.metrics import PROTOCOLS, SUBSTRATES, Protocol, get_protocol
+from xaibench.metrics import PROTOCOLS, SUBSTRATES, Protocol, get_protocol, protocols
 from xaibench.metrics.protocols import rise_kernel
 
 
@@ -143,3 +143,17 @@ def test_substrates_keep_shape_device_and_dtype():
     for substrate in SUBSTRATES.values():
         out = substrate(images)
         assert (out.shape, out.dtype, out.device) == (images.shape, images.dtype, images.device)
+
+
+def test_rise_blur_places_its_kernel_once_per_dtype_and_device(monkeypatch):
+    made = []
+    monkeypatch.setattr(
+        protocols, "rise_kernel", lambda *args: made.append(args) or rise_kernel(*args)
+    )
+    protocols._placed_rise_kernel.cache_clear()
+    images = torch.rand(2, 3, 16, 16)
+    first = protocols.rise_blur(images)
+    torch.testing.assert_close(protocols.rise_blur(images), first, rtol=0, atol=0)
+    protocols.rise_blur(images.double())
+    assert made == [(torch.float32, images.device), (torch.float64, images.device)]
+    protocols._placed_rise_kernel.cache_clear()

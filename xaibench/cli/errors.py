@@ -22,6 +22,7 @@ FLAGS: dict[str, str] = {
     "compression": "--compression",
     "crop": "--crop",
     "data_dir": "--data",
+    "deterministic": "--deterministic",
     "device": "--device",
     "expected_sha256": "--sha256",
     "h5_ids": "--h5-ids",

@@ -134,6 +134,7 @@ def evaluate_command(
     batch_size: int | None,
     precision: str,
     compile_model: bool,
+    deterministic: bool,
     chunk_size: int | None,
     out_dir: Path | None,
     boxes_dir: Path | None,
@@ -154,6 +155,7 @@ def evaluate_command(
     `torchrun --nproc-per-node N -m xaibench evaluate ...` each process evaluates its share of the
     rows and process 0 writes the same tables; logs go to the (first) output folder's logs/.
     """
+    from xaibench.core.precision import request_deterministic_cublas
     from xaibench.metrics import metric_params
     from xaibench.pipelines.evaluate import evaluate_stores
     from xaibench.pipelines.settings import RunSettings
@@ -166,7 +168,10 @@ def evaluate_command(
         precision=precision,
         compile=compile_model,
         progress=not quiet,
+        deterministic=deterministic,
     )
+    if deterministic:
+        request_deterministic_cublas()  # before the first CUDA matmul
     written = evaluate_stores(
         stores,
         model,

@@ -87,6 +87,7 @@ def generate_command(
     batch_size: int | None,
     precision: str,
     compile_model: bool,
+    deterministic: bool,
     target: str,
     store_format: str,
     compression: str,
@@ -104,6 +105,7 @@ def generate_command(
     images and process 0 merges them into the same stores; logs go to OUT/MODEL/logs/.
     """
     from xaibench import dist
+    from xaibench.core.precision import request_deterministic_cublas
     from xaibench.data.dataset import ImageFolderDataset
     from xaibench.methods.settings import method_params
     from xaibench.metrics import get_protocol
@@ -119,7 +121,10 @@ def generate_command(
         precision=precision,
         compile=compile_model,
         progress=not quiet,
+        deterministic=deterministic,
     )
+    if deterministic:
+        request_deterministic_cublas()  # before the first CUDA matmul
     with dist.launch(run.device, logs_dir(out_dir, model)) as world:
         loaded = load_model(model, weights, **own_model(mean, std, input_size, crop))
         preprocess = get_protocol(protocol).preprocess_for(loaded, preprocessing)

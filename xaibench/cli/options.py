@@ -234,6 +234,13 @@ speed_options = _compose(
         help="torch.compile the model's forward (needs a C++ compiler on CPU). Calls made while a "
         "method has hooks on the model (T-Grad, CAMs, FullGrad, guided backprop) run eagerly.",
     ),
+    click.option(
+        "--deterministic",
+        is_flag=True,
+        help="Deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN's "
+        "deterministic convolutions, CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set): repeated GPU "
+        "runs give the same bits; an op without a deterministic version is an error.",
+    ),
 )
 resamples_option = click.option(
     "--resamples",

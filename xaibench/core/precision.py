@@ -22,10 +22,28 @@ forward runs eagerly instead; forward-only work (the metrics' forwards, RISE, Sc
 forwards) and hook-free gradient methods run compiled. Methods that swap the model's modules or a
 submodule's forward during a call (guided backprop, DeconvNet, Guided Grad-CAM, Ablation-CAM:
 `SaliencyMethod.compilable` is False) are refused with `compile` by `generate`.
+
+`deterministic`: for the block, PyTorch's deterministic algorithms only
+(`torch.use_deterministic_algorithms(True)`, an op without a deterministic implementation is a
+ConfigError naming `deterministic`), cuDNN's autotuner off and its deterministic convolutions on,
+and `CUBLAS_WORKSPACE_CONFIG` set to ":4096:8" where it is unset (cuBLAS reads it when the process
+makes its first cuBLAS call, so a caller that computes on CUDA before the block calls
+`request_deterministic_cublas` first, as the CLI does). Repeated runs on one GPU then give the
+same bits; on a CPU the computations are the same with or without it.
+
+Gradient scaling: under fp16 the scores a method backpropagates are multiplied by a scale S and
+every gradient it reads (returned by `xaibench.methods.hooks.backward`, or received by a hook of
+`record_layers`) is divided by S in float32, so that small gradients do not underflow float16's
+range. S starts at `FP16_GRADIENT_SCALE` for every backward and is halved, and the backward run
+again, while the gradients hold an Inf or NaN (as `torch.amp.GradScaler` does, without an
+optimiser). Other precisions backpropagate the scores as they are (S = 1). A forward under fp16
+whose logits overflow (Inf or NaN) is counted, and the count is logged when the block ends.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,6 +55,15 @@ from xaibench.core.choices import PRECISIONS
 from xaibench.core.errors import ConfigError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+FP16_GRADIENT_SCALE = 2.0**12
+"""The scale every backward under fp16 starts from (float16's largest finite value is 65504)."""
+CUBLAS_WORKSPACE = ":4096:8"
+"""The `CUBLAS_WORKSPACE_CONFIG` that makes cuBLAS deterministic."""
+NONDETERMINISTIC = "does not have a deterministic implementation"
+"""What PyTorch's error says of an op refused under `torch.use_deterministic_algorithms`."""
+
+log = logging.getLogger(__name__)
+_gradient_scale = 1.0
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -68,25 +95,39 @@ def tf32_settings(precision: str = "fp32") -> Iterator[None]:
 
 @contextmanager
 def forward_settings(
-    model: nn.Module, device: torch.device, precision: str = "fp32", compile: bool = False
+    model: nn.Module,
+    device: torch.device,
+    precision: str = "fp32",
+    compile: bool = False,
+    deterministic: bool = False,
 ) -> Iterator[nn.Module]:
-    """For the duration of the block, `model(x)` runs at `precision` (and compiled with `compile`).
+    """For the duration of the block, `model(x)` runs at `precision` (and compiled with `compile`,
+    with deterministic algorithms only with `deterministic`: see the module docstring).
 
     On CUDA, cuDNN's autotuner (`torch.backends.cudnn.benchmark`) picks the fastest convolution
-    for each input shape. The model's floating outputs are returned as float32. The TF32 and
-    autotuner flags and the model's own `forward` are restored afterwards.
+    for each input shape, unless `deterministic`. The model's floating outputs are returned as
+    float32. Under fp16, backwards are scaled (`gradient_scaling`) and overflowing forwards
+    counted. The TF32, autotuner and determinism flags, the gradient scale and the model's own
+    `forward` are restored afterwards.
     """
     check_precision(precision, device)
     eager = model.forward
     forward = _autocast(eager, device, AUTOCAST_DTYPES.get(precision))
     if compile:
         forward = _compiled_unless_hooked(model, forward)
+    overflows = _Overflows(device) if precision == "fp16" else None
+    if overflows is not None:
+        forward = overflows.counting(forward)
     benchmark = torch.backends.cudnn.benchmark
     previous = model.__dict__.get("forward")
     try:
-        with tf32_settings(precision):
+        with (
+            tf32_settings(precision),
+            deterministic_algorithms(deterministic),
+            gradient_scaling(gradient_scale(precision)),
+        ):
             if device.type == "cuda":
-                torch.backends.cudnn.benchmark = True
+                torch.backends.cudnn.benchmark = not deterministic
             model.forward = forward
             yield model
     finally:
@@ -95,6 +136,103 @@ def forward_settings(
         else:
             model.forward = previous
         torch.backends.cudnn.benchmark = benchmark
+    if overflows is not None:
+        overflows.report()
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
+    """With `enabled`, PyTorch's deterministic algorithms only for the block (see the module
+    docstring); an op that has none raises ConfigError(param="deterministic"). The flags and
+    `CUBLAS_WORKSPACE_CONFIG` are restored afterwards, also after an error. Without `enabled`,
+    nothing changes."""
+    if not enabled:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+    )
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    request_deterministic_cublas()
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    except RuntimeError as error:
+        if NONDETERMINISTIC not in str(error):
+            raise
+        raise ConfigError(
+            f"an operation of this run has no deterministic implementation ({error}); leave out "
+            "`deterministic`",
+            param="deterministic",
+        ) from error
+    finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        cudnn.benchmark, cudnn.deterministic = flags[2], flags[3]
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def request_deterministic_cublas() -> None:
+    """Set `CUBLAS_WORKSPACE_CONFIG` to `CUBLAS_WORKSPACE` unless it is set: call it before the
+    process's first CUDA matmul for `deterministic` to cover cuBLAS from the start."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+def gradient_scale(precision: str) -> float:
+    """The scale a backward at `precision` starts from: `FP16_GRADIENT_SCALE` for fp16, else 1."""
+    return FP16_GRADIENT_SCALE if precision == "fp16" else 1.0
+
+
+@contextmanager
+def gradient_scaling(scale: float) -> Iterator[None]:
+    """Backwards in the block scale their scores by `scale` (`current_gradient_scale`), restored
+    afterwards. A process-wide setting (the hooks that read it may run on autograd's threads)."""
+    global _gradient_scale
+    if not scale > 0:
+        raise ValueError(f"a gradient scale must be positive, got {scale!r}")
+    previous, _gradient_scale = _gradient_scale, float(scale)
+    try:
+        yield
+    finally:
+        _gradient_scale = previous
+
+
+def current_gradient_scale() -> float:
+    """The scale of `gradient_scaling` in force: 1.0 outside any."""
+    return _gradient_scale
+
+
+class _Overflows:
+    """Counts the rows (images) of forwards whose logits hold an Inf or NaN, on the device (no
+    host sync per forward); `report` logs the count once."""
+
+    def __init__(self, device: torch.device):
+        self.rows = torch.zeros((), dtype=torch.int64, device=device)
+
+    def counting(self, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """`forward` that also counts the rows of its output (B, ...) that are not finite."""
+
+        def counted_forward(*args: Any, **kwargs: Any) -> Any:
+            output = forward(*args, **kwargs)
+            if isinstance(output, torch.Tensor) and output.is_floating_point() and output.ndim:
+                self.rows += (~torch.isfinite(output.detach())).flatten(1).any(dim=1).sum()
+            return output
+
+        return counted_forward
+
+    def report(self) -> None:
+        rows = int(self.rows)
+        if rows:
+            log.warning(
+                "fp16: %d images' forwards gave Inf or NaN logits (float16 overflow); their maps "
+                "and metric values are NaN: run them at bf16 or fp32",
+                rows,
+            )
 
 
 def _autocast(

@@ -95,6 +95,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "device": Key("str", "auto", "auto (CUDA when present), cpu, cuda or cuda:N"),
         "precision": Key("str", "fp32", f"the forward's precision: {', '.join(PRECISIONS)}"),
         "compile": Key("bool", False, "torch.compile the model's forward"),
+        "deterministic": Key(
+            "bool", False, "deterministic algorithms only (bit-repeatable GPU runs)"
+        ),
         "batch_size": Key("int", None, "images per batch (default: the device's)"),
         "workers": Key("int", None, "image decoding processes (default: the device's)"),
         "chunk_size": Key("int", None, "perturbed images per forward in evaluate"),
@@ -183,6 +186,7 @@ def own_model(model: Mapping[str, Any]) -> dict[str, Any]:
 
 
 LATER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "run": {"deterministic": False},
     "generate": {"preprocessing": "protocol", "compression": "lzf"},
     "evaluate": {"metric_params": {}},
     "models": dict.fromkeys(OWN_MODEL_KEYS),
@@ -244,7 +248,7 @@ def config_sha256(config: Mapping[str, Any]) -> str:
     """The sha256 of `config` without `run.out` and the later keys at their defaults
     (`digested`), as sorted compact JSON (`digest`)."""
     identity = {k: digested(k, v) if isinstance(v, dict) else v for k, v in config.items()}
-    identity["run"] = {k: v for k, v in config["run"].items() if k != "out"}
+    identity["run"] = digested("run", {k: v for k, v in config["run"].items() if k != "out"})
     identity["models"] = [digested("models", model) for model in config["models"]]
     return digest(identity)
 

@@ -86,6 +86,7 @@ def run_experiment(
         precision=run["precision"],
         compile=run["compile"],
         progress=progress,
+        deterministic=run["deterministic"],
     )
     result = RunResult(plan)
     with dist.launch(settings.device, plan.out / "logs") as world:

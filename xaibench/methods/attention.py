@@ -28,7 +28,7 @@ from torch import nn
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, top1_targets
-from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
+from xaibench.methods.hooks import autograd_enabled, backward, gradient_input, record_layers
 from xaibench.methods.layers import trace_layers
 from xaibench.methods.targets import explained_score
 from xaibench.methods.tokens import is_attention, is_transformers_attention, patch_grid_layer
@@ -202,7 +202,7 @@ class AttentionMethod(SaliencyMethod):
             grads = None
             if self.uses_gradients:
                 score = explained_score(logits, targets, self.explains).sum()
-                grads = torch.autograd.grad(score, probs)
+                grads = backward(score, probs)
         h, w = grids.last(self.attention.grid_layer).shape[2:]
         probs = [full_precision(a.detach()) for a in probs]
         relevance = self.relevance(probs, None if grads is None else list(grads))

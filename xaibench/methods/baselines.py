@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -15,10 +16,12 @@ _MASK32 = 2**32 - 1
 _PRIME = 2**31 - 1
 _QUANTUM = 2**16
 """Pixels are rounded to multiples of 1 / _QUANTUM before fingerprinting."""
+Hashable = TypeVar("Hashable", torch.Tensor, int)
 
 
-def hash32(x: torch.Tensor) -> torch.Tensor:
-    """A bijective 32-bit mix of int64 values in [0, 2^32), element-wise, exact on any device.
+def hash32(x: Hashable) -> Hashable:
+    """A bijective 32-bit mix of int64 values in [0, 2^32), element-wise, exact on any device; of
+    a Python int in that range, the same value as of a tensor holding it.
 
     Both multipliers are odd and below 2^31, so every product stays below 2^63 (no overflow).
     """
@@ -47,7 +50,7 @@ def seeded_uniform(keys: torch.Tensor, seed: int, size: tuple[int, int]) -> torc
 
     The seed is used modulo 2^32.
     """
-    seed_hash = hash32(torch.tensor(seed % 2**32, device=keys.device))
+    seed_hash = hash32(seed % 2**32)
     stream = hash32((keys + seed_hash) & _MASK32)
     pixel = hash32(torch.arange(size[0] * size[1], device=keys.device))
     bits = hash32((hash32(stream[:, None] ^ pixel) + stream[:, None]) & _MASK32)

@@ -36,7 +36,7 @@ from xaibench.methods.base import (
     saliency_mode,
     top1_targets,
 )
-from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
+from xaibench.methods.hooks import autograd_enabled, backward, gradient_input, record_layers
 from xaibench.methods.layers import resolve_layer
 from xaibench.methods.targets import ScoreKind, explained_score
 from xaibench.methods.tokens import FEATURE_MAP, Layout
@@ -83,7 +83,7 @@ def layer_pass(
         call = rec.last(layer)
         grid = layout.grid(layer, call.shape, grids.calls)
         score = explained_score(logits, targets, kind).sum()
-        (gradients,) = torch.autograd.grad(score, inputs=[call.edge])
+        (gradients,) = backward(score, [call.edge])
     runs = sum(c.name == layer for c in rec.calls)
     return LayerPass(
         layout.to_map(call.activation, grid),

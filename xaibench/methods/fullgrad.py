@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
-from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
+from xaibench.methods.hooks import (
+    LayerCall,
+    autograd_enabled,
+    backward,
+    gradient_input,
+    record_layers,
+)
 from xaibench.methods.targets import explained_score
 from xaibench.methods.tgrad import (
     InputShiftTerm,
@@ -104,7 +110,7 @@ class FullGrad(SaliencyMethod):
             logits = self.model(x)
             targets = top1_targets(logits, targets)
             score = explained_score(logits, targets, self.explains)
-            (grad,) = torch.autograd.grad(score.sum(), x)
+            (grad,) = backward(score.sum(), [x])
         inputs = input_terms(x.detach(), grad, self.shift.ratio)
         maps = [postprocess(term) for term in inputs.values()]
         totals = [term.flatten(1).sum(dim=1) for term in inputs.values()]

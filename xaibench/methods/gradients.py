@@ -34,7 +34,7 @@ from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, top1_targets
 from xaibench.methods.cam import GradCAM, LayerMethod
-from xaibench.methods.hooks import autograd_enabled, gradient_input, record_layers
+from xaibench.methods.hooks import autograd_enabled, backward, gradient_input, record_layers
 from xaibench.methods.targets import ScoreKind, explained_score
 
 Rule = Literal["plain", "guided", "deconvnet"]
@@ -103,7 +103,7 @@ def input_gradients(
         logits = model(leaf)
         targets = top1_targets(logits, targets)
         score = explained_score(logits, targets, kind).sum()
-        (grads,) = torch.autograd.grad(score, leaf)
+        (grads,) = backward(score, [leaf])
     return Attribution(grads, targets, logits.detach())
 
 
@@ -360,9 +360,9 @@ class GuidedGradCAM(LayerMethod, AttributionMethod):
             call = rec.last(self.layer)
             grid = self.layout.grid(self.layer, call.shape, grids.calls)
             score = explained_score(logits, targets, self.explains).sum()
-            (layer_grads,) = torch.autograd.grad(score, inputs=[call.edge], retain_graph=True)
+            (layer_grads,) = backward(score, [call.edge], retain_graph=True)
             switch.rule = "guided"
-            (guided,) = torch.autograd.grad(score, leaf)
+            (guided,) = backward(score, [leaf])
         activations = self.layout.to_map(call.activation, grid)
         cam = self.gradcam.cam(activations, self.layout.to_map(full_precision(layer_grads), grid))
         cam = F.interpolate(cam[:, None], size=images.shape[2:], mode="bilinear")

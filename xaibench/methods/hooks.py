@@ -9,6 +9,10 @@ ends, also on an exception.
 A tensor hook registered inside the forward hook fires with the gradient of the value the module
 returned, even when a later in-place operation (`ReLU(inplace=True)`, `out += identity`) overwrites
 that tensor; this is what makes hooked layers safe on torchvision's VGG and ResNet.
+
+`backward` is the one place where xaibench's methods backpropagate: under a gradient scale
+(`xaibench.core.precision.gradient_scaling`, fp16) it scales the score, and it and the tensor
+hooks of `record_layers` divide the gradients by the same scale before a method reads them.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils.hooks import RemovableHandle
 
 from xaibench.core.errors import ConfigError
-from xaibench.core.precision import full_precision
+from xaibench.core.precision import current_gradient_scale, full_precision
 
 GradientReducer = Callable[["LayerCall", torch.Tensor], Any]
 OutputReducer = Callable[["LayerCall", torch.Tensor], Any]
+_in_flight_scale = 1.0
+"""The scale of the backward `backward` is running (1 outside it), which the hooks divide by."""
 
 
 @dataclass
@@ -122,6 +128,8 @@ def record_layers(
     def gradient_hook(call: LayerCall) -> Callable[[torch.Tensor], None]:
         def on_gradient(grad: torch.Tensor) -> None:
             grad = full_precision(grad)
+            if _in_flight_scale != 1.0:
+                grad = grad / _in_flight_scale
             if gradients:
                 call.gradient = grad
             if reduce_gradient is not None:
@@ -163,6 +171,40 @@ def module_stack(model: nn.Module) -> Iterator[list[str]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def backward(
+    score: torch.Tensor,
+    inputs: Sequence[torch.Tensor | GradientEdge],
+    *,
+    retain_graph: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """d(score)/d(inputs) for a scalar `score`: one gradient per input (a tensor, or a gradient
+    edge from `record_layers`), shaped like it, as `torch.autograd.grad` gives them.
+
+    With the gradient scale S of `current_gradient_scale` above 1 (fp16), score * S is
+    backpropagated and every gradient, these and those the hooks of `record_layers` receive, is
+    divided by S in float32; while they hold an Inf or NaN (and the score is finite), S is halved
+    and the backward run again, down to S = 1 (the graph is kept for that). At S = 1 the gradients
+    are autograd's own, untouched.
+    """
+    global _in_flight_scale
+    scale = current_gradient_scale()
+    if scale == 1.0:
+        return torch.autograd.grad(score, inputs, retain_graph=retain_graph)
+    while True:
+        _in_flight_scale = scale
+        try:
+            grads = torch.autograd.grad(score * scale, inputs, retain_graph=True)
+        finally:
+            _in_flight_scale = 1.0
+        if scale == 1.0 or _finite(grads) or not bool(torch.isfinite(score).all()):
+            return tuple(full_precision(g) / scale for g in grads)
+        scale = max(scale / 2, 1.0)
+
+
+def _finite(tensors: Sequence[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 @contextmanager

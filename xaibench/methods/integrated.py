@@ -10,7 +10,7 @@ extras["completeness"] (`Completeness`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -124,6 +124,7 @@ class IntegratedGradients(AttributionMethod):
         self.steps, self.baseline, self.step_batch = steps, baseline, step_batch
         self.chunk_sizes = ChunkSizes("step_batch")
         self.mean, self.std = mean, std
+        self.placed: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
     @classmethod
     def passes(
@@ -150,9 +151,23 @@ class IntegratedGradients(AttributionMethod):
                 f"intgrad: the black baseline needs one mean and std per channel; got "
                 f"{len(self.mean)} for {images.shape[1]} channels"
             )
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device)
-        return (-mean / std).view(1, -1, 1, 1).expand_as(images[:1]).clone()
+
+        def black() -> torch.Tensor:
+            mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)
+            std = torch.tensor(self.std, dtype=images.dtype, device=images.device)
+            return (-mean / std).view(1, -1, 1, 1)
+
+        return self.place("black", images, black).expand_as(images[:1]).clone()
+
+    def place(
+        self, name: str, like: torch.Tensor, make: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """`make()`, a constant of the method in the dtype and on the device of `like`, made on the
+        first call for (name, dtype, device) and kept for the next ones (no copy per batch)."""
+        key = (name, like.dtype, like.device)
+        if key not in self.placed:
+            self.placed[key] = make()
+        return self.placed[key]
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor | None) -> Attribution:
         baseline = self.baseline_image(images)
@@ -161,8 +176,8 @@ class IntegratedGradients(AttributionMethod):
             baseline_logits = self.model(baseline)
         targets = top1_targets(logits, targets)
         delta = images - baseline
-        nodes = self.nodes.to(device=images.device, dtype=images.dtype)
-        weights = self.weights.to(device=images.device, dtype=images.dtype)
+        nodes = self.place("nodes", images, lambda: self.nodes.to(images))
+        weights = self.place("weights", images, lambda: self.weights.to(images))
 
         def weighted_gradients(image_index: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
             points = baseline + nodes[step].view(-1, 1, 1, 1) * delta[image_index]

@@ -39,10 +39,11 @@ class RISE(SaliencyMethod):
     which for normalised images is the dataset's mean colour (as in the authors' code, which masks
     the normalised tensor).
 
-    The masks are drawn on the images' device from a generator seeded with `seed` at every call,
-    so every image of a run is explained with the same N masks, and an image's map does not depend
-    on its batch. The same seed draws different masks on different device types (their generators
-    differ). The forwards run in chunks of `mask_batch` masks for the whole batch (B x mask_batch
+    The masks' random grids and shifts are drawn from a CPU generator seeded with `seed` and moved
+    to the images' device, once per device (kept on the instance: later calls reuse them; the
+    masks themselves are upsampled from them chunk by chunk, never all held at once), so every
+    image of a run is explained with the same N masks, an image's map does not depend on its
+    batch, and a seed draws the same masks on every device. The forwards run in chunks of `mask_batch` masks for the whole batch (B x mask_batch
     images per forward; None: about `default_chunk_size` images per forward); the maps do not
     depend on it. A chunk lowered on out-of-memory stays lower for later calls of the same batch
     size.
@@ -77,6 +78,7 @@ class RISE(SaliencyMethod):
         self.num_masks, self.cell, self.keep = masks, cell, keep
         self.mask_batch, self.seed = mask_batch, seed
         self.chunk_sizes = ChunkSizes("mask_batch")
+        self.draws: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def passes(
@@ -114,15 +116,20 @@ class RISE(SaliencyMethod):
         return Explanation(maps.float(), targets, logits, {"scores": scores.T})
 
     def draw(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The seeded draws: grids (N, cell, cell) bool (True = kept) and shifts (N, 2) in [0, 1).
+        """The seeded draws on `device`: grids (N, cell, cell) bool (True = kept) and shifts (N, 2)
+        in [0, 1).
 
+        Drawn on the CPU, the same on every device, and copied to `device` on its first call only.
         A shift is a fraction of a cell; `upsample` turns it into whole pixels of the image's cells.
         """
-        generator = torch.Generator(device=device).manual_seed(self.seed)
-        shape = (self.num_masks, self.cell, self.cell)
-        grids = torch.rand(shape, generator=generator, device=device) < self.keep
-        shifts = torch.rand((self.num_masks, 2), generator=generator, device=device)
-        return grids, shifts
+        device = torch.device(device)
+        if device not in self.draws:
+            generator = torch.Generator().manual_seed(self.seed)
+            shape = (self.num_masks, self.cell, self.cell)
+            grids = torch.rand(shape, generator=generator) < self.keep
+            shifts = torch.rand((self.num_masks, 2), generator=generator)
+            self.draws[device] = grids.to(device), shifts.to(device)
+        return self.draws[device]
 
     def upsample(
         self, grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]
@@ -133,7 +140,7 @@ class RISE(SaliencyMethod):
         smooth = F.interpolate(
             grids[:, None].float(), size=grid_size, mode="bilinear", align_corners=False
         )[:, 0]
-        offsets = (shifts * torch.tensor(cells, device=shifts.device)).long()
+        offsets = torch.stack((shifts[:, 0] * cells[0], shifts[:, 1] * cells[1]), dim=1).long()
         rows = offsets[:, :1] + torch.arange(size[0], device=grids.device)
         cols = offsets[:, 1:] + torch.arange(size[1], device=grids.device)
         index = torch.arange(len(grids), device=grids.device)[:, None, None]

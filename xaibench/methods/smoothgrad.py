@@ -10,7 +10,8 @@ sigma = noise * (max(x) - min(x)) per image, the paper's noise level as a fracti
 range (in the normalised space the model sees). The (image x sample) pairs run through the base in
 chunks of `sample_batch` pairs.
 
-Noise: the seed gives `samples` standard normal fields (C, H, W), drawn once per call; sample s of
+Noise: the seed gives `samples` standard normal fields (C, H, W), drawn on the first call and kept
+for the later calls on images of the same shape and device (`NoiseAggregate.bank`); sample s of
 an image is field s shifted circularly by an offset hashed from (the image's pixels, s). The
 samples of one image are independent, as in the paper; two images share fields only under
 different shifts (an equal shift has odds 1 / (H W)). The noise thus depends only on (seed, the
@@ -100,6 +101,7 @@ class NoiseAggregate(SaliencyMethod):
         self.samples, self.noise, self.seed = samples, noise, seed
         self.sample_batch = sample_batch
         self.chunk_sizes = ChunkSizes("sample_batch")
+        self.banks: dict[tuple[int, int, tuple[int, ...], torch.device], torch.Tensor] = {}
 
     @classmethod
     def base_method(cls, base: str) -> type[AttributionMethod]:
@@ -137,7 +139,7 @@ class NoiseAggregate(SaliencyMethod):
             logits = self.model(images)
         targets = top1_targets(logits, targets)
         keys = image_fingerprints(images)
-        bank = noise_bank(self.seed, self.samples, tuple(images.shape[1:]), images.device)
+        bank = self.bank(tuple(images.shape[1:]), images.device)
         flat = images.flatten(1)
         sigma = self.noise * (flat.amax(dim=1) - flat.amin(dim=1))
 
@@ -151,6 +153,14 @@ class NoiseAggregate(SaliencyMethod):
             noisy_attributions, self.aggregate, len(images), self.samples, chunk, images.device
         )
         return Explanation(self.base.reduce(values).float(), targets, logits)
+
+    def bank(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """The seed's `noise_bank` (samples, *shape) on `device`: drawn and copied there on the first
+        call asking for it, kept for the next ones (one per seed, samples, shape and device)."""
+        key = (self.seed, self.samples, shape, device)
+        if key not in self.banks:
+            self.banks[key] = noise_bank(self.seed, self.samples, shape, device)
+        return self.banks[key]
 
     def standard_noise(
         self,

@@ -17,7 +17,13 @@ from torch import nn
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.methods.base import METHODS, Explanation, SaliencyMethod, top1_targets
-from xaibench.methods.hooks import LayerCall, autograd_enabled, gradient_input, record_layers
+from xaibench.methods.hooks import (
+    LayerCall,
+    autograd_enabled,
+    backward,
+    gradient_input,
+    record_layers,
+)
 from xaibench.methods.targets import explained_score
 from xaibench.models.input_transform import input_shift
 
@@ -77,6 +83,51 @@ def effective_biases(model: nn.Module) -> dict[str, torch.Tensor]:
                 shift = -module.running_mean * scale
                 biases[name] = shift + module.bias if module.bias is not None else shift
     return biases
+
+
+def _bias_sources(model: nn.Module) -> list[tuple[str, float | None, list[torch.Tensor | None]]]:
+    """(name, eps, tensors) of every module `effective_biases` reads: a Conv2d's bias, a
+    batch-norm's running mean and variance, weight and bias (None where it has none), and its
+    batch counter, which a forward in training mode advances in place with the statistics (their
+    update there bumps no version counter)."""
+    sources = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.bias is not None:
+            sources.append((name, None, [module.bias]))
+        elif isinstance(module, BATCH_NORMS):
+            tensors = [module.running_mean, module.running_var, module.weight, module.bias]
+            tensors.append(module.num_batches_tracked)
+            sources.append((name, module.eps, tensors))
+    return sources
+
+
+class KeptBiases:
+    """`effective_biases(model)`, made again only when a tensor it is made of has changed.
+
+    A method instance keeps one across its calls, as its model's weights may change between them
+    (the sanity check re-randomises them in place, `load_state_dict` restores them): the biases
+    are keyed on each such tensor's memory address and version counter, which every in-place
+    change bumps, and the tensors are held, so that no other tensor can take their address.
+    Writes through `tensor.data` bump no version counter and are not seen: make a new method
+    after them.
+    """
+
+    def __init__(self) -> None:
+        self.key: list | None = None
+        self.held: list[torch.Tensor] = []
+        self.biases: dict[str, torch.Tensor] = {}
+
+    def __call__(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        sources = _bias_sources(model)
+        tensors = [t for _, _, group in sources for t in group if t is not None]
+        key = [
+            (name, eps, [None if t is None else (t.data_ptr(), t._version) for t in group])
+            for name, eps, group in sources
+        ]
+        if key != self.key:
+            self.biases = effective_biases(model)
+            self.key, self.held = key, [t.detach() for t in tensors]
+        return self.biases
 
 
 def input_terms(
@@ -153,9 +204,10 @@ class TGrad(SaliencyMethod):
     def __init__(self, model: nn.Module, shift_term: bool = True):
         self.shift = InputShiftTerm(self.name, model, shift_term)
         super().__init__(model, **self.shift.params)
+        self.biases = KeptBiases()
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
-        biases = effective_biases(self.model)
+        biases = self.biases(self.model)
 
         def reduce(call: LayerCall, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
             if grad.ndim != 4:
@@ -170,7 +222,7 @@ class TGrad(SaliencyMethod):
             logits = self.model(x)
             targets = top1_targets(logits, targets)
             score = explained_score(logits, targets, self.explains)
-            (grad,) = torch.autograd.grad(score.sum(), x)
+            (grad,) = backward(score.sum(), [x])
         score = full_precision(score.detach())
         inputs = input_terms(x.detach(), grad, self.shift.ratio)
         maps = [term.clamp(min=0).sum(dim=1) for term in inputs.values()]

@@ -18,12 +18,22 @@ Dropout is found in two forms:
   one, only that module's own `training` flag is set (not its children's), so anything else its
   forward gates on `self.training` switches too (documented per model in the error messages).
   `torch.dropout` called directly, bypassing `torch.nn.functional`, is not seen.
+
+The dropout masks are drawn from the CPU's generator whatever the model's device
+(`_DropoutFromCPU`): each functional dropout call of a pass (an `nn.Dropout` module's included)
+draws its mask by applying the same dropout to a CPU tensor of ones shaped like its input, so it
+consumes the CPU generator exactly as a CPU run does, and the mask is copied to the device and
+multiplied in. The samples of a seed are therefore the same on a GPU as on the CPU, given the same
+activations (for the alpha variants, whose output is not a plain product, the input itself is
+copied to the CPU and dropped there). A compiled forward (`compile`) may fuse dropout into its
+own kernels and draws from the device's generator then.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -74,6 +84,17 @@ class DropoutSite:
         return f"{self.name or '(root)'} ({self.kind}, p={self.p:g})"
 
 
+ALPHA_DROPOUT = (F.alpha_dropout, F.feature_alpha_dropout)
+"""The functional dropouts whose output is not the input times a mask."""
+
+
+def _dropout_arguments(func: Callable, args: tuple, kwargs: dict) -> dict[str, object]:
+    """The arguments input, p, training and inplace of a call of a `FUNCTIONAL_DROPOUT`."""
+    bound = inspect.signature(func).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
+
+
 class _RecordDropoutCalls(TorchFunctionMode):
     """Records (calling module, p, training) for every functional dropout call."""
 
@@ -84,10 +105,37 @@ class _RecordDropoutCalls(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in FUNCTIONAL_DROPOUT:
-            p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
-            training = kwargs.get("training", args[2] if len(args) > 2 else True)
-            self.calls.append((self.stack[-1] if self.stack else "", float(p), bool(training)))
+            call = _dropout_arguments(func, args, kwargs)
+            name = self.stack[-1] if self.stack else ""
+            self.calls.append((name, float(call["p"]), bool(call["training"])))
         return func(*args, **kwargs)
+
+
+class _DropoutFromCPU(TorchFunctionMode):
+    """Functional dropout (as training modules call it) with its random draws made on the CPU.
+
+    The mask is the same dropout applied to CPU ones shaped (and strided) like the input, copied
+    to the input's device and multiplied in: on the CPU, the very values and generator state of
+    the dropout itself. The alpha variants drop a CPU copy of the input.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in FUNCTIONAL_DROPOUT:
+            return func(*args, **kwargs)
+        call = _dropout_arguments(func, args, kwargs)
+        x, p, inplace = call["input"], call["p"], call["inplace"]
+        if not call["training"] or p == 0:
+            return func(*args, **kwargs)
+        if func in ALPHA_DROPOUT:
+            dropped = func(x.cpu(), p, True).to(x.device)
+            return x.copy_(dropped) if inplace else dropped
+        mask = func(torch.ones_like(x, device="cpu"), p, True)
+        if x.device.type == "cuda":
+            mask = mask.pin_memory().to(x.device, non_blocking=True)
+        else:
+            mask = mask.to(x.device)
+        return x.mul_(mask) if inplace else x * mask
 
 
 def find_dropout(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> list[DropoutSite]:
@@ -150,8 +198,9 @@ def mc_dropout_probabilities(
     """(passes, B): p(target) of each image (B, 3, H, W) in each stochastic pass.
 
     Pass k of image b is row k * B + b of one (passes * B) batch, run `chunk_size` images per
-    forward. The global RNG is seeded with `seed` inside a fork, so the caller's random state is
-    untouched and the result is reproducible for the same seed, batch and chunk size.
+    forward. The masks come from the global CPU generator seeded with `seed` inside a fork (on
+    every device: `_DropoutFromCPU`), so the caller's random state is untouched and the result is
+    reproducible for the same seed, batch and chunk size.
     """
     b = images.shape[0]
     flat = torch.arange(passes * b, device=images.device)
@@ -160,9 +209,13 @@ def mc_dropout_probabilities(
         logits = model(images[rows % b])
         return explained_score(logits.float(), targets[rows % b], "probability")
 
-    devices = [images.device] if images.device.type == "cuda" else []
-    with torch.no_grad(), dropout_active(model, sites), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with (
+        torch.no_grad(),
+        dropout_active(model, sites),
+        torch.random.fork_rng(devices=[]),
+        _DropoutFromCPU(),
+    ):
+        torch.random.default_generator.manual_seed(seed)
         return apply_in_chunks(probabilities, flat, chunk_size=chunk_size).view(passes, b)
 
 

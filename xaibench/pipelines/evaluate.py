@@ -25,6 +25,7 @@ from xaibench.core.choices import DEFAULT_METRICS
 from xaibench.core.errors import ConfigError, StoreError
 from xaibench.core.precision import forward_settings
 from xaibench.core.runtime import prepare_model
+from xaibench.core.timing import to_host
 from xaibench.data.boxes import BoxFolder
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.data.preprocess import preprocessing_of
@@ -303,9 +304,10 @@ def evaluate_store(
     `boxes`: a folder of bounding-box XML files (`xaibench.data.boxes`), which the localisation
     metrics need. The store's generation time per image goes into the column seconds_per_image.
 
-    The forward runs at `settings.precision`, compiled with `settings.compile`; perturbed images go
-    through it in chunks of `settings.chunk_size`, halved on CUDA out-of-memory. Both are recorded
-    in the summary.
+    The forward runs at `settings.precision`, compiled with `settings.compile`, with deterministic
+    algorithms only with `settings.deterministic`; perturbed images go through it in chunks of
+    `settings.chunk_size`, halved on CUDA out-of-memory. The precision, the chunk size and a
+    deterministic run are recorded in the summary.
     """
     world = world_of(settings, world)
     metric_objects, box_folder = _metrics_and_boxes(metrics, metric_params, boxes, dataset)
@@ -328,7 +330,7 @@ def evaluate_store(
         )
         per_image = state.table(store, rows, protocol, _metric_settings(metric_objects))
         curves = {name: values[rows] for name, values in state.curves.items()}
-    summary = _summary(per_image, state, settings.precision, scorer.chunks)
+    summary = _summary(per_image, state, settings, scorer.chunks)
     stem = layout.evaluation_stem(store_path, protocol.name)
     return Evaluation(per_image, curves, summary, protocol, stem)
 
@@ -434,7 +436,7 @@ class _Scorer:
         """The clean scores (B,) and every metric's result on images (B, 3, H, W), maps (B, h, w)
         and targets (B,) of dataset rows `indices` and store rows `batch_rows`."""
         device = images.device
-        target_tensor = torch.from_numpy(targets).to(device)
+        target_tensor = torch.from_numpy(targets).to(device, non_blocking=True)
         batch_boxes = None
         if self.boxes is not None:
             batch_boxes = self.boxes.batch(indices.numpy(), targets, device)
@@ -485,13 +487,15 @@ def _score_rows(
     )
     loader = make_loader(dataset, settings.batch_size, settings.workers, dataset_rows[todo], device)
     store_row_of = {index: row for row, index in enumerate(dataset_rows.tolist()) if index >= 0}
-    with forward_settings(scorer.model, device, settings.precision, settings.compile):
+    with forward_settings(
+        scorer.model, device, settings.precision, settings.compile, settings.deterministic
+    ):
         for images, indices in loader:
             batch_rows = np.array([store_row_of[i] for i in indices.tolist()])
             images = images.to(device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last
             )
-            maps = torch.from_numpy(store.read_maps(batch_rows)).to(device)
+            maps = torch.from_numpy(store.read_maps(batch_rows)).to(device, non_blocking=True)
             targets = store.targets[batch_rows]
             clean, results = scorer(
                 images, maps, targets, indices, batch_rows, dataset.preprocess.std
@@ -503,17 +507,20 @@ def _score_rows(
 
 
 def _summary(
-    per_image: pd.DataFrame, state: _Results, precision: str, chunks: dict[str, ChunkSize]
+    per_image: pd.DataFrame, state: _Results, settings: RunSettings, chunks: dict[str, ChunkSize]
 ) -> pd.DataFrame:
     """One row per metric and of the generation time per image, with the run's settings: the
-    chunk size is the one the metric ran at (`Metric.chunks`)."""
+    chunk size is the one the metric ran at (`Metric.chunks`); a column `deterministic` (True)
+    only for a run with `settings.deterministic`."""
     value_columns = [c for c in state.values if METRICS.knows(c) or c in MC_COLUMNS]
     value_columns.append("seconds_per_image")
     summary = summarise(per_image, value_columns, by=["model", "method", "protocol"])
     summary["protocol_settings"] = per_image["protocol_settings"].iloc[0]
     if "metric_settings" in per_image:
         summary["metric_settings"] = per_image["metric_settings"].iloc[0]
-    summary["precision"] = precision
+    summary["precision"] = settings.precision
+    if settings.deterministic:
+        summary["deterministic"] = True
     group = [
         METRICS.get(m).chunks if METRICS.knows(m) else Metric.chunks for m in summary["metric"]
     ]
@@ -627,17 +634,25 @@ class _Results:
         return arrays
 
     def add(self, rows: np.ndarray, clean: torch.Tensor, results) -> None:
-        self.clean[rows] = clean.float().cpu().numpy()
-        for result in results:
-            for name, tensor in {**result.values, **result.diagnostics, **result.flags}.items():
-                flag = tensor.dtype == torch.bool
-                if name not in self.values:
-                    self.values[name] = np.zeros(self.n, bool) if flag else np.full(self.n, np.nan)
-                self.values[name][rows] = tensor.cpu().numpy() if flag else tensor.double().cpu()
-            for name, tensor in result.curves.items():
-                if name not in self.curves:
-                    self.curves[name] = np.full((self.n, tensor.shape[1]), np.nan, np.float32)
-                self.curves[name][rows] = tensor.float().cpu().numpy()
+        """Keep the clean scores (B,) and the metrics' results of store `rows` (B,), all copied
+        to the host with one wait for the device (`to_host`)."""
+        values = {
+            name: tensor if tensor.dtype == torch.bool else tensor.double()
+            for result in results
+            for name, tensor in {**result.values, **result.diagnostics, **result.flags}.items()
+        }
+        curves = {name: t.float() for result in results for name, t in result.curves.items()}
+        host = to_host([clean.float(), *values.values(), *curves.values()])
+        self.clean[rows] = host[0]
+        for name, array in zip(values, host[1 : 1 + len(values)], strict=True):
+            if name not in self.values:
+                flag = array.dtype == bool
+                self.values[name] = np.zeros(self.n, bool) if flag else np.full(self.n, np.nan)
+            self.values[name][rows] = array
+        for name, array in zip(curves, host[1 + len(values) :], strict=True):
+            if name not in self.curves:
+                self.curves[name] = np.full((self.n, array.shape[1]), np.nan, np.float32)
+            self.curves[name][rows] = array
         self.done[rows] = True
 
     def table(

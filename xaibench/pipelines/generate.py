@@ -15,7 +15,7 @@ from xaibench.core.batching import ChunkSize, run_in_chunks
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import forward_settings
 from xaibench.core.runtime import prepare_model
-from xaibench.core.timing import timed
+from xaibench.core.timing import SpanClock, to_host
 from xaibench.data.dataset import ImageFolderDataset, make_loader
 from xaibench.methods import METHODS
 from xaibench.methods.base import Explanation, SaliencyMethod
@@ -76,16 +76,18 @@ def generate(
     """Explain every image of `dataset` with each method; resume stores that exist.
 
     Images are read once per batch and shared by all methods; each method writes its own store,
-    with the generation time per image of each row: the wall time of the method's call on the
-    batch (CUDA synchronised) divided by the batch size. CAM methods sharing one pass each record
-    the whole pass's time, what that map costs to make on its own.
+    with the generation time per image of each row: the time of the method's call on the batch,
+    its device work included (`SpanClock`: CUDA timing events, read with one wait per batch),
+    divided by the batch size. CAM methods sharing one pass each record the whole pass's time,
+    what that map costs to make on its own.
     Images that cannot be decoded (with the dataset's `skip_bad`) are recorded as done rows with a
     NaN map, target -1 and a NaN score, so the store completes and evaluation leaves them out.
 
     With a `world` of several processes (`dist.launch` under torchrun), each process explains its
     share of the images into its own shard store and process 0 merges them into the stores; the
     summary counts the images of all processes; `settings` are on the world's device.
-    The forward runs at `settings.precision`, compiled with `settings.compile`; stores are written by
+    The forward runs at `settings.precision`, compiled with `settings.compile`, with deterministic
+    algorithms only with `settings.deterministic`; stores are written by
     a background thread with up to `write_queue` batches queued (0: in this thread); new stores'
     maps are compressed with `compression` ("lzf", "gzip" or None: faster to write, larger). A
     method that runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
@@ -101,7 +103,9 @@ def generate(
     labels = torch.as_tensor(dataset.labels) if target == "label" else None
     started = time.perf_counter()
     try:
-        with forward_settings(model, settings.device, settings.precision, settings.compile):
+        with forward_settings(
+            model, settings.device, settings.precision, settings.compile, settings.deterministic
+        ):
             explained = _explain_all(model, groups, dataset, labels, settings, world, loaded.name)
             _record_all_skipped(runs, dataset, world)
     finally:
@@ -230,6 +234,7 @@ def _explain_all(
     `labels` (N,) are the targets, or None for the predicted classes. Returns the images read."""
     todo = sorted(set().union(*(r.pending for group in groups for r in group)))
     device = settings.device
+    labels = None if labels is None else labels.to(device)
     started = time.perf_counter()
     loader = make_loader(
         dataset, settings.batch_size, settings.workers, indices=todo, device=device
@@ -256,25 +261,43 @@ def _explain_batch(
     labels: torch.Tensor | None,
 ) -> None:
     """Explain images (B, 3, H, W) of dataset rows `indices` (B,) with each group, each on the
-    images its runs still need, and write them."""
+    images its runs still need, and write them; `labels` (N,) on the images' device, or None.
+
+    The groups' work is queued one after the other, each timed as a span of a `SpanClock`; the
+    device is waited for once per batch, when the rows of every group are copied to the host.
+    """
+    device = images.device
+    dataset_rows = indices.numpy()
+    row_list = dataset_rows.tolist()
+    targets = None if labels is None else labels[indices.to(device, non_blocking=True)]
+    clock = SpanClock(device)
     clean_logits = None
+    done: list[tuple[MethodRun, np.ndarray, int, list[torch.Tensor]]] = []
     for group in groups:
-        wanted = [
-            i for i, index in enumerate(indices.tolist()) if any(index in r.pending for r in group)
-        ]
+        wanted = [i for i, row in enumerate(row_list) if any(row in r.pending for r in group)]
         if not wanted:
             continue
-        selected = torch.as_tensor(wanted)
-        batch, batch_indices = images[selected.to(images.device)], indices[selected]
-        targets = None if labels is None else labels[batch_indices].to(images.device)
-        explanations, seconds = timed(images.device, _explain, group, batch, targets)
+        selected = None
+        if len(wanted) < len(row_list):
+            selected = torch.as_tensor(wanted).to(device, non_blocking=True)
+        batch = images if selected is None else images[selected]
+        batch_targets = targets if targets is None or selected is None else targets[selected]
+        with clock.span() as span:
+            explanations = _explain(group, batch, batch_targets)
         for run, explanation in zip(group, explanations, strict=True):
             logits = explanation.logits
             if logits is None:
                 if clean_logits is None:
                     clean_logits = _clean_logits(model, images, group[0].batch_size)
-                logits = clean_logits[selected.to(images.device)]
-            _write_pending(run, explanation, logits, batch_indices, seconds / len(wanted))
+                logits = clean_logits if selected is None else clean_logits[selected]
+            scores = explained_score(logits.float(), explanation.targets, "probability")
+            tensors = [explanation.maps.float(), explanation.targets, scores]
+            done.append((run, dataset_rows[wanted], span, tensors))
+    arrays = iter(to_host([tensor for *_, tensors in done for tensor in tensors]))
+    seconds = clock.read()
+    for run, rows, span, _ in done:
+        maps, run_targets, scores = next(arrays), next(arrays), next(arrays)
+        _write_pending(run, rows, maps, run_targets, scores, seconds[span] / len(rows))
 
 
 def _record_all_skipped(
@@ -290,26 +313,26 @@ def _record_all_skipped(
 
 def _write_pending(
     run: MethodRun,
-    explanation: Explanation,
-    logits: torch.Tensor,
-    indices: torch.Tensor,
+    rows: np.ndarray,
+    maps: np.ndarray,
+    targets: np.ndarray,
+    scores: np.ndarray,
     seconds_per_image: float,
 ) -> None:
-    """Write the rows of a batch (dataset `indices` (B,), `logits` (B, K)) still pending in the
-    run's store: maps, targets, the targets' probabilities and the generation time per image."""
-    scores = explained_score(logits.float(), explanation.targets, "probability")
-    mine = np.array([int(i) in run.pending for i in indices])
+    """Write the rows of a batch still pending in the run's store: dataset `rows` (B,), maps
+    (B, h, w), targets (B,), the targets' probabilities (B,) and the generation time per image."""
+    mine = np.array([row in run.pending for row in rows.tolist()])
     run.store.write(
         Rows(
-            indices.numpy()[mine],
-            explanation.maps.detach().float().cpu().numpy()[mine],
-            explanation.targets.cpu().numpy()[mine],
-            scores.detach().cpu().numpy()[mine],
+            rows[mine],
+            maps[mine],
+            targets[mine],
+            scores[mine],
             seconds=np.full(int(mine.sum()), seconds_per_image, np.float32),
         )
     )
-    run.map_shape = tuple(explanation.maps.shape[1:])
-    run.pending.difference_update(indices[mine].tolist())
+    run.map_shape = tuple(maps.shape[1:])
+    run.pending.difference_update(rows[mine].tolist())
 
 
 def _record_skipped(run: MethodRun, rows: list[int]) -> None:

@@ -24,8 +24,8 @@ class RunSettings:
     """The settings `generate`, `evaluate_store`, `sanity_check` and the verify checks share.
 
     batch_size: images per batch; workers: image decoding processes; chunk_size: perturbed images
-    per forward (evaluate); precision and compile: the forward's (xaibench/core/precision.py);
-    progress: draw progress bars. Build with `resolve`, which fills in the device's defaults.
+    per forward (evaluate); precision, compile and deterministic: the forward's
+    (xaibench/core/precision.py); progress: draw progress bars. Build with `resolve`, which fills in the device's defaults.
     """
 
     device: torch.device
@@ -35,6 +35,7 @@ class RunSettings:
     precision: str = "fp32"
     compile: bool = False
     progress: bool = True
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, torch.device):
@@ -42,7 +43,7 @@ class RunSettings:
         positive_int(self.batch_size, "batch_size")
         integer_at_least(self.workers, "workers", 0)
         positive_int(self.chunk_size, "chunk_size")
-        for name in ("compile", "progress"):
+        for name in ("compile", "progress", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_precision(self.precision, self.device)
@@ -58,6 +59,7 @@ class RunSettings:
         precision: str = "fp32",
         compile: bool = False,
         progress: bool = True,
+        deterministic: bool = False,
     ) -> RunSettings:
         """The settings on `device` (`resolve_device`: cpu when None), each size left None taken
         from the device's defaults (`DEFAULT_BATCH_SIZE`, `DEFAULT_WORKERS`, `DEFAULT_CHUNK_SIZE`
@@ -71,6 +73,7 @@ class RunSettings:
             precision,
             compile,
             progress,
+            deterministic,
         )
 
     def on(self, device: torch.device) -> RunSettings:

@@ -9,6 +9,8 @@ module.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -56,19 +58,33 @@ def randomise(model: nn.Module, stage: Stage, seed: int, index: int) -> None:
     seed derived from (seed, index); the global random state is left as it was.
 
     A module without `reset_parameters` has each of its own parameters redrawn from a normal
-    distribution with that parameter's mean and std.
+    distribution with that parameter's mean and std. The draws, and the arithmetic of the
+    initialisation, run on the CPU (a module on another device is moved there for it and back,
+    its parameters keeping their identity), so a seed gives the same weights on every device.
     """
-    device = next(model.parameters()).device
-    devices = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed * 1_000_003 + index)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.random.default_generator.manual_seed(seed * 1_000_003 + index)
         for name in stage.modules:
             module = model.get_submodule(name)
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-                continue
-            for parameter in _own_parameters(module):
-                spread = parameter.std() if parameter.numel() > 1 else parameter.abs()
-                parameter.normal_(parameter.mean().item(), float(spread))
+            with _on_cpu(module):
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+                    continue
+                for parameter in _own_parameters(module):
+                    spread = parameter.std() if parameter.numel() > 1 else parameter.abs()
+                    parameter.normal_(parameter.mean().item(), float(spread))
+
+
+@contextmanager
+def _on_cpu(module: nn.Module) -> Iterator[None]:
+    """The module's parameters and buffers on the CPU for the block, then back on their device."""
+    tensors = [*module.parameters(), *module.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    if device.type == "cpu":
+        yield
+        return
+    module.to("cpu")
+    try:
+        yield
+    finally:
+        module.to(device)
