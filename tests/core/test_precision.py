@@ -185,17 +185,22 @@ def test_compile_is_refused_for_methods_that_swap_modules(image_folder, tmp_path
     assert "compile: cannot run guidedbackprop: they swap modules" in str(result.exception)
 
 
-def test_the_stages_outside_forward_settings_compute_without_tf32(tmp_path):
-    """Sanity checks, explain and visualize run their forwards with TF32 off, as generate's fp32."""
+def test_the_stages_outside_forward_settings_compute_as_generate_does_by_default(tmp_path):
+    """Sanity checks, explain and visualize run their forwards with the TF32 flags generate's
+    default precision sets on CUDA (auto: tf32), whatever the user's flags; on a CPU the flags
+    change nothing."""
     before = _tf32()
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        _check_no_tf32_in_the_stages(tmp_path)
+        with forward_settings(tiny_cnn(), torch.device("cuda")):  # no forward runs
+            default = _tf32()
+        assert default == (True, True)
+        _check_the_stages_tf32(tmp_path, default)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def _check_no_tf32_in_the_stages(tmp_path):
+def _check_the_stages_tf32(tmp_path, expected):
     from tiny_run import make_images
 
     from xaibench.data.dataset import ImageFolderDataset
@@ -226,8 +231,8 @@ def _check_no_tf32_in_the_stages(tmp_path):
     for name, stage in stages.items():
         seen.clear()
         stage()
-        assert seen and set(seen) == {(False, False)}, name
-        assert _tf32() == (True, True), name  # the user's settings again
+        assert seen and set(seen) == {expected}, name
+        assert _tf32() == (False, False), name  # the user's settings again
 
 
 def _determinism():
@@ -296,3 +301,26 @@ def test_non_finite_logits_are_counted_without_a_sync_and_reported(caplog):
     caplog.clear()
     _Overflows(CPU).report()
     assert caplog.text == ""
+
+
+def test_auto_is_tf32_on_cuda_and_fp32_elsewhere():
+    from xaibench.core.precision import resolve_precision
+    from xaibench.pipelines.settings import RunSettings
+
+    assert resolve_precision("auto", torch.device("cuda")) == "tf32"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert RunSettings.resolve("cpu").precision == "fp32"  # what the records hold
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_the_stages_outside_forward_settings_allow_tf32_as_the_default_does():
+    from xaibench.core.precision import tf32_settings
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with tf32_settings():
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    with tf32_settings("fp32"):
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before

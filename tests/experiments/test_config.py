@@ -278,3 +278,17 @@ def test_deterministic_is_left_out_of_the_digest_unless_set(tmp_path):
     assert load_config(path, ["run.deterministic=true"]).sha256 != base.sha256
     keys = [unit.key for unit in make_plan(base).units]
     assert [u.key for u in make_plan(load_config(path, ["run.deterministic=true"])).units] == keys
+
+
+def test_precision_auto_resolves_to_the_devices_and_keeps_a_cpu_runs_digest(tmp_path, monkeypatch):
+    path = write(tmp_path, MINIMAL)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    auto = load_config(path, ["run.device=cpu"])
+    assert auto.config["run"]["precision"] == "fp32"
+    assert auto.sha256 == load_config(path, ["run.device=cpu", "run.precision=fp32"]).sha256
+    assert load_config(path).config["run"]["precision"] == "fp32"  # auto device: no CUDA here
+    cuda = load_config(path, ["run.device=cuda:1"])
+    assert cuda.config["run"]["precision"] == "tf32"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert load_config(path).config["run"]["precision"] == "tf32"
+    assert load_config(path, ["run.precision=bf16"]).config["run"]["precision"] == "bf16"

@@ -16,7 +16,7 @@ from xaibench.cli.options import (
     target_option,
     weights_option,
 )
-from xaibench.core.choices import PRECISIONS
+from xaibench.core.choices import PRECISION_CHOICES
 from xaibench.core.runtime import resolve_device
 from xaibench.results.layout import store_path
 
@@ -58,10 +58,11 @@ from xaibench.results.layout import store_path
 @batch_size_option
 @click.option(
     "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp32",
+    type=click.Choice(PRECISION_CHOICES),
+    default="auto",
     show_default=True,
-    help="Precision of the forward that finds each image's class and its probability.",
+    help="Precision of the forward that finds each image's class and its probability (auto: tf32 "
+    "on CUDA, fp32 elsewhere).",
 )
 @click.option(
     "--skip-bad",

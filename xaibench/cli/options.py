@@ -9,7 +9,7 @@ import click
 
 from xaibench.core.choices import (
     BOOTSTRAP_RESAMPLES,
-    PRECISIONS,
+    PRECISION_CHOICES,
     PREPROCESSINGS,
     PROTOCOL_SETTINGS,
 )
@@ -221,11 +221,12 @@ cam_layer_option = click.option(
 speed_options = _compose(
     click.option(
         "--precision",
-        type=click.Choice(PRECISIONS),
-        default="fp32",
+        type=click.Choice(PRECISION_CHOICES),
+        default="auto",
         show_default=True,
-        help="Forward precision: fp32; tf32 (TF32 matmuls and convolutions on CUDA, same as fp32 "
-        "on CPU); bf16 or fp16 autocast (fp16 needs CUDA). Recorded with the results.",
+        help="Forward precision: auto (tf32 on CUDA, as PyTorch's convolutions default to; fp32 "
+        "elsewhere); fp32 (IEEE float32); tf32 (TF32 matmuls and convolutions on CUDA, same as "
+        "fp32 on CPU); bf16 or fp16 autocast (fp16 needs CUDA). The precision used is recorded.",
     ),
     click.option(
         "--compile",

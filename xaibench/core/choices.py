@@ -8,6 +8,11 @@ from __future__ import annotations
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 """Forward precisions (xaibench/core/precision.py)."""
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+"""What a user may ask for: a precision, or "auto", the device's `AUTO_PRECISION`."""
+AUTO_PRECISION = {"cuda": "tf32"}
+"""The precision "auto" means, by device type (fp32 on the others): on CUDA, TF32 convolutions and
+matmuls, PyTorch's own default for convolutions."""
 
 PROTOCOL_SETTINGS: dict[str, dict[str, int | str | bool]] = {
     "polycam": {

@@ -1,6 +1,6 @@
 """Numeric precision and compilation of the model's forward, applied in one place for a run.
 
-`precision`:
+`precision` ("auto", the default, is the device's `AUTO_PRECISION`: tf32 on CUDA, fp32 elsewhere):
 - fp32: IEEE float32 everywhere (the default, and what every store before this option holds). On
   CUDA this also turns off the TF32 convolutions PyTorch enables by default.
 - tf32: float32 tensors, TensorFloat-32 matmuls and convolutions on CUDA (Ampere and newer). On a CPU
@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaibench.core.choices import PRECISIONS
+from xaibench.core.choices import AUTO_PRECISION, PRECISIONS
 from xaibench.core.errors import ConfigError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -64,6 +64,15 @@ NONDETERMINISTIC = "does not have a deterministic implementation"
 
 log = logging.getLogger(__name__)
 _gradient_scale = 1.0
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`precision`, with "auto" as the device's default (`AUTO_PRECISION`: tf32 on CUDA, fp32
+    elsewhere); ConfigError for a precision the device cannot run (`check_precision`)."""
+    if precision == "auto":
+        precision = AUTO_PRECISION.get(device.type, "fp32")
+    check_precision(precision, device)
+    return precision
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -79,14 +88,15 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 
 @contextmanager
-def tf32_settings(precision: str = "fp32") -> Iterator[None]:
-    """TF32 matmuls and convolutions on (precision "tf32") or off (any other) for the block,
-    restored after. They matter on CUDA only: the work that runs outside `forward_settings`
-    (sanity checks, explain, verify, visualize) runs under this with "fp32", so that every stage
-    computes in IEEE float32 rather than PyTorch's default TF32 convolutions. Also a decorator:
+def tf32_settings(precision: str = "auto") -> Iterator[None]:
+    """TF32 matmuls and convolutions on (precision "tf32", or "auto": the CUDA default) or off (any
+    other) for the block, restored after. They matter on CUDA only: the work that runs outside
+    `forward_settings` (sanity checks, explain, verify, visualize) runs under this at "auto", so
+    that every stage computes as `generate` does at its default. Also a decorator:
     `@tf32_settings()`."""
     flags = _tf32_flags()
-    _set_tf32(precision == "tf32", precision == "tf32")
+    allowed = precision in ("tf32", "auto")
+    _set_tf32(allowed, allowed)
     try:
         yield
     finally:
@@ -97,11 +107,12 @@ def tf32_settings(precision: str = "fp32") -> Iterator[None]:
 def forward_settings(
     model: nn.Module,
     device: torch.device,
-    precision: str = "fp32",
+    precision: str = "auto",
     compile: bool = False,
     deterministic: bool = False,
 ) -> Iterator[nn.Module]:
-    """For the duration of the block, `model(x)` runs at `precision` (and compiled with `compile`,
+    """For the duration of the block, `model(x)` runs at `precision` ("auto": the device's,
+    `resolve_precision`) (and compiled with `compile`,
     with deterministic algorithms only with `deterministic`: see the module docstring).
 
     On CUDA, cuDNN's autotuner (`torch.backends.cudnn.benchmark`) picks the fastest convolution
@@ -110,7 +121,7 @@ def forward_settings(
     counted. The TF32, autotuner and determinism flags, the gradient scale and the model's own
     `forward` are restored afterwards.
     """
-    check_precision(precision, device)
+    precision = resolve_precision(precision, device)
     eager = model.forward
     forward = _autocast(eager, device, AUTOCAST_DTYPES.get(precision))
     if compile:

@@ -7,7 +7,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from xaibench.core.choices import PRECISIONS, PREPROCESSINGS
+from xaibench.core.choices import PRECISION_CHOICES, PRECISIONS, PREPROCESSINGS
 from xaibench.core.errors import ConfigError, XaibenchError
 from xaibench.data.prepare import DATASETS
 from xaibench.experiments.config import FOLDER_DATASETS, OWN_MODEL_KEYS, Experiment, own_model
@@ -72,7 +72,8 @@ def _check_run(run: dict[str, Any], where: _Where) -> None:
     ):
         raise where.error("device", f"{device!r} is not a device; use auto, cpu, cuda or cuda:N")
     if run["precision"] not in PRECISIONS:
-        raise where.error("precision", f"{run['precision']!r}: use one of {', '.join(PRECISIONS)}")
+        choices = ", ".join(PRECISION_CHOICES)
+        raise where.error("precision", f"{run['precision']!r}: use one of {choices}")
     for key, low in (("batch_size", 1), ("workers", 0), ("chunk_size", 1)):
         _at_least(run, key, low, where)
 

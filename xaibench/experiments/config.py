@@ -26,11 +26,12 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from xaibench.core.choices import (
+    AUTO_PRECISION,
     BOOTSTRAP_RESAMPLES,
     DEFAULT_GRID_IMAGES,
     DEFAULT_METRICS,
     DEFAULT_THRESHOLD,
-    PRECISIONS,
+    PRECISION_CHOICES,
     PREPROCESSINGS,
 )
 from xaibench.core.errors import ConfigError
@@ -93,7 +94,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "name": Key("str", REQUIRED, "the experiment's name, recorded in run.json"),
         "out": Key("str", "runs", "the run folder, unless the run is given another"),
         "device": Key("str", "auto", "auto (CUDA when present), cpu, cuda or cuda:N"),
-        "precision": Key("str", "fp32", f"the forward's precision: {', '.join(PRECISIONS)}"),
+        "precision": Key(
+            "str",
+            "auto",
+            f"the forward's precision: {', '.join(PRECISION_CHOICES)} (auto: tf32 on CUDA, fp32 "
+            "elsewhere; the resolved config holds the one used)",
+        ),
         "compile": Key("bool", False, "torch.compile the model's forward"),
         "deterministic": Key(
             "bool", False, "deterministic algorithms only (bit-repeatable GPU runs)"
@@ -323,7 +329,20 @@ def resolve(raw: Mapping[str, Any], path: Path) -> dict[str, Any]:
         generate["protocol"] = evaluate["protocols"][0] if evaluate["protocols"] else "polycam"
     if "sanity" in config and config["sanity"]["methods"] is None:
         config["sanity"]["methods"] = list(generate["methods"])
+    run = config["run"]
+    if run["precision"] == "auto":
+        run["precision"] = AUTO_PRECISION.get(device_type(run["device"]), "fp32")
     return config
+
+
+def device_type(device: str) -> str:
+    """The device type `run.device` names: "auto" is cuda when a CUDA device is visible, else
+    cpu; "cuda:N" is cuda."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.partition(":")[0]
 
 
 def _section(values: Any, keys: Mapping[str, Key], path: Path, where: str) -> dict[str, Any]:

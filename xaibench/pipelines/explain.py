@@ -30,7 +30,7 @@ from xaibench.results.explanation import ImageExplanation
 TOP_CLASSES = 5
 
 
-@tf32_settings()  # IEEE float32, as generate computes
+@tf32_settings()  # as generate computes at its default precision
 def explain_image(
     path: Path,
     loaded: LoadedModel,

@@ -10,7 +10,7 @@ import torch
 from xaibench import dist
 from xaibench.core.checks import integer_at_least, positive_int
 from xaibench.core.errors import ConfigError
-from xaibench.core.precision import check_precision
+from xaibench.core.precision import resolve_precision
 from xaibench.core.runtime import (
     default_batch_size,
     default_chunk_size,
@@ -24,15 +24,16 @@ class RunSettings:
     """The settings `generate`, `evaluate_store`, `sanity_check` and the verify checks share.
 
     batch_size: images per batch; workers: image decoding processes; chunk_size: perturbed images
-    per forward (evaluate); precision, compile and deterministic: the forward's
-    (xaibench/core/precision.py); progress: draw progress bars. Build with `resolve`, which fills in the device's defaults.
+    per forward (evaluate); precision ("auto" becomes the device's: tf32 on CUDA, fp32 elsewhere),
+    compile and deterministic: the forward's (xaibench/core/precision.py); progress: draw progress
+    bars. Build with `resolve`, which fills in the device's defaults.
     """
 
     device: torch.device
     batch_size: int
     workers: int
     chunk_size: int
-    precision: str = "fp32"
+    precision: str = "auto"
     compile: bool = False
     progress: bool = True
     deterministic: bool = False
@@ -46,7 +47,7 @@ class RunSettings:
         for name in ("compile", "progress", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        check_precision(self.precision, self.device)
+        object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
 
     @classmethod
     def resolve(
@@ -56,7 +57,7 @@ class RunSettings:
         batch_size: int | None = None,
         workers: int | None = None,
         chunk_size: int | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         compile: bool = False,
         progress: bool = True,
         deterministic: bool = False,

@@ -28,7 +28,7 @@ def layer_activations(
         raise ConfigError("give at least one layer", param="layers")
     for name in layers:
         validate_layer(model, name)
-    with saliency_mode(model), torch.no_grad(), tf32_settings("fp32"):
+    with saliency_mode(model), torch.no_grad(), tf32_settings():
         with record_layers(model, list(dict.fromkeys(layers)), activations=True) as recording:
             model(images)
         maps = {name: recording.last(name).activation.cpu() for name in layers}

@@ -177,7 +177,7 @@ def visualise_units(
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     optimiser = torch.optim.Adam(param.parameters(), lr=lr or DEFAULT_LR[parameterisation])
     history = []
-    with saliency_mode(model), autograd_enabled(), tf32_settings("fp32"):
+    with saliency_mode(model), autograd_enabled(), tf32_settings():
         for step in progress_bar(range(steps), desc="visualize", unit="step", disable=not progress):
             optimiser.zero_grad(set_to_none=True)
             moved = transforms(param(), shifts)
