@@ -38,6 +38,7 @@ FLAGS: dict[str, str] = {
     "limit": "--limit",
     "mean": "--mean",
     "mc_dropout": "--mc-dropout",
+    "name": "--name",
     "methods": "--saliency",
     "method": "--method",
     "metric_params": "--metric-param",

@@ -45,6 +45,13 @@ if TYPE_CHECKING:
     show_default=True,
     help="Output folder; stores go to OUT/MODEL/METHOD.h5 (or .npz).",
 )
+@click.option(
+    "--name",
+    default=None,
+    help="Name of the store of one method run under other settings (another --layer, --param "
+    "or --target): OUT/MODEL/NAME.h5, shown in tables, compare and report in place of the "
+    "method, so variants sit side by side. Default: the method's name.",
+)
 @device_options
 @batch_size_option
 @speed_options
@@ -82,6 +89,7 @@ def generate_command(
     limit: int | None,
     workers: int | None,
     out_dir: Path,
+    name: str | None,
     cuda: bool,
     device: str | None,
     batch_size: int | None,
@@ -110,10 +118,12 @@ def generate_command(
     from xaibench.methods.settings import method_params
     from xaibench.metrics import get_protocol
     from xaibench.models import load_model
-    from xaibench.pipelines.generate import generate
+    from xaibench.pipelines.generate import check_store_name, generate
     from xaibench.pipelines.settings import RunSettings
 
     settings = method_params(methods, params, layer)  # before the model: a bad --param fails fast
+    if name is not None:
+        check_store_name(name, methods)
     run = RunSettings.resolve(
         resolve_device(device, cuda),
         batch_size=batch_size,
@@ -147,6 +157,7 @@ def generate_command(
             method_params=settings,
             compression=STORE_COMPRESSIONS[compression],
             world=world,
+            name=name,
         )
     if world.is_main:
         _report(summary)

@@ -482,7 +482,7 @@ def _score_rows(
         len(rows),
         int(state.done[rows].sum()),
         unit="img",
-        desc=f"{store.meta.method}/{scorer.protocol.name}",
+        desc=f"{store.meta.label}/{scorer.protocol.name}",
         disable=not settings.progress,
     )
     loader = make_loader(dataset, settings.batch_size, settings.workers, dataset_rows[todo], device)
@@ -671,7 +671,7 @@ class _Results:
                 "clean_score": self.clean[rows],
                 "seconds_per_image": store.seconds[rows],
                 "model": store.meta.model,
-                "method": store.meta.method,
+                "method": store.meta.label,
                 "protocol": protocol.name,
                 "protocol_settings": json.dumps(protocol.to_dict(), sort_keys=True),
             }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,8 +73,13 @@ def generate(
     write_queue: int = DEFAULT_DEPTH,
     compression: str | None = "lzf",
     world: dist.World | None = None,
+    name: str | None = None,
 ) -> GenerateSummary:
     """Explain every image of `dataset` with each method; resume stores that exist.
+
+    Each method's store is `out_dir/MODEL/METHOD.h5`; with `name` (one method only) it is
+    `MODEL/NAME.h5` and records `name`, which the tables show in place of the method: variants of
+    one method (another layer, other settings, `target` "label") side by side.
 
     Images are read once per batch and shared by all methods; each method writes its own store,
     with the generation time per image of each row: the time of the method's call on the batch,
@@ -92,12 +98,12 @@ def generate(
     maps are compressed with `compression` ("lzf", "gzip" or None: faster to write, larger). A
     method that runs out of CUDA memory goes on at half the batch size (`summary.batch_sizes`).
     """
-    check_generate(methods, dataset, settings, target, store_format, compression)
+    check_generate(methods, dataset, settings, target, store_format, compression, name)
     world = world_of(settings, world)
     model = prepare_model(loaded.model, settings.device)
     runs, outputs = _open_runs(
         model, loaded, methods, dataset, out_dir, settings.precision, target, store_format,
-        method_params or {}, write_queue, compression, world,
+        method_params or {}, write_queue, compression, world, name,
     )  # fmt: skip
     groups = _pass_groups(runs, settings.batch_size)
     labels = torch.as_tensor(dataset.labels) if target == "label" else None
@@ -128,10 +134,13 @@ def check_generate(
     target: str,
     store_format: str,
     compression: str | None = "lzf",
+    name: str | None = None,
 ) -> None:
     """ConfigError, naming the parameter, for a request `generate` cannot run."""
     if len(set(methods)) != len(methods):
         raise ConfigError(f"names a method twice: {', '.join(methods)}", param="methods")
+    if name is not None:
+        check_store_name(name, methods)
     refused = [
         name
         for name in methods
@@ -151,6 +160,28 @@ def check_generate(
     if compression not in COMPRESSIONS:
         raise ConfigError(
             f"{compression!r}: use one of {', '.join(map(str, COMPRESSIONS))}", param="compression"
+        )
+
+
+STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_store_name(name: str, methods: Sequence[str]) -> None:
+    """ConfigError unless `name` can name the store of the one method in `methods`: a file stem
+    of letters, digits and . _ + - that is no other method's name."""
+    if len(methods) != 1:
+        raise ConfigError(
+            f"{name!r} names one store: give one method, not {len(methods)}", param="name"
+        )
+    if not STORE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{name!r}: use letters, digits and . _ + - (a file name, e.g. gradcam-layer3)",
+            param="name",
+        )
+    if name != methods[0] and METHODS.knows(name):
+        raise ConfigError(
+            f"{name!r} is another method's name; give the variant a name of its own",
+            param="name",
         )
 
 
@@ -180,13 +211,15 @@ def _open_runs(
     write_queue: int,
     compression: str | None,
     world: dist.World,
+    store_name: str | None = None,
 ) -> tuple[list[MethodRun], list[tuple[Path, StoreMeta]]]:
     """Each method on `model`, its store (opened or resumed, `run_stores.open_stores`) and the
-    rows it still needs; and the (final store path, run metadata) of every method."""
+    rows it still needs; and the (final store path, run metadata) of every method. `store_name`:
+    the one method's variant name (`generate`'s `name`)."""
     planned = []
     for name in methods:
         method = METHODS.get(name)(model, **method_params.get(name, {}))
-        path = store_path(out_dir, loaded.name, name, store_format)
+        path = store_path(out_dir, loaded.name, store_name or name, store_format)
         meta = StoreMeta(
             model=loaded.name,
             weights=loaded.weights,
@@ -196,6 +229,7 @@ def _open_runs(
             preprocess=dataset.preprocess.to_dict(),
             precision=precision,
             method_library=dict(method.library),
+            name=store_name,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         planned.append((method, path, meta))

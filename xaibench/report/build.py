@@ -277,7 +277,7 @@ def _grid_figure(store_paths: Sequence[Path], data_dir: Path, count: int) -> tup
             [image, *(overlay(image, method_maps[r]) for method_maps in maps)]
             for r, image in enumerate(images)
         ]
-        methods = ["image", *(store.meta.method for store in stores)]
+        methods = ["image", *(store.meta.label for store in stores)]
     finally:
         for store in stores:
             store.close()

@@ -24,7 +24,7 @@ READING_FIX = (
 )
 """What to do when a run would read a store of another run: never delete it."""
 # Fields added after format version 1 was first written, with the value older stores imply.
-LATER_FIELDS: dict[str, Any] = {"precision": "fp32", "method_library": {}}
+LATER_FIELDS: dict[str, Any] = {"precision": "fp32", "method_library": {}, "name": None}
 # Preprocessing names that stores written before preprocessings had names of their own record: the
 # name of the protocol they were generated under, whose preprocessing is the one named here.
 FORMER_PREPROCESS_NAMES = {"rise": "polycam"}
@@ -59,6 +59,9 @@ class StoreMeta:
     method_library: dict[str, str] = field(default_factory=dict)
     """The library that computed the maps, {"name", "version"} (`SaliencyMethod.library`), for
     the methods of other libraries; empty for xaibench's own."""
+    name: str | None = None
+    """The store's variant name (`generate`'s `name`: one method under other settings), which
+    the tables show in place of the method; None: the method's name. Recorded only when set."""
     xaibench_version: str = xaibench.__version__
     torch_version: str = field(default_factory=_torch_version)
     created: str = field(default_factory=_now)
@@ -67,8 +70,16 @@ class StoreMeta:
         if self.target not in TARGETS:
             raise ConfigError(f"target {self.target!r}: use one of {', '.join(TARGETS)}")
 
+    @property
+    def label(self) -> str:
+        """What tables call the maps: the variant name, or the method's."""
+        return self.name or self.method
+
     def to_dict(self) -> dict[str, Any]:
-        return _canonical(asdict(self))
+        d = asdict(self)
+        if d["name"] is None:  # stores without a variant name record what they always did
+            del d["name"]
+        return _canonical(d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
