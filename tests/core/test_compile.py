@@ -40,3 +40,23 @@ def test_compiled_forward_scores_like_eager_and_hooked_methods_run_eagerly():
     torch.testing.assert_close(cam.maps, eager_cam.maps)
     torch.testing.assert_close(grad.maps, eager_grad.maps, rtol=1e-4, atol=1e-6)
     assert "forward" not in model.__dict__
+
+
+def test_a_model_compiles_once_and_tail_batches_reuse_the_padded_graph():
+    torch._dynamo.reset()
+    model = tiny_cnn().eval()
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = model(x)
+    with torch.no_grad(), forward_settings(model, CPU, compile=True):
+        full = model(x)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        tail = model(x[:5])  # padded to 8: the same graph
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    with torch.no_grad(), forward_settings(model, CPU, compile=True):  # a later stage
+        again = model(x[:7])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert tail.shape == (5, 1000) and again.shape == (7, 1000)
+    torch.testing.assert_close(full, eager, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(tail, full[:5], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again, full[:7], rtol=1e-5, atol=1e-6)

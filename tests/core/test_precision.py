@@ -324,3 +324,11 @@ def test_the_stages_outside_forward_settings_allow_tf32_as_the_default_does():
     with tf32_settings("fp32"):
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_padded_sizes_are_the_next_power_of_two():
+    from xaibench.core.precision import padded_size
+
+    assert [padded_size(n) for n in (1, 2, 3, 4, 5, 8, 9, 255, 256, 257)] == [
+        1, 2, 4, 4, 8, 8, 16, 256, 256, 512,
+    ]  # fmt: skip

@@ -23,6 +23,12 @@ forwards) and hook-free gradient methods run compiled. Methods that swap the mod
 submodule's forward during a call (guided backprop, DeconvNet, Guided Grad-CAM, Ablation-CAM:
 `SaliencyMethod.compilable` is False) are refused with `compile` by `generate`.
 
+A model is compiled once per (device type, precision) and the compiled forward kept on it
+(`COMPILED_ATTRIBUTE`), so later runs and stages reuse its graphs. Shapes are static: a batch of n
+images is padded with zero images to the next power of two (`padded_size`) and the outputs cut
+back to n, so the chunks of a run compile at most one graph per power of two instead of one per
+tail length; a model's rows are independent in eval mode, so the padding changes no value.
+
 `deterministic`: for the block, PyTorch's deterministic algorithms only
 (`torch.use_deterministic_algorithms(True)`, an op without a deterministic implementation is a
 ConfigError naming `deterministic`), cuDNN's autotuner off and its deterministic convolutions on,
@@ -125,7 +131,7 @@ def forward_settings(
     eager = model.forward
     forward = _autocast(eager, device, AUTOCAST_DTYPES.get(precision))
     if compile:
-        forward = _compiled_unless_hooked(model, forward)
+        forward = _compiled_unless_hooked(model, forward, (device.type, precision))
     overflows = _Overflows(device) if precision == "fp16" else None
     if overflows is not None:
         forward = overflows.counting(forward)
@@ -268,15 +274,48 @@ def _to_float32(output: Any) -> Any:
     return output
 
 
-def _compiled_unless_hooked(model: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
-    compiled = torch.compile(forward)
+COMPILED_ATTRIBUTE = "_xaibench_compiled_forwards"
+"""Where a model keeps its compiled forwards, by (device type, precision)."""
+
+
+def _compiled_unless_hooked(
+    model: nn.Module, forward: Callable[..., Any], key: tuple[str, str]
+) -> Callable[..., Any]:
+    """`forward` compiled (once per model and `key`, kept on the model), run on batches padded to
+    `padded_size`; the eager `forward` while a submodule of `model` carries a hook."""
+    kept = model.__dict__.setdefault(COMPILED_ATTRIBUTE, {})
+    if key not in kept:
+        kept[key] = torch.compile(forward, dynamic=False)
+    compiled = kept[key]
 
     def forward_compiled_unless_hooked(*args: Any, **kwargs: Any) -> Any:
         if has_hooks(model):
             return forward(*args, **kwargs)
-        return compiled(*args, **kwargs)
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].ndim == 0:
+            return compiled(*args, **kwargs)
+        images = args[0]
+        count = images.shape[0]
+        size = padded_size(count)
+        if size == count:
+            return compiled(*args, **kwargs)
+        padding = images.new_zeros((size - count, *images.shape[1:]))
+        output = compiled(torch.cat([images, padding]), *args[1:], **kwargs)
+        return _first_rows(output, count, size)
 
     return forward_compiled_unless_hooked
+
+
+def padded_size(count: int) -> int:
+    """The batch size a compiled forward runs `count` images at: the next power of two."""
+    return 1 << max(count - 1, 0).bit_length()
+
+
+def _first_rows(output: Any, count: int, size: int) -> Any:
+    if isinstance(output, torch.Tensor) and output.ndim and output.shape[0] == size:
+        return output[:count]
+    if isinstance(output, tuple | list):
+        return type(output)(_first_rows(o, count, size) for o in output)
+    return output
 
 
 def has_hooks(model: nn.Module) -> bool:
