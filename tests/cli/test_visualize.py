@@ -1,10 +1,11 @@
 """`xaibench visualize` and `xaibench activations` end to end through click's CliRunner."""
 
 import pytest
+import torch
 from PIL import Image
 
 from xaibench.core.errors import ConfigError, DataError
-from xaibench.visualize.grid import LABEL_HEIGHT
+from xaibench.visualize.grid import FIGURE_DPI, LABEL_HEIGHT, activation_figure
 
 
 def test_visualize_writes_one_png_per_unit_and_a_grid(tmp_path, invoke):
@@ -60,12 +61,11 @@ def test_activations_writes_one_grid_per_layer(image_folder, tmp_path, invoke):
     )
     assert result.exit_code == 0, result.output
     assert "0: (8, 56, 56)" in result.output and "3: (16, 28, 28)" in result.output
-    # 4 channels in 2 columns of 56 x 56 (layer 0) and of 28 x 28 enlarged twice (layer 3)
+    # 4 channels: a 2 x 2 grid of tiles of one size whatever the map's, plus the colour bar
+    expected = activation_figure(torch.zeros(8, 5, 5), torch.arange(4)).get_size_inches()
     for layer in ("0", "3"):
-        assert Image.open(out / f"{layer}.png").size == (
-            2 * 58 + 2,
-            2 * (56 + LABEL_HEIGHT + 2) + 2,
-        )
+        with Image.open(out / f"{layer}.png") as grid:
+            assert grid.size == tuple(round(inches * FIGURE_DPI) for inches in expected)
 
 
 def test_activations_of_a_file_that_is_not_an_image_is_one_clear_error(tmp_path, invoke):

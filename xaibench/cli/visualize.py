@@ -178,11 +178,12 @@ def activations_command(
     out_dir: Path,
 ) -> None:
     """Feature maps of chosen layers for one IMAGE, one grid per layer (OUT/LAYER.png), from one
-    forward pass; each tile is captioned with its channel index."""
+    forward pass; each tile is titled with its channel index and range, on one colour scale with
+    a colour bar."""
     from xaibench.data.dataset import read_image
     from xaibench.metrics import get_protocol
     from xaibench.models import load_model
-    from xaibench.visualize import activation_grid, choose_channels, layer_activations, save_png
+    from xaibench.visualize import activation_figure, choose_channels, layer_activations, save_png
 
     chosen = resolve_device(device, cuda)
     loaded = load_model(model, weights)
@@ -192,5 +193,6 @@ def activations_command(
     maps = layer_activations(network, batch, layers)
     for name, value in maps.items():
         shown = choose_channels(value[0], channels, order)
-        path = save_png(activation_grid(value[0], shown), out_dir / f"{name}.png")
+        figure = activation_figure(value[0], shown, f"{name} {tuple(value.shape[1:])}")
+        path = save_png(figure, out_dir / f"{name}.png")
         click.echo(f"{name}: {tuple(value.shape[1:])} -> {path} (channels {shown.tolist()})")

@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -44,10 +44,12 @@ from xaibench.results.sanity import (
     SANITY_COLUMNS,
     SANITY_STATISTICS,
     SanityResult,
-    stage_summary,
 )
 from xaibench.sanity.similarity import map_similarity
 from xaibench.sanity.stages import randomisation_stages, randomise
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -186,25 +188,15 @@ def write_sanity(
     return paths
 
 
-def plot_sanity(result: SanityResult):
-    """A matplotlib Figure (Agg canvas, no pyplot): mean similarity vs layer with 95% intervals."""
-    from matplotlib.figure import Figure
+def plot_sanity(result: SanityResult) -> Figure:
+    """`sanity_figure` of one method with its threshold, titled with the verdict."""
+    from xaibench.results.sanity_figure import sanity_figure
 
-    summary = stage_summary(result.table)
-    stages = sorted(summary["stage"].unique())
-    labels = summary.drop_duplicates("stage").set_index("stage")["layer"].replace("", "original")
-    figure = Figure(figsize=(max(5.0, 0.45 * len(stages) + 2), 4), layout="constrained")
-    axes = figure.add_subplot()
-    for name in SANITY_STATISTICS:
-        rows = summary[summary["statistic"] == name].sort_values("stage")
-        axes.plot(rows["stage"], rows["mean"], marker="o", label=name)
-        axes.fill_between(rows["stage"], rows["ci_low"], rows["ci_high"], alpha=0.2)
-    axes.axhline(result.threshold, color="grey", linestyle=":", linewidth=1)
-    axes.set_xticks(stages, [labels[s] for s in stages], rotation=60, ha="right", fontsize=7)
-    axes.set_ylim(-1.05, 1.05)
-    axes.set_xlabel("randomised down to layer (cumulative, output first)")
-    axes.set_ylabel("similarity to the original map")
+    figure = sanity_figure({result.method: result.table}, threshold=result.threshold)
     verdict = "FLAGGED: maps do not depend on the model" if result.flagged else "passes"
-    axes.set_title(f"{result.method}: {verdict}", fontsize=10)
-    axes.legend(fontsize=8)
+    figure.suptitle(
+        f"{result.method}: {verdict} (final mean Spearman {result.final_spearman:.3f}, "
+        f"threshold {result.threshold:g})",
+        fontsize=10,
+    )
     return figure

@@ -28,7 +28,6 @@ from xaibench.report.plots import (
     image_grid_figure,
     mean_curves_figure,
     overlay,
-    sanity_figure,
 )
 from xaibench.report.tables import (
     Evaluations,
@@ -40,6 +39,7 @@ from xaibench.report.tables import (
 from xaibench.results import layout
 from xaibench.results.layout import CONFIG_COLUMN, SANITY_TABLE_SUFFIX
 from xaibench.results.sanity import SANITY_COLUMNS
+from xaibench.results.sanity_figure import sanity_figure
 from xaibench.results.stats import BOOTSTRAP_RESAMPLES
 from xaibench.store import find_stores, open_store
 from xaibench.store.base import SaliencyStore

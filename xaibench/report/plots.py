@@ -7,23 +7,15 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from xaibench.results.sanity import SANITY_STATISTICS
 
 DPI = 100
 PANEL_INCHES = 2.4
 """Side of one image panel; figures of n x m panels are n * 240 by m * 240 pixels (plus titles)."""
 OVERLAY_ALPHA = 0.5
 COLORMAP = "jet"
-SANITY_TITLES = {
-    "spearman": "Spearman rank correlation",
-    "spearman_abs": "Spearman rank correlation of |map|",
-    "ssim": "SSIM",
-}
 
 
 def figure_png(figure: Figure) -> bytes:
@@ -106,31 +98,4 @@ def image_grid_figure(
                 axes.set_title(column_titles[c], fontsize=10)
             if c == 0 and r < len(row_titles):
                 axes.set_ylabel(row_titles[r], fontsize=8)
-    return figure
-
-
-def sanity_figure(results: Mapping[str, pd.DataFrame]) -> Figure:
-    """Mean similarity to the original map vs randomisation stage, one line per method.
-
-    results: method -> the long table of `xaibench sanity` (image_id, stage, layer, spearman,
-    spearman_abs, ssim; stage 0 = the original model). One panel per similarity; the x ticks name
-    the layer randomised last at each stage.
-    """
-    stages: dict[int, str] = {}
-    for frame in results.values():
-        for stage, layer in frame[["stage", "layer"]].drop_duplicates("stage").itertuples(False):
-            stages.setdefault(int(stage), "original" if int(stage) == 0 else str(layer))
-    order = sorted(stages)
-    figure = Figure(figsize=(4.6 * len(SANITY_STATISTICS), 4.2), layout="constrained")
-    for column, name in enumerate(SANITY_STATISTICS):
-        axes = figure.add_subplot(1, len(SANITY_STATISTICS), column + 1)
-        for method, frame in results.items():
-            means = frame.groupby("stage")[name].mean()
-            axes.plot(means.index, means.to_numpy(), marker="o", ms=3, lw=1.4, label=method)
-        axes.set_xticks(order, [stages[s] for s in order], rotation=60, ha="right", fontsize=7)
-        axes.set_title(SANITY_TITLES[name])
-        axes.set_xlabel("layers randomised, from the top (cascading)")
-        axes.set_ylim(-0.05 if name == "spearman_abs" else -1.05, 1.05)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8, frameon=False)
     return figure

@@ -1,4 +1,4 @@
-"""Image grids with a caption under each tile, written as PNG."""
+"""Image grids with a caption under each tile and activation-map figures, written as PNG."""
 
 from __future__ import annotations
 
@@ -9,12 +9,26 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from xaibench.core.atomic import write_atomic
 
 LABEL_HEIGHT = 12
 """Pixels of caption strip under each tile."""
+TILE_INCHES = 1.6
+"""Side of one activation tile (160 pixels at `FIGURE_DPI`), while the figure fits the cap."""
+MAX_FIGURE_INCHES = 20.0
+"""Activation figures grow with the channels shown up to this width and height; past it the
+tiles shrink."""
+COLORBAR_INCHES = 1.2
+"""Width an activation figure adds for its colour bar."""
+TITLE_INCHES = 0.5
+"""Height an activation figure adds for its title."""
+TILE_HEIGHT = 1.3
+"""Height of a tile row over its width: the tile and its two lines of text."""
+FIGURE_DPI = 100
+ACTIVATION_COLORMAP = "viridis"
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -56,25 +70,48 @@ def labelled_grid(
     return image
 
 
-def activation_grid(
-    maps: torch.Tensor, channels: torch.Tensor, *, min_side: int = 48, columns: int | None = None
-) -> Image.Image:
-    """Channels `channels` (n,) of one image's feature maps `maps` (C, h, w) as a labelled grid.
+def activation_figure(maps: torch.Tensor, channels: torch.Tensor, title: str = "") -> Figure:
+    """Channels `channels` (n,) of one image's feature maps `maps` (C, h, w) as a figure.
 
-    Each channel is scaled to [0, 1] by its own minimum and maximum (a constant channel is black)
-    and enlarged by the smallest integer factor that makes it at least `min_side` pixels high, with
-    nearest-neighbour sampling, so each tile shows the map's real cells.
+    A grid of ceil(sqrt(n)) columns, one tile per channel titled "ch INDEX" with its own minimum
+    and maximum under it, every tile on one colour scale (the minimum to the maximum of the tiles
+    shown, `ACTIVATION_COLORMAP`, nearest-neighbour so each cell is the map's own) read off one
+    colour bar. Tiles are `TILE_INCHES` square until the figure would pass `MAX_FIGURE_INCHES`
+    on a side; then they shrink, and their text with them (down to 4 points).
     """
-    chosen = maps[channels].float()
-    low = chosen.amin(dim=(1, 2), keepdim=True)
-    span = chosen.amax(dim=(1, 2), keepdim=True) - low
-    scaled = torch.where(span > 0, (chosen - low) / span.clamp(min=1e-12), 0.0)
-    factor = max(1, math.ceil(min_side / maps.shape[-2]))
-    tiles = F.interpolate(scaled[:, None], scale_factor=factor, mode="nearest")
-    return labelled_grid(tiles, [str(int(c)) for c in channels], columns=columns)
+    chosen = maps[channels].detach().float().cpu().numpy()
+    columns = math.ceil(math.sqrt(len(chosen)))
+    rows = math.ceil(len(chosen) / columns)
+    tile = min(
+        TILE_INCHES,
+        (MAX_FIGURE_INCHES - COLORBAR_INCHES) / columns,
+        (MAX_FIGURE_INCHES - TITLE_INCHES) / (rows * TILE_HEIGHT),
+    )
+    figure = Figure(
+        figsize=(columns * tile + COLORBAR_INCHES, rows * tile * TILE_HEIGHT + TITLE_INCHES),
+        layout="constrained",
+    )
+    grid = figure.subplots(rows, columns, squeeze=False)
+    text = tile / TILE_INCHES
+    low, high = float(chosen.min()), float(chosen.max())
+    for axes in grid.flat[len(chosen) :]:
+        axes.set_axis_off()
+    for axes, channel, values in zip(grid.flat, channels.tolist(), chosen, strict=False):
+        axes.imshow(values, cmap=ACTIVATION_COLORMAP, vmin=low, vmax=high, interpolation="nearest")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_title(f"ch {channel}", fontsize=max(4.0, 9 * text), pad=2)
+        axes.set_xlabel(f"{values.min():.3g} to {values.max():.3g}", fontsize=max(4.0, 7 * text))
+    figure.colorbar(grid.flat[0].images[0], ax=grid, label="activation")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
 
 
-def save_png(image: Image.Image | torch.Tensor, path: Path) -> Path:
-    """Write `image` (PIL, or (3, H, W) in [0, 1]) as PNG at `path`, atomically."""
+def save_png(image: Image.Image | torch.Tensor | Figure, path: Path) -> Path:
+    """Write `image` (PIL, (3, H, W) in [0, 1], or a matplotlib Figure at `FIGURE_DPI`) as PNG at
+    `path`, atomically."""
+    if isinstance(image, Figure):
+        return write_atomic(path, lambda tmp: image.savefig(tmp, format="png", dpi=FIGURE_DPI))
     image = to_pil(image) if isinstance(image, torch.Tensor) else image
     return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
