@@ -1,8 +1,10 @@
 """Downloads against a local HTTP server: resume, retry, checksums; and safe extraction."""
 
 import hashlib
+import http.server
 import io
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -152,12 +154,13 @@ def entry(name, kind=tarfile.REGTYPE, link="", size=1):
         (entry("../escape.txt"), "contains '..'"),
         (entry("ok/../../escape.txt"), "contains '..'"),
         (entry("/tmp/escape.txt"), "absolute path"),
-        (entry("link", tarfile.SYMTYPE, "../outside"), "points outside"),
-        (entry("deep/link", tarfile.SYMTYPE, "../../outside"), "points outside"),
-        (entry("abs", tarfile.SYMTYPE, "/etc/passwd"), "absolute"),
-        (entry("hard", tarfile.LNKTYPE, "../outside"), "points outside"),
-        (entry("dev", tarfile.CHRTYPE), "device file"),
-        (entry("fifo", tarfile.FIFOTYPE), "device file"),
+        (entry("link", tarfile.SYMTYPE, "../outside"), "'link' is a symbolic link"),
+        (entry("deep/link", tarfile.SYMTYPE, "../../outside"), "'deep/link' is a symbolic link"),
+        (entry("abs", tarfile.SYMTYPE, "/etc/passwd"), "'abs' is a symbolic link"),
+        (entry("hard", tarfile.LNKTYPE, "../outside"), "'hard' is a hard link"),
+        (entry("dev", tarfile.CHRTYPE), "'dev' is a device file"),
+        (entry("block", tarfile.BLKTYPE), "'block' is a device file"),
+        (entry("fifo", tarfile.FIFOTYPE), "'fifo' is a FIFO"),
     ],
 )
 def test_unsafe_entries_are_refused(tmp_path, bad, reason):
@@ -181,16 +184,49 @@ def test_an_entry_under_a_link_that_leads_outside_is_refused(tmp_path):
     assert not list(outside.iterdir())
 
 
-def test_links_inside_the_destination_are_kept(tmp_path):
-    archive = tar_with(
-        tmp_path,
-        entry("data/a.txt"),
+@pytest.mark.parametrize(
+    "link",
+    [
         entry("data/b.txt", tarfile.SYMTYPE, "a.txt"),
         entry("c.txt", tarfile.LNKTYPE, "data/a.txt"),
+    ],
+)
+def test_links_are_refused_even_when_they_point_inside(tmp_path, link):
+    archive = tar_with(tmp_path, entry("data/a.txt"), link)
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchiveError, match=f"entry '{link.name}' is a .* link"):
+        safe_extract(archive, dest, progress=False)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == [
+        "data",
+        "data/a.txt",
+    ]
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_a_link_through_a_link_to_the_folder_itself_creates_nothing_outside(tmp_path, kind):
+    """`dot -> .` then `secret.JPEG -> dot/../outside/secret.JPEG`: as text the second link
+    stays inside, but the kernel follows `dot` first and lands outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.JPEG").write_bytes(b"secret")
+    archive = tar_with(
+        tmp_path,
+        entry("dot", tarfile.SYMTYPE, "."),
+        entry("secret.JPEG", kind, "dot/../outside/secret.JPEG"),
     )
     dest = tmp_path / "dest"
-    safe_extract(archive, dest, progress=False)
-    assert (dest / "data/b.txt").read_text() == "x" and (dest / "c.txt").read_text() == "x"
+    with pytest.raises(UnsafeArchiveError, match=r"entry 'dot' is a symbolic link to '\.'"):
+        safe_extract(archive, dest, progress=False)
+    assert list(dest.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "evil.tar", "outside"]
+    assert (outside / "secret.JPEG").stat().st_nlink == 1
+
+
+def test_a_link_left_out_by_place_is_not_refused(tmp_path):
+    archive = tar_with(tmp_path, entry("a.txt"), entry("b.txt", tarfile.SYMTYPE, "a.txt"))
+    dest = tmp_path / "dest"
+    written = safe_extract(archive, dest, {"a.txt": "a.txt"}.get, progress=False)
+    assert written == [dest.resolve() / "a.txt"] and not (dest / "b.txt").is_symlink()
 
 
 def test_extraction_is_safe_to_rerun_and_replaces_a_truncated_file(tmp_path):
@@ -278,3 +314,58 @@ def test_a_file_verified_before_a_pin_was_added_is_checked_against_it(tmp_path, 
     monkeypatch.undo()
     with pytest.raises(ChecksumError, match=r"expected sha256 2{64}"):
         fetch(pinned(sha256="2" * 64), tmp_path / "d", given=given, progress=False)
+
+
+class TrickleServer:
+    """Serves `payload` as a whole-file response that trickles: `step` bytes, then a pause of
+    `pause` seconds, for at most `steps` steps; then the connection is dropped."""
+
+    def __init__(self, payload: bytes, step: int = 16, pause: float = 0.01, steps: int = 200):
+        stop = self.stop = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                for start in range(0, min(len(payload), step * steps), step):
+                    if stop.wait(pause):  # the trickle's pace; set when the test is done
+                        return
+                    self.wfile.write(payload[start : start + step])
+                    self.wfile.flush()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def test_a_trickling_server_is_given_up_and_the_next_run_resumes(tmp_path):
+    stall = archives.Stall(timeout=10.0, min_rate=1024.0, window=0.2)  # at most 400 bytes/s come
+    url = None
+    with TrickleServer(PAYLOAD, step=4) as server, pytest.raises(DownloadError) as raised:
+        url = f"{server.url}/a.tar"
+        fetch(pinned(), tmp_path, url, retries=0, progress=False, stall=stall)
+    message = str(raised.value)
+    assert f"could not download {url}" in message and "below the minimum 1,024 bytes/s" in message
+    assert "run the same command again to resume" in message
+    assert 0 < (tmp_path / "a.tar.partial").stat().st_size < len(PAYLOAD)  # kept for the re-run
+
+
+def test_a_server_that_sends_nothing_times_out(tmp_path):
+    stall = archives.Stall(timeout=0.2, min_rate=1.0, window=60.0)
+    with TrickleServer(PAYLOAD, pause=30.0) as server, pytest.raises(DownloadError) as raised:
+        fetch(pinned(), tmp_path, f"{server.url}/a.tar", retries=0, progress=False, stall=stall)
+    assert "timed out" in str(raised.value) and "run the same command again" in str(raised.value)

@@ -18,6 +18,22 @@ def test_torchvision_model_with_random_weights():
     assert loaded.model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
 
 
+def same_state(first, second):
+    one, two = first.state_dict(), second.state_dict()
+    return one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_random_weights_are_the_same_network_every_time_and_leave_the_global_rng():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = load_model("resnet18", "none").model
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random state is untouched
+    torch.manual_seed(7)  # another global state, as in another process
+    assert same_state(first, load_model("resnet18", "none").model)
+    assert not same_state(first, torchvision.models.resnet18(weights=None))
+
+
 def test_input_size_comes_from_the_weights_metadata():
     assert load_model("inception_v3", "none").input_size == (299, 299)
 

@@ -67,6 +67,15 @@ def test_a_timm_model_states_its_pretrained_configs_preprocessing(name):
     assert loaded.model(torch.zeros(1, 3, *loaded.input_size)).shape == (1, 1000)
 
 
+@pytest.mark.parametrize("name", ["timm/test_vit", "timm/test_efficientnet"])
+def test_random_weights_are_the_same_network_in_every_process(name):
+    torch.manual_seed(1)
+    first = load_model(name, "none").model
+    torch.manual_seed(2)  # another global random state, as another process has
+    second = load_model(name, "none").model
+    assert same_weights(first, second) and first.state_dict().keys() == second.state_dict().keys()
+
+
 def test_the_values_differ_between_models_as_their_configs_do():
     resnet, vit = load_model("timm/resnet10t", "none"), load_model("timm/test_vit", "none")
     assert resnet.input_size == (176, 176) and vit.input_size == (160, 160)

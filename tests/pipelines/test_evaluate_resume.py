@@ -1,10 +1,19 @@
-"""A resumed evaluation takes from its checkpoint only the results of the same evaluation."""
+"""A resumed evaluation takes from its checkpoint only the results of the same evaluation, and an
+evaluation stopped by SIGTERM saves its checkpoint first."""
 
 import logging
+import os
+import signal
+import socket
+import subprocess
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 from box_helpers import voc
+from launch import ROOT, command, environment
+from tiny_models import GATE, GATE_NO_GRAD
 
 from xaibench.data.classes import imagenet_classes
 from xaibench.data.dataset import ImageFolderDataset
@@ -71,3 +80,70 @@ def test_a_checkpoint_of_another_boxes_folder_is_not_reused(image_folder, tmp_pa
     assert "from another evaluation" in caplog.text and "already evaluated" not in caplog.text
     np.testing.assert_array_equal(moved, evaluate(corner).per_image["pointing_game"].to_numpy())
     assert (moved == 0).all()
+
+
+@pytest.fixture()
+def one_thread():
+    """One thread here, as in the subprocesses of `launch.environment`: the same float sums."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sigterm_saves_the_checkpoint_and_a_rerun_resumes_from_it(
+    image_folder, tmp_path, invoke, caplog, one_thread
+):
+    gated = "tiny_models:gated_tiny_cnn"
+    generate(
+        load_model(gated),
+        ["centre"],
+        ImageFolderDataset(image_folder, get_protocol("polycam").preprocess()),
+        tmp_path,
+        settings=RunSettings.resolve(CPU, batch_size=1, progress=False),
+    )
+    store = tmp_path / "tiny_models_gated_tiny_cnn" / "centre.h5"
+    boxes = write_boxes(tmp_path / "boxes", store, (18, 14, 30, 26))
+
+    def arguments(out):
+        return [
+            "evaluate", "--model", gated, "--store", store, "--data", image_folder,
+            "--boxes", boxes, "--metrics", "pointing_game", "--batch-size", 1, "--out", out,
+            "--quiet",
+        ]  # fmt: skip
+
+    reference, out = tmp_path / "uninterrupted", tmp_path / "stopped"
+    invoke(*arguments(reference))
+    with socket.create_server(("127.0.0.1", 0)) as gate:
+        gate.settimeout(240)  # a guard against a hang, not a measured bound
+        host, port = gate.getsockname()[:2]
+        launched = subprocess.Popen(
+            command(*arguments(out)),
+            cwd=ROOT, env={**environment(), GATE: f"{host}:{port}", GATE_NO_GRAD: "1"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        connection = gate.accept()[0]
+        with connection:
+            connection.settimeout(240)
+            os.kill(int(connection.makefile().readline()), signal.SIGTERM)
+            _, stderr = launched.communicate(timeout=120)
+    assert launched.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    (checkpoint,) = out.glob(".*.checkpoint.npz")
+    with np.load(checkpoint) as saved:
+        assert saved["done"].sum() == 1  # the first image; the gate held the second one
+
+    with caplog.at_level(logging.INFO, logger="xaibench.pipelines.evaluate"):
+        invoke(*arguments(out))
+    assert "1 rows already evaluated" in caplog.text
+    assert not checkpoint.exists()
+    tables = sorted(p.name for p in reference.glob("*.csv"))
+    assert tables == sorted(p.name for p in out.glob("*.csv")) and tables
+    for name in tables:
+        ours, theirs = (pd.read_csv(folder / name, dtype=str) for folder in (out, reference))
+        if "seconds_per_image" in theirs:
+            ours, theirs = (t.drop(columns="seconds_per_image") for t in (ours, theirs))
+        if "metric" in theirs:
+            ours, theirs = (
+                t[t["metric"] != "seconds_per_image"].reset_index(drop=True) for t in (ours, theirs)
+            )
+        pd.testing.assert_frame_equal(ours, theirs, obj=name)

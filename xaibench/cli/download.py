@@ -3,10 +3,13 @@ layout already on disk."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import re
+from pathlib import Path, PurePosixPath
 
 import click
 
+from xaibench.cli.options import OutFolder, seed_type, url, url_problem
 from xaibench.data.index import DatasetIndex, write_subset
 from xaibench.data.prepare import DATASETS, IMAGENET_URL_ENV, prepare_dataset
 
@@ -16,12 +19,13 @@ from xaibench.data.prepare import DATASETS, IMAGENET_URL_ENV, prepare_dataset
 @click.option(
     "--dest",
     required=True,
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OutFolder(),
     help="Folder for the archives, images and index files (one dataset per folder).",
 )
 @click.option(
     "--url-base",
     default=None,
+    callback=url,
     help=f"Server folder holding the archives under their file names (for imagenet-val also "
     f"${IMAGENET_URL_ENV}); for public datasets a mirror of the pinned URL.",
 )
@@ -40,6 +44,15 @@ from xaibench.data.prepare import DATASETS, IMAGENET_URL_ENV, prepare_dataset
     default=None,
     help="A whole-file sha256 you trust, checked with the pinned size and checksums "
     "(Imagewoof's publisher records no whole-file checksum).",
+)
+@click.option(
+    "--checksums",
+    "checksums_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="imagenet-val: a file of `SHA256  FILENAME` lines (as sha256sum writes) for archives you "
+    "verified yourself (a mirror, a re-packed copy): each is checked against your sha256 instead "
+    "of the published checksums, and dataset.json records it as yours.",
 )
 @click.option(
     "--source",
@@ -61,7 +74,7 @@ from xaibench.data.prepare import DATASETS, IMAGENET_URL_ENV, prepare_dataset
     default=None,
     help="Also write DEST/subset-N-seedS.txt: N images, stratified by class when N >= 1000.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --subset.")
+@click.option("--seed", type=seed_type, default=0, show_default=True, help="Seed of --subset.")
 @click.option(
     "--retries",
     type=click.IntRange(min=0),
@@ -77,6 +90,7 @@ def download_command(
     archives: tuple[Path, ...],
     boxes: bool,
     sha256: str | None,
+    checksums_file: Path | None,
     source: Path | None,
     labels_file: Path | None,
     subset: int | None,
@@ -99,10 +113,16 @@ def download_command(
         "--archive": bool(archives),
         "--boxes": boxes,
         "--sha256": sha256 is not None,
+        "--checksums": checksums_file is not None,
         "--source": source is not None,
         "--labels": labels_file is not None,
     }
     check_applicable(dataset, used)
+    from_environment = os.environ.get(IMAGENET_URL_ENV)
+    if dataset == "imagenet-val" and url_base is None and from_environment:
+        problem = url_problem(from_environment)
+        if problem:
+            raise click.UsageError(f"${IMAGENET_URL_ENV}: {problem}")
     index, layout = prepare_dataset(
         dataset,
         dest,
@@ -110,6 +130,7 @@ def download_command(
         archives=archives,
         boxes=boxes,
         sha256=sha256,
+        checksums=read_checksums(checksums_file) if checksums_file else None,
         source=source,
         labels_file=labels_file,
         retries=retries,
@@ -126,7 +147,7 @@ def download_command(
 def check_applicable(dataset: str, used: dict[str, bool]) -> None:
     """Refuse options that do nothing for DATASET (`used`: option -> given), rather than ignore."""
     applicable = {
-        "imagenet-val": {"--url-base", "--archive", "--boxes"},
+        "imagenet-val": {"--url-base", "--archive", "--boxes", "--checksums"},
         "local": {"--source", "--labels"},
     }.get(dataset, {"--url-base", "--archive", "--sha256"})
     for option, given in used.items():
@@ -134,6 +155,23 @@ def check_applicable(dataset: str, used: dict[str, bool]) -> None:
             raise click.BadParameter(f"does not apply to {dataset}", param_hint=option)
     if dataset == "local" and not used["--source"]:
         raise click.BadParameter("local needs the folder to index", param_hint="--source")
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """File name -> sha256 of a checksum file in sha256sum's format (`HEX  NAME` or `HEX *NAME`;
+    blank lines and `#` comments are skipped)."""
+    checksums = {}
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = re.fullmatch(r"\s*([0-9a-fA-F]{64}) [ *](.+?)\s*", line)
+        if match is None:
+            raise click.BadParameter(
+                f"{path}:{number}: expected `SHA256  FILENAME`, got {line!r}",
+                param_hint="--checksums",
+            )
+        checksums[PurePosixPath(match.group(2).replace("\\", "/")).name] = match.group(1).lower()
+    return checksums
 
 
 def report(index: DatasetIndex, dest: Path) -> None:

@@ -51,6 +51,7 @@ FLAGS: dict[str, str] = {
     "precision": "--precision",
     "preprocessing": "--preprocessing",
     "road_percentages": "--road-percentages",
+    "size": "--size",
     "skip_bad": "--skip-bad",
     "source": "--source",
     "std": "--std",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from xaibench.cli.options import (
+    OutFolder,
     batch_size_option,
     comma_list,
     data_options,
@@ -18,6 +19,7 @@ from xaibench.cli.options import (
     own_model_options,
     preprocessing_option,
     protocol_option,
+    seed_type,
     speed_options,
     weights_option,
 )
@@ -78,7 +80,7 @@ if TYPE_CHECKING:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=OutFolder(),
     default=None,
     help="Output folder (default: a metrics/ folder next to the store).",
 )
@@ -109,7 +111,9 @@ if TYPE_CHECKING:
     help="Add mc_mean and mc_var: mean and variance of the class probability over K passes with "
     "only dropout active (K x batch images, --chunk-size per forward).",
 )
-@click.option("--mc-seed", type=int, default=0, show_default=True, help="Seed of --mc-dropout.")
+@click.option(
+    "--mc-seed", type=seed_type, default=0, show_default=True, help="Seed of --mc-dropout."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate_command(
     model: str,

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from xaibench.cli.options import (
+    OutFile,
     cam_layer_option,
     device_options,
     method_param_option,
@@ -27,7 +28,7 @@ from xaibench.core.runtime import resolve_device
 @click.option(
     "--out",
     "out_file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=OutFile(),
     default=Path("explain.png"),
     show_default=True,
     help="PNG to write.",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from xaibench.cli.options import (
+    OutFolder,
     batch_size_option,
     cam_layer_option,
     data_options,
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=OutFolder(),
     default=Path("runs"),
     show_default=True,
     help="Output folder; stores go to OUT/MODEL/METHOD.h5 (or .npz).",

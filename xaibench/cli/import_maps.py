@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from xaibench.cli.options import (
+    OutFolder,
     batch_size_option,
     data_options,
     device_options,
@@ -35,7 +36,7 @@ from xaibench.results.layout import store_path
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=OutFolder(),
     default=Path("runs"),
     show_default=True,
     help="Output folder; the store goes to OUT/MODEL/METHOD.h5 (or .npz), as generate's.",

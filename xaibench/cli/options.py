@@ -2,20 +2,98 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import click
 
+from xaibench.core.atomic import writable_folder
 from xaibench.core.choices import (
     BOOTSTRAP_RESAMPLES,
     PRECISION_CHOICES,
     PREPROCESSINGS,
     PROTOCOL_SETTINGS,
 )
+from xaibench.core.errors import ConfigError
 from xaibench.core.lazy import load
 from xaibench.results.layout import STORE_FORMATS
 from xaibench.store.meta import TARGETS
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option, in an optional range as `click.FloatRange`'s, that refuses NaN and
+    infinities (which pass a range check: every comparison with NaN is false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.types.FloatParamType.convert(self, value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number; give a number such as 0.5", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class OutFolder(click.Path):
+    """An output folder: a path that is not a file, in a folder files can be written to (checked
+    when the option is read, before any work; nothing is created)."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path, file_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if Path(value).is_file():
+            self.fail(f"{value} is a file; give a folder", param, ctx)
+        return _writable(self, super().convert(value, param, ctx), param, ctx)
+
+
+class OutFile(click.Path):
+    """An output file: a path that is not a folder, in a folder files can be written to."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path, dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        _writable(self, path.parent, param, ctx)
+        return path
+
+
+def _writable(
+    kind: click.ParamType, path: Path, param: click.Parameter | None, ctx: click.Context | None
+) -> Path:
+    """`path` when `writable_folder` accepts it, else the option's usage error."""
+    try:
+        return writable_folder(path)
+    except ConfigError as error:
+        kind.fail(error.message, param, ctx)
+
+
+seed_type = click.IntRange(min=0)
+"""A seed: an integer >= 0 (the generators take no negative seed)."""
+
+URL_SCHEMES = ("http", "https", "ftp", "file")
+"""The schemes the downloader opens."""
+
+
+def url_problem(value: str) -> str | None:
+    """What makes `value` no URL the downloader can open, or None when it is one."""
+    parsed = urlparse(value)
+    opens = parsed.netloc if parsed.scheme in ("http", "https", "ftp") else parsed.path
+    if parsed.scheme in URL_SCHEMES and opens and not any(c.isspace() for c in value):
+        return None
+    return (
+        f"{value!r} is not a URL; give the server folder as http(s)://HOST/FOLDER "
+        "(or file:///FOLDER)"
+    )
+
+
+def url(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A callback refusing text that is not a URL the downloader can open (None passes)."""
+    problem = None if value is None else url_problem(value)
+    if problem:
+        raise click.BadParameter(problem, param=param)
+    return value
 
 
 def comma_list(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
@@ -33,6 +111,8 @@ def numbers(count: tuple[int, ...], kind: type = float) -> Callable:
             values = tuple(kind(item) for item in comma_list(ctx, param, value))
         except ValueError:
             values = ()
+        if not all(math.isfinite(v) for v in values):
+            raise click.BadParameter(f"{value!r}: give finite numbers, not nan or inf", ctx, param)
         if len(values) not in count:
             wanted = " or ".join(str(n) for n in count)
             raise click.BadParameter(
@@ -109,7 +189,7 @@ own_model_options = _compose(
     ),
     click.option(
         "--crop",
-        type=click.FloatRange(min=0, max=1, min_open=True),
+        type=FiniteFloat(min=0, max=1, min_open=True),
         default=None,
         help="A module:callable model's own preprocessing (--preprocessing model): the fraction "
         "of the image its centre crop keeps, e.g. 0.875 (shorter side to input / crop first).",

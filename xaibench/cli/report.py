@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from xaibench.cli.options import resamples_option
+from xaibench.cli.options import OutFolder, resamples_option
 from xaibench.core.choices import DEFAULT_GRID_IMAGES
 
 
@@ -20,7 +20,7 @@ from xaibench.core.choices import DEFAULT_GRID_IMAGES
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OutFolder(),
     default=Path("report"),
     show_default=True,
     help="Folder for report.html, report.md and the PNGs.",

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from xaibench.cli.options import OutFolder
+
 
 @click.command("run", short_help="Run an experiment described in a TOML config, stage by stage.")
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False, exists=True))
@@ -19,7 +21,7 @@ import click
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OutFolder(),
     default=None,
     help="Run folder, in place of the config's run.out.",
 )

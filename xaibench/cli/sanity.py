@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from xaibench.cli.options import (
+    FiniteFloat,
+    OutFolder,
     batch_size_option,
     data_options,
     device_options,
@@ -14,6 +16,7 @@ from xaibench.cli.options import (
     model_option,
     protocol_option,
     saliency_option,
+    seed_type,
     weights_option,
 )
 from xaibench.core.choices import DEFAULT_THRESHOLD
@@ -31,12 +34,12 @@ from xaibench.results.layout import sanity_checkpoint, sanity_dir
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OutFolder(),
     default=None,
     help="Output folder (default: runs/MODEL/sanity/).",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the re-initialisations."
+    "--seed", type=seed_type, default=0, show_default=True, help="Seed of the re-initialisations."
 )
 @click.option(
     "--depth",
@@ -47,7 +50,7 @@ from xaibench.results.layout import sanity_checkpoint, sanity_dir
 )
 @click.option(
     "--threshold",
-    type=float,
+    type=FiniteFloat(-1, 1),
     default=DEFAULT_THRESHOLD,
     show_default=True,
     help="Flag a method whose mean Spearman correlation at the last stage is above this.",

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from xaibench.cli.options import batch_size_option, device_options, weights_option, workers_option
+from xaibench.cli.options import (
+    batch_size_option,
+    device_options,
+    seed_type,
+    weights_option,
+    workers_option,
+)
 from xaibench.core.runtime import resolve_device
 
 if TYPE_CHECKING:
@@ -35,7 +41,7 @@ if TYPE_CHECKING:
     show_default=True,
     help="Images for the accuracy check (stratified by class when >= 1000).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option("--seed", type=seed_type, default=0, show_default=True, help="Seed of the sample.")
 @device_options
 @batch_size_option
 @workers_option

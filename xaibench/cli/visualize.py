@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from xaibench.cli.options import device_options, model_option, weights_option
+from xaibench.cli.options import (
+    FiniteFloat,
+    OutFolder,
+    device_options,
+    model_option,
+    seed_type,
+    weights_option,
+)
 from xaibench.core.choices import CHANNEL_ORDERS, PARAMETERISATION_NAMES
 from xaibench.core.runtime import prepare_model, resolve_device
 from xaibench.data.classes import imagenet_classes
@@ -14,13 +21,13 @@ from xaibench.data.classes import imagenet_classes
 out_option = click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OutFolder(),
     required=True,
     help="Folder for the PNG files (created if missing).",
 )
 
 
-_POSITIVE = click.FloatRange(min=0, min_open=True)
+_POSITIVE = FiniteFloat(min=0, min_open=True)
 
 
 def _setting(name: str, kind: click.ParamType, default: float, help: str):
@@ -62,14 +69,14 @@ def _setting(name: str, kind: click.ParamType, default: float, help: str):
     default=None,
     help="Image side (default: the model's input size).",
 )
-@_setting("--jitter", click.FloatRange(min=0), 8.0, "Maximum random shift per step, pixels.")
-@_setting("--rotate", click.FloatRange(min=0), 5.0, "Maximum random rotation per step, degrees.")
-@_setting("--scale", click.FloatRange(0, 0.9), 0.05, "Random scaling per step in [1 - s, 1 + s].")
+@_setting("--jitter", FiniteFloat(min=0), 8.0, "Maximum random shift per step, pixels.")
+@_setting("--rotate", FiniteFloat(min=0), 5.0, "Maximum random rotation per step, degrees.")
+@_setting("--scale", FiniteFloat(0, 0.9), 0.05, "Random scaling per step in [1 - s, 1 + s].")
 @_setting("--blur-every", click.IntRange(min=0), 4, "Gaussian blur every k steps (0: never).")
 @_setting("--blur-sigma", _POSITIVE, 0.5, "Blur standard deviation, pixels.")
 @click.option(
     "--seed",
-    type=int,
+    type=seed_type,
     default=0,
     show_default=True,
     help="Seed of the starting image and the random jitter, rotation and scaling.",

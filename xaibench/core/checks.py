@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
 import numbers
+import os
+from typing import TYPE_CHECKING
 
 from xaibench.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def integer_at_least(value: object, name: str, least: int) -> int:
@@ -19,3 +26,55 @@ def integer_at_least(value: object, name: str, least: int) -> int:
 def positive_int(value: object, name: str) -> int:
     """`value` if it is an integer of at least 1 (a bool is not), else a ConfigError naming `name`."""
     return integer_at_least(value, name, 1)
+
+
+def json_or_text(setting: str, text: str, param: str) -> object:
+    """`text`, the value of `setting` (`KEY=VALUE` as given), read as JSON where it parses, else
+    kept as text; a ConfigError for `param` when the JSON holds NaN or an infinity (`NaN`,
+    `Infinity`, `1e999`), which no setting takes."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    if not _all_finite(value):
+        raise ConfigError(
+            f"{setting!r}: {text} is not finite; give finite numbers (no NaN or Infinity)",
+            param=param,
+        )
+    return value
+
+
+def _all_finite(value: object) -> bool:
+    """Whether every float in a JSON value (lists and objects looked into) is finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_all_finite(item) for item in value)
+    if isinstance(value, dict):
+        return all(_all_finite(item) for item in value.values())
+    return True
+
+
+def device_memory(device: torch.device | str) -> int:
+    """Bytes of memory of `device`: a CUDA device's total, else this machine's physical memory."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def fits_in_memory(
+    need: int, device: torch.device | str, work: str, fix: str, param: str | None = None
+) -> None:
+    """A ConfigError (for `param`) when `need` bytes, the memory `work` takes, exceed what
+    `device` holds (`device_memory`); `fix` says what to give instead."""
+    have = device_memory(device)
+    if need > have:
+        where = "this machine" if str(device) == "cpu" else device
+        raise ConfigError(
+            f"{work} takes {need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB of "
+            f"memory of {where}; {fix}",
+            param=param,
+        )

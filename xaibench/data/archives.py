@@ -142,6 +142,45 @@ ARCHIVES: dict[str, Archive] = {
 }
 
 
+@dataclass(frozen=True)
+class Stall:
+    """When a download counts as stalled: no byte for `timeout` seconds (one socket read), or
+    fewer than `min_rate` bytes per second on average over `window` seconds."""
+
+    timeout: float = 60.0
+    min_rate: float = 1024.0
+    window: float = 120.0
+
+
+STALL = Stall()
+"""The stall bound of downloads unless one is given (the command line's)."""
+
+
+class StalledError(DownloadError):
+    """A connection that delivers too few bytes per second (`Stall`)."""
+
+
+class _RateGuard:
+    """Counts the bytes of one connection; StalledError once a `stall.window` ends with fewer than
+    `stall.min_rate` bytes per second since it began."""
+
+    def __init__(self, stall: Stall):
+        self.stall = stall
+        self.start, self.bytes = time.monotonic(), 0
+
+    def add(self, count: int) -> None:
+        self.bytes += count
+        elapsed = time.monotonic() - self.start
+        if elapsed < self.stall.window:
+            return
+        if self.bytes < self.stall.min_rate * elapsed:
+            raise StalledError(
+                f"{self.bytes:,} bytes in the last {elapsed:.0f} s, below the minimum "
+                f"{self.stall.min_rate:,.0f} bytes/s"
+            )
+        self.start, self.bytes = time.monotonic(), 0
+
+
 class Hashes:
     """md5 and sha256 of a byte stream, and md5 of its first `HEAD_BYTES`, fed chunk by chunk."""
 
@@ -258,6 +297,14 @@ def _verified_before(dest: Path, path: Path, archive: Archive, expected_sha256: 
     return same_file and all(stamp.get(kind) == value for kind, value in expected.items())
 
 
+def verified_record(dest: Path, path: Path) -> dict[str, str | int]:
+    """{"archive": file name, "size", "sha256"} of `path` as its verification into `dest`
+    recorded them (`fetch` verifies every archive it returns): what files extracted from it came
+    from."""
+    stamp = json.loads(_stamp_path(dest, path.name).read_text())
+    return {"archive": path.name, "size": stamp["size"], "sha256": stamp["sha256"]}
+
+
 def _write_stamp(dest: Path, path: Path, digests: dict[str, str]) -> None:
     write_text_atomic(_stamp_path(dest, path.name), json.dumps({**_stamp_of(path), **digests}))
 
@@ -286,15 +333,17 @@ def download(
     size: int | None = None,
     retries: int = 5,
     backoff: float = 1.0,
-    timeout: float = 60.0,
+    stall: Stall = STALL,
     progress: bool = True,
 ) -> dict[str, str]:
     """Download `url` into `partial`, resuming from the bytes already there (HTTP Range).
 
     Returns the file's digests (`Hashes`: md5 and sha256 of the whole file, md5 of its first
-    `HEAD_BYTES`), hashed as the bytes arrive (the bytes of an earlier run are hashed first). Retries `retries` times after a failure, waiting
-    `backoff * 2**attempt` seconds; the file is left in place on failure so the next run resumes.
-    A server that ignores Range restarts the file.
+    `HEAD_BYTES`), hashed as the bytes arrive (the bytes of an earlier run are hashed first).
+    A connection that stalls (`stall`: no byte for `stall.timeout` seconds, or below
+    `stall.min_rate` bytes/s over `stall.window` seconds) is a failure. Retries `retries` times
+    after a failure, waiting `backoff * 2**attempt` seconds; the file is left in place on failure
+    so the next run resumes. A server that ignores Range restarts the file.
     """
     error: Exception | None = None
     hashes, hashed = Hashes(), 0
@@ -311,7 +360,7 @@ def download(
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             with urllib.request.urlopen(
-                urllib.request.Request(url, headers=headers), timeout=timeout
+                urllib.request.Request(url, headers=headers), timeout=stall.timeout
             ) as response:
                 resumed = response.status == 206 and response.headers.get(
                     "Content-Range", ""
@@ -332,11 +381,13 @@ def download(
                         disable=not progress,
                     ) as bar,
                 ):
-                    while chunk := response.read(CHUNK_BYTES):
+                    guard = _RateGuard(stall)
+                    while chunk := response.read1(CHUNK_BYTES):  # what one socket read brings
                         out.write(chunk)
                         hashes.update(chunk)
                         hashed += len(chunk)
                         bar.update(len(chunk))
+                        guard.add(len(chunk))
             if total is None or hashed == total:
                 return hashes.hexdigests()
             error = DownloadError(f"connection closed at {hashed:,} of {total:,} bytes")
@@ -349,7 +400,7 @@ def download(
                     "(`url_base`) and that the server holds the file"
                 ) from None
             error = failure
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as failure:
+        except (StalledError, urllib.error.URLError, http.client.HTTPException, OSError) as failure:
             error = failure
         if attempt < retries:
             time.sleep(backoff * 2**attempt)
@@ -370,8 +421,10 @@ def fetch(
     retries: int = 5,
     backoff: float = 1.0,
     progress: bool = True,
+    stall: Stall = STALL,
 ) -> Path:
-    """The verified archive: the user's file `given`, or `dest/filename`, downloaded when missing.
+    """The verified archive: the user's file `given`, or `dest/filename`, downloaded when missing
+    (`download`, with `retries`, `backoff` and `stall`).
 
     A download goes to `dest/filename.partial` and is renamed to `dest/filename` only once
     verified; a bad download is removed (the next run fetches it afresh), a bad file the user gave
@@ -394,7 +447,7 @@ def fetch(
     if url is None:
         raise ConfigError(f"no source for {archive.filename}")
     partial = dest / f"{archive.filename}.partial"
-    streamed = download(url, partial, archive.size, retries, backoff, progress=progress)
+    streamed = download(url, partial, archive.size, retries, backoff, stall, progress)
     try:
         digests = verify_file(partial, archive, expected_sha256, digests=streamed)
     except ChecksumError as error:

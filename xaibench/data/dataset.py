@@ -10,14 +10,18 @@ Layouts:
 
 Image ids are paths relative to the root with `/`, sorted; an image in a top-level folder named like a
 WNID (`n` + 8 digits) takes that class, unless a labels file is given, which then decides every label.
+The listing (`find_images`) follows links to folders but walks each real folder once, so a link
+loop or a second link to a folder adds no image; it keeps regular files only (a FIFO, socket,
+device or broken link named like an image is skipped with a warning, and never opened).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -47,18 +51,55 @@ class BadImage(NamedTuple):
 def find_images(root: Path) -> list[str]:
     """Relative `/` paths of the image files under `root` (hidden files skipped), sorted.
 
-    Symbolic links to folders are followed, as arranged datasets often link class folders.
+    Symbolic links to folders are followed, as arranged datasets often link class folders, but
+    each real folder is walked once, under its own path when it lies under `root` (the folders
+    reached without a link are walked first): a folder reached again (a link loop such as
+    `loop -> .`, or a second way to it) is skipped with a warning. Only regular files are listed:
+    anything else named like an image (a FIFO, socket, device, broken link) is skipped with a
+    warning, and never opened.
     """
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = Path(folder).relative_to(root)
-        found += [
-            (rel / f).as_posix()
-            for f in files
-            if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
-        ]
+    root = Path(root)
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    direct, linked = [PurePosixPath()], []  # folders to walk, reached without / through a link
+    while direct or linked:
+        via_link = not direct
+        rel = (direct or linked).pop()
+        folder = root / rel
+        try:
+            info = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            continue  # an unreadable folder is left out, as os.walk leaves it
+        if (info.st_dev, info.st_ino) in seen:
+            log.warning("skipping %s: it leads to a folder already listed", folder)
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for entry in reversed(entries):
+            if entry.name.startswith("."):
+                continue
+            if _is_dir(entry):
+                (linked if via_link or entry.is_symlink() else direct).append(rel / entry.name)
+            elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+                if _is_regular_file(entry):
+                    found.append((rel / entry.name).as_posix())
+                else:
+                    log.warning("skipping %s: not a regular file", entry.path)
     return sorted(found)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_regular_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def list_images(root: Path) -> list[str]:
@@ -78,6 +119,34 @@ def list_images(root: Path) -> list[str]:
     return ids
 
 
+def image_id_problem(image_id: str) -> str | None:
+    """Why `image_id` is not an image id (a relative `/` path inside a data root), or None."""
+    path = PurePosixPath(image_id)
+    if not image_id or "\0" in image_id:
+        return "is empty or holds a NUL character"
+    if path.is_absolute():
+        return "is an absolute path"
+    if ".." in path.parts:
+        return "contains '..'"
+    return None
+
+
+def safe_image_path(root: Path, image_id: str, source: str) -> Path:
+    """`root / image_id`; DataError naming the id and `source` (e.g. "store PATH") for an id that
+    is not a relative path inside `root` (absolute, or with `..`).
+
+    Ids are checked as text: a link under `root` is followed, as `find_images` follows it, since
+    the links of a data folder are its owner's (extraction writes none).
+    """
+    problem = image_id_problem(image_id)
+    if problem is not None:
+        raise DataError(
+            f"{source} has image id {image_id!r}, which {problem}; an image id is a path "
+            f"relative to `data_dir` ({root}), inside it"
+        )
+    return Path(root) / image_id
+
+
 def check_images_present(
     named: Iterable[str], present: Iterable[str], source: str, root: Path, fix: str
 ) -> None:
@@ -91,9 +160,11 @@ def check_images_present(
 
 
 def read_labels_file(path: Path) -> dict[str, int]:
-    """Image id -> class index, from a labels file in one of the module's formats."""
+    """Image id -> class index, from a labels file in one of the module's formats; DataError
+    naming the file and the lines of an image listed twice."""
     classes = imagenet_classes()
     labels = {}
+    first_line: dict[str, int] = {}
     try:
         lines = Path(path).read_text("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -106,6 +177,12 @@ def read_labels_file(path: Path) -> dict[str, int]:
         if len(fields) not in (2, 3):
             raise DataError(f"{where}: expected `<image> [<number>] <WNID>`, got {line!r}")
         name, label = fields[0], fields[-1]
+        if name in first_line:
+            raise DataError(
+                f"{where}: image {name!r} is labelled again (first on line "
+                f"{first_line[name]}); give each image one line"
+            )
+        first_line[name] = number
         if WNID_PATTERN.fullmatch(label):
             try:
                 labels[name] = classes.index_of(label)
@@ -134,16 +211,26 @@ def load_rgb(path: Path) -> Image.Image:
 
     Alpha is dropped, not composited: the colour under transparent pixels is kept, as
     torchvision's ImageFolder loader and the T-Grad authors' scripts do. 16-bit grayscale is scaled to 8 bits
-    (PIL's own conversion would clip it at 255).
+    (PIL's own conversion would clip it at 255). A path that is not a regular file (a FIFO, a
+    device) raises OSError without being read.
     """
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in ("P", "PA"):
-            image = image.convert("RGBA")
-        elif image.mode.startswith("I"):
-            scaled = (np.asarray(image, np.float64) / 257).clip(0, 255).round()
-            image = Image.fromarray(scaled.astype(np.uint8))
-        return image.convert("RGB")
+    with open(path, "rb", opener=_open_without_blocking) as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError("not a regular file")
+        with Image.open(handle) as image:
+            image.load()
+            if image.mode in ("P", "PA"):
+                image = image.convert("RGBA")
+            elif image.mode.startswith("I"):
+                scaled = (np.asarray(image, np.float64) / 257).clip(0, 255).round()
+                image = Image.fromarray(scaled.astype(np.uint8))
+            return image.convert("RGB")
+
+
+def _open_without_blocking(name: str, flags: int) -> int:
+    """`os.open` for `open(..., opener=)`: a FIFO without a writer opens at once instead of
+    hanging (a regular file reads as usual; Windows, which has no FIFO files, has no flag)."""
+    return os.open(name, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def read_image(path: Path, fix: str) -> Image.Image:

@@ -1,11 +1,14 @@
-"""Safe tar extraction: nothing is written outside the destination, and a re-run finishes the job.
+"""Safe tar extraction: only files and folders, nothing outside the destination, and a re-run
+finishes the job.
 
-Refused, before anything of the entry is written: absolute names, names with `..`, symbolic or hard
-links whose target lies outside the destination, and device files or FIFOs. Each file is written
-under a temporary name and renamed when complete, so a killed extraction leaves no truncated file
-under a final name; a re-run skips the files already there with the right size. `extract_once`
-adds a marker file written when the whole archive is extracted, so a later run skips it and a
-killed one is extracted again.
+Refused, before anything of the entry is written: absolute names, names with `..`, and every entry
+that is neither a regular file nor a folder (symbolic and hard links, device files, FIFOs): the
+archives xaibench reads hold none, and a link, even one whose name looks inside, can lead the
+kernel outside the destination (`d -> .` then `x -> d/../../outside`). Each file is written under
+a temporary name and renamed when complete, so a killed extraction leaves no truncated file under a
+final name; a re-run skips the files already there with the right size. `extract_once` adds a
+marker file written when the whole archive is extracted, so a later run skips it and a killed one
+is extracted again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from xaibench.core.progress import progress_bar
 
 
 class UnsafeArchiveError(DataError):
-    """A tar entry that would write outside the destination, or is not a file, folder or link."""
+    """A tar entry that would write outside the destination, or is not a file or folder."""
 
 
 def _entry_name(member: tarfile.TarInfo, archive: Path) -> str:
@@ -40,23 +43,6 @@ def _inside(root: Path, path: str | Path) -> bool:
     return resolved == root or root in resolved.parents
 
 
-def _check_link(member: tarfile.TarInfo, target: Path, root: Path, archive: Path) -> Path:
-    """The path a link entry points to, refused when it lies outside `root`."""
-    link = member.linkname.replace("\\", "/")
-    if PurePosixPath(link).is_absolute():
-        raise UnsafeArchiveError(
-            f"{archive}: link {member.name!r} -> {member.linkname!r} is absolute; refused"
-        )
-    # A symbolic link is relative to its own folder, a hard link to the archive root.
-    pointee = (target.parent if member.issym() else root) / link
-    if not _inside(root, pointee):
-        raise UnsafeArchiveError(
-            f"{archive}: link {member.name!r} -> {member.linkname!r} points outside the "
-            "destination; refused"
-        )
-    return Path(os.path.normpath(pointee))
-
-
 def safe_extract(
     archive: Path,
     dest: Path,
@@ -66,7 +52,8 @@ def safe_extract(
     """Extract `archive` (tar, any compression) under `dest`; returns the paths of its files.
 
     `place(name) -> relative path | None` renames an entry (None skips it), e.g. to flatten
-    folders. Every entry is checked against `dest` after renaming, including links.
+    folders. Every entry kept is checked against `dest` after renaming; a link, device file or
+    FIFO refuses the archive (UnsafeArchiveError naming the entry).
     """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -118,6 +105,11 @@ def _extract_member(
         name = place(name)
     if not name:
         return []
+    if not (member.isdir() or member.isfile()):
+        raise UnsafeArchiveError(
+            f"{archive}: entry {member.name!r} is {_kind(member)}, not a file or folder; an "
+            "image archive holds only files and folders: refused"
+        )
     target = root / name
     if not _inside(root, target) or not _inside(root, target.resolve()):
         raise UnsafeArchiveError(
@@ -126,20 +118,16 @@ def _extract_member(
     if member.isdir():
         target.mkdir(parents=True, exist_ok=True)
         return []
-    if member.issym() or member.islnk():
-        pointee = _check_link(member, target, root, archive)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.is_symlink() and not target.exists():
-            if member.issym():
-                os.symlink(member.linkname, target)
-            else:
-                os.link(pointee, target)
-        return [target]
-    if not member.isfile():
-        raise UnsafeArchiveError(
-            f"{archive}: entry {member.name!r} is a device file or FIFO; refused"
-        )
     if not (target.is_file() and target.stat().st_size == member.size):
         with tar.extractfile(member) as source:
             write_stream_atomic(target, source)
     return [target]
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    """What a tar entry that is neither a file nor a folder is, for a message."""
+    if member.issym():
+        return f"a symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"a hard link to {member.linkname!r}"
+    return "a FIFO" if member.isfifo() else "a device file"

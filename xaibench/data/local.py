@@ -32,7 +32,7 @@ KAGGLE_IMAGES = Path("ILSVRC/Data/CLS-LOC/val")
 
 def _kaggle_labels(csv_path: Path) -> dict[str, int]:
     classes = imagenet_classes()
-    labels = {}
+    labels, first_line = {}, {}
     try:
         with open(csv_path, newline="", encoding="utf-8") as handle:
             for number, row in enumerate(csv.DictReader(handle), 2):
@@ -42,8 +42,15 @@ def _kaggle_labels(csv_path: Path) -> dict[str, int]:
                         f"{csv_path}, line {number}: expected `ImageId,PredictionString` with a "
                         "WNID first"
                     )
+                image = f"{row['ImageId']}.JPEG"
+                if image in first_line:
+                    raise DataError(
+                        f"{csv_path}, line {number}: image {row['ImageId']!r} is labelled again "
+                        f"(first on line {first_line[image]}); give each image one line"
+                    )
+                first_line[image] = number
                 try:
-                    labels[f"{row['ImageId']}.JPEG"] = classes.index_of(wnid[0])
+                    labels[image] = classes.index_of(wnid[0])
                 except DataError as error:
                     raise DataError(f"{csv_path}, line {number}: {error}") from None
     except OSError as error:

@@ -4,18 +4,17 @@ a layout already on disk, into a folder with its index files (xaibench/data/inde
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from xaibench.core.errors import ConfigError
 from xaibench.data.archives import ARCHIVES
-from xaibench.data.imagenet import prepare_imagenet_val
+from xaibench.data.imagenet import IMAGENET_KEYS, prepare_imagenet_val
 from xaibench.data.index import DatasetIndex
 from xaibench.data.public import PUBLIC, prepare_public
 
 IMAGENET_URL_ENV = "XAIBENCH_IMAGENET_URL"
 """The environment variable naming a server that holds the ImageNet archives."""
-IMAGENET_KEYS = ("imagenet-val", "imagenet-devkit", "imagenet-val-boxes")
 DATASETS = ("imagenet-val", *PUBLIC, "local")
 """The datasets `prepare_dataset` prepares."""
 
@@ -43,6 +42,7 @@ def prepare_dataset(
     archives: Sequence[Path] = (),
     boxes: bool = False,
     sha256: str | None = None,
+    checksums: Mapping[str, str] | None = None,
     source: Path | None = None,
     labels_file: Path | None = None,
     retries: int = 5,
@@ -52,7 +52,8 @@ def prepare_dataset(
     layout recognised at `source`. Safe to re-run: finished steps are not done again.
 
     imagenet-val: `archives` the user has, the rest from `url_base` (or $XAIBENCH_IMAGENET_URL);
-    `boxes` adds the bounding boxes. Public subsets: the pinned URL, or a mirror at `url_base`, or
+    `boxes` adds the bounding boxes; `checksums` (file name -> sha256) are the user's own, checked
+    instead of the published ones (`prepare_imagenet_val`). Public subsets: the pinned URL, or a mirror at `url_base`, or
     one archive; `sha256` adds a whole-file check. local: the layout at `source` indexed in place,
     with `labels_file` for a flat folder.
     """
@@ -73,6 +74,7 @@ def prepare_dataset(
             boxes,
             retries=retries,
             progress=progress,
+            checksums=checksums,
         )
         return index, None
     if len(archives) > 1:

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -140,21 +141,23 @@ def place(world: World, device: torch.device) -> torch.device:
 def launch(device: torch.device, log_dir: Path) -> Iterator[World]:
     """The World of this process, with its process group and logging set up for the block.
 
+    In the block, SIGTERM (which torchrun, SLURM and `kill` send to stop a run) raises SystemExit
+    with code 143, so that stores are closed and checkpoints saved before the process exits.
     Under torchrun with several processes: the process group is started (its CPU messages through
-    Gloo, CUDA tensors through NCCL), each process logs to `log_dir/rank-K.log`, process 0 alone
-    writes warnings to stderr, and SIGTERM (which torchrun and SLURM send to stop a run) raises
-    SystemExit so that stores are closed and checkpoints saved. With one process: nothing of this,
-    but a CUDA device is made the current one for the block (so that `cuda:1` is not joined by
-    work on GPU 0, such as pinning memory for it), and the previous one restored after.
+    Gloo, CUDA tensors through NCCL), each process logs to `log_dir/rank-K.log` and process 0 alone
+    writes warnings to stderr. With one process: nothing of this, but a CUDA device is made the
+    current one for the block (so that `cuda:1` is not joined by work on GPU 0, such as pinning
+    memory for it), and the previous one restored after.
     """
     world = from_env()
     world.device = place(world, device)
     if world.size == 1:
-        if world.device.type != "cuda":
-            yield world
-            return
-        with torch.cuda.device(world.device):
-            yield world
+        with _sigterm_exits():
+            if world.device.type != "cuda":
+                yield world
+                return
+            with torch.cuda.device(world.device):
+                yield world
         return
     if world.device.type == "cuda":
         torch.cuda.set_device(world.device)
@@ -163,13 +166,12 @@ def launch(device: torch.device, log_dir: Path) -> Iterator[World]:
         backend, rank=world.rank, world_size=world.size, timeout=COLLECTIVE_TIMEOUT
     )
     logs = _log_to_file(world, Path(log_dir))
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        world.counter = torch_dist.PrefixStore("xaibench", _client_store())
-        log.info("process %d of %d on %s", world.rank, world.size, world.device)
-        yield world
+        with _sigterm_exits():
+            world.counter = torch_dist.PrefixStore("xaibench", _client_store())
+            log.info("process %d of %d on %s", world.rank, world.size, world.device)
+            yield world
     finally:
-        signal.signal(signal.SIGTERM, previous)
         torch_dist.destroy_process_group()
         _stop_logging(logs)
 
@@ -186,6 +188,20 @@ def _client_store() -> torch_dist.Store:
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
     sys.exit(128 + signum)
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """Within: SIGTERM raises SystemExit(143), and the previous handler is restored after. Signal
+    handlers belong to the main thread: in another thread the handling is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _RankFilter(logging.Filter):

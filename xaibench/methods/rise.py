@@ -17,11 +17,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaibench.core.batching import ChunkSizes, apply_in_chunks
-from xaibench.core.checks import positive_int
+from xaibench.core.checks import fits_in_memory, positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_chunk_size
 from xaibench.methods.base import METHODS, Explanation, Passes, SaliencyMethod, top1_targets
 from xaibench.methods.targets import explained_score
+
+
+def draw_bytes(masks: int, cell: int) -> int:
+    """Bytes `RISE.draw` holds at its peak: the uniform draws (float32) and the kept cells (bool)
+    of `masks` x `cell` x `cell` grid cells, and the shifts (float32, two per mask)."""
+    return masks * cell * cell * 5 + masks * 2 * 4
 
 
 @METHODS.register(
@@ -74,6 +80,13 @@ class RISE(SaliencyMethod):
             positive_int(value, f"rise: {label}")
         if not 0 < keep <= 1:
             raise ConfigError(f"rise: keep must be a probability in (0, 1], got {keep!r}")
+        fits_in_memory(
+            draw_bytes(masks, cell),
+            "cpu",
+            f"rise: drawing {masks:,} masks of {cell} x {cell} cells",
+            "give fewer masks or cells",
+            param="params",
+        )
         super().__init__(model, masks=masks, cell=cell, keep=keep, mask_batch=mask_batch, seed=seed)
         self.num_masks, self.cell, self.keep = masks, cell, keep
         self.mask_batch, self.seed = mask_batch, seed
@@ -92,6 +105,12 @@ class RISE(SaliencyMethod):
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor | None) -> Explanation:
         batch, _, height, width = images.shape
+        if self.cell > min(height, width):
+            raise ConfigError(
+                f"rise: cell {self.cell} makes cells smaller than a pixel of the {height} x "
+                f"{width} images; give cell <= {min(height, width)}",
+                param="params",
+            )
         grids, shifts = self.draw(images.device)
         saliency = images.new_zeros(batch, height, width)
 

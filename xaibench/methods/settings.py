@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable, Mapping
 
+from xaibench.core.checks import json_or_text
 from xaibench.core.errors import ConfigError
 from xaibench.methods.base import METHODS
+
+KINDS: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("text", lambda v: isinstance(v, str)),
+    "None": ("null", lambda v: v is None),
+}
+"""A constructor annotation's simple type -> (what to give, the test of a value)."""
+GIVEN = {
+    str: "text",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a decimal number",
+    list: "a list",
+    dict: "an object",
+}
+"""What a value read from `KEY=VALUE` is, by its Python type."""
 
 
 def method_params(
@@ -25,7 +46,7 @@ def method_params(
         if not sep:
             raise ConfigError(f"{setting!r}: write [METHOD.]KEY=VALUE", param="params")
         method, _, key = target.rpartition(".")
-        value = text if key == "layer" else _json_or_text(text)
+        value = text if key == "layer" else json_or_text(setting, text, "params")
         if method:
             if method not in chosen:
                 raise ConfigError(
@@ -54,12 +75,32 @@ def method_params(
         for m in takers:
             chosen[m]["layer"] = layer
     for m in methods:
+        check_types(m, chosen[m])
         METHODS.get(m).full_settings(chosen[m])  # a required setting left out
     return {m: p for m, p in chosen.items() if p}
 
 
-def _json_or_text(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def check_types(method: str, settings: Mapping[str, object]) -> None:
+    """A ConfigError naming the method, the setting, the value and the type expected for a value
+    that is not of the type the method's constructor declares (int, float, bool, str, None or a
+    union of them; an int is a float too, a bool is neither). Other declared types are left to
+    the method's own checks."""
+    parameters = inspect.signature(METHODS.get(method)).parameters
+    for key, value in settings.items():
+        parameter = parameters.get(key)
+        if parameter is None:
+            continue
+        annotation = parameter.annotation
+        declared = (
+            annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        )
+        kinds = [part.strip() for part in declared.split("|")]
+        if not all(kind in KINDS for kind in kinds) or any(KINDS[k][1](value) for k in kinds):
+            continue
+        wanted = " or ".join(KINDS[kind][0] for kind in kinds)
+        shown = value if isinstance(value, str) else json.dumps(value)
+        raise ConfigError(
+            f"{method}.{key}={shown}: {method}'s setting {key!r} takes {wanted}, not "
+            f"{GIVEN.get(type(value), type(value).__name__)} {shown!r}",
+            param="params",
+        )

@@ -10,7 +10,6 @@ them costs no more than asking for the underlying ones.
 from __future__ import annotations
 
 import dataclasses
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaibench.core.batching import ChunkSize
+from xaibench.core.checks import json_or_text
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import full_precision
 from xaibench.core.registry import Registry
@@ -231,11 +231,7 @@ def metric_params(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
         metric, _, key = target.rpartition(".")
         if not sep or not metric or not key:
             raise ConfigError(f"{setting!r}: write METRIC.KEY=VALUE", param="metric_params")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        chosen.setdefault(metric, {})[key] = value
+        chosen.setdefault(metric, {})[key] = json_or_text(setting, text, "metric_params")
     return chosen
 
 

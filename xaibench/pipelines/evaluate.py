@@ -27,7 +27,7 @@ from xaibench.core.precision import forward_settings
 from xaibench.core.runtime import prepare_model
 from xaibench.core.timing import to_host
 from xaibench.data.boxes import BoxFolder
-from xaibench.data.dataset import ImageFolderDataset, make_loader
+from xaibench.data.dataset import ImageFolderDataset, image_id_problem, make_loader
 from xaibench.data.preprocess import preprocessing_of
 from xaibench.metrics import (
     METRICS,
@@ -224,7 +224,8 @@ def checkpoint_path(out_dir: Path, store_path: Path, protocol: Protocol) -> Path
 def check_store_matches(
     store: SaliencyStore, loaded: LoadedModel, dataset: ImageFolderDataset
 ) -> np.ndarray:
-    """Refuse a store made with another model, weights, preprocessing or image list.
+    """Refuse a store made with another model, weights, preprocessing or image list, or whose
+    image ids are not relative paths inside the data folder.
 
     Returns (N,) the dataset index of every store row; with a subset of the images
     (`dataset.subset_file`), -1 for the store's rows outside it, which are not evaluated.
@@ -241,6 +242,13 @@ def check_store_matches(
         {"model": loaded.name, "weights": loaded.weights, "preprocess": preprocess},
         fix=READING_FIX,
     )
+    for image_id in store.ids:
+        problem = image_id_problem(image_id)
+        if problem is not None:
+            raise StoreError(
+                f"{store.path}: field 'ids': image id {image_id!r} {problem}; an image id is a "
+                f"path relative to `data_dir` ({dataset.root}), inside it"
+            )
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
     missing = [image_id for image_id in store.ids if image_id not in position]
     if missing and dataset.subset_file is None:

@@ -19,7 +19,7 @@ from xaibench.core.atomic import write_bytes_atomic, write_text_atomic
 from xaibench.core.choices import DEFAULT_GRID_IMAGES
 from xaibench.core.errors import ResultsError
 from xaibench.data.classes import imagenet_classes
-from xaibench.data.dataset import read_image
+from xaibench.data.dataset import read_image, safe_image_path
 from xaibench.data.preprocess import Preprocess
 from xaibench.metrics.base import saliency_at_input_size
 from xaibench.report import html
@@ -263,7 +263,10 @@ def _grid_figure(store_paths: Sequence[Path], data_dir: Path, count: int) -> tup
         first = stores[0]
         preprocess = Preprocess.from_dict(first.meta.preprocess)
         images = [
-            _display_image(data_dir / image_id, preprocess, first.path) for image_id in chosen
+            _display_image(
+                safe_image_path(data_dir, image_id, f"store {first.path}"), preprocess, first.path
+            )
+            for image_id in chosen
         ]
         size = images[0].shape[:2]
         maps = [overlay_row(store, chosen, size) for store in stores]

@@ -1,7 +1,8 @@
 """Saliency stores: HDF5 (`.h5`, default) and npz (`.npz`) behind one interface.
 
 `open_store` reads a store; `create_or_resume` opens one for writing, resuming a store of the same
-run. The file suffix picks the container (docs/store-format.md).
+run, under the store's lock file (`xaibench.store.lock`). The file suffix picks the container
+(docs/store-format.md).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from xaibench.core.errors import StoreError
 from xaibench.store.base import Rows, SaliencyStore, StoreWriter
 from xaibench.store.h5 import COMPRESSIONS, H5_SUFFIXES, H5Store
+from xaibench.store.lock import StoreLock
 from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta
 from xaibench.store.npz import PARTIAL_SUFFIX, NpzStore, NpzWriter, npz_keys, partial_path
 
@@ -78,8 +80,12 @@ def create_or_resume(
 
     A new store is created; an existing one of the same run (same model, weights, method, settings,
     target, preprocessing, ids and labels) is resumed, and `pending_indices()` gives the rows still
-    to write (none when it is complete). Any difference is a StoreError naming the field.
+    to write (none when it is complete): its rows not done, and its done rows that differ from the
+    checksums recorded when they were written (`H5Store.reopen_damaged`, which reads every map of
+    the store once). Any difference is a StoreError naming the field.
     `compression` ("lzf", "gzip" or None) applies to a maps dataset not yet created.
+    An HDF5 file open for writing holds its lock until `close`: StoreError naming the other writer
+    if another run holds it.
     """
     if compression not in COMPRESSIONS:
         raise StoreError(f"compression {compression!r}: use one of {COMPRESSIONS}")
@@ -91,7 +97,8 @@ def create_or_resume(
     working = partial_path(path)
     if path.exists():
         store = _checked(NpzStore(path), meta, ids, labels)
-        working.unlink(missing_ok=True)  # left by an export killed before it could remove it
+        if working.exists():  # left by an export killed before it could remove it
+            working.unlink()
         return store
     return NpzWriter(path, _resume_h5(working, meta, ids, labels, compression))
 
@@ -99,9 +106,22 @@ def create_or_resume(
 def _resume_h5(
     path: Path, meta: StoreMeta, ids: list[str], labels: np.ndarray, compression: str | None
 ) -> H5Store:
-    if not path.exists():
-        return H5Store.create(path, meta, ids, labels, compression)
-    return _checked(H5Store.open(path, writable=True, compression=compression), meta, ids, labels)
+    """The HDF5 store at `path` open for writing: created, or resumed with its damaged rows
+    reopened. The lock is taken before the file is looked at, so two runs never both create it."""
+    lock = StoreLock(path)
+    try:
+        if not path.exists():
+            return H5Store.create(path, meta, ids, labels, compression, lock=lock)
+        store = _checked(H5Store.open(path, True, compression, lock=lock), meta, ids, labels)
+    except BaseException:
+        lock.release()
+        raise
+    try:
+        store.reopen_damaged()
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _checked(store: S, meta: StoreMeta, ids: list[str], labels: np.ndarray) -> S:

@@ -20,7 +20,7 @@ import numpy as np
 
 from xaibench.core.errors import StoreError
 from xaibench.store.base import Rows, SaliencyStore
-from xaibench.store.h5 import H5Store
+from xaibench.store.h5 import H5Store, write_error
 from xaibench.store.meta import FORMAT, FORMAT_VERSION, StoreMeta
 
 META_KEY = "__xaibench__"
@@ -90,6 +90,8 @@ def export_npz(source: H5Store, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        raise write_error(path, error) from error
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -160,7 +162,8 @@ class NpzStore(SaliencyStore):
 
 
 class NpzWriter(SaliencyStore):
-    """Writes an npz store through its HDF5 working file; `close` exports it once complete."""
+    """Writes an npz store through its HDF5 working file (which holds the lock, `H5Store`);
+    `close` exports it once complete."""
 
     def __init__(self, path: Path, working: H5Store):
         self.path, self._working = Path(path), working
@@ -184,5 +187,5 @@ class NpzWriter(SaliencyStore):
                 export_npz(working, self.path)
         finally:
             working.close()
-        if complete:
-            working.path.unlink()
+        if complete:  # a run that found the archive complete may have removed it already
+            working.path.unlink(missing_ok=True)

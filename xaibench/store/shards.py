@@ -14,16 +14,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from xaibench.core.errors import StoreError
-from xaibench.store import _checked, _container, create_or_resume, open_store
-from xaibench.store.h5 import H5Store, _selection
+from xaibench.store import _checked, _container, open_store
+from xaibench.store.h5 import WRITE_ERRORS, H5Store, _selection, write_error
+from xaibench.store.lock import StoreLock
 from xaibench.store.meta import StoreMeta
-from xaibench.store.npz import partial_path
+from xaibench.store.npz import export_npz, partial_path
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +73,20 @@ def _sources(path: Path) -> list[Path]:
 def done_rows(path: Path, meta: StoreMeta, ids: Sequence[str], labels: np.ndarray) -> np.ndarray:
     """(N,) bool: the rows done in the final store at `path` or in any of its shard stores.
 
-    Each file is checked to hold the run `meta` over `ids` and `labels` (StoreError naming it if not).
+    Each file is checked to hold the run `meta` over `ids` and `labels` (StoreError naming it if not)
+    and has its damaged rows reopened (`H5Store.reopen_damaged`), under its lock; the shard stores
+    left by a merge killed after the final store was complete are removed.
     """
     ids, labels = list(ids), np.asarray(labels, np.int64)
     done = np.zeros(len(ids), bool)
     if is_complete(path):
-        _checked(open_store(path), meta, ids, labels).close()
-        return ~done
+        if _container(path) == "npz":
+            _checked(open_store(path), meta, ids, labels).close()
+            return ~done
+        remove_stale_shards(path)
     for source in _sources(path):
-        with _checked(H5Store.open(source), meta, ids, labels) as store:
+        with _checked(H5Store.open(source, writable=True), meta, ids, labels) as store:
+            store.reopen_damaged()
             done |= store.done
     return done
 
@@ -90,6 +97,7 @@ def merge_shards(path: Path, meta: StoreMeta, ids: Sequence[str], labels: np.nda
     Every row must be done in exactly one source, else StoreError naming the image and the files.
     The merged HDF5 file is built under a temporary name, checked, and renamed into place (for an
     npz store it is the working file, exported as usual); only then are the shard stores removed.
+    The lock of the working file and of every shard store is held throughout.
     Every dataset whose first dimension is N is copied row by row from the source where the row is
     done, whatever its name, so per-row fields added to the format survive; other datasets and the
     attributes are copied from the earliest-created source. Returns the shard stores merged.
@@ -99,26 +107,44 @@ def merge_shards(path: Path, meta: StoreMeta, ids: Sequence[str], labels: np.nda
     sources = _sources(path)
     if not sources:
         raise StoreError(f"{path}: no store and no shard store to merge; run generate first")
-    owner = _row_owners(sources, meta, ids, labels)
     working = working_path(path)
+    with ExitStack() as locks:
+        for source in (working, *shards):
+            locks.enter_context(StoreLock(source))
+        owner = _row_owners(sources, meta, ids, labels)
+        _merge_into(working, sources, owner, meta, ids, labels)
+        if working != path:
+            with H5Store.open(working) as merged:
+                export_npz(merged, path)
+            working.unlink()
+        for shard in shards:
+            shard.unlink()
+    _remove_empty(shard_dir(path))
+    log.info("merged %d shard store(s) into %s", len(shards), path)
+    return shards
+
+
+def _merge_into(
+    working: Path,
+    sources: list[Path],
+    owner: np.ndarray,
+    meta: StoreMeta,
+    ids: list[str],
+    labels: np.ndarray,
+) -> None:
+    """Build the merged file under a temporary name, check it and rename it to `working`."""
     merging = working.with_name(working.name + ".merging")
     try:
-        _copy_rows(sources, owner, merging)
+        try:
+            _copy_rows(sources, owner, merging)
+        except WRITE_ERRORS as error:
+            raise write_error(merging, error) from error
         with _checked(H5Store.open(merging), meta, ids, labels) as merged:
             if not merged.complete:
                 raise StoreError(f"{merging}: the merge left rows not done; delete it and re-run")
         os.replace(merging, working)
     finally:
         merging.unlink(missing_ok=True)
-    if working != path:
-        create_or_resume(
-            path, meta, ids, labels
-        ).close()  # exports the npz, removes the working file
-    for shard in shards:
-        shard.unlink()
-    _remove_empty(shard_dir(path))
-    log.info("merged %d shard store(s) into %s", len(shards), path)
-    return shards
 
 
 def remove_stale_shards(path: Path) -> None:

@@ -3,7 +3,8 @@
 `BackgroundWriter` wraps any store's `write`: each call queues the rows and returns; one thread
 writes them in order. The queue holds at most `depth` batches, so a slow disk holds the run back
 instead of filling memory. A write that fails stops the writing: its error comes back, as a
-StoreError naming the store, from the next `write` and from `close`; the rows written before it stay
+StoreError naming the store (the store's own, such as a full disk's), from the next `write` and
+from `close`; the batches queued after it are not written; the rows written before it stay
 in the store (each store write marks rows done only after their maps are in the file, so a killed
 run also leaves only complete done rows). `close` writes everything queued, then closes the store.
 
@@ -71,8 +72,8 @@ class BackgroundWriter:
         error = self._error
         if error is None:
             return
-        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: pass them on as such
-            raise error
+        if not isinstance(error, Exception) or isinstance(error, StoreError):
+            raise error  # KeyboardInterrupt, SystemExit, a store's own error: pass them on as such
         raise StoreError(
             f"{self.path}: background write failed ({type(error).__name__}: {error}); the rows "
             "written before it are kept, re-run the same command to resume"

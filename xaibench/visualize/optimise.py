@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xaibench.core.checks import positive_int
+from xaibench.core.checks import fits_in_memory, positive_int
 from xaibench.core.errors import ConfigError
 from xaibench.core.precision import tf32_settings
 from xaibench.core.progress import progress_bar
@@ -38,6 +38,10 @@ from xaibench.visualize.transforms import RandomTransforms
 DEFAULT_LR = {"pixel": 0.05, "fourier": 0.1}
 """Adam step sizes that gave clear images in 128-256 steps on EfficientNet-Lite0 (the Fourier
 basis is normalised to unit RMS, which makes its pixel steps smaller than Lucid's at equal lr)."""
+IMAGE_COPIES = 10
+"""Float32 copies of the images an optimisation holds besides the model's activations: the
+parameters, their gradient and Adam's two moments, the image, the transformed image and its
+sampling grid (two planes), the normalised image and its gradient."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,15 @@ def visualise_units(
     if blur_every < 0:
         raise ConfigError(f"must be >= 0, got {blur_every!r}", param="blur_every")
     device = torch.device(device)
+    height, width = size
+    fits_in_memory(
+        IMAGE_COPIES * len(units) * 3 * height * width * 4,
+        device,
+        f"optimising {len(units)} image(s) of {height} x {width} pixels (before the model's own "
+        "activations)",
+        "give a smaller `size`",
+        param="size",
+    )
     transforms = RandomTransforms() if transforms is None else transforms
     objective = _Objective(model, units)
     start = torch.Generator().manual_seed(seed)
