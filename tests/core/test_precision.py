@@ -217,7 +217,8 @@ def _check_the_stages_tf32(tmp_path, expected):
     loaded.model.register_forward_pre_hook(lambda module, args: seen.append(_tf32()))
     data = make_images(tmp_path / "val", 2)
     dataset = ImageFolderDataset(data, get_protocol("polycam").preprocess())
-    settings = RunSettings.resolve(CPU, batch_size=2, progress=False)
+    # the settings a sanity check gets on CUDA by default (auto: tf32); it computes at them
+    settings = RunSettings.resolve(CPU, batch_size=2, progress=False, precision="tf32")
     stages = {
         "sanity": lambda: sanity_check(loaded, "gradient", dataset, settings, depth=1),
         "explain": lambda: explain_image(

@@ -104,3 +104,33 @@ def test_another_runs_rows_are_not_resumed_after_a_save_cut_short(
     resumed = run("gradinput", small_images, checkpoint=checkpoint, seed=1).table
     fresh = run("gradinput", small_images, seed=1).table
     pd.testing.assert_frame_equal(resumed, fresh, atol=1e-6, rtol=0)
+
+
+def test_sanity_runs_at_fp32_or_tf32_and_refuses_other_settings(tmp_path):
+    from tiny_run import make_images
+
+    from xaibench.core.errors import ConfigError
+    from xaibench.data.dataset import ImageFolderDataset
+    from xaibench.metrics import get_protocol
+    from xaibench.models import load_model
+    from xaibench.pipelines.sanity import sanity_check
+    from xaibench.pipelines.settings import RunSettings
+
+    loaded = load_model("tiny_models:tiny_cnn")
+    dataset = ImageFolderDataset(
+        make_images(tmp_path / "val", 2), get_protocol("polycam").preprocess()
+    )
+
+    def run(**options):
+        settings = RunSettings.resolve("cpu", batch_size=2, progress=False, **options)
+        return sanity_check(loaded, "gradient", dataset, settings, depth=1)
+
+    fp32, tf32 = run(precision="fp32"), run(precision="tf32")  # the CUDA default
+    pd.testing.assert_frame_equal(fp32.table, tf32.table)  # the same on a CPU
+    with pytest.raises(ConfigError, match="float32"):
+        run(precision="bf16")
+    for threshold in (float("nan"), 1.5):
+        with pytest.raises(ConfigError, match="in \\[-1, 1\\]"):
+            sanity_check(
+                loaded, "gradient", dataset, RunSettings.resolve("cpu"), threshold=threshold
+            )

@@ -1,7 +1,7 @@
 """Numeric precision and compilation of the model's forward, applied in one place for a run.
 
 `precision` ("auto", the default, is the device's `AUTO_PRECISION`: tf32 on CUDA, fp32 elsewhere):
-- fp32: IEEE float32 everywhere (the default, and what every store before this option holds). On
+- fp32: IEEE float32 everywhere (the CPU default, and what every store before this option holds). On
   CUDA this also turns off the TF32 convolutions PyTorch enables by default.
 - tf32: float32 tensors, TensorFloat-32 matmuls and convolutions on CUDA (Ampere and newer). On a CPU
   there is no TF32, so it computes exactly as fp32.

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@tf32_settings()
 def sanity_check(
     loaded: LoadedModel,
     method: str,
@@ -69,59 +68,63 @@ def sanity_check(
     checkpoint_seconds: float = 60.0,
 ) -> SanityResult:
     """Cascading randomisation of `loaded.model` for `method` on every image of `dataset`, on
-    `settings.device` in batches of `settings.batch_size` (always IEEE fp32, no TF32, and eager).
+    `settings.device` in batches of `settings.batch_size`, in float32 (`settings.precision` fp32,
+    or tf32: the CUDA default, TF32 convolutions), eager; `threshold` in [-1, 1].
 
     With `checkpoint`, the rows so far are saved there every `checkpoint_seconds` and when the run
     is interrupted; a later call with the same settings skips the images already done.
     """
-    if settings.precision != "fp32" or settings.compile:
+    if settings.precision not in ("fp32", "tf32") or settings.compile:
         raise ConfigError(
-            f"sanity_check runs in fp32 without compile, not precision={settings.precision!r}, "
-            f"compile={settings.compile}"
+            f"sanity_check runs in float32 (fp32 or tf32) without compile, not "
+            f"precision={settings.precision!r}, compile={settings.compile}"
         )
-    device = settings.device
-    original = prepare_model(loaded.model, device).eval()
-    randomised = copy.deepcopy(original)
-    input_size = tuple(dataset.preprocess.input_size)
-    stages = randomisation_stages(randomised, input_size, depth)
-    params = dict(method_params or {})
-    explain = METHODS.get(method)(randomised, **params)
-    stage_names = ["", *(stage.name for stage in stages)]
-    key = json.dumps(
-        {
-            "model": loaded.name,
-            "weights": loaded.weights,
-            "method": method,
-            "params": params,
-            "seed": seed,
-            "stages": stage_names,
-            "preprocess": dataset.preprocess.to_dict(),
-        },
-        sort_keys=True,
-    )
-    saved = Checkpoint(checkpoint, key, run="sanity run")
-    frames = _resume(saved)
-    done = set().union(*(set(f["image_id"]) for f in frames))
-    todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
-    loader = make_loader(dataset, settings.batch_size, settings.workers, todo, device)
-    bar = progress_bar(
-        total=len(dataset) * len(stage_names),
-        initial=(len(dataset) - len(todo)) * len(stage_names),
-        unit="map",
-        desc=f"{method} sanity",
-        disable=not settings.progress,
-    )
-    with saved.saving(lambda: _arrays(frames), checkpoint_seconds) as tick:
-        for images, indices in loader:
-            images = images.to(device, non_blocking=True)
-            images = images.contiguous(memory_format=torch.channels_last)
-            ids = [dataset.ids[i] for i in indices.tolist()]
-            frames.append(_batch_rows(explain, randomised, original, stages, images, ids, seed))
-            bar.update(len(ids) * len(stage_names))
-            tick()
-    bar.close()
-    table = _table(frames).sort_values(["stage", "image_id"], kind="stable", ignore_index=True)
-    return SanityResult(method, table, stages, threshold)
+    if not -1 <= threshold <= 1:  # NaN too
+        raise ConfigError(f"threshold {threshold!r}: give a Spearman correlation in [-1, 1]")
+    with tf32_settings(settings.precision):  # every forward, the tracing ones too
+        device = settings.device
+        original = prepare_model(loaded.model, device).eval()
+        randomised = copy.deepcopy(original)
+        input_size = tuple(dataset.preprocess.input_size)
+        stages = randomisation_stages(randomised, input_size, depth)
+        params = dict(method_params or {})
+        explain = METHODS.get(method)(randomised, **params)
+        stage_names = ["", *(stage.name for stage in stages)]
+        key = json.dumps(
+            {
+                "model": loaded.name,
+                "weights": loaded.weights,
+                "method": method,
+                "params": params,
+                "seed": seed,
+                "stages": stage_names,
+                "preprocess": dataset.preprocess.to_dict(),
+            },
+            sort_keys=True,
+        )
+        saved = Checkpoint(checkpoint, key, run="sanity run")
+        frames = _resume(saved)
+        done = set().union(*(set(f["image_id"]) for f in frames))
+        todo = [i for i, image_id in enumerate(dataset.ids) if image_id not in done]
+        loader = make_loader(dataset, settings.batch_size, settings.workers, todo, device)
+        bar = progress_bar(
+            total=len(dataset) * len(stage_names),
+            initial=(len(dataset) - len(todo)) * len(stage_names),
+            unit="map",
+            desc=f"{method} sanity",
+            disable=not settings.progress,
+        )
+        with saved.saving(lambda: _arrays(frames), checkpoint_seconds) as tick:
+            for images, indices in loader:
+                images = images.to(device, non_blocking=True)
+                images = images.contiguous(memory_format=torch.channels_last)
+                ids = [dataset.ids[i] for i in indices.tolist()]
+                frames.append(_batch_rows(explain, randomised, original, stages, images, ids, seed))
+                bar.update(len(ids) * len(stage_names))
+                tick()
+        bar.close()
+        table = _table(frames).sort_values(["stage", "image_id"], kind="stable", ignore_index=True)
+        return SanityResult(method, table, stages, threshold)
 
 
 def _batch_rows(explain, randomised, original, stages, images, ids, seed) -> pd.DataFrame:
