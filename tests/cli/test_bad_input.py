@@ -80,7 +80,8 @@ def test_comma_separated_numbers_refuse_nan_and_infinities(capsys, flag):
 def test_road_percentages_refuse_nan_and_infinities(capsys, tmp_path, value):
     args = ["evaluate", "--model", "m", "--store", tmp_path / "s.h5", "--data", tmp_path]
     line = one_error(capsys, *args, "--road-percentages", value)
-    assert line.startswith("error: protocol field 'road_percentages' is (")
+    assert line.startswith("error: --road-percentages: '")
+    assert "give percentages between 0 and 100" in line
 
 
 @pytest.mark.parametrize(("command", "flag"), SEED_OPTIONS)

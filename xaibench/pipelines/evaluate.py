@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -212,6 +213,11 @@ def _percentage(value: str | float) -> float:
         number = float(value)
     except ValueError:
         raise ConfigError(f"{value!r} is not a number", param="road_percentages") from None
+    if not math.isfinite(number):
+        raise ConfigError(
+            f"{value!r}: give percentages between 0 and 100 (exclusive), e.g. 10,50,90",
+            param="road_percentages",
+        )
     return int(number) if number.is_integer() else number
 
 
