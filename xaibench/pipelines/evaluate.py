@@ -327,7 +327,7 @@ def evaluate_store(
     metric_objects, box_folder = _metrics_and_boxes(metrics, metric_params, boxes, dataset)
     with open_store(store_path) as store:
         dataset_rows, rows = _rows_to_evaluate(store, loaded, dataset, limit, allow_incomplete)
-        scorer = _Scorer.of(
+        scorer = BatchScorer.of(
             loaded, metric_objects, box_folder, protocol, settings, mc_dropout, mc_seed
         )
         key = _run_key(store, protocol, scorer.key(), settings.precision, boxes)
@@ -397,9 +397,16 @@ def _rows_to_evaluate(
     return dataset_rows, rows
 
 
+def metric_chunks(metrics: Sequence[Metric], chunk_size: int) -> dict[str, ChunkSize]:
+    """One `ChunkSize` of `chunk_size` per chunk name (`Metric.chunks`) the metrics use, shared by
+    the metrics of that name over the batches of a run."""
+    names = dict.fromkeys([Metric.chunks, *(m.chunks for m in metrics)])
+    return {name: ChunkSize(chunk_size, "chunk_size") for name in names}
+
+
 @dataclass
-class _Scorer:
-    """What scores a batch: the model's score function, the metrics (and MC dropout), the boxes,
+class BatchScorer:
+    """What scores a batch, for `evaluate_store` and `xaibench.score`: the model's score function, the metrics (and MC dropout), the boxes,
     the protocol and the chunk sizes of the perturbed images (`Metric.chunks` -> size)."""
 
     model: torch.nn.Module
@@ -420,7 +427,7 @@ class _Scorer:
         settings: RunSettings,
         mc_dropout: int,
         mc_seed: int,
-    ) -> _Scorer:
+    ) -> BatchScorer:
         model = prepare_model(loaded.model, settings.device).eval()
         score_fn = score_function(model, protocol.score)
         mc = (
@@ -428,10 +435,7 @@ class _Scorer:
             if mc_dropout
             else None
         )
-        chunks = {
-            name: ChunkSize(settings.chunk_size, "chunk_size")
-            for name in dict.fromkeys([Metric.chunks, *(m.chunks for m in metrics)])
-        }
+        chunks = metric_chunks(metrics, settings.chunk_size)
         return cls(model, score_fn, metrics, mc, boxes, protocol, chunks)
 
     def key(self) -> list[str]:
@@ -443,12 +447,13 @@ class _Scorer:
         images: torch.Tensor,
         maps: torch.Tensor,
         targets: np.ndarray,
-        indices: torch.Tensor,
+        indices: torch.Tensor | None,
         batch_rows: np.ndarray,
-        pixel_std: Sequence[float],
+        pixel_std: Sequence[float] | None,
     ) -> tuple[torch.Tensor, list]:
         """The clean scores (B,) and every metric's result on images (B, 3, H, W), maps (B, h, w)
-        and targets (B,) of dataset rows `indices` and store rows `batch_rows`."""
+        and targets (B,) of dataset rows `indices` (read only for the boxes) and store rows
+        `batch_rows`."""
         device = images.device
         target_tensor = torch.from_numpy(targets).to(device, non_blocking=True)
         batch_boxes = None
@@ -478,7 +483,7 @@ class _Scorer:
 
 
 def _score_rows(
-    scorer: _Scorer,
+    scorer: BatchScorer,
     store: SaliencyStore,
     dataset: ImageFolderDataset,
     dataset_rows: np.ndarray,

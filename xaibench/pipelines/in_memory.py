@@ -21,20 +21,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from xaibench.core.batching import ChunkSize
 from xaibench.core.errors import ConfigError
 from xaibench.core.runtime import default_batch_size, default_chunk_size
 from xaibench.methods import METHODS
 from xaibench.methods.base import Explanation
 from xaibench.metrics.base import (
-    Metric,
-    MetricContext,
     MetricResult,
-    saliency_at_input_size,
     score_function,
 )
 from xaibench.metrics.protocols import Protocol, get_protocol
-from xaibench.pipelines.evaluate import evaluation_metric_objects
+from xaibench.pipelines.evaluate import BatchScorer, evaluation_metric_objects, metric_chunks
 
 DEFAULT_METRICS = ("insertion", "deletion")
 
@@ -110,40 +106,38 @@ def score(
     training = model.training
     model.eval()
     try:
-        score_fn = score_function(model, chosen.score)
-        chunks = {
-            name: ChunkSize(chunk_size or default_chunk_size(device), "chunk_size")
-            for name in dict.fromkeys([Metric.chunks, *(m.chunks for m in objects)])
-        }
+        scorer = BatchScorer(
+            model,
+            score_function(model, chosen.score),
+            objects,
+            None,
+            None,
+            chosen,
+            metric_chunks(objects, chunk_size or default_chunk_size(device)),
+        )
+        chosen_targets = target_tensor.cpu().numpy()
+        rows = np.arange(count)
         step = batch_size or default_batch_size(device)
         parts = []
         for start in range(0, count, step):
             part = slice(start, start + step)
-            ctx = MetricContext(
-                images=images[part],
-                saliency=saliency_at_input_size(maps_tensor[part], tuple(images.shape[-2:])),
-                targets=target_tensor[part],
-                clean_scores=score_fn(images[part], target_tensor[part]),
-                score_fn=score_fn,
-                protocol=chosen,
-                chunk_size=chunks[Metric.chunks],
-                pixel_std=None if std is None else tuple(std),
-                model=model,
-                rows=np.arange(count)[part],
+            clean, results = scorer(
+                images[part], maps_tensor[part], chosen_targets[part], None, rows[part], std
             )
-            results = [m.score_batch(ctx.with_chunk_size(chunks[m.chunks])) for m in objects]
-            parts.append(_table(ctx, results, start))
+            parts.append(_table(rows[part], chosen_targets[part], clean, results))
     finally:
         model.train(training)
     return pd.concat(parts, ignore_index=True)
 
 
-def _table(ctx: MetricContext, results: list[MetricResult], start: int) -> pd.DataFrame:
+def _table(
+    rows: np.ndarray, targets: np.ndarray, clean: torch.Tensor, results: list[MetricResult]
+) -> pd.DataFrame:
     """One batch's rows, columns as `evaluate`'s per-image table names them."""
     columns: dict[str, Any] = {
-        "image": np.arange(start, start + ctx.batch_size),
-        "target": ctx.targets.cpu().numpy(),
-        "clean_score": ctx.clean_scores.float().cpu().numpy(),
+        "image": rows,
+        "target": targets,
+        "clean_score": clean.float().cpu().numpy(),
     }
     for result in results:
         for name, tensor in {**result.values, **result.diagnostics, **result.flags}.items():
