@@ -60,3 +60,21 @@ def test_a_model_compiles_once_and_tail_batches_reuse_the_padded_graph():
     torch.testing.assert_close(full, eager, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(tail, full[:5], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(again, full[:7], rtol=1e-5, atol=1e-6)
+
+
+def test_a_copy_of_a_compiled_model_compiles_its_own_forward():
+    import copy
+
+    torch._dynamo.reset()
+    model = tiny_cnn().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), forward_settings(model, CPU, compile=True):
+        model(x)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(2)
+        eager = twin(x)
+        with forward_settings(twin, CPU, compile=True):
+            compiled = twin(x)  # the twin's weights, not the original's
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

@@ -198,3 +198,8 @@ def test_cli_names_the_class_explained(photo, tmp_path, invoke):
     assert result.exit_code == 0, result.output
     assert f"; maps of {name} ({other}) p=" in result.output
     assert out.exists()
+
+
+def test_a_class_index_is_ascii_digits():
+    with pytest.raises(ConfigError, match="not an ImageNet-1k class name"):
+        imagenet_classes().resolve("²")

@@ -3,13 +3,12 @@ layout already on disk."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path, PurePosixPath
 
 import click
 
-from xaibench.cli.options import OutFolder, seed_type, url, url_problem
+from xaibench.cli.options import OutFolder, seed_type, url
 from xaibench.data.index import DatasetIndex, write_subset
 from xaibench.data.prepare import DATASETS, IMAGENET_URL_ENV, prepare_dataset
 
@@ -118,11 +117,6 @@ def download_command(
         "--labels": labels_file is not None,
     }
     check_applicable(dataset, used)
-    from_environment = os.environ.get(IMAGENET_URL_ENV)
-    if dataset == "imagenet-val" and url_base is None and from_environment:
-        problem = url_problem(from_environment)
-        if problem:
-            raise click.UsageError(f"${IMAGENET_URL_ENV}: {problem}")
     index, layout = prepare_dataset(
         dataset,
         dest,

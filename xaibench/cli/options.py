@@ -6,11 +6,11 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import click
 
 from xaibench.core.atomic import writable_folder
+from xaibench.core.checks import url_problem
 from xaibench.core.choices import (
     BOOTSTRAP_RESAMPLES,
     PRECISION_CHOICES,
@@ -71,21 +71,6 @@ def _writable(
 
 seed_type = click.IntRange(min=0)
 """A seed: an integer >= 0 (the generators take no negative seed)."""
-
-URL_SCHEMES = ("http", "https", "ftp", "file")
-"""The schemes the downloader opens."""
-
-
-def url_problem(value: str) -> str | None:
-    """What makes `value` no URL the downloader can open, or None when it is one."""
-    parsed = urlparse(value)
-    opens = parsed.netloc if parsed.scheme in ("http", "https", "ftp") else parsed.path
-    if parsed.scheme in URL_SCHEMES and opens and not any(c.isspace() for c in value):
-        return None
-    return (
-        f"{value!r} is not a URL; give the server folder as http(s)://HOST/FOLDER "
-        "(or file:///FOLDER)"
-    )
 
 
 def url(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -7,6 +7,7 @@ import math
 import numbers
 import os
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from xaibench.core.errors import ConfigError
 
@@ -78,3 +79,19 @@ def fits_in_memory(
             f"memory of {where}; {fix}",
             param=param,
         )
+
+
+URL_SCHEMES = ("http", "https", "ftp", "file")
+"""The schemes the downloader opens."""
+
+
+def url_problem(value: str) -> str | None:
+    """What makes `value` no URL the downloader can open, or None when it is one."""
+    parsed = urlparse(value)
+    opens = parsed.netloc if parsed.scheme in ("http", "https", "ftp") else parsed.path
+    if parsed.scheme in URL_SCHEMES and opens and not any(c.isspace() for c in value):
+        return None
+    return (
+        f"{value!r} is not a URL; give the server folder as http(s)://HOST/FOLDER "
+        "(or file:///FOLDER)"
+    )

@@ -143,8 +143,8 @@ def forward_settings(
             deterministic_algorithms(deterministic),
             gradient_scaling(gradient_scale(precision)),
         ):
-            if device.type == "cuda":
-                torch.backends.cudnn.benchmark = not deterministic
+            if device.type == "cuda" and not deterministic:  # else deterministic_algorithms' off
+                torch.backends.cudnn.benchmark = True
             model.forward = forward
             yield model
     finally:
@@ -275,7 +275,8 @@ def _to_float32(output: Any) -> Any:
 
 
 COMPILED_ATTRIBUTE = "_xaibench_compiled_forwards"
-"""Where a model keeps its compiled forwards, by (device type, precision)."""
+"""Where a model keeps its compiled forwards, by (device type, precision), with the id of the
+model they call: a copy of the model (`copy.deepcopy` copies this too) compiles its own."""
 
 
 def _compiled_unless_hooked(
@@ -283,7 +284,9 @@ def _compiled_unless_hooked(
 ) -> Callable[..., Any]:
     """`forward` compiled (once per model and `key`, kept on the model), run on batches padded to
     `padded_size`; the eager `forward` while a submodule of `model` carries a hook."""
-    kept = model.__dict__.setdefault(COMPILED_ATTRIBUTE, {})
+    kept = model.__dict__.get(COMPILED_ATTRIBUTE)
+    if kept is None or kept["model"] != id(model):
+        kept = model.__dict__[COMPILED_ATTRIBUTE] = {"model": id(model)}
     if key not in kept:
         kept[key] = torch.compile(forward, dynamic=False)
     compiled = kept[key]

@@ -153,7 +153,7 @@ class Stall:
 
 
 STALL = Stall()
-"""The stall bound of downloads unless one is given (the command line's)."""
+"""The stall bound of downloads unless one is given."""
 
 
 class StalledError(DownloadError):

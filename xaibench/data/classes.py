@@ -53,7 +53,7 @@ class ImageNetClasses:
         """The class index `spec` names: an index 0..999, a WNID, or one of a class's names
         (case-insensitive). ConfigError naming close names when it names no class or several."""
         text = spec.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             if int(text) < len(self):
                 return int(text)
             raise ConfigError(f"class {spec!r}: an index must be below {len(self)}", param="target")

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from xaibench.core.checks import url_problem
 from xaibench.core.errors import ConfigError
 from xaibench.data.archives import ARCHIVES
 from xaibench.data.imagenet import IMAGENET_KEYS, prepare_imagenet_val
@@ -69,7 +70,7 @@ def prepare_dataset(
     if dataset == "imagenet-val":
         index = prepare_imagenet_val(
             Path(dest),
-            url_base or os.environ.get(IMAGENET_URL_ENV) or None,
+            _imagenet_url(url_base),
             imagenet_archives(archives),
             boxes,
             retries=retries,
@@ -91,3 +92,17 @@ def prepare_dataset(
         progress=progress,
     )
     return index, None
+
+
+def _imagenet_url(url_base: str | None) -> str | None:
+    """`url_base`, else `$XAIBENCH_IMAGENET_URL`; ConfigError for one that is not a URL."""
+    if url_base:
+        problem = url_problem(url_base)
+        if problem:
+            raise ConfigError(problem, param="url_base")
+        return url_base
+    from_environment = os.environ.get(IMAGENET_URL_ENV) or None
+    problem = None if from_environment is None else url_problem(from_environment)
+    if problem:
+        raise ConfigError(f"${IMAGENET_URL_ENV}: {problem}")
+    return from_environment

@@ -198,13 +198,15 @@ def backward(
             grads = torch.autograd.grad(score * scale, inputs, retain_graph=True)
         finally:
             _in_flight_scale = 1.0
-        if scale == 1.0 or _finite(grads) or not bool(torch.isfinite(score).all()):
+        if scale == 1.0 or _keep(grads, score):
             return tuple(full_precision(g) / scale for g in grads)
         scale = max(scale / 2, 1.0)
 
 
-def _finite(tensors: Sequence[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+def _keep(grads: Sequence[torch.Tensor], score: torch.Tensor) -> bool:
+    """Whether the gradients are finite, or the score is not (no scale would help): one wait."""
+    finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    return bool(finite | ~torch.isfinite(score).all())
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ class Evaluations:
     metrics: list[str]
     blocks: list[Block]
 
-    @property
+    @cached_property
     def groups(self) -> list[tuple[str, str]]:
         """(model, protocol) as shown, in order of appearance."""
         shown = pd.concat([block.rows[list(GROUP_COLUMNS)] for block in self.blocks])
