@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 from xaibench.cli.errors import flag_text
+from xaibench.cli.options import input_size_option, own_model
+from xaibench.core.errors import XaibenchError
 from xaibench.core.lazy import load
 
 if TYPE_CHECKING:
@@ -51,10 +53,19 @@ TIMM_SUPPORT_LIMIT = 100
     "--weights",
     default="none",
     show_default=True,
-    help="Models: inspect the architecture (none, on the meta device, no weights allocated), or "
-    "load these weights first (default, a weights name, a path), which can change the structure.",
+    help="Models: inspect the architecture (none, on the meta device, no weights allocated; a "
+    "module:callable model as its callable builds it), or load these weights first (default, a "
+    "weights name, a path to a state dict), which can change the structure.",
 )
-def list_command(what: str, pattern: str, why: bool, support: bool, weights: str) -> None:
+@input_size_option
+def list_command(
+    what: str,
+    pattern: str,
+    why: bool,
+    support: bool,
+    weights: str,
+    input_size: tuple[int, ...] | None,
+) -> None:
     """Print the available models, methods or metrics (PATTERN: a wildcard such as 'resnet*').
 
     \b
@@ -72,7 +83,9 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
     Every other method (gradients, SmoothGrad, Integrated Gradients, RISE, baselines) runs on
     every model. Support is read off the model's structure, never off its name. timm's models
     (with timm installed) are listed by a pattern starting timm/, the Hugging Face image
-    classifiers in the local hub cache (with transformers installed) by one starting hf/.
+    classifiers in the local hub cache (with transformers installed) by one starting hf/. A model
+    of your own, module:callable as --model takes it, is built by its callable and inspected at
+    --input-size.
 
     \b
     Methods of other libraries are listed as one family each (captum.CLASS, gradcam-lib.CLASS);
@@ -85,9 +98,11 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
       xaibench list models vit_b_16 --why
       xaibench list models 'timm/resnet*'
       xaibench list models 'hf/*'
+      xaibench list models my_package.models:build --input-size 64 --why
     """
     if what == "models":
-        _list_models(pattern, why, support, weights)
+        size = own_model(None, None, input_size, None)["input_size"]
+        _list_models(pattern, why, support, weights, size)
         return
     registry = load(_REGISTRIES[what])
     names = registry.names(pattern)
@@ -98,10 +113,21 @@ def list_command(what: str, pattern: str, why: bool, support: bool, weights: str
         click.echo(f"{name:<{width}}  {flag_text(help)}".rstrip())
 
 
-def _list_models(pattern: str, why: bool, support: bool, weights: str) -> None:
-    from xaibench.models.factory import list_model_names, model_help
+def _list_models(
+    pattern: str, why: bool, support: bool, weights: str, size: tuple[int, int] | int | None
+) -> None:
+    from xaibench.models.factory import is_user_model, list_model_names, model_help
     from xaibench.models.timm_models import is_timm_name
 
+    if is_user_model(pattern):
+        _list_user_model(pattern, why, support, weights, size)
+        return
+    if size is not None:
+        raise click.BadParameter(
+            f"{pattern!r} names registered, timm or Hugging Face models, which state their own "
+            "input size; it sizes a model of your own (module:callable)",
+            param_hint="--input-size",
+        )
     timm = is_timm_name(pattern)
     names = list_model_names(pattern)
     if not names:
@@ -124,9 +150,7 @@ def _list_models(pattern: str, why: bool, support: bool, weights: str) -> None:
     from xaibench.methods.support import support_by_name
 
     if not why:
-        titles = [f"{title:<{max(len(title), _CELL)}}" for title, _ in _COLUMNS]
-        header = [f"{'model':<{width}}", "input", *titles]
-        click.echo("  ".join(header).rstrip())
+        click.echo(_header(width))
     for name in names:
         found = support_by_name(name, weights)
         click.echo(_reasons(name, found) if why else _row(name, found, width))
@@ -136,18 +160,41 @@ def _list_models(pattern: str, why: bool, support: bool, weights: str) -> None:
         _family_notes()
 
 
+def _list_user_model(
+    name: str, why: bool, support: bool, weights: str, size: tuple[int, int] | int | None
+) -> None:
+    """The support line (or, with `why`, the reasons) of the user's `module:callable` model,
+    built as every command builds it (`load_model`) at `size` (default 224 x 224)."""
+    if not support:
+        click.echo(f"{name}  a model of your own (module:callable)")
+        return
+    from xaibench.methods.support import support_by_name
+
+    try:
+        found = support_by_name(name, weights, input_size=size)
+    except XaibenchError as error:
+        if error.param == "model":  # PATTERN names it here, not a --model
+            error.param = None
+        raise
+    if why:
+        click.echo(_reasons(name, found))
+        return
+    click.echo(_header(len(name)))
+    click.echo(_row(name, found, len(name)))
+    click.echo("Reasons per method: xaibench list models NAME --why")
+
+
+def _header(width: int) -> str:
+    titles = [f"{title:<{max(len(title), _CELL)}}" for title, _ in _COLUMNS]
+    return "  ".join([f"{'model':<{width}}", "input", *titles]).rstrip()
+
+
 def _no_model(pattern: str) -> str:
     """What to say when no model matches `pattern`, and where the models it may mean are."""
-    from xaibench.models.factory import is_user_model
     from xaibench.models.hf_models import is_hf_name
     from xaibench.models.timm_models import is_timm_name
 
     said = f"no model matches {pattern!r}"
-    if is_user_model(pattern):
-        return (
-            f"{said}: a model of your own (module:callable) is not listed; pass it as --model "
-            "to any command, which builds it"
-        )
     if is_hf_name(pattern):
         from huggingface_hub import constants
 

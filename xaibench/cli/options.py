@@ -156,6 +156,12 @@ weights_option = click.option(
     "(random init), a torchvision weights name such as IMAGENET1K_V2, or a path to a state dict "
     "(.safetensors, or loaded with weights_only=True).",
 )
+input_size_option = click.option(
+    "--input-size",
+    callback=numbers((1, 2), int),
+    help="A module:callable model's input size: SIDE or H,W (default 224).",
+)
+"""--input-size: a model of the user's own's (`own_model` reads it as `load_model`'s)."""
 own_model_options = _compose(
     click.option(
         "--mean",
@@ -167,11 +173,7 @@ own_model_options = _compose(
         callback=numbers((3,)),
         help="A module:callable model's normalisation std, R,G,B (default ImageNet's).",
     ),
-    click.option(
-        "--input-size",
-        callback=numbers((1, 2), int),
-        help="A module:callable model's input size: SIDE or H,W (default 224).",
-    ),
+    input_size_option,
     click.option(
         "--crop",
         type=FiniteFloat(min=0, max=1, min_open=True),

@@ -49,7 +49,13 @@ from xaibench.methods.gradients import OTHER_ACTIVATIONS
 from xaibench.methods.layers import default_layer, feature_maps, trace_layers
 from xaibench.methods.tgrad import effective_biases
 from xaibench.methods.tokens import layer_layout
-from xaibench.models.factory import load_model, mark_input_size, model_input_size, model_spec
+from xaibench.models.factory import (
+    is_user_model,
+    load_model,
+    mark_input_size,
+    model_input_size,
+    model_spec,
+)
 from xaibench.models.input_transform import input_shift, without_input_transform
 
 Status = Literal["yes", "approximate", "partial", "no"]
@@ -277,14 +283,24 @@ def _relu_modules(model: nn.Module, ran: set[str], functional_relus: bool) -> Fi
     return Finding("yes")
 
 
-def support_by_name(name: str, weights: str = "none") -> ModelSupport:
-    """The support of a registered or timm model at its input size.
+def support_by_name(
+    name: str, weights: str = "none", *, input_size: tuple[int, int] | int | None = None
+) -> ModelSupport:
+    """The support of a registered, timm or Hugging Face model at its input size, or of a model of
+    the user's own (`module:callable`) at `input_size` ((H, W) or a side; default 224 x 224).
 
     weights "none" inspects the architecture on the meta device (`skeleton`); any other choice
     loads the model as `load_model` does (its structure can depend on the weights: torchvision's
     GoogLeNet and Inception v3 transform their input when pretrained weights are loaded, which
-    `inspect_model` accounts for, so both choices give them the same verdict).
+    `inspect_model` accounts for, so both choices give them the same verdict). A model of the
+    user's own is built by `load_model` whatever the choice (none: as its callable builds it; a
+    path: with that state dict loaded), and `load_model`'s errors are raised: ConfigError where
+    the callable cannot be imported, raises or returns no nn.Module, or for `input_size` with
+    another model.
     """
+    if is_user_model(name) or input_size is not None:
+        loaded = load_model(name, weights, input_size=input_size)
+        return inspect_model(loaded.model, loaded.input_size)
     spec = model_spec(name)
     model = skeleton(name) if weights == "none" else load_model(name, weights).model
     return inspect_model(model, spec.input_size)

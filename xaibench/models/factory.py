@@ -34,7 +34,7 @@ import torch
 import torchvision
 from torch import nn
 
-from xaibench.core.errors import ConfigError, ModelError
+from xaibench.core.errors import ConfigError, ModelError, XaibenchError
 from xaibench.core.registry import Registry
 from xaibench.data.preprocess import (
     IMAGENET_MEAN,
@@ -412,9 +412,22 @@ def _call_user_factory(target: str) -> nn.Module:
             f"fix the module {module_name}",
             param="model",
         ) from error
-    model = factory()
+    try:
+        model = factory()
+    except XaibenchError:
+        raise
+    except Exception as error:  # the user's callable fails as it builds: theirs to fix, too
+        raise ConfigError(
+            f"calling {target!r} raised {type(error).__name__}: {error}; fix {attr} in "
+            f"{module_name}, which xaibench calls with no arguments",
+            param="model",
+        ) from error
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ConfigError(
+            f"{target} returned {type(model).__name__}, not a torch.nn.Module; make {attr} "
+            "return the model",
+            param="model",
+        )
     return model
 
 
